@@ -1,0 +1,1 @@
+"""The ExeGPTDeployment operator (kopf). Submodules import kopf lazily where needed."""

@@ -1,0 +1,285 @@
+"""The profile: the data contract between the XProfiler (or the analytic cost model)
+and the XSimulator.
+
+A profile holds, for one model on one GPU type and dtype, the time of ONE layer of
+each phase, per tensor-parallel degree, over a sparse grid, plus communication times
+and the memory the model needs. Every time is in seconds and is one TP shard's compute
+time; the all-reduce a TP layer needs is in ``comm`` and is added by the simulator.
+
+The JSON form (``Profile.to_json``) is versioned (``schema_version``) and
+content-addressed: ``profile_key`` depends only on the model's architecture, the GPU
+type, the dtype and the profiler version, so deployments that share these share a
+profile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .architecture import Architecture, Dtype
+
+SCHEMA_VERSION = 1
+Source = Literal["analytic", "measured"]
+
+
+def _interp_index(axis: np.ndarray, x: float) -> tuple[int, float]:
+    """Index ``i`` and weight ``w`` so that x ~ axis[i]*(1-w) + axis[i+1]*w.
+
+    Outside the axis the weight extrapolates linearly from the nearest segment.
+    """
+    n = axis.shape[0]
+    if n == 1:
+        return 0, 0.0
+    i = int(np.searchsorted(axis, x, side="right")) - 1
+    i = min(max(i, 0), n - 2)
+    lo, hi = float(axis[i]), float(axis[i + 1])
+    return i, (x - lo) / (hi - lo)
+
+
+class Curve(BaseModel):
+    """Seconds as a piecewise-linear function of one variable (tokens, or bytes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x: list[float] = Field(min_length=1)
+    seconds: list[float] = Field(min_length=1)
+
+    _xa: np.ndarray = PrivateAttr()
+    _ya: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check(self) -> Curve:
+        if len(self.x) != len(self.seconds):
+            raise ValueError("x and seconds must have the same length")
+        if any(b <= a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("x must be strictly increasing")
+        if any(s < 0 for s in self.seconds):
+            raise ValueError("seconds must be non-negative")
+        self._xa = np.asarray(self.x, dtype=float)
+        self._ya = np.asarray(self.seconds, dtype=float)
+        return self
+
+    def at(self, x: float) -> float:
+        i, w = _interp_index(self._xa, x)
+        if self._xa.shape[0] == 1:
+            # One point: scale proportionally (a rate), the only sensible extrapolation.
+            return float(self._ya[0] * x / self._xa[0]) if self._xa[0] else float(self._ya[0])
+        y = self._ya[i] * (1.0 - w) + self._ya[i + 1] * w
+        return max(float(y), 0.0)
+
+
+class Grid(BaseModel):
+    """Seconds over (batch size, sequence length), bilinear between grid points and
+    linear beyond the edges (clamped at zero)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch: list[int] = Field(min_length=1)
+    length: list[int] = Field(min_length=1)
+    seconds: list[list[float]] = Field(min_length=1)
+
+    _b: np.ndarray = PrivateAttr()
+    _l: np.ndarray = PrivateAttr()
+    _t: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check(self) -> Grid:
+        for name, axis in (("batch", self.batch), ("length", self.length)):
+            if any(b <= a for a, b in zip(axis, axis[1:], strict=False)):
+                raise ValueError(f"{name} must be strictly increasing")
+            if axis[0] < 1:
+                raise ValueError(f"{name} values must be >= 1")
+        if len(self.seconds) != len(self.batch) or any(
+            len(row) != len(self.length) for row in self.seconds
+        ):
+            raise ValueError("seconds must have shape [len(batch)][len(length)]")
+        self._b = np.asarray(self.batch, dtype=float)
+        self._l = np.asarray(self.length, dtype=float)
+        self._t = np.asarray(self.seconds, dtype=float)
+        if (self._t < 0).any() or not np.isfinite(self._t).all():
+            raise ValueError("seconds must be finite and non-negative")
+        return self
+
+    def at(self, batch: float, length: float) -> float:
+        t = self._t
+        nb, nl = t.shape
+        if nb == 1 and nl == 1:
+            return float(t[0, 0] * batch / self._b[0])
+        i, wi = _interp_index(self._b, batch)
+        j, wj = _interp_index(self._l, length)
+        if nb == 1:
+            row = t[0]
+            y = row[j] * (1 - wj) + row[j + 1] * wj
+            return max(float(y * batch / self._b[0]), 0.0)
+        if nl == 1:
+            y = t[i, 0] * (1 - wi) + t[i + 1, 0] * wi
+            return max(float(y), 0.0)
+        y = (
+            t[i, j] * (1 - wi) * (1 - wj)
+            + t[i + 1, j] * wi * (1 - wj)
+            + t[i, j + 1] * (1 - wi) * wj
+            + t[i + 1, j + 1] * wi * wj
+        )
+        return max(float(y), 0.0)
+
+
+class PhaseTables(BaseModel):
+    """Per-layer times of one TP degree."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    encode: Grid = Field(description="one encoding layer: (batch, input length)")
+    decode: Grid = Field(description="one decoder layer, one step: (batch, context length)")
+    head: Curve = Field(description="LM head and sampling, by tokens that need logits")
+
+
+class Comm(BaseModel):
+    """Communication times by message bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    all_reduce: dict[int, Curve] = Field(description="intra-node all-reduce, by TP degree")
+    send_recv_intra: Curve
+    send_recv_inter: Curve
+    source: Source = "analytic"
+
+    def all_reduce_at(self, tp: int, nbytes: float) -> float:
+        if tp <= 1:
+            return 0.0
+        curve = self.all_reduce.get(tp)
+        if curve is None:
+            raise KeyError(f"profile has no all-reduce times for TP degree {tp}")
+        return curve.at(nbytes)
+
+    def send_recv_at(self, nbytes: float, inter_node: bool) -> float:
+        return (self.send_recv_inter if inter_node else self.send_recv_intra).at(nbytes)
+
+
+class MemoryProfile(BaseModel):
+    """Bytes the model needs, unsharded (the simulator divides by the TP degree)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    encode_layer_weight_bytes: int = Field(ge=0)
+    decode_layer_weight_bytes: int = Field(ge=0)
+    embedding_bytes: int = Field(ge=0, description="token and position embeddings + LM head")
+    kv_bytes_per_token: int = Field(gt=0, description="keys + values, one token, one layer")
+    activation_bytes_per_token: int = Field(
+        ge=0, description="peak transient activation bytes per token in flight, one layer"
+    )
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    architecture: Architecture
+    gpu_type: str
+    dtype: Dtype = "float16"
+    source: Source
+    profiler_version: str
+    created_at: datetime | None = None
+    host: str = ""
+    notes: str = ""
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    provenance: Provenance
+    tensor_parallel: dict[int, PhaseTables]
+    comm: Comm
+    memory: MemoryProfile
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(
+                f"profile schema_version {v} is not supported (this build reads "
+                f"{SCHEMA_VERSION}); re-run `exegpt profile` to regenerate it"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _check_tp(self) -> Profile:
+        if 1 not in self.tensor_parallel:
+            raise ValueError("tensor_parallel must include degree 1")
+        missing = [tp for tp in self.tensor_parallel if tp > 1 and tp not in self.comm.all_reduce]
+        if missing:
+            raise ValueError(f"comm.all_reduce lacks TP degrees {missing}")
+        return self
+
+    # -- lookups used by the simulator ------------------------------------------------
+    @property
+    def architecture(self) -> Architecture:
+        return self.provenance.architecture
+
+    @property
+    def tp_degrees(self) -> list[int]:
+        return sorted(self.tensor_parallel)
+
+    def tables(self, tp: int) -> PhaseTables:
+        try:
+            return self.tensor_parallel[tp]
+        except KeyError:
+            raise KeyError(
+                f"profile has no times for TP degree {tp}; it has {self.tp_degrees}"
+            ) from None
+
+    def encode_layer(self, tp: int, batch: float, length: float) -> float:
+        return self.tables(tp).encode.at(batch, length)
+
+    def decode_layer(self, tp: int, batch: float, context: float) -> float:
+        return self.tables(tp).decode.at(batch, context)
+
+    def head(self, tp: int, tokens: float) -> float:
+        return self.tables(tp).head.at(tokens)
+
+    # -- identity and persistence --------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return profile_key(
+            self.provenance.architecture,
+            self.provenance.gpu_type,
+            self.provenance.dtype,
+            self.provenance.profiler_version,
+        )
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=None)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        return cls.model_validate_json(text)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        return cls.from_json(Path(path).read_text())
+
+
+def profile_key(
+    architecture: Architecture, gpu_type: str, dtype: str, profiler_version: str
+) -> str:
+    """Content address of a profile: ``<model>-<gpu>-<12 hex digits>``, DNS-1123 safe."""
+    doc = {
+        "architecture": architecture.model_dump(mode="json"),
+        "gpu_type": gpu_type,
+        "dtype": dtype,
+        "profiler_version": profiler_version,
+    }
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+    stem = f"{architecture.name}-{gpu_type}".lower()
+    stem = "".join(c if c.isalnum() or c == "-" else "-" for c in stem).strip("-")[:40]
+    return f"{stem}-{digest}"

@@ -1,0 +1,1 @@
+"""XProfiler and XRunner (torch)."""
