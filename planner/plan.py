@@ -93,6 +93,8 @@ class SearchStats(BaseModel):
     evaluated: int = Field(ge=0, description="configurations simulated")
     space: int = Field(ge=0, description="configurations in the discretised space")
     exhaustive: bool = False
+    pruned: int = Field(default=0, ge=0, description="shapes skipped by their upper bound")
+    truncated: bool = Field(default=False, description="stopped early at the time limit")
 
 
 class PlanRequest(BaseModel):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_right
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,52 @@ def _interp_index(axis: np.ndarray, x: float) -> tuple[int, float]:
     return i, (x - lo) / (hi - lo)
 
 
+class CurveFn:
+    """A plain-Python evaluator of a ``Curve`` (fast scalar lookups for search loops)."""
+
+    __slots__ = ("xs", "ys")
+
+    def __init__(self, xs: list[float], ys: list[float]) -> None:
+        self.xs, self.ys = xs, ys
+
+    def __call__(self, x: float) -> float:
+        xs, ys = self.xs, self.ys
+        if len(xs) == 1:
+            return ys[0] * x / xs[0] if xs[0] else ys[0]
+        i = min(max(bisect_right(xs, x) - 1, 0), len(xs) - 2)
+        w = (x - xs[i]) / (xs[i + 1] - xs[i])
+        y = ys[i] + (ys[i + 1] - ys[i]) * w
+        return y if y > 0.0 else 0.0
+
+
+class GridFn:
+    """A plain-Python evaluator of a ``Grid`` (bilinear, linear beyond the edges)."""
+
+    __slots__ = ("bs", "ls", "t")
+
+    def __init__(self, bs: list[float], ls: list[float], t: list[list[float]]) -> None:
+        self.bs, self.ls, self.t = bs, ls, t
+
+    def __call__(self, batch: float, length: float) -> float:
+        bs, ls, t = self.bs, self.ls, self.t
+        nb, nl = len(bs), len(ls)
+        if nb == 1:
+            row = CurveFn(ls, t[0])(length) if nl > 1 else t[0][0]
+            return row * batch / bs[0]
+        i = min(max(bisect_right(bs, batch) - 1, 0), nb - 2)
+        wi = (batch - bs[i]) / (bs[i + 1] - bs[i])
+        if nl == 1:
+            y = t[i][0] + (t[i + 1][0] - t[i][0]) * wi
+        else:
+            j = min(max(bisect_right(ls, length) - 1, 0), nl - 2)
+            wj = (length - ls[j]) / (ls[j + 1] - ls[j])
+            r0, r1 = t[i], t[i + 1]
+            a = r0[j] + (r0[j + 1] - r0[j]) * wj
+            b = r1[j] + (r1[j + 1] - r1[j]) * wj
+            y = a + (b - a) * wi
+        return y if y > 0.0 else 0.0
+
+
 class Curve(BaseModel):
     """Seconds as a piecewise-linear function of one variable (tokens, or bytes)."""
 
@@ -58,13 +106,16 @@ class Curve(BaseModel):
     def _check(self) -> Curve:
         if len(self.x) != len(self.seconds):
             raise ValueError("x and seconds must have the same length")
-        if any(b <= a for a, b in zip(self.x, self.x[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(self.x)):
             raise ValueError("x must be strictly increasing")
         if any(s < 0 for s in self.seconds):
             raise ValueError("seconds must be non-negative")
         self._xa = np.asarray(self.x, dtype=float)
         self._ya = np.asarray(self.seconds, dtype=float)
         return self
+
+    def fn(self) -> CurveFn:
+        return CurveFn([float(v) for v in self.x], [float(v) for v in self.seconds])
 
     def at(self, x: float) -> float:
         i, w = _interp_index(self._xa, x)
@@ -92,7 +143,7 @@ class Grid(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Grid:
         for name, axis in (("batch", self.batch), ("length", self.length)):
-            if any(b <= a for a, b in zip(axis, axis[1:], strict=False)):
+            if any(b <= a for a, b in pairwise(axis)):
                 raise ValueError(f"{name} must be strictly increasing")
             if axis[0] < 1:
                 raise ValueError(f"{name} values must be >= 1")
@@ -106,6 +157,13 @@ class Grid(BaseModel):
         if (self._t < 0).any() or not np.isfinite(self._t).all():
             raise ValueError("seconds must be finite and non-negative")
         return self
+
+    def fn(self) -> GridFn:
+        return GridFn(
+            [float(b) for b in self.batch],
+            [float(v) for v in self.length],
+            [[float(v) for v in row] for row in self.seconds],
+        )
 
     def at(self, batch: float, length: float) -> float:
         t = self._t

@@ -1,0 +1,211 @@
+"""Per-stage step times and per-GPU memory, from a profile: the cost model shared by
+the analytic simulator and the discrete-event simulator.
+
+A *group* is a set of GPUs running a contiguous range of layers as a pipeline of
+``stages`` stages, each stage ``tp`` GPUs wide. Layers are split as evenly as
+possible; the slowest stage (the one with the most layers, plus the LM head on the
+last stage) sets the pipeline's pace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .architecture import DTYPE_BYTES, Architecture, Dtype
+from .hardware import GpuType
+from .profile import Profile
+
+
+@dataclass(frozen=True)
+class Group:
+    """A pipeline of ``stages`` stages of ``tp`` GPUs; ``dp`` > 1 means the phase runs
+    data-parallel copies inside each stage instead of TP (partial tensor parallelism:
+    the stage holds unsharded weights, and this phase splits the batch ``dp`` ways)."""
+
+    stages: int
+    tp: int
+    dp: int = 1
+    first_gpu: int = 0
+
+    @property
+    def gpus(self) -> int:
+        return self.stages * self.tp * self.dp
+
+
+class CostModel:
+    """Times of encode and decode steps for groups of GPUs, and memory per GPU."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        gpu: GpuType,
+        gpus_per_node: int,
+        dtype: Dtype = "float16",
+    ) -> None:
+        self.profile = profile
+        self.arch: Architecture = profile.architecture
+        self.gpu = gpu
+        self.gpus_per_node = gpus_per_node
+        self.elem = DTYPE_BYTES[dtype]
+        self.hidden = self.arch.hidden_size
+        self.comm = profile.comm
+        self.mem = profile.memory
+        # Plain-Python evaluators and memo tables: the search asks for the same
+        # (group, batch) points many times.
+        self._enc = {tp: t.encode.fn() for tp, t in profile.tensor_parallel.items()}
+        self._dec = {tp: t.decode.fn() for tp, t in profile.tensor_parallel.items()}
+        self._head = {tp: t.head.fn() for tp, t in profile.tensor_parallel.items()}
+        self._ar = {tp: c.fn() for tp, c in profile.comm.all_reduce.items()}
+        self._p2p = (profile.comm.send_recv_intra.fn(), profile.comm.send_recv_inter.fn())
+        self._memo: dict[tuple[object, ...], float] = {}
+        self._boundaries: dict[Group, tuple[int, int]] = {}
+
+    # -- layers -------------------------------------------------------------------------
+    @staticmethod
+    def max_layers(layers: int, stages: int) -> int:
+        return math.ceil(layers / stages)
+
+    def _inter_node_boundaries(self, group: Group) -> tuple[int, int]:
+        """(intra-node, inter-node) stage boundaries of the group."""
+        known = self._boundaries.get(group)
+        if known is not None:
+            return known
+        width = group.tp * group.dp
+        inter = 0
+        for k in range(1, group.stages):
+            a = group.first_gpu + k * width - 1
+            b = a + 1
+            if a // self.gpus_per_node != b // self.gpus_per_node:
+                inter += 1
+        out = (group.stages - 1 - inter, inter)
+        self._boundaries[group] = out
+        return out
+
+    def _p2p_chain(self, group: Group, nbytes: float) -> tuple[float, float]:
+        """(sum over boundaries, worst boundary) send/recv time of ``nbytes``."""
+        intra, inter = self._inter_node_boundaries(group)
+        t_intra = self._p2p[0](nbytes) if intra else 0.0
+        t_inter = self._p2p[1](nbytes) if inter else 0.0
+        return intra * t_intra + inter * t_inter, max(t_intra, t_inter)
+
+    # -- encode ----------------------------------------------------------------------------
+    def encode_stage(self, group: Group, batch: float, length: float) -> float:
+        """Busy time of the slowest stage encoding ``batch`` queries of ``length`` tokens."""
+        if batch <= 0:
+            return 0.0
+        key = ("e", group, batch, length)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        b = batch / group.dp
+        layers = self.max_layers(self.arch.encode_layers, group.stages)
+        t = layers * self._enc[group.tp](max(b, 1e-9), length)
+        if group.tp > 1:
+            t += 2 * layers * self._ar[group.tp](b * length * self.hidden * self.elem)
+        if not self.arch.encoder_decoder:
+            t += self._head[group.tp](b)  # the first output token's logits
+        self._memo[key] = t
+        return t
+
+    def encode_p2p(self, group: Group, batch: float, length: float) -> tuple[float, float]:
+        return self._p2p_chain(group, batch / group.dp * length * self.hidden * self.elem)
+
+    def encode_latency(self, group: Group, batch: float, length: float) -> float:
+        """Time for one encode batch to pass through the whole pipeline."""
+        stage = self.encode_stage(group, batch, length)
+        chain, _ = self.encode_p2p(group, batch, length)
+        return group.stages * stage + chain
+
+    # -- decode ----------------------------------------------------------------------------
+    def decode_stage(self, group: Group, batch: float, context: float) -> float:
+        """Busy time of the slowest stage for one decode step of ``batch`` sequences."""
+        if batch <= 0:
+            return 0.0
+        key = ("d", group, batch, context)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        b = batch / group.dp
+        layers = self.max_layers(self.arch.decode_layers, group.stages)
+        t = layers * self._dec[group.tp](max(b, 1e-9), context)
+        if group.tp > 1:
+            t += 2 * layers * self._ar[group.tp](b * self.hidden * self.elem)
+        t += self._head[group.tp](b)
+        self._memo[key] = t
+        return t
+
+    def decode_p2p(self, group: Group, batch: float) -> tuple[float, float]:
+        return self._p2p_chain(group, batch / group.dp * self.hidden * self.elem)
+
+    def iteration(self, group: Group, batch: float, context: float, micro: int) -> float:
+        """One decode iteration of the whole batch split into ``micro`` micro-batches:
+        stage-bound when the pipeline is full, latency-bound when it is not."""
+        if batch <= 0:
+            return 0.0
+        mb = batch / micro
+        stage = self.decode_stage(group, mb, context)
+        chain, _ = self.decode_p2p(group, mb)
+        return max(micro * stage, group.stages * stage + chain)
+
+    def mixed_iteration(
+        self, group: Group, batch: float, context: float, joins: float, length: float, micro: int
+    ) -> float:
+        """An iteration-level (continuous batching) step: ``batch`` decodes plus the
+        prefill of ``joins`` new queries of ``length`` tokens, in the same iteration."""
+        if batch <= 0 and joins <= 0:
+            return 0.0
+        mb, mj = batch / micro, joins / micro
+        stage = self.decode_stage(group, mb, context)
+        if mj > 0:
+            # The prefill work scales with the tokens joining; measured per query at batch 1.
+            stage += (mj / group.dp) * self.encode_stage(group, group.dp, length)
+        chain, _ = self._p2p_chain(group, (mb + mj * length) / group.dp * self.hidden * self.elem)
+        return max(micro * stage, group.stages * stage + chain)
+
+    # -- KV transfer (WorkloadAware) ---------------------------------------------------
+    def kv_bytes_per_query(self, input_length: float) -> float:
+        """KV bytes an encoded query hands to the decoders (all decoder layers)."""
+        return input_length * self.mem.kv_bytes_per_token * self.arch.decode_layers
+
+    def kv_transfer(self, batch: float, input_length: float, links: int, inter_node: bool) -> float:
+        nbytes = batch * self.kv_bytes_per_query(input_length) / max(links, 1)
+        return self.comm.send_recv_at(nbytes, inter_node)
+
+    # -- memory ------------------------------------------------------------------------------
+    def weights_per_gpu(self, group: Group, phase: str) -> float:
+        """Weight bytes on one GPU of the group's slowest stage.
+
+        ``phase``: "encode" (encoder layers for T5, all layers for decoder-only),
+        "decode" (decoder layers), or "both" (RoundRobin: every GPU holds every phase
+        of its layers)."""
+        m = self.mem
+        if phase == "encode":
+            per_layer = m.encode_layer_weight_bytes
+            layers = self.arch.encode_layers
+        elif phase == "decode":
+            per_layer = m.decode_layer_weight_bytes
+            layers = self.arch.decode_layers
+        else:
+            per_layer = m.decode_layer_weight_bytes
+            layers = self.arch.decode_layers
+        w = self.max_layers(layers, group.stages) * per_layer
+        if phase == "both" and self.arch.encoder_decoder:
+            w += (
+                self.max_layers(self.arch.encode_layers, group.stages) * m.encode_layer_weight_bytes
+            )
+        # Embedding on the first stage and LM head on the last; one stage with both.
+        emb = m.embedding_bytes if group.stages == 1 else m.embedding_bytes / 2
+        return (w + emb) / group.tp
+
+    def kv_per_gpu(self, group: Group, tokens: float, phase: str = "decode") -> float:
+        layers = self.arch.encode_layers if phase == "encode" else self.arch.decode_layers
+        return (
+            tokens
+            * self.mem.kv_bytes_per_token
+            * self.max_layers(layers, group.stages)
+            / (group.tp * group.dp)
+        )
+
+    def activations_per_gpu(self, group: Group, tokens_in_flight: float) -> float:
+        return tokens_in_flight * self.mem.activation_bytes_per_token / (group.tp * group.dp)

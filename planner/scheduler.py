@@ -1,0 +1,530 @@
+"""XScheduler: the configuration with the highest throughput whose latency meets the
+bound and whose memory fits.
+
+The space, per strategy, is discretised (``BATCH_GRID``, ``STEPS_GRID``, the TP
+degrees the profile has, pipeline depths that divide the GPU budget). The search uses
+the near-monotonicity the paper reports:
+
+* For a fixed *shape* (TP degree and scope, stages, micro-batches, GPU split) and a
+  fixed ``N_D`` (RoundRobin) or ``B_E`` (WorkloadAware), latency, memory and
+  throughput all grow with the remaining batch size, so a binary search finds the
+  largest batch meeting the bound, which is the best point of that line.
+* Each shape has a cheap upper bound on its throughput (the steady decode batch that
+  memory and the bound allow, with encoding free); shapes are visited best bound
+  first and skipped once their bound cannot beat the best plan found (branch and
+  bound).
+
+``exhaustive=True`` evaluates every point of the same discretised space, for
+verification. The search is deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .costs import Group
+from .plan import (
+    Candidate,
+    ExecutionConfig,
+    Infeasible,
+    Plan,
+    PlanRequest,
+    PlanResult,
+    Prediction,
+    SearchStats,
+    Strategy,
+)
+from .profile import Profile
+from .simulator import Simulator
+
+BATCH_GRID: tuple[int, ...] = (
+    1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+)  # fmt: skip
+STEPS_GRID: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+STAGE_CHOICES: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class SearchTimeout(Exception):
+    pass
+
+
+@dataclass
+class _Search:
+    sim: Simulator
+    bound: float | None
+    exhaustive: bool
+    deadline: float | None
+    wanted: tuple[Strategy, ...] = ("RoundRobin", "WorkloadAware")
+    evaluated: int = 0
+    pruned: int = 0
+    space: int = 0
+    truncated: bool = False
+    best_latency: float | None = None
+    best_latency_candidate: Candidate | None = None
+    # best feasible candidate per shape key, per strategy
+    found: dict[Strategy, dict[tuple[object, ...], Candidate]] = field(default_factory=dict)
+
+    def evaluate(self, config: ExecutionConfig) -> Prediction:
+        if (
+            self.deadline is not None
+            and self.evaluated % 64 == 0
+            and time.monotonic() > self.deadline
+        ):
+            raise SearchTimeout
+        self.evaluated += 1
+        p = self.sim.evaluate(config)
+        if (
+            p.feasible
+            and p.throughput_qps > 0
+            and config.strategy in self.wanted
+            and (self.best_latency is None or p.latency_s < self.best_latency)
+        ):
+            self.best_latency = p.latency_s
+            self.best_latency_candidate = Candidate(config=config, predicted=p)
+        return p
+
+    def meets(self, p: Prediction) -> bool:
+        return p.feasible and (self.bound is None or p.latency_s <= self.bound)
+
+    def record(self, shape: tuple[object, ...], config: ExecutionConfig, p: Prediction) -> None:
+        if not self.meets(p):
+            return
+        per = self.found.setdefault(config.strategy, {})
+        old = per.get(shape)
+        if old is None or _better(p, old.predicted):
+            per[shape] = Candidate(config=config, predicted=p)
+
+    def best(self, strategy: Strategy) -> Candidate | None:
+        cands = list(self.found.get(strategy, {}).values())
+        return max(cands, key=_rank) if cands else None
+
+    def best_qps(self, strategies: tuple[Strategy, ...]) -> float:
+        best = 0.0
+        for s in strategies:
+            c = self.best(s)
+            if c is not None:
+                best = max(best, c.predicted.throughput_qps)
+        return best
+
+    def line(
+        self,
+        shape: tuple[object, ...],
+        make: Callable[[int], ExecutionConfig],
+        grid: tuple[int, ...],
+    ) -> Candidate | None:
+        """Best point of one monotone line: the largest grid value that meets the bound
+        (binary search), or every point in exhaustive mode."""
+        if self.exhaustive:
+            best: Candidate | None = None
+            for v in grid:
+                cfg = make(v)
+                p = self.evaluate(cfg)
+                self.record(shape, cfg, p)
+                if self.meets(p) and (best is None or _better(p, best.predicted)):
+                    best = Candidate(config=cfg, predicted=p)
+            return best
+        lo, hi = 0, len(grid) - 1
+        cfg = make(grid[lo])
+        p = self.evaluate(cfg)
+        if not self.meets(p):
+            return None
+        best = Candidate(config=cfg, predicted=p)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            cfg = make(grid[mid])
+            p = self.evaluate(cfg)
+            if self.meets(p):
+                lo = mid
+                best = Candidate(config=cfg, predicted=p)
+            else:
+                hi = mid - 1
+        self.record(shape, best.config, best.predicted)
+        return best
+
+
+def _rank(c: Candidate) -> tuple[float, float, int]:
+    p = c.predicted
+    return (p.throughput_qps, -p.latency_s, -p.memory_per_gpu_bytes)
+
+
+def _better(a: Prediction, b: Prediction) -> bool:
+    """Higher throughput; then lower latency; then less memory."""
+    return (a.throughput_qps, -a.latency_s, -a.memory_per_gpu_bytes) > (
+        b.throughput_qps,
+        -b.latency_s,
+        -b.memory_per_gpu_bytes,
+    )
+
+
+# -- shapes -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Pipe:
+    tp: int
+    stages: int
+    replicas: int
+
+
+def _pipes(sim: Simulator, gpus: int) -> Iterator[_Pipe]:
+    """Pipelines of ``stages`` x ``tp`` GPUs that tile the budget exactly."""
+    layers = sim.costs.arch.decode_layers
+    for tp in sorted(sim.tp_degrees):
+        if tp > sim.request.gpus_per_node or gpus % tp:
+            continue
+        for s in STAGE_CHOICES:
+            if s > layers or s * tp > gpus or gpus % (s * tp):
+                continue
+            yield _Pipe(tp, s, gpus // (s * tp))
+
+
+def _micro_choices(stages: int) -> tuple[int, ...]:
+    return (1,) if stages == 1 else (stages, 2 * stages)
+
+
+def _memory_batch_limit(sim: Simulator, fits: Callable[[float], bool]) -> float:
+    """Largest batch (continuous) for which ``fits`` holds; 0 if none."""
+    if not fits(1.0):
+        return 0.0
+    lo, hi = 1.0, 2.0
+    while fits(hi) and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _decode_upper_bound(
+    sim: Simulator, dec: Group, mem_group: Group, micro: int, bound: float | None, phase: str
+) -> float:
+    """Queries/s a decode group cannot exceed: its largest steady batch that memory
+    and the bound allow, decoding with no encoding in the way."""
+    k, m = sim.costs, sim.m
+    fixed = k.weights_per_gpu(mem_group, phase)
+
+    def fits_memory(b: float) -> bool:
+        return fixed + k.kv_per_gpu(dec, sim._kv_tokens(b)) <= sim.capacity
+
+    b = _memory_batch_limit(sim, fits_memory)
+    if b <= 0:
+        return 0.0
+    if bound is not None:
+
+        def fits_bound(x: float) -> bool:
+            return m.steps_p99 * k.iteration(dec, x, m.mean_context, micro) <= bound
+
+        if not fits_bound(1.0):
+            return 0.0
+        lo, hi = 1.0, b
+        if not fits_bound(hi):
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                if fits_bound(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            b = lo
+    if m.mean_steps <= 0:
+        return float("inf")
+    return b / (m.mean_steps * k.iteration(dec, b, m.mean_context, micro))
+
+
+def _round_robin(search: _Search, gpus: int) -> None:
+    sim = search.sim
+    shapes: list[tuple[float, ExecutionConfig]] = []
+    for pipe in _pipes(sim, gpus):
+        scopes = ("all",) if pipe.tp == 1 else ("all", "encode", "decode")
+        for scope in scopes:
+            for micro in _micro_choices(pipe.stages):
+                base = ExecutionConfig(
+                    strategy="RoundRobin",
+                    replicas=pipe.replicas,
+                    tensor_parallel=pipe.tp,
+                    tp_scope=scope,
+                    pipeline_stages=pipe.stages,
+                    micro_batches=micro,
+                )
+                _, dec, mem = sim.round_robin_groups(base)
+                ub = _decode_upper_bound(sim, dec, mem, micro, search.bound, "both")
+                shapes.append((ub * pipe.replicas, base))
+                search.space += len(STEPS_GRID) * len(BATCH_GRID)
+    _visit(search, shapes, ("RoundRobin", "WorkloadAware"), _round_robin_shape)
+
+
+def _round_robin_shape(search: _Search, base: ExecutionConfig) -> None:
+    shape = _shape_key(base)
+    for n_d in STEPS_GRID:
+        search.line(
+            shape,
+            _vary(base, "encode_batch", decode_steps_per_encode=n_d),
+            BATCH_GRID,
+        )
+
+
+def _workload_aware(search: _Search, gpus: int) -> None:
+    sim = search.sim
+    shapes: list[tuple[float, ExecutionConfig]] = []
+    arch = sim.costs.arch
+    node = sim.request.gpus_per_node
+    tps = [t for t in sorted(sim.tp_degrees) if t <= node]
+    for n in range(2, gpus + 1):
+        if gpus % n:
+            continue
+        replicas = gpus // n
+        for e_tp in tps:
+            for e_s in STAGE_CHOICES:
+                e = e_tp * e_s
+                if e >= n or e_s > arch.encode_layers:
+                    continue
+                d = n - e
+                for d_tp in tps:
+                    if d % d_tp or d // d_tp > arch.decode_layers:
+                        continue
+                    d_s = d // d_tp
+                    if d_s not in STAGE_CHOICES:
+                        continue
+                    for micro in _micro_choices(d_s):
+                        base = ExecutionConfig(
+                            strategy="WorkloadAware",
+                            replicas=replicas,
+                            tensor_parallel=d_tp,
+                            pipeline_stages=d_s,
+                            micro_batches=micro,
+                            encode_gpus=e,
+                            encode_tp=e_tp,
+                            encode_stages=e_s,
+                            decode_gpus=d,
+                        )
+                        _, dec = sim.workload_aware_groups(base)
+                        ub = _decode_upper_bound(sim, dec, dec, micro, search.bound, "decode")
+                        shapes.append((ub * replicas, base))
+                        search.space += len(BATCH_GRID) * len(BATCH_GRID)
+    _visit(search, shapes, ("RoundRobin", "WorkloadAware"), _workload_aware_shape)
+
+
+def _workload_aware_shape(search: _Search, base: ExecutionConfig) -> None:
+    shape = _shape_key(base)
+    best_qps, falling = 0.0, 0
+    for b_e in BATCH_GRID:
+        c = search.line(
+            shape,
+            _vary(base, "decode_batch", encode_batch=b_e),
+            BATCH_GRID,
+        )
+        if search.exhaustive:
+            continue
+        if c is None:
+            # A larger encode batch only adds latency and memory.
+            break
+        q = c.predicted.throughput_qps
+        if q > best_qps * (1 + 1e-9):
+            best_qps, falling = q, 0
+        else:
+            falling += 1
+            if falling >= 2:
+                break
+
+
+def _baseline(search: _Search, gpus: int, strategy: Strategy) -> None:
+    sim = search.sim
+    for pipe in _pipes(sim, gpus):
+        for micro in _micro_choices(pipe.stages):
+            base = ExecutionConfig(
+                strategy=strategy,
+                replicas=pipe.replicas,
+                tensor_parallel=pipe.tp,
+                pipeline_stages=pipe.stages,
+                micro_batches=micro,
+            )
+            field_name = "encode_batch" if strategy == "Static" else "decode_batch"
+            search.space += len(BATCH_GRID)
+            search.line(
+                _shape_key(base),
+                _vary(base, field_name),
+                BATCH_GRID,
+            )
+
+
+def _visit(
+    search: _Search,
+    shapes: list[tuple[float, ExecutionConfig]],
+    rivals: tuple[Strategy, ...],
+    run: Callable[[_Search, ExecutionConfig], None],
+) -> None:
+    """Visit shapes best upper bound first; skip those that cannot win."""
+    shapes.sort(key=lambda s: (-s[0], _shape_key(s[1])))
+    for ub, base in shapes:
+        if ub <= 0 and not search.exhaustive:
+            search.pruned += 1
+            continue
+        if not search.exhaustive and ub <= search.best_qps(rivals):
+            search.pruned += 1
+            continue
+        run(search, base)
+
+
+def _vary(base: ExecutionConfig, name: str, **fixed: int) -> Callable[[int], ExecutionConfig]:
+    """Configurations along one line: ``base`` with ``fixed`` set and ``name`` varying."""
+
+    def make(value: int) -> ExecutionConfig:
+        return base.model_copy(update={**fixed, name: value})
+
+    return make
+
+
+def _shape_key(c: ExecutionConfig) -> tuple[object, ...]:
+    return (
+        c.strategy, c.replicas, c.tensor_parallel, c.tp_scope, c.pipeline_stages,
+        c.micro_batches, c.encode_gpus, c.encode_tp, c.encode_stages, c.decode_gpus,
+    )  # fmt: skip
+
+
+# -- entry point ------------------------------------------------------------------------
+def schedule(
+    request: PlanRequest,
+    profile: Profile,
+    *,
+    exhaustive: bool = False,
+    time_limit_s: float | None = None,
+) -> PlanResult:
+    """Plan ``request`` on ``profile``: the best configuration meeting the bound, the
+    next best alternatives, and the Static and Continuous baselines under the same
+    bound; or ``Infeasible`` with the lowest latency any configuration reaches."""
+    start = time.monotonic()
+    sim = Simulator(request, profile)
+    wanted: tuple[Strategy, ...] = (
+        ("RoundRobin", "WorkloadAware") if request.strategy == "Auto" else (request.strategy,)
+    )
+    search = _Search(
+        sim=sim,
+        bound=request.latency_bound_s,
+        exhaustive=exhaustive,
+        deadline=None if time_limit_s is None else start + time_limit_s,
+        wanted=wanted,
+    )
+    try:
+        if "RoundRobin" in wanted:
+            _round_robin(search, request.gpus)
+        if "WorkloadAware" in wanted:
+            _workload_aware(search, request.gpus)
+        _baseline(search, request.gpus, "Static")
+        _baseline(search, request.gpus, "Continuous")
+    except SearchTimeout:
+        search.truncated = True
+    stats = SearchStats(
+        seconds=time.monotonic() - start,
+        evaluated=search.evaluated,
+        space=search.space,
+        exhaustive=exhaustive,
+        pruned=search.pruned,
+        truncated=search.truncated,
+    )
+    ranked = sorted(
+        (c for s in wanted for c in search.found.get(s, {}).values()),
+        key=lambda c: (_rank(c), _shape_key(c.config)),
+        reverse=True,
+    )
+    if not ranked:
+        if not search.truncated:
+            _lowest_latency(search, request.gpus, wanted)
+        return _infeasible(request, search, stats)
+    best = ranked[0]
+    baselines = {"Static": search.best("Static"), "Continuous": search.best("Continuous")}
+    return Plan(
+        strategy=best.config.strategy,
+        config=best.config,
+        predicted=best.predicted,
+        alternatives=ranked[1:4],
+        baselines=baselines,
+        latency_bound_s=request.latency_bound_s,
+        search=stats,
+        reason=_reason(best, search, wanted, request),
+    )
+
+
+def _reason(
+    best: Candidate, search: _Search, wanted: tuple[Strategy, ...], request: PlanRequest
+) -> str:
+    chosen = best.config.strategy
+    if len(wanted) == 1:
+        return f"{chosen} was requested by spec.strategy"
+    other: Strategy = "WorkloadAware" if chosen == "RoundRobin" else "RoundRobin"
+    rival = search.best(other)
+    bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
+    if rival is None:
+        return f"{chosen}: no {other} configuration meets {bound} within memory"
+    ratio = best.predicted.throughput_qps / max(rival.predicted.throughput_qps, 1e-12)
+    return f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"
+
+
+def _lowest_latency(search: _Search, gpus: int, wanted: tuple[Strategy, ...]) -> None:
+    """Evaluate each shape's lowest-latency point (smallest batches, rarest encoding),
+    so an infeasible answer can say how low the latency can go."""
+    sim = search.sim
+    n_d = STEPS_GRID[-1]
+    try:
+        if "RoundRobin" in wanted:
+            for pipe in _pipes(sim, gpus):
+                for scope in ("all",) if pipe.tp == 1 else ("all", "encode", "decode"):
+                    search.evaluate(
+                        ExecutionConfig(
+                            strategy="RoundRobin",
+                            replicas=pipe.replicas,
+                            tensor_parallel=pipe.tp,
+                            tp_scope=scope,
+                            pipeline_stages=pipe.stages,
+                            micro_batches=1,
+                            decode_steps_per_encode=n_d,
+                        )
+                    )
+        if "WorkloadAware" in wanted:
+            for tp in sorted(sim.tp_degrees):
+                for pipe in _pipes(sim, gpus):
+                    if pipe.tp != tp or pipe.stages * tp >= gpus:
+                        continue
+                    d = pipe.stages * tp
+                    for e_tp in sorted(sim.tp_degrees):
+                        if e_tp > sim.request.gpus_per_node or d + e_tp > gpus:
+                            continue
+                        search.evaluate(
+                            ExecutionConfig(
+                                strategy="WorkloadAware",
+                                tensor_parallel=tp,
+                                pipeline_stages=pipe.stages,
+                                encode_gpus=e_tp,
+                                encode_tp=e_tp,
+                                decode_gpus=d,
+                            )
+                        )
+    except SearchTimeout:
+        search.truncated = True
+
+
+def _infeasible(request: PlanRequest, search: _Search, stats: SearchStats) -> Infeasible:
+    bound = request.latency_bound_s
+    if search.best_latency is None:
+        message = (
+            f"no configuration of {request.architecture.name} fits in the memory of "
+            f"{request.gpus} x {request.gpu.name}; add GPUs or use a larger GPU type"
+        )
+    else:
+        message = (
+            f"no configuration meets the latency bound of {bound:g} s; the lowest "
+            f"reachable is {search.best_latency:.3f} s: loosen spec.slo.latency to at "
+            f"least that, or add GPUs"
+            if bound is not None
+            else "no configuration meets the constraints"
+        )
+    if stats.truncated:
+        message += " (the search stopped at its time limit)"
+    return Infeasible(
+        latency_bound_s=bound,
+        best_latency_s=search.best_latency,
+        best=search.best_latency_candidate,
+        message=message,
+        search=stats,
+    )
