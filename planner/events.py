@@ -1,0 +1,345 @@
+"""XSimulator, discrete-event mode: runs sampled queries through a configuration,
+iteration by iteration, to check the analytic mode's expected-value shortcuts and to
+measure what it cannot (p99 end-to-end latency under arrivals).
+
+It shares the per-stage cost model with the analytic mode (``costs.CostModel``) but
+none of its averaging: batches hold the actual sampled queries, each with its own
+input length, output length and growing context; queries leave the decode batch
+when they finish and new ones take their place exactly as the strategy dictates; a
+static batch runs to its actual longest output. Deterministic for a given
+``numpy.random.Generator``. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .costs import CostModel, Group
+from .moments import Moments
+from .plan import ExecutionConfig, PlanRequest
+from .profile import Profile
+from .simulator import Simulator
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """Measured on the simulated timeline (all replicas together)."""
+
+    throughput_qps: float
+    throughput_tps: float
+    latency_s: float  # time to generate the p99-length output (fitted over the window)
+    e2e_p99_s: float  # p99 of completion - arrival
+    mean_decode_batch: float
+    queries: int
+    completed: int  # queries that finished (all of them, unless the model is broken)
+    window_s: float
+
+
+@dataclass
+class _Run:
+    """Per-query timeline of one replica."""
+
+    arrival: FloatArray
+    admitted: FloatArray
+    done: FloatArray
+    steps: FloatArray
+    outputs: FloatArray
+    lag: FloatArray  # pipeline traversal delay added to a query's completion (RoundRobin)
+    batch_time: float = 0.0  # integral of decode batch size over decode time
+    decode_time: float = 0.0
+
+    def note_batch(self, size: int, dt: float) -> None:
+        self.batch_time += size * dt
+        self.decode_time += dt
+
+
+class EventSimulator:
+    """Discrete-event XSimulator bound to one request and profile."""
+
+    def __init__(self, request: PlanRequest, profile: Profile) -> None:
+        self.analytic = Simulator(request, profile)
+        self.request = request
+        self.costs: CostModel = self.analytic.costs
+        self.m: Moments = self.analytic.m
+
+    def run(
+        self,
+        config: ExecutionConfig,
+        rng: np.random.Generator,
+        *,
+        queries: int | None = None,
+        arrival_rate: float | None = None,
+    ) -> EventResult:
+        """Simulate ``queries`` sampled queries on one replica of ``config``.
+
+        ``arrival_rate`` (queries/s over all replicas) draws Poisson arrivals; without
+        it every query is waiting at time 0 (saturation, for throughput). The default
+        query count scales with the decode batch so the steady state dominates."""
+        problem = self.analytic.check_shape(config)
+        if problem:
+            raise ValueError(f"configuration cannot run: {problem}")
+        expected = self.analytic.evaluate(config)
+        n = queries or int(min(max(3000, 30 * expected.decode_batch), 60000))
+        inputs, outputs = self.request.workload.sample(n, rng)
+        ed = self.m.encoder_decoder
+        steps = outputs.astype(np.float64) - (0.0 if ed else 1.0)
+        if arrival_rate is None:
+            arrival = np.zeros(n)
+        else:
+            per_replica = arrival_rate / config.replicas
+            arrival = np.cumsum(rng.exponential(1.0 / per_replica, size=n))
+        run = _Run(
+            arrival=arrival,
+            admitted=np.full(n, np.nan),
+            done=np.full(n, np.nan),
+            steps=steps,
+            outputs=outputs.astype(np.float64),
+            lag=np.zeros(n),
+        )
+        ins = inputs.astype(np.float64)
+        if config.strategy == "RoundRobin":
+            self._round_robin(config, ins, run)
+        elif config.strategy == "WorkloadAware":
+            self._workload_aware(config, ins, run)
+        elif config.strategy == "Static":
+            self._static(config, ins, run)
+        else:
+            self._continuous(config, ins, run)
+        return self._measure(config, run, saturated=arrival_rate is None)
+
+    # -- measurement ---------------------------------------------------------------------
+    def _measure(self, config: ExecutionConfig, run: _Run, saturated: bool) -> EventResult:
+        n = run.done.size
+        order = np.argsort(run.admitted, kind="stable")
+        if saturated:
+            # Steady state: from the 20th percentile admission to the last admission
+            # (after which the queue is empty and the batch drains).
+            t0 = float(run.admitted[order[int(0.2 * n)]])
+            t1 = float(run.admitted[order[-1]])
+        else:
+            t0 = float(run.arrival[int(0.2 * n)])
+            t1 = float(run.arrival[-1])
+        if t1 <= t0:
+            t0, t1 = 0.0, float(np.nanmax(run.done))
+        in_window = (run.done >= t0) & (run.done <= t1)
+        count = int(in_window.sum())
+        qps = count / (t1 - t0) if t1 > t0 else 0.0
+        lat = run.done - run.admitted
+        sel = in_window & np.isfinite(lat)
+        d99 = self.m.steps_p99
+        if sel.sum() >= 2 and np.ptp(run.steps[sel]) > 0:
+            slope, intercept = np.polyfit(run.steps[sel], lat[sel], 1)
+            latency = float(intercept + slope * d99)
+        else:
+            latency = float(np.nanmax(lat))
+        e2e = float(np.percentile((run.done - run.arrival)[sel], 99)) if sel.any() else 0.0
+        mean_batch = run.batch_time / run.decode_time if run.decode_time > 0 else 0.0
+        q = qps * config.replicas
+        tokens = float(run.outputs[in_window].mean()) if count else 0.0
+        return EventResult(
+            throughput_qps=q,
+            throughput_tps=q * tokens,
+            latency_s=latency,
+            e2e_p99_s=e2e,
+            mean_decode_batch=mean_batch,
+            queries=n,
+            completed=int(np.isfinite(run.done).sum()),
+            window_s=t1 - t0,
+        )
+
+    # -- strategies ---------------------------------------------------------------------
+    def _round_robin(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
+        k = self.costs
+        enc, dec, _ = self.analytic.round_robin_groups(c)
+        s, micro, n_d = c.pipeline_stages, c.micro_batches, c.decode_steps_per_encode
+        n = ins.size
+        t, nxt = 0.0, 0
+        ctx = np.empty(0)
+        left = np.empty(0)
+        ids = np.empty(0, dtype=np.int64)
+        while nxt < n or ids.size:
+            # Encode up to B_E queries that have arrived.
+            hi = nxt
+            while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
+                hi += 1
+            if hi == nxt and not ids.size:
+                t = max(t, float(run.arrival[nxt]))
+                continue
+            if hi > nxt:
+                new = np.arange(nxt, hi)
+                b, length = hi - nxt, float(ins[new].mean())
+                enc_lat = k.encode_latency(enc, b, length)
+                t_enc = k.encode_stage(enc, b, length) if micro >= s else enc_lat
+                run.admitted[new] = t
+                t += t_enc
+                # The pipeline traversal beyond the stage's busy time delays these
+                # queries' tokens but not the cycle.
+                lag = enc_lat - t_enc
+                fresh = run.steps[new] > 0
+                run.done[new[~fresh]] = t + lag
+                ids = np.concatenate((ids, new[fresh]))
+                ctx = np.concatenate((ctx, ins[new[fresh]]))
+                left = np.concatenate((left, run.steps[new[fresh]]))
+                run.lag[new] = lag
+                nxt = hi
+            for _ in range(n_d):
+                if not ids.size:
+                    break
+                dt = k.iteration(dec, float(ids.size), float(ctx.mean()) + 1.0, micro)
+                run.note_batch(ids.size, dt)
+                t += dt
+                ctx += 1.0
+                left -= 1.0
+                fin = left <= 0
+                if fin.any():
+                    run.done[ids[fin]] = t + run.lag[ids[fin]]
+                    keep = ~fin
+                    ids, ctx, left = ids[keep], ctx[keep], left[keep]
+
+    def _workload_aware(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
+        k, sim = self.costs, self.analytic
+        enc, dec = sim.workload_aware_groups(c)
+        micro, cap = c.micro_batches, c.decode_batch
+        links = c.encode_stages * min(c.encode_tp, c.tensor_parallel)
+        inter = c.gpus_per_replica > self.request.gpus_per_node
+        n = ins.size
+        enc_free = 0.0  # when the encoders can start the next batch
+        ready_t: list[float] = []  # per encoded batch: when its KV reaches the decoders
+        ready_ids: list[NDArray[np.int64]] = []
+        nxt = 0
+        t = 0.0  # decoder clock
+        ids = np.empty(0, dtype=np.int64)
+        ctx = np.empty(0)
+        left = np.empty(0)
+        waiting = 0
+        while nxt < n or ids.size or ready_ids:
+            # Encoders run ahead of the decoder clock while the hand-over buffer has room.
+            while nxt < n and waiting < max(cap, c.encode_batch):
+                start = max(enc_free, float(run.arrival[nxt]))
+                if start > t and (ids.size or ready_ids):
+                    break
+                hi = nxt
+                while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= start:
+                    hi += 1
+                new = np.arange(nxt, hi)
+                b, length = hi - nxt, float(ins[new].mean())
+                stage = k.encode_stage(enc, b, length)
+                t_kv = (
+                    sim.kv_transfer(b, links, inter)
+                    if not self.m.encoder_decoder
+                    else (
+                        k.comm.send_recv_at(b * length * k.hidden * k.elem / max(links, 1), inter)
+                    )
+                )
+                run.admitted[new] = start
+                enc_free = start + max(stage, t_kv)
+                ready = start + k.encode_latency(enc, b, length) + t_kv
+                fresh = run.steps[new] > 0
+                run.done[new[~fresh]] = ready
+                if fresh.any():
+                    ready_t.append(ready)
+                    ready_ids.append(new[fresh])
+                    waiting += int(fresh.sum())
+                nxt = hi
+            # Join whatever has arrived at the decoders, up to the decode batch.
+            if not ids.size and ready_ids and ready_t[0] > t:
+                t = ready_t[0]
+            while ready_ids and ready_t[0] <= t and ids.size < cap:
+                room = cap - ids.size
+                batch = ready_ids[0]
+                take, rest = batch[:room], batch[room:]
+                ids = np.concatenate((ids, take))
+                ctx = np.concatenate((ctx, ins[take]))
+                left = np.concatenate((left, run.steps[take]))
+                waiting -= take.size
+                if rest.size:
+                    ready_ids[0] = rest
+                else:
+                    ready_ids.pop(0)
+                    ready_t.pop(0)
+            if not ids.size:
+                if not ready_ids and nxt < n:
+                    t = max(t, enc_free, float(run.arrival[nxt]))
+                continue
+            dt = k.iteration(dec, float(ids.size), float(ctx.mean()) + 1.0, micro)
+            run.note_batch(ids.size, dt)
+            t += dt
+            ctx += 1.0
+            left -= 1.0
+            fin = left <= 0
+            if fin.any():
+                run.done[ids[fin]] = t
+                keep = ~fin
+                ids, ctx, left = ids[keep], ctx[keep], left[keep]
+
+    def _static(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
+        k = self.costs
+        g = Group(c.pipeline_stages, c.tensor_parallel)
+        micro, n = c.micro_batches, ins.size
+        t, nxt = 0.0, 0
+        while nxt < n:
+            t = max(t, float(run.arrival[nxt]))
+            hi = nxt
+            while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
+                hi += 1
+            new = np.arange(nxt, hi)
+            b, in_max = hi - nxt, float(ins[new].max())
+            stage = k.encode_stage(g, b / micro, in_max)
+            chain, _ = k.encode_p2p(g, b / micro, in_max)
+            run.admitted[new] = t
+            t += (micro + g.stages - 1) * stage + chain
+            steps = run.steps[new]
+            longest = int(steps.max())
+            # Every slot is computed until the longest output ends.
+            it = np.array(
+                [k.iteration(g, float(b), in_max + j + 1.0, micro) for j in range(longest)]
+            )
+            clock = t + np.concatenate(([0.0], np.cumsum(it)))
+            run.done[new] = clock[steps.astype(np.int64)]
+            if longest:
+                run.note_batch(b, float(it.sum()))
+            t = float(clock[-1])
+            nxt = hi
+
+    def _continuous(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
+        k = self.costs
+        g = Group(c.pipeline_stages, c.tensor_parallel)
+        micro, cap, n = c.micro_batches, c.decode_batch, ins.size
+        t, nxt = 0.0, 0
+        ids = np.empty(0, dtype=np.int64)
+        ctx = np.empty(0)
+        left = np.empty(0)
+        while nxt < n or ids.size:
+            hi = nxt
+            while hi < n and ids.size + (hi - nxt) < cap and run.arrival[hi] <= t:
+                hi += 1
+            if hi == nxt and not ids.size:
+                t = max(t, float(run.arrival[nxt]))
+                continue
+            new = np.arange(nxt, hi)
+            joins = hi - nxt
+            length = float(ins[new].mean()) if joins else 0.0
+            context = float(ctx.mean()) + 1.0 if ids.size else 0.0
+            dt = k.mixed_iteration(g, float(ids.size), context, float(joins), length, micro)
+            run.note_batch(ids.size + joins, dt)
+            run.admitted[new] = t
+            t += dt
+            ctx += 1.0
+            left -= 1.0
+            fin = left <= 0
+            if fin.any():
+                run.done[ids[fin]] = t
+                keep = ~fin
+                ids, ctx, left = ids[keep], ctx[keep], left[keep]
+            if joins:
+                fresh = run.steps[new] > 0
+                run.done[new[~fresh]] = t
+                ids = np.concatenate((ids, new[fresh]))
+                ctx = np.concatenate((ctx, ins[new[fresh]]))
+                left = np.concatenate((left, run.steps[new[fresh]]))
+            nxt = hi

@@ -1,0 +1,132 @@
+"""The discrete-event XSimulator: determinism, conservation, and agreement with the
+analytic mode on the paper's five tasks."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.architecture import get_architecture
+from exegpt.planner.events import EventSimulator
+from exegpt.planner.hardware import get_gpu
+from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest
+from exegpt.planner.profile import Profile
+from exegpt.planner.scheduler import schedule
+from exegpt.planner.workload_presets import get_workload
+
+
+@cache
+def _profile(model: str, gpu: str) -> Profile:
+    return analytic_profile(get_architecture(model), get_gpu(gpu))
+
+
+def _request(
+    task: str, model: str = "opt-13b", gpus: int = 16, bound: float | None = None
+) -> PlanRequest:
+    return PlanRequest(
+        architecture=get_architecture(model),
+        gpu=get_gpu("nvidia-a100-80gb"),
+        gpus=gpus,
+        workload=get_workload(task),
+        latency_bound_s=bound,
+    )
+
+
+@cache
+def _plan(task: str, bound: float | None) -> Plan:
+    result = schedule(_request(task, bound=bound), _profile("opt-13b", "nvidia-a100-80gb"))
+    assert isinstance(result, Plan)
+    return result
+
+
+@pytest.mark.parametrize("task", ["S", "T", "G", "C1", "C2"])
+def test_event_mode_agrees_with_analytic_throughput_on_paper_tasks(task: str) -> None:
+    plan = _plan(task, None)
+    request = _request(task)
+    sim = EventSimulator(request, _profile("opt-13b", "nvidia-a100-80gb"))
+    candidates = [plan.config] + [c.config for c in plan.baselines.values() if c is not None]
+    for config in candidates:
+        predicted = sim.analytic.evaluate(config)
+        measured = sim.run(config, np.random.default_rng(7))
+        err = measured.throughput_qps / predicted.throughput_qps - 1
+        assert abs(err) < 0.05, (config.strategy, predicted.throughput_qps, measured)
+        lat_err = measured.latency_s / predicted.latency_s - 1
+        assert abs(lat_err) < 0.10, (config.strategy, predicted.latency_s, measured)
+
+
+def test_event_mode_agrees_for_workload_aware_under_a_bound() -> None:
+    plan = _plan("S", 2.0)
+    assert plan.strategy == "WorkloadAware"
+    sim = EventSimulator(_request("S", bound=2.0), _profile("opt-13b", "nvidia-a100-80gb"))
+    measured = sim.run(plan.config, np.random.default_rng(3))
+    assert measured.throughput_qps == pytest.approx(plan.predicted.throughput_qps, rel=0.05)
+    assert measured.latency_s <= 2.0 * 1.05
+
+
+def test_event_mode_is_deterministic_for_a_seed() -> None:
+    plan = _plan("C1", None)
+    sim = EventSimulator(_request("C1"), _profile("opt-13b", "nvidia-a100-80gb"))
+    a = sim.run(plan.config, np.random.default_rng(11), queries=500)
+    b = sim.run(plan.config, np.random.default_rng(11), queries=500)
+    c = sim.run(plan.config, np.random.default_rng(12), queries=500)
+    assert a == b
+    assert a != c
+
+
+def test_poisson_arrivals_below_capacity_report_end_to_end_latency() -> None:
+    plan = _plan("S", None)
+    config = plan.baselines["Continuous"]
+    assert config is not None
+    sim = EventSimulator(_request("S"), _profile("opt-13b", "nvidia-a100-80gb"))
+    rate = 0.5 * config.predicted.throughput_qps
+    measured = sim.run(config.config, np.random.default_rng(5), arrival_rate=rate)
+    assert measured.completed == measured.queries
+    # Below capacity, throughput follows the offered load.
+    assert measured.throughput_qps == pytest.approx(rate, rel=0.1)
+    assert measured.e2e_p99_s >= measured.latency_s * 0.5
+
+
+def test_invalid_configuration_is_rejected() -> None:
+    sim = EventSimulator(_request("S", gpus=4), _profile("opt-13b", "nvidia-a100-80gb"))
+    with pytest.raises(ValueError, match="GPUs"):
+        sim.run(ExecutionConfig(strategy="RoundRobin", replicas=8), np.random.default_rng(0))
+
+
+_small = st.integers(min_value=1, max_value=48)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    strategy=st.sampled_from(["RoundRobin", "WorkloadAware", "Static", "Continuous"]),
+    task=st.sampled_from(["S", "T", "G", "C1", "C2"]),
+    b_e=_small,
+    b_d=st.integers(min_value=1, max_value=256),
+    n_d=st.integers(min_value=1, max_value=16),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_every_sampled_query_completes(
+    strategy: str, task: str, b_e: int, b_d: int, n_d: int, seed: int
+) -> None:
+    """Conservation: whatever the configuration, every query leaves the system."""
+    request = _request(task, model="llama-2-7b", gpus=4)
+    sim = EventSimulator(request, _profile("llama-2-7b", "nvidia-a100-80gb"))
+    if strategy == "WorkloadAware":
+        config = ExecutionConfig(
+            strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=b_e,
+            decode_batch=b_d,
+        )  # fmt: skip
+    else:
+        config = ExecutionConfig(
+            strategy=strategy,  # type: ignore[arg-type]
+            tensor_parallel=2, pipeline_stages=2, micro_batches=2, encode_batch=b_e,
+            decode_batch=b_d, decode_steps_per_encode=n_d,
+        )  # fmt: skip
+    result = sim.run(config, np.random.default_rng(seed), queries=300)
+    assert result.completed == result.queries == 300
+    assert result.throughput_qps > 0
+    assert np.isfinite(result.latency_s)
