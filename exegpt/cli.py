@@ -1,10 +1,322 @@
-"""The `exegpt` command line."""
+"""The ``exegpt`` command line.
+
+``exegpt plan FILE.yaml`` plans ExeGPTDeployments offline; ``exegpt bench NAME`` runs
+a benchmark from ``exegpt.bench``. Exit codes: 0 success, 1 a deployment whose latency
+bound no configuration meets (``plan``), 2 bad input or usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
+import pkgutil
+import re
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from pydantic import ValidationError
+
+from exegpt import __version__
+from exegpt.operator.request import SpecError, plan_request, request_warnings
+from exegpt.operator.spec import KIND, ExeGPTDeployment, format_errors, parse_manifest
+from exegpt.planner.plan import Infeasible, Plan, PlanRequest
+from exegpt.planner.profile import Profile
+from exegpt.render import plan_to_dict, plan_to_table
+
+EXIT_OK = 0
+EXIT_INFEASIBLE = 1
+EXIT_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("exegpt: not yet", file=sys.stderr)
-    return 2
+class CliError(Exception):
+    """A user error: each message is printed as ``error: <message>``; exit code 2."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+def _read_text(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{file}: cannot read: {exc.strerror or exc}") from None
+
+
+def load_documents(file: str) -> list[tuple[str, object]]:
+    """The documents of ``file`` to plan, each with the label errors are reported under.
+
+    A single-document file is planned whatever its kind (so a wrong ``kind`` is
+    reported); from a multi-document file only the ExeGPTDeployment documents are.
+    """
+    text = _read_text(file)
+    label = "<stdin>" if file == "-" else file
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise CliError(f"{label}: invalid YAML: {exc}") from None
+    if not docs:
+        raise CliError(f"{label}: no YAML document found")
+    if len(docs) == 1:
+        return [(label, docs[0])]
+    picked: list[tuple[str, object]] = []
+    for i, doc in enumerate(docs):
+        if isinstance(doc, dict) and doc.get("kind") == KIND:
+            meta = doc.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            picked.append((f"{label}: {KIND}/{name or f'document {i + 1}'}", doc))
+    if not picked:
+        raise CliError(f"{label}: none of its {len(docs)} documents is an {KIND}")
+    return picked
+
+
+def _load_profile(path: str) -> Profile:
+    try:
+        return Profile.load(path)
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValidationError as exc:
+        lines = format_errors(exc)
+        raise CliError(f"{path}: not a valid profile: " + "; ".join(lines[:5])) from None
+    except ValueError as exc:
+        raise CliError(f"{path}: not a valid profile: {exc}") from None
+
+
+def _check_profile(profile: Profile, request: PlanRequest, label: str, path: str) -> None:
+    prov = profile.provenance
+    mismatches = []
+    if prov.architecture != request.architecture:
+        mismatches.append(f"model {prov.architecture.name} vs {request.architecture.name}")
+    if prov.gpu_type != request.gpu.name:
+        mismatches.append(f"GPU {prov.gpu_type} vs {request.gpu.name}")
+    if prov.dtype != request.dtype:
+        mismatches.append(f"dtype {prov.dtype} vs {request.dtype}")
+    if mismatches:
+        raise CliError(
+            f"{label}: profile {path} does not match the deployment ("
+            + ", ".join(mismatches)
+            + "): profile this model on this GPU type, or omit --profile"
+        )
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from exegpt.planner.analytic import analytic_profile
+    from exegpt.planner.scheduler import schedule
+
+    documents = load_documents(args.file)
+    errors: list[str] = []
+    todo: list[tuple[str, ExeGPTDeployment, PlanRequest]] = []
+    for label, raw in documents:
+        try:
+            manifest = parse_manifest(raw)
+        except ValidationError as exc:
+            errors += [f"{label}: {line}" for line in format_errors(exc)]
+            continue
+        try:
+            todo.append((label, manifest, plan_request(manifest.spec)))
+        except SpecError as exc:
+            errors.append(f"{label}: {exc.path}: {exc.message}")
+    if errors:
+        raise CliError(*errors)
+    for label, _, request in todo:
+        for warning in request_warnings(request):
+            print(f"warning: {label}: {warning}", file=sys.stderr)
+
+    given = _load_profile(args.profile) if args.profile else None
+    profiles: dict[tuple[str, str, str], Profile] = {}
+    results: list[tuple[ExeGPTDeployment, PlanRequest, Plan | Infeasible]] = []
+    for label, manifest, request in todo:
+        if given is not None:
+            _check_profile(given, request, label, args.profile)
+            profile = given
+        else:
+            key = (request.architecture.model_dump_json(), request.gpu.name, request.dtype)
+            if key not in profiles:
+                profiles[key] = analytic_profile(
+                    request.architecture, request.gpu, dtype=request.dtype
+                )
+            profile = profiles[key]
+        try:
+            result = schedule(
+                request, profile, exhaustive=args.exhaustive, time_limit_s=args.time_limit
+            )
+        except (ValueError, KeyError) as exc:
+            raise CliError(f"{label}: cannot plan: {str(exc).strip(chr(39))}") from None
+        results.append((manifest, request, result))
+
+    out: IO[str] = sys.stdout
+    if args.json:
+        if len(results) == 1:
+            _, request, result = results[0]
+            doc: dict[str, Any] = plan_to_dict(result, request)
+        else:
+            doc = {
+                "kind": "PlanList",
+                "items": [{"deployment": m.name, **plan_to_dict(r, req)} for m, req, r in results],
+            }
+        out.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    else:
+        for i, (manifest, request, result) in enumerate(results):
+            if len(results) > 1:
+                out.write(("\n" if i else "") + f"== {KIND}/{manifest.name} ==\n")
+            out.write(plan_to_table(result, request))
+    infeasible = any(isinstance(r, Infeasible) for _, _, r in results)
+    return EXIT_INFEASIBLE if infeasible else EXIT_OK
+
+
+# -- bench ---------------------------------------------------------------------------------
+
+
+def _bench_names() -> list[str]:
+    import exegpt.bench
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(exegpt.bench.__path__) if not m.name.startswith("_")
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    name: str = args.name
+    module_name = f"exegpt.bench.{name}"
+
+    def unknown() -> CliError:
+        known = _bench_names()
+        hint = f"available: {', '.join(known)}" if known else "none is installed"
+        return CliError(f"unknown benchmark {name!r}; {hint}")
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise unknown()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise unknown() from None
+        raise CliError(
+            f"benchmark {name!r} needs the module {exc.name!r}, which is not installed"
+        ) from None
+    run: Callable[[list[str]], int] | None = getattr(module, "run", None)
+    if not callable(run):
+        raise CliError(f"benchmark {name!r} has no run(argv) entry point")
+    return int(run(list(args.args)))
+
+
+# -- commands of other builds ----------------------------------------------------------------
+
+_UNAVAILABLE = {
+    "crd": "print the ExeGPTDeployment CRD",
+    "profile": "run the profiler here (the profiling Job's entrypoint)",
+    "serve": "run a worker (the workers' entrypoint)",
+    "operator": "run the operator against the current kubeconfig",
+}
+
+
+def _unavailable(command: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"exegpt {command}: not available in this build", file=sys.stderr)
+        return EXIT_USAGE
+
+    return run
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exegpt",
+        description="ExeGPT: the highest-throughput LLM serving plan under a latency bound.",
+    )
+    parser.add_argument("--version", action="version", version=f"exegpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plan = sub.add_parser(
+        "plan",
+        help="plan an ExeGPTDeployment offline",
+        description="Plan the ExeGPTDeployment(s) in FILE (YAML; '-' reads stdin) and print "
+        "the plan, its prediction and the Static and Continuous batching baselines. "
+        "Exit code: 0 planned, 1 the latency bound cannot be met, 2 invalid input.",
+    )
+    plan.add_argument(
+        "file",
+        metavar="FILE.yaml",
+        help="manifest; multi-document files plan each ExeGPTDeployment in them",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="search the whole discretised space (slow; to verify the branch and bound)",
+    )
+    plan.add_argument(
+        "--profile",
+        metavar="P.json",
+        help="a measured profile to plan from (default: the analytic profile)",
+    )
+    plan.add_argument(
+        "--time-limit",
+        metavar="S",
+        type=_positive_float,
+        default=None,
+        help="stop searching after S seconds and return the best plan found",
+    )
+    plan.set_defaults(func=_cmd_plan)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark",
+        description="Run the benchmark exegpt.bench.NAME with the remaining arguments.",
+    )
+    bench.add_argument("name", metavar="NAME", help="benchmark (e.g. paper, calibration)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    bench.set_defaults(func=_cmd_bench)
+
+    for command, summary in _UNAVAILABLE.items():
+        p = sub.add_parser(command, help=summary, description=summary)
+        p.set_defaults(func=_unavailable(command))
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _UNAVAILABLE:
+        return _unavailable(argv[0])(argparse.Namespace(args=argv[1:]))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
