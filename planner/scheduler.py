@@ -233,7 +233,8 @@ def _decode_upper_bound(
     return b / (m.mean_steps * k.iteration(dec, b, m.mean_context, micro))
 
 
-def _round_robin(search: _Search, gpus: int) -> None:
+def _round_robin(search: _Search, gpus: int) -> list[tuple[float, ExecutionConfig]]:
+    """RoundRobin shapes with their throughput upper bounds."""
     sim = search.sim
     shapes: list[tuple[float, ExecutionConfig]] = []
     for pipe in _pipes(sim, gpus):
@@ -252,7 +253,7 @@ def _round_robin(search: _Search, gpus: int) -> None:
                 ub = _decode_upper_bound(sim, dec, mem, micro, search.bound, "both")
                 shapes.append((ub * pipe.replicas, base))
                 search.space += len(STEPS_GRID) * len(BATCH_GRID)
-    _visit(search, shapes, ("RoundRobin", "WorkloadAware"), _round_robin_shape)
+    return shapes
 
 
 def _round_robin_shape(search: _Search, base: ExecutionConfig) -> None:
@@ -265,7 +266,8 @@ def _round_robin_shape(search: _Search, base: ExecutionConfig) -> None:
         )
 
 
-def _workload_aware(search: _Search, gpus: int) -> None:
+def _workload_aware(search: _Search, gpus: int) -> list[tuple[float, ExecutionConfig]]:
+    """WorkloadAware shapes (GPU splits) with their throughput upper bounds."""
     sim = search.sim
     shapes: list[tuple[float, ExecutionConfig]] = []
     arch = sim.costs.arch
@@ -303,7 +305,7 @@ def _workload_aware(search: _Search, gpus: int) -> None:
                         ub = _decode_upper_bound(sim, dec, dec, micro, search.bound, "decode")
                         shapes.append((ub * replicas, base))
                         search.space += len(BATCH_GRID) * len(BATCH_GRID)
-    _visit(search, shapes, ("RoundRobin", "WorkloadAware"), _workload_aware_shape)
+    return shapes
 
 
 def _workload_aware_shape(search: _Search, base: ExecutionConfig) -> None:
@@ -406,11 +408,11 @@ def schedule(
         deadline=None if time_limit_s is None else start + time_limit_s,
         wanted=wanted,
     )
+    rr = _round_robin(search, request.gpus) if "RoundRobin" in wanted else []
+    waa = _workload_aware(search, request.gpus) if "WorkloadAware" in wanted else []
     try:
-        if "RoundRobin" in wanted:
-            _round_robin(search, request.gpus)
-        if "WorkloadAware" in wanted:
-            _workload_aware(search, request.gpus)
+        _visit(search, rr, wanted, _round_robin_shape)
+        _visit(search, waa, wanted, _workload_aware_shape)
         _baseline(search, request.gpus, "Static")
         _baseline(search, request.gpus, "Continuous")
     except SearchTimeout:
@@ -430,7 +432,7 @@ def schedule(
     )
     if not ranked:
         if not search.truncated:
-            _lowest_latency(search, request.gpus, wanted)
+            _lowest_latency(search, [b for _, b in rr + waa])
         return _infeasible(request, search, stats)
     best = ranked[0]
     baselines = {"Static": search.best("Static"), "Continuous": search.best("Continuous")}
@@ -461,45 +463,17 @@ def _reason(
     return f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"
 
 
-def _lowest_latency(search: _Search, gpus: int, wanted: tuple[Strategy, ...]) -> None:
-    """Evaluate each shape's lowest-latency point (smallest batches, rarest encoding),
-    so an infeasible answer can say how low the latency can go."""
-    sim = search.sim
-    n_d = STEPS_GRID[-1]
+def _lowest_latency(search: _Search, shapes: list[ExecutionConfig]) -> None:
+    """Evaluate each shape's low-latency corner (the smallest batches, for RoundRobin
+    at every encoding frequency) so an infeasible answer can say how low the latency
+    can go."""
     try:
-        if "RoundRobin" in wanted:
-            for pipe in _pipes(sim, gpus):
-                for scope in ("all",) if pipe.tp == 1 else ("all", "encode", "decode"):
-                    search.evaluate(
-                        ExecutionConfig(
-                            strategy="RoundRobin",
-                            replicas=pipe.replicas,
-                            tensor_parallel=pipe.tp,
-                            tp_scope=scope,
-                            pipeline_stages=pipe.stages,
-                            micro_batches=1,
-                            decode_steps_per_encode=n_d,
-                        )
-                    )
-        if "WorkloadAware" in wanted:
-            for tp in sorted(sim.tp_degrees):
-                for pipe in _pipes(sim, gpus):
-                    if pipe.tp != tp or pipe.stages * tp >= gpus:
-                        continue
-                    d = pipe.stages * tp
-                    for e_tp in sorted(sim.tp_degrees):
-                        if e_tp > sim.request.gpus_per_node or d + e_tp > gpus:
-                            continue
-                        search.evaluate(
-                            ExecutionConfig(
-                                strategy="WorkloadAware",
-                                tensor_parallel=tp,
-                                pipeline_stages=pipe.stages,
-                                encode_gpus=e_tp,
-                                encode_tp=e_tp,
-                                decode_gpus=d,
-                            )
-                        )
+        for base in shapes:
+            if base.strategy == "RoundRobin":
+                for n_d in STEPS_GRID:
+                    search.evaluate(base.model_copy(update={"decode_steps_per_encode": n_d}))
+            else:
+                search.evaluate(base)
     except SearchTimeout:
         search.truncated = True
 
