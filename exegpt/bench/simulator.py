@@ -1,0 +1,138 @@
+"""``exegpt bench simulator``: the analytic XSimulator against its discrete-event mode,
+and the analytic mode's cost per configuration.
+
+For each of the paper's five tasks (OPT-13B on 16 x A100-80GB, analytic profile) the
+scheduler plans with no bound and with a tight bound; the chosen plan and the Static
+and Continuous baselines are then run through the discrete-event simulator on sampled
+queries (seeded), and the two modes' throughput and p99-length latency are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.architecture import get_architecture
+from exegpt.planner.events import EventSimulator
+from exegpt.planner.hardware import get_gpu
+from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest
+from exegpt.planner.scheduler import schedule
+from exegpt.planner.simulator import Simulator
+from exegpt.planner.workload_presets import get_workload
+
+TASKS = ("S", "T", "G", "C1", "C2")
+# A tight bound per task: about twice the lowest p99-length latency OPT-13B reaches.
+TIGHT_BOUNDS = {"S": 2.0, "T": 8.0, "G": 12.0, "C1": 4.0, "C2": 16.0}
+
+
+def _pct(measured: float, predicted: float) -> float:
+    return 100.0 * (measured / predicted - 1.0) if predicted else float("nan")
+
+
+def _compare(
+    request: PlanRequest, events: EventSimulator, config: ExecutionConfig, seed: int
+) -> dict[str, Any]:
+    predicted = events.analytic.evaluate(config)
+    measured = events.run(config, np.random.default_rng(seed))
+    return {
+        "strategy": config.strategy,
+        "config": config.model_dump(exclude_defaults=True),
+        "analytic_qps": predicted.throughput_qps,
+        "event_qps": measured.throughput_qps,
+        "qps_err_pct": _pct(measured.throughput_qps, predicted.throughput_qps),
+        "analytic_latency_s": predicted.latency_s,
+        "event_latency_s": measured.latency_s,
+        "latency_err_pct": _pct(measured.latency_s, predicted.latency_s),
+        "event_queries": measured.queries,
+        "event_completed": measured.completed,
+    }
+
+
+def _eval_cost(request: PlanRequest, plan: Plan, repeats: int) -> dict[str, float]:
+    """Seconds per analytic evaluation: cold (a fresh simulator each time, no memo)
+    and inside a search (from the scheduler's own statistics)."""
+    profile = analytic_profile(request.architecture, request.gpu)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        Simulator(request, profile).evaluate(plan.config)
+    cold = (time.perf_counter() - start) / repeats
+    search = plan.search.seconds / max(plan.search.evaluated, 1)
+    return {"cold_ms": 1e3 * cold, "in_search_ms": 1e3 * search}
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="exegpt bench simulator", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="tasks S and C1 only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    arch, gpu = get_architecture("opt-13b"), get_gpu("nvidia-a100-80gb")
+    profile = analytic_profile(arch, gpu)
+    rows: list[dict[str, Any]] = []
+    costs: list[dict[str, float]] = []
+    for task in ("S", "C1") if args.quick else TASKS:
+        for bound in (None, TIGHT_BOUNDS[task]):
+            request = PlanRequest(
+                architecture=arch, gpu=gpu, gpus=16, workload=get_workload(task),
+                latency_bound_s=bound,
+            )  # fmt: skip
+            result = schedule(request, profile)
+            if not isinstance(result, Plan):
+                rows.append({"task": task, "bound_s": bound, "infeasible": result.message})
+                continue
+            events = EventSimulator(request, profile)
+            configs = [result.config] + [c.config for c in result.baselines.values() if c]
+            for i, config in enumerate(configs):
+                row = _compare(request, events, config, args.seed)
+                row.update(task=task, bound_s=bound, role="plan" if i == 0 else "baseline")
+                rows.append(row)
+            costs.append(_eval_cost(request, result, repeats=20))
+    compared = [r for r in rows if "qps_err_pct" in r]
+    qps_err = [abs(r["qps_err_pct"]) for r in compared]
+    lat_err = [abs(r["latency_err_pct"]) for r in compared]
+    summary = {
+        "configs": len(compared),
+        "qps_err_pct_median": float(np.median(qps_err)),
+        "qps_err_pct_max": float(np.max(qps_err)),
+        "latency_err_pct_median": float(np.median(lat_err)),
+        "latency_err_pct_max": float(np.max(lat_err)),
+        "all_queries_completed": all(r["event_completed"] == r["event_queries"] for r in compared),
+        "analytic_eval_cold_ms_max": max(c["cold_ms"] for c in costs),
+        "analytic_eval_in_search_ms_max": max(c["in_search_ms"] for c in costs),
+        "targets": {
+            "throughput_within_5pct": bool(np.max(qps_err) < 5.0),
+            "eval_under_10ms": max(c["cold_ms"] for c in costs) < 10.0,
+        },
+    }
+    if args.json:
+        print(json.dumps({"rows": rows, "summary": summary}))
+        return 0
+    print(f"{'task':4} {'bound':>6} {'role':8} {'strategy':13} {'analytic q/s':>12} "
+          f"{'event q/s':>10} {'err%':>6} {'lat s':>8} {'event lat':>9} {'err%':>6}")  # fmt: skip
+    for r in rows:
+        bound = "none" if r["bound_s"] is None else f"{r['bound_s']:g}s"
+        if "infeasible" in r:
+            print(f"{r['task']:4} {bound:>6} infeasible: {r['infeasible']}")
+            continue
+        print(
+            f"{r['task']:4} {bound:>6} {r['role']:8} {r['strategy']:13} "
+            f"{r['analytic_qps']:12.2f} {r['event_qps']:10.2f} {r['qps_err_pct']:+6.2f} "
+            f"{r['analytic_latency_s']:8.3f} {r['event_latency_s']:9.3f} "
+            f"{r['latency_err_pct']:+6.2f}"
+        )
+    s = summary
+    print(
+        f"\nthroughput error: median {s['qps_err_pct_median']:.2f} %, "
+        f"max {s['qps_err_pct_max']:.2f} % (target < 5 %)\n"
+        f"latency error: median {s['latency_err_pct_median']:.2f} %, "
+        f"max {s['latency_err_pct_max']:.2f} %\n"
+        f"analytic evaluation: {s['analytic_eval_cold_ms_max']:.3f} ms cold, "
+        f"{s['analytic_eval_in_search_ms_max']:.3f} ms in search (target < 10 ms)"
+    )
+    return 0
