@@ -357,6 +357,15 @@ class LengthDistribution:
     def std(self) -> float:
         return self._std
 
+    def moment(self, p: int) -> float:
+        """E[L^p] (memoised)."""
+        key = ("moment", float(p))
+        hit = self._cache.get(key)
+        if hit is None:
+            ks = np.arange(1, self.max + 1, dtype=np.float64)
+            hit = self._cache[key] = float(np.dot(ks**p, self._pmf))
+        return hit
+
     def percentile(self, q: float) -> int:
         """Smallest length L with P(length <= L) >= q/100 (``min`` for q = 0)."""
         if not 0 <= q <= 100:
@@ -442,19 +451,26 @@ def _check_weights(w: FloatArray) -> None:
 _GRID_STEP = 0.025
 
 
-def copula_pearson(x: LengthDistribution, y: LengthDistribution, rho: float) -> float:
-    """Pearson correlation of (X, Y) coupled by a Gaussian copula with parameter rho."""
-    if rho == 0.0 or x.std == 0.0 or y.std == 0.0:
-        return 0.0
+def _copula_grid(
+    x: LengthDistribution, y: LengthDistribution, rho: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Quadrature of a Gaussian copula: weights w over z in [-7, 7], X at each z1, and Y at
+    (z1, z2) = Y(rho z1 + sqrt(1 - rho^2) z2)."""
     z = np.arange(-7.0, 7.0 + _GRID_STEP / 2, _GRID_STEP)
     w = np.exp(-0.5 * z * z)
     w /= w.sum()
     xs = x.quantile_of(normal_cdf(z)).astype(np.float64)
-    # E[Y | z1] for each grid z1: average Y(rho z1 + sqrt(1 - rho^2) z2) over z2
     s = math.sqrt(max(1.0 - rho * rho, 0.0))
-    zz = rho * z[:, None] + s * z[None, :]
-    ys = y.quantile_of(normal_cdf(zz)).astype(np.float64)
-    ey_given = ys @ w
+    ys = y.quantile_of(normal_cdf(rho * z[:, None] + s * z[None, :])).astype(np.float64)
+    return w, xs, ys
+
+
+def copula_pearson(x: LengthDistribution, y: LengthDistribution, rho: float) -> float:
+    """Pearson correlation of (X, Y) coupled by a Gaussian copula with parameter rho."""
+    if rho == 0.0 or x.std == 0.0 or y.std == 0.0:
+        return 0.0
+    w, xs, ys = _copula_grid(x, y, rho)
+    ey_given = ys @ w  # E[Y | z1]
     # moments on the same grid, so the discretisation errors cancel
     ex = float(np.dot(w, xs))
     ey = float(np.dot(w, ey_given))
@@ -464,6 +480,21 @@ def copula_pearson(x: LengthDistribution, y: LengthDistribution, rho: float) -> 
         return 0.0
     cov = float(np.dot(w, xs * ey_given)) - ex * ey
     return float(np.clip(cov / (sx * sy), -1.0, 1.0))
+
+
+def copula_cross_moment(
+    x: LengthDistribution, y: LengthDistribution, rho: float, p: int = 1, q: int = 1
+) -> float:
+    """E[X^p Y^q] for (X, Y) coupled by a Gaussian copula with parameter rho: the
+    independent part exactly, plus the covariance of X^p and Y^q from the quadrature."""
+    independent = x.moment(p) * y.moment(q)
+    if rho == 0.0 or x.std == 0.0 or y.std == 0.0:
+        return independent
+    w, xs, ys = _copula_grid(x, y, rho)
+    xp = xs**p
+    eyq_given = (ys**q) @ w
+    cov = float(np.dot(w, xp * eyq_given)) - float(np.dot(w, xp)) * float(np.dot(w, eyq_given))
+    return independent + cov
 
 
 class Workload:
@@ -530,6 +561,23 @@ class Workload:
             else:
                 hit = copula_pearson(self.input, self.output, self.correlation)
             self._cache["pearson"] = hit
+        return hit
+
+    def cross_moment(self, input_power: int = 1, output_power: int = 1) -> float:
+        """E[input^p * output^q] under this workload, with its correlation (e.g. p=2,
+        q=1 for the KV-cache token-steps of a query); memoised."""
+        key = f"cross_moment:{input_power}:{output_power}"
+        hit = self._cache.get(key)
+        if hit is None:
+            if self.pairs is not None:
+                a = self.pairs[0].astype(np.float64)
+                b = self.pairs[1].astype(np.float64)
+                hit = float(np.mean(a**input_power * b**output_power))
+            else:
+                hit = copula_cross_moment(
+                    self.input, self.output, self.correlation, input_power, output_power
+                )
+            self._cache[key] = hit
         return hit
 
     # -- sampling --------------------------------------------------------------------

@@ -137,6 +137,23 @@ def test_sampled_correlation_is_as_requested(rho: float) -> None:
     assert w.pearson == pytest.approx(rho, abs=0.01)
 
 
+@pytest.mark.parametrize("name", ["T", "S", "chat"])
+@pytest.mark.parametrize(("p", "q"), [(1, 1), (2, 1), (1, 2)])
+def test_cross_moment_matches_monte_carlo(name: str, p: int, q: int) -> None:
+    w = get_workload(name)
+    i, o = w.sample(400_000, rng(5))
+    mc = np.mean(i.astype(np.float64) ** p * o.astype(np.float64) ** q)
+    assert w.cross_moment(p, q) == pytest.approx(mc, rel=0.01)
+    assert w.input.moment(p) == pytest.approx(np.mean(i.astype(np.float64) ** p), rel=0.01)
+
+
+def test_cross_moment_without_correlation_is_the_product_of_moments() -> None:
+    w = get_workload("G").with_correlation(0.0)
+    assert w.cross_moment(2, 1) == pytest.approx(w.input.moment(2) * w.mean_output)
+    assert w.input.moment(1) == pytest.approx(w.mean_input)
+    assert w.input.moment(2) == pytest.approx(w.input.std**2 + w.mean_input**2)
+
+
 def test_pearson_of_the_copula_matches_monte_carlo_for_skewed_marginals() -> None:
     w = get_workload("chat")
     i, o = w.sample(100_000, rng(3))
@@ -269,6 +286,7 @@ def test_load_trace_gives_marginals_pairs_and_pearson(small_trace: Path) -> None
     i, o = w.sample(1000, rng())
     pairs = set(zip(inputs.tolist(), outputs.tolist(), strict=True))
     assert set(zip(i.tolist(), o.tolist(), strict=True)) <= pairs
+    assert w.cross_moment(2, 1) == pytest.approx(np.mean(inputs**2 * outputs))
     assert w.describe()["sampling"] == "trace pairs"
     assert w.describe()["pairs"] == 5
 
