@@ -114,6 +114,12 @@ class Curve(BaseModel):
         self._ya = np.asarray(self.seconds, dtype=float)
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # compare the fields only: the cached numpy arrays have no single truth value
+        if not isinstance(other, Curve):
+            return NotImplemented
+        return self.x == other.x and self.seconds == other.seconds
+
     def fn(self) -> CurveFn:
         return CurveFn([float(v) for v in self.x], [float(v) for v in self.seconds])
 
@@ -157,6 +163,16 @@ class Grid(BaseModel):
         if (self._t < 0).any() or not np.isfinite(self._t).all():
             raise ValueError("seconds must be finite and non-negative")
         return self
+
+    def __eq__(self, other: object) -> bool:
+        # compare the fields only: the cached numpy arrays have no single truth value
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return (
+            self.batch == other.batch
+            and self.length == other.length
+            and self.seconds == other.seconds
+        )
 
     def fn(self) -> GridFn:
         return GridFn(
