@@ -33,6 +33,12 @@ class Group:
         return self.stages * self.tp * self.dp
 
 
+def _per_copy(batch: float, copies: int) -> float:
+    """The batch of the busiest of ``copies`` data-parallel copies: at least one query
+    (a step never costs less than running one sequence)."""
+    return max(batch / copies, 1.0)
+
+
 class CostModel:
     """Times of encode and decode steps for groups of GPUs, and memory per GPU."""
 
@@ -98,9 +104,9 @@ class CostModel:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        b = batch / group.dp
+        b = _per_copy(batch, group.dp)
         layers = self.max_layers(self.arch.encode_layers, group.stages)
-        t = layers * self._enc[group.tp](max(b, 1e-9), length)
+        t = layers * self._enc[group.tp](b, length)
         if group.tp > 1:
             t += 2 * layers * self._ar[group.tp](b * length * self.hidden * self.elem)
         if not self.arch.encoder_decoder:
@@ -126,9 +132,9 @@ class CostModel:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        b = batch / group.dp
+        b = _per_copy(batch, group.dp)
         layers = self.max_layers(self.arch.decode_layers, group.stages)
-        t = layers * self._dec[group.tp](max(b, 1e-9), context)
+        t = layers * self._dec[group.tp](b, context)
         if group.tp > 1:
             t += 2 * layers * self._ar[group.tp](b * self.hidden * self.elem)
         t += self._head[group.tp](b)

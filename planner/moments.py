@@ -56,18 +56,20 @@ class Moments:
         e_d = float(np.dot(steps, p))
         e_d2 = float(np.dot(steps * steps, p))
         e_d3 = float(np.dot(steps**3, p))
-        # E[i * d]: exact from trace pairs, else from the copula's correlation.
-        if workload.pairs is not None:
-            i_arr = workload.pairs[0].astype(np.float64)
-            d_arr = np.array([decode_steps(float(o), ed) for o in workload.pairs[1]])
-            e_id = float(np.mean(i_arr * d_arr))
-            e_i2d = float(np.mean(i_arr * i_arr * d_arr))
-            e_id2 = float(np.mean(i_arr * d_arr * d_arr))
+        # Cross moments of input i and decode steps d (d = o, or o - 1 for decoder-only
+        # models), with the workload's input-output dependence (trace pairs or copula).
+        e_io, e_i2o, e_io2 = (
+            workload.cross_moment(1, 1),
+            workload.cross_moment(2, 1),
+            workload.cross_moment(1, 2),
+        )
+        if ed:
+            e_id, e_i2d, e_id2 = e_io, e_i2o, e_io2
         else:
-            sd = math.sqrt(max(e_d2 - e_d * e_d, 0.0))
-            e_id = inp.mean * e_d + workload.correlation * inp.std * sd
-            e_i2d = (inp.std**2 + inp.mean**2) * e_d
-            e_id2 = inp.mean * e_d2 + workload.correlation * inp.std * sd * 2 * e_d
+            e_i, e_i2 = inp.mean, inp.moment(2)
+            e_id = e_io - e_i
+            e_i2d = e_i2o - e_i2
+            e_id2 = e_io2 - 2.0 * e_io + e_i
         # Context at decode step k (1-based) of a query with input i: i + k (the tokens
         # cached before this step's token). Length-biased mean over all decode steps:
         #   sum_k (i + k) = i*d + d(d+1)/2  ;  sum_k (i+k)^2 = i^2 d + i d(d+1) + d(d+1)(2d+1)/6

@@ -246,7 +246,10 @@ class Simulator:
             + k.kv_per_gpu(g, b * (in_max + m.max_output))
             + k.activations_per_gpu(g, b / micro * in_max)
         )
-        return self._finish(c, b / t_batch, latency, 2 * t_batch, memory, float(b))
+        # A caller waits for the batch in flight, then for its own batch to end (static
+        # batching returns a batch when its longest output ends).
+        e2e = t_batch + t_enc + max(m.steps_p99, steps) * t_iter
+        return self._finish(c, b / t_batch, latency, e2e, memory, float(b))
 
     def _continuous(self, c: ExecutionConfig) -> Prediction:
         m, k = self.m, self.costs
