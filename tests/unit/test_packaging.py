@@ -82,7 +82,11 @@ def test_operator_folder_never_shadows_the_stdlib(no_site: bool) -> None:
     run = subprocess.run(
         [sys.executable, *flags, "-c", code], cwd=ROOT, capture_output=True, text=True
     )
-    assert run.returncode == 0, run.stderr
+    shadowed = (
+        "`import operator` from the repository root gave operator/__init__.py: imported "
+        "under the name `operator`, it must put the standard library's module in its place\n"
+    )
+    assert run.returncode == 0, shadowed + run.stderr
     assert "exegpt" not in run.stdout and str(ROOT / "operator") not in run.stdout, run.stdout
 
 
