@@ -480,7 +480,12 @@ def _lowest_latency(search: _Search, shapes: list[ExecutionConfig]) -> None:
 
 def _infeasible(request: PlanRequest, search: _Search, stats: SearchStats) -> Infeasible:
     bound = request.latency_bound_s
-    if search.best_latency is None:
+    if stats.truncated and search.best_latency is None:
+        message = (
+            f"the search stopped at its time limit after {stats.evaluated} configurations, "
+            "before finding one that meets the constraints; allow more planning time"
+        )
+    elif search.best_latency is None:
         message = (
             f"no configuration of {request.architecture.name} fits in the memory of "
             f"{request.gpus} x {request.gpu.name}; add GPUs or use a larger GPU type"
@@ -493,8 +498,8 @@ def _infeasible(request: PlanRequest, search: _Search, stats: SearchStats) -> In
             if bound is not None
             else "no configuration meets the constraints"
         )
-    if stats.truncated:
-        message += " (the search stopped at its time limit)"
+        if stats.truncated:
+            message += " (the search stopped at its time limit)"
     return Infeasible(
         latency_bound_s=bound,
         best_latency_s=search.best_latency,

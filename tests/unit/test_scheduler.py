@@ -240,14 +240,6 @@ def test_a_tiny_time_limit_returns_quickly_and_says_so(limit: float) -> None:
         assert "time limit" in result.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "when the time limit stops the search before any candidate, Infeasible says that "
-        "'no configuration of opt-13b fits in the memory of 16 x nvidia-a100-80gb; add GPUs', "
-        "which is false: OPT-13B fits on one of those GPUs"
-    ),
-)
 def test_a_truncated_search_does_not_blame_memory() -> None:
     result = _infeasible(request(model="opt-13b", gpus=16, workload="S"), time_limit_s=1e-6)
     assert "fits in the memory" not in result.message
