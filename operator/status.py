@@ -1,0 +1,160 @@
+"""The ExeGPTDeployment status (Kubernetes API conventions: observedGeneration and
+conditions, no phase) and pure helpers to update conditions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ConditionType = Literal["Profiled", "Planned", "Available", "Progressing", "Degraded"]
+CONDITION_TYPES: tuple[ConditionType, ...] = (
+    "Profiled",
+    "Planned",
+    "Available",
+    "Progressing",
+    "Degraded",
+)
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class Condition(_Model):
+    type: ConditionType
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase reason for the last transition")
+    message: str = ""
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    observed_generation: int = Field(default=0, alias="observedGeneration")
+
+
+class ProfileStatus(_Model):
+    key: str = Field(description="content key: model, GPU type, dtype, profiler version")
+    config_map: str | None = Field(default=None, alias="configMap")
+    source: Literal["analytic", "measured"]
+    gpu_type: str = Field(alias="gpuType")
+    job: str | None = Field(default=None, description="the profiling Job in use, if any")
+    attempts: int = Field(default=0, ge=0, description="profiling Jobs created so far")
+
+
+class PredictedStatus(_Model):
+    throughput_qps: float = Field(alias="throughputQps")
+    throughput_tps: float = Field(alias="throughputTps")
+    latency_seconds: float = Field(alias="latencySeconds")
+    e2e_p99_seconds: float = Field(alias="e2eP99Seconds")
+    memory_per_gpu_gib: float = Field(alias="memoryPerGpuGiB")
+
+
+class AlternativeStatus(_Model):
+    strategy: str
+    throughput_qps: float = Field(alias="throughputQps")
+    latency_seconds: float = Field(alias="latencySeconds")
+    summary: str
+
+
+class PlanStatus(_Model):
+    strategy: Literal["RoundRobin", "WorkloadAware"]
+    replicas: int
+    tensor_parallel: int = Field(alias="tensorParallel")
+    tp_scope: str = Field(alias="tpScope")
+    pipeline_stages: int = Field(alias="pipelineStages")
+    micro_batches: int = Field(alias="microBatches")
+    encode_batch: int = Field(alias="encodeBatch")
+    decode_batch: int = Field(alias="decodeBatch")
+    decode_steps_per_encode: int = Field(alias="decodeStepsPerEncode")
+    encode_gpus: int = Field(default=0, alias="encodeGpus")
+    encode_tensor_parallel: int = Field(default=1, alias="encodeTensorParallel")
+    encode_stages: int = Field(default=1, alias="encodeStages")
+    decode_gpus: int = Field(default=0, alias="decodeGpus")
+    latency_bound_seconds: float | None = Field(default=None, alias="latencyBoundSeconds")
+    predicted: PredictedStatus
+    baselines: dict[str, PredictedStatus] = Field(
+        default_factory=dict, description="Static and Continuous under the same bound"
+    )
+    alternatives: list[AlternativeStatus] = Field(default_factory=list)
+    reason: str = ""
+    search_seconds: float = Field(alias="searchSeconds")
+    evaluated: int = 0
+    hash: str = Field(description="hash of what the workers run; changes roll them")
+    inputs_hash: str = Field(
+        alias="inputsHash", description="hash of the planning inputs; unchanged = no replan"
+    )
+    config_map: str = Field(alias="configMap")
+
+
+class InfeasibleStatus(_Model):
+    latency_bound_seconds: float | None = Field(default=None, alias="latencyBoundSeconds")
+    best_latency_seconds: float | None = Field(default=None, alias="bestLatencySeconds")
+    message: str
+    inputs_hash: str = Field(alias="inputsHash")
+
+
+class ReplicasStatus(_Model):
+    desired: int = 0
+    ready: int = 0
+
+
+class ExeGPTDeploymentStatus(_Model):
+    observed_generation: int = Field(default=0, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    profile: ProfileStatus | None = None
+    plan: PlanStatus | None = None
+    infeasible: InfeasibleStatus | None = None
+    endpoint: str | None = None
+    pods: ReplicasStatus | None = None
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: ConditionType,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    at: str | None = None,
+) -> list[Condition]:
+    """A new list with ``type_`` set; ``lastTransitionTime`` moves only when the
+    status changes (reason and message updates keep it)."""
+    out: list[Condition] = []
+    found = False
+    for c in conditions:
+        if c.type != type_:
+            out.append(c)
+            continue
+        found = True
+        moved = c.status != status
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=(at or now()) if moved else c.last_transition_time,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=at or now(),
+                observed_generation=generation,
+            )
+        )
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order[c.type])
+
+
+def get_condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
