@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from .architecture import Architecture, Dtype
 
 SCHEMA_VERSION = 1
+# The version of the measured profiler (``exegpt profile``); part of a measured profile's
+# content key, so a new profiler invalidates cached profiles.
+MEASURED_PROFILER_VERSION = "xprofiler-1"
 Source = Literal["analytic", "measured"]
 
 
