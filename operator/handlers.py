@@ -1,0 +1,74 @@
+"""kopf handlers: thin adapters from kopf's callbacks to ``reconcile.reconcile``.
+
+Every handler of a deployment runs the same level-based pass; they differ only in
+when kopf calls them: on creation, on a spec edit, when the operator (re)starts, and
+on a timer that follows profiling Jobs and worker readiness.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from . import names
+from .kube import Kube, KubeError
+from .reconcile import Context, reconcile
+from .settings import OperatorSettings
+
+RESOURCE = (names.GROUP, "v1alpha1", "exegptdeployments")
+
+
+def _events(body: kopf.Body) -> Any:
+    def emit(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+    return emit
+
+
+async def _pass(body: kopf.Body, memo: kopf.Memo, config: OperatorSettings) -> None:
+    ctx = Context(kube=memo.kube, settings=config, events=_events(body))
+    try:
+        await reconcile(body, ctx)
+    except KubeError as exc:
+        raise kopf.TemporaryError(f"API request failed: {exc}", delay=1.0) from exc
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Add the operator's handlers, configured by ``config``, to ``registry``."""
+
+    @kopf.on.startup(id="configure", registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.peering.standalone = not config.peering
+        settings.peering.mandatory = False
+        settings.watching.server_timeout = config.watch_server_timeout
+        settings.watching.client_timeout = config.watch_client_timeout
+        settings.posting.level = logging.WARNING
+        if getattr(memo, "kube", None) is None:
+            memo.kube = Kube.connect(config.kube_host)
+
+    if config.kube_host:
+
+        @kopf.on.login(id="login", registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=str(config.kube_host), insecure=True)
+
+    @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
+    async def resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _pass(body, memo, config)
+
+    @kopf.on.create(*RESOURCE, id="create", registry=registry)
+    async def create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _pass(body, memo, config)
+
+    @kopf.on.update(*RESOURCE, id="update", field="spec", registry=registry)
+    async def update(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _pass(body, memo, config)
+
+    @kopf.timer(
+        *RESOURCE, id="converge", interval=config.resync_seconds,
+        initial_delay=config.resync_seconds, registry=registry,
+    )  # fmt: skip
+    async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _pass(body, memo, config)

@@ -1,0 +1,512 @@
+"""One level-based reconcile pass of an ExeGPTDeployment.
+
+Everything is derived from the spec, the status written by earlier passes and the
+observed children, so a pass can be repeated at any time, after a crash at any point,
+with the same result: children have deterministic names, creation races end in
+"already exists" and are taken as success, and nothing is written when the observed
+state already matches (a converged deployment costs only reads).
+
+Steps: parse the spec -> get the profile (analytic, cached, or a profiling Job) ->
+plan, only when the planning inputs changed -> render the children for the plan and
+apply what differs -> derive conditions from what is observed -> write the status if
+it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.plan import (
+    ExecutionConfig,
+    Infeasible,
+    Plan,
+    PlanRequest,
+    Prediction,
+    SearchStats,
+)
+from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
+from exegpt.planner.scheduler import schedule
+
+from . import builders, names, plandoc
+from .kube import CONFIGMAP, EXEGPT, JOB, JSON, SERVICE, STATEFULSET, Kind, Kube, KubeError
+from .profiling import ProfilingDecision, decide
+from .request import SpecError, plan_request
+from .settings import OperatorSettings
+from .spec import ExeGPTDeploymentSpec, format_errors, parse_spec
+from .status import (
+    AlternativeStatus,
+    ConditionStatus,
+    ConditionType,
+    ExeGPTDeploymentStatus,
+    InfeasibleStatus,
+    PlanStatus,
+    PredictedStatus,
+    ProfileStatus,
+    ReplicasStatus,
+    get_condition,
+    set_condition,
+)
+
+EventSink = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
+KINDS: dict[str, Kind] = {
+    "ConfigMap": CONFIGMAP,
+    "Service": SERVICE,
+    "StatefulSet": STATEFULSET,
+    "Job": JOB,
+}
+WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
+PLANNER_VERSION = "1"
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: OperatorSettings
+    events: EventSink
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class Outcome:
+    """What a pass did: the writes it made to children, and whether it is waiting."""
+
+    writes: list[str] = field(default_factory=list)
+    status_written: bool = False
+    waiting: bool = False
+
+
+class _Pass:
+    """State of one pass over one deployment."""
+
+    def __init__(self, body: Mapping[str, Any], ctx: Context) -> None:
+        meta = body.get("metadata") or {}
+        self.body = body
+        self.ctx = ctx
+        self.name = str(meta.get("name", ""))
+        self.namespace = str(meta.get("namespace", "default"))
+        self.generation = int(meta.get("generation") or 0)
+        self.owner = builders.owner_reference(meta)
+        raw = dict(body.get("status") or {})
+        raw.pop("kopf", None)
+        self.old_raw = raw
+        try:
+            self.status = ExeGPTDeploymentStatus.model_validate(raw)
+        except ValidationError:
+            self.status = ExeGPTDeploymentStatus()
+        self.old = self.status.model_copy(deep=True)
+        self.outcome = Outcome()
+
+    # -- conditions and events ---------------------------------------------------------
+    def condition(
+        self, type_: ConditionType, status: ConditionStatus, reason: str, message: str
+    ) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason, message, self.generation,
+            at=_rfc3339(self.ctx.clock()),
+        )  # fmt: skip
+
+    def transitioned(self, type_: ConditionType) -> bool:
+        new = get_condition(self.status.conditions, type_)
+        old = get_condition(self.old.conditions, type_)
+        if new is None:
+            return False
+        return old is None or (old.status, old.reason) != (new.status, new.reason)
+
+    def event(self, warning: bool, reason: str, message: str) -> None:
+        self.ctx.events("Warning" if warning else "Normal", reason, message)
+
+    # -- status ------------------------------------------------------------------------------
+    async def write_status(self) -> None:
+        self.status.observed_generation = self.generation
+        new = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if new == self.old_raw:
+            return
+        patch = {"status": _merge_patch(self.old_raw, new)}
+        await self.ctx.kube.merge_patch(EXEGPT, self.namespace, self.name, patch, "status")
+        self.outcome.status_written = True
+
+
+async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
+    """Bring one deployment's children and status in line with its spec."""
+    p = _Pass(body, ctx)
+    spec, request = _parse(p)
+    if spec is None or request is None:
+        await p.write_status()
+        return p.outcome
+    profile = await _profile(p, spec, request)
+    if profile is None:
+        p.outcome.waiting = True
+        await p.write_status()
+        return p.outcome
+    plan = await _plan(p, spec, request, profile)
+    if plan is not None:
+        await _workers(p, spec, plan)
+    await p.write_status()
+    return p.outcome
+
+
+# -- 1. spec -------------------------------------------------------------------------------
+def _parse(p: _Pass) -> tuple[ExeGPTDeploymentSpec | None, PlanRequest | None]:
+    try:
+        spec = parse_spec(p.body.get("spec") or {})
+        return spec, plan_request(spec)
+    except ValidationError as exc:
+        message = "; ".join(format_errors(exc, prefix="spec"))
+    except SpecError as exc:
+        message = str(exc)
+    p.condition("Planned", "False", "InvalidSpec", message)
+    p.condition("Degraded", "True", "InvalidSpec", message)
+    p.condition("Progressing", "False", "InvalidSpec", "fix the spec to continue")
+    if p.transitioned("Planned"):
+        p.event(True, "InvalidSpec", message)
+    return None, None
+
+
+# -- 2. profile ----------------------------------------------------------------------------
+async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -> Profile | None:
+    arch, gpu = request.architecture, request.gpu
+    degrees = arch.tensor_parallel_degrees(limit=min(request.gpus_per_node, request.gpus))
+    if spec.profiling.mode == "Analytic":
+        profile = analytic_profile(arch, gpu, request.dtype, degrees)
+        p.status.profile = ProfileStatus(
+            key=profile.key, source="analytic", gpu_type=gpu.name, config_map=None
+        )
+        p.condition(
+            "Profiled", "True", "Analytic",
+            f"analytic profile of {arch.name} on {gpu.name} ({request.dtype})",
+        )  # fmt: skip
+        return profile
+    key = profile_key(arch, gpu.name, request.dtype, MEASURED_PROFILER_VERSION)
+    cm_name = names.profile_configmap(key)
+    kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
+    configmap = await kube.get(CONFIGMAP, ns, cm_name)
+    jobs = [] if configmap else await kube.list(JOB, ns)
+    d = decide(
+        key, configmap, jobs, now=p.ctx.clock(), max_retries=spec.profiling.max_retries,
+        timeout_seconds=spec.profiling.timeout, backoff_seconds=s.retry_backoff_seconds,
+        backoff_max_seconds=s.retry_backoff_max_seconds,
+    )  # fmt: skip
+    p.status.profile = ProfileStatus(
+        key=key, source="measured", gpu_type=gpu.name, config_map=cm_name, job=d.job,
+        attempts=d.attempts,
+    )  # fmt: skip
+    if d.action == "ready":
+        return _load_profile(p, d, cm_name)
+    if d.action == "create":
+        job = builders.build_profile_job(
+            ns, spec, key, d.attempts + 1, spec.profiling.image or s.runtime_image,
+            s.profiler_service_account, spec.profiling.timeout,
+        )  # fmt: skip
+        await _create(p, job)
+        p.status.profile.attempts = d.attempts + 1
+    failed = d.action == "failed"
+    p.condition("Profiled", "False", d.reason, d.message)
+    p.condition("Progressing", "False" if failed else "True", d.reason, d.message)
+    p.condition("Degraded", "True" if failed else "False", d.reason if failed else "AsExpected",
+                d.message if failed else "")  # fmt: skip
+    if p.transitioned("Profiled") or d.action == "create":
+        reason = {"create": "ProfilingStarted", "failed": d.reason}.get(d.action, d.reason)
+        p.event(failed, reason, d.message)
+    return None
+
+
+def _load_profile(p: _Pass, d: ProfilingDecision, cm_name: str) -> Profile | None:
+    try:
+        profile = Profile.from_json(d.profile_text or "")
+    except ValueError as exc:
+        message = f"ConfigMap {cm_name} holds no valid profile: {str(exc)[:300]}"
+        p.condition("Profiled", "False", "InvalidProfile", message)
+        p.condition("Degraded", "True", "InvalidProfile", message)
+        if p.transitioned("Profiled"):
+            p.event(True, "InvalidProfile", message)
+        return None
+    prov = profile.provenance
+    p.condition("Profiled", "True", "ProfileCached",
+                f"measured profile from ConfigMap {cm_name} ({prov.gpu_type}, {prov.dtype}, "
+                f"{prov.profiler_version})")  # fmt: skip
+    if p.transitioned("Profiled"):
+        p.event(False, "ProfilingFinished", f"using the measured profile in {cm_name}")
+    return profile
+
+
+# -- 3. plan -------------------------------------------------------------------------------
+def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
+    """What planning depends on; an unchanged hash means the plan stands."""
+    doc = {
+        "planner": PLANNER_VERSION,
+        "model": spec.model.model_dump(mode="json", exclude={"weights"}),
+        "hardware": spec.hardware.model_dump(
+            mode="json", include={"gpus", "gpu_type", "gpus_per_node"}
+        ),
+        "workload": spec.workload.model_dump(mode="json"),
+        "slo": spec.slo.model_dump(mode="json"),
+        "strategy": spec.strategy,
+        "profile": profile.key,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+async def _plan(
+    p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest, profile: Profile
+) -> Plan | None:
+    digest = inputs_hash(spec, profile)
+    old = p.status.plan
+    if p.status.infeasible is not None and p.status.infeasible.inputs_hash == digest:
+        return plan_from_status(old) if old else None
+    if old is not None and old.inputs_hash == digest:
+        return plan_from_status(old)
+    p.condition("Progressing", "True", "Planning", "searching for the best plan")
+    result = await asyncio.to_thread(
+        schedule, request, profile, time_limit_s=p.ctx.settings.plan_time_limit_seconds
+    )
+    if isinstance(result, Infeasible):
+        p.status.infeasible = InfeasibleStatus(
+            latency_bound_seconds=result.latency_bound_s,
+            best_latency_seconds=result.best_latency_s,
+            message=result.message,
+            inputs_hash=digest,
+        )
+        p.condition("Planned", "False", "Infeasible", result.message)
+        p.condition("Degraded", "True", "Infeasible", result.message)
+        kept = " (the workers keep the previous plan)" if old else ""
+        p.condition("Progressing", "False", "Infeasible", result.message + kept)
+        p.event(True, "Infeasible", result.message + kept)
+        return plan_from_status(old) if old else None
+    p.status.infeasible = None
+    p.status.plan = plan_status(result, digest, "", names.plan_configmap(p.name))
+    summary = _summary(result)
+    p.condition("Planned", "True", "Planned", f"{summary}; {result.reason}")
+    p.condition("Degraded", "False", "AsExpected", "")
+    p.event(False, "Replanned" if old else "PlanChosen", f"{summary}; {result.reason}")
+    return result
+
+
+def _summary(plan: Plan) -> str:
+    c, q = plan.config, plan.predicted
+    return (
+        f"{plan.strategy} x{c.replicas} (TP {c.tensor_parallel}, {c.pipeline_stages} stage(s)): "
+        f"{q.throughput_qps:.2f} queries/s at {q.latency_s:.2f} s"
+    )
+
+
+def _predicted(q: Prediction) -> PredictedStatus:
+    return PredictedStatus(
+        throughput_qps=round(q.throughput_qps, 4),
+        throughput_tps=round(q.throughput_tps, 2),
+        latency_seconds=round(q.latency_s, 4),
+        e2e_p99_seconds=round(q.e2e_p99_s, 4),
+        memory_per_gpu_gib=round(q.memory_per_gpu_bytes / 2**30, 2),
+    )
+
+
+def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> PlanStatus:
+    c = plan.config
+    return PlanStatus(
+        strategy=plan.strategy,
+        replicas=c.replicas,
+        tensor_parallel=c.tensor_parallel,
+        tp_scope=c.tp_scope,
+        pipeline_stages=c.pipeline_stages,
+        micro_batches=c.micro_batches,
+        encode_batch=c.encode_batch,
+        decode_batch=c.decode_batch,
+        decode_steps_per_encode=c.decode_steps_per_encode,
+        encode_gpus=c.encode_gpus,
+        encode_tensor_parallel=c.encode_tp,
+        encode_stages=c.encode_stages,
+        decode_gpus=c.decode_gpus,
+        latency_bound_seconds=plan.latency_bound_s,
+        predicted=_predicted(plan.predicted),
+        baselines={k: _predicted(v.predicted) for k, v in plan.baselines.items() if v},
+        alternatives=[
+            AlternativeStatus(
+                strategy=a.config.strategy,
+                throughput_qps=round(a.predicted.throughput_qps, 4),
+                latency_seconds=round(a.predicted.latency_s, 4),
+                summary=_summary(
+                    Plan(
+                        strategy=a.config.strategy,
+                        config=a.config,
+                        predicted=a.predicted,
+                        search=plan.search,
+                    )
+                ),
+            )
+            for a in plan.alternatives
+        ],
+        reason=plan.reason,
+        search_seconds=round(plan.search.seconds, 3),
+        evaluated=plan.search.evaluated,
+        hash=worker_hash,
+        inputs_hash=digest,
+        config_map=configmap,
+    )
+
+
+def plan_from_status(s: PlanStatus) -> Plan:
+    """The plan recorded in status, rebuilt without searching again."""
+    config = ExecutionConfig(
+        strategy=s.strategy, replicas=s.replicas, tensor_parallel=s.tensor_parallel,
+        tp_scope=s.tp_scope, pipeline_stages=s.pipeline_stages, micro_batches=s.micro_batches,
+        encode_batch=s.encode_batch, decode_batch=s.decode_batch,
+        decode_steps_per_encode=s.decode_steps_per_encode, encode_gpus=s.encode_gpus,
+        encode_tp=s.encode_tensor_parallel, encode_stages=s.encode_stages,
+        decode_gpus=s.decode_gpus,
+    )  # fmt: skip
+    q = s.predicted
+    predicted = Prediction(
+        throughput_qps=q.throughput_qps, throughput_tps=q.throughput_tps,
+        latency_s=q.latency_seconds, e2e_p99_s=q.e2e_p99_seconds,
+        memory_per_gpu_bytes=int(q.memory_per_gpu_gib * 2**30), decode_batch=0.0, feasible=True,
+    )  # fmt: skip
+    return Plan(
+        strategy=s.strategy, config=config, predicted=predicted,
+        latency_bound_s=s.latency_bound_seconds, reason=s.reason,
+        search=SearchStats(seconds=s.search_seconds, evaluated=s.evaluated, space=s.evaluated),
+    )  # fmt: skip
+
+
+# -- 4. workers ----------------------------------------------------------------------------
+async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Plan) -> None:
+    s = p.ctx.settings
+    doc = plandoc.plan_document(p.name, spec, plan)
+    digest = plandoc.plan_hash(doc)
+    image = spec.runner.image or s.runtime_image
+    workers = builders.build_workers(p.name, p.namespace, p.owner, spec, plan, digest, image)
+    desired = [
+        builders.build_plan_configmap(
+            names.plan_configmap(p.name), p.namespace, p.owner, doc, digest
+        ),
+        *workers,
+        builders.build_headless_service(p.name, p.namespace, p.owner),
+        builders.build_client_service(p.name, p.namespace, p.owner, spec, plan),
+    ]
+    observed: list[JSON] = []
+    for obj in desired:
+        current = await _apply(p, obj)
+        if obj["kind"] == "StatefulSet":
+            observed.append(current)
+    wanted = {o["metadata"]["name"] for o in workers}
+    for component in WORKER_COMPONENTS:
+        stale = names.statefulset(p.name, component)
+        if stale not in wanted and await p.ctx.kube.get(STATEFULSET, p.namespace, stale):
+            await p.ctx.kube.delete(STATEFULSET, p.namespace, stale)
+            p.outcome.writes.append(f"delete StatefulSet/{stale}")
+    if p.status.plan is not None:
+        previous = p.status.plan.hash
+        p.status.plan.hash = digest
+        if previous and previous != digest:
+            p.event(False, "RolloutStarted", f"workers roll to plan {digest}")
+    p.status.endpoint = names.endpoint(p.name, p.namespace, spec.runner.port)
+    _readiness(p, observed, digest)
+
+
+def _hash_of(obj: Mapping[str, Any]) -> str | None:
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    value = ann.get(names.ANNOTATION_PLAN_HASH)
+    return str(value) if value is not None else None
+
+
+def _readiness(p: _Pass, statefulsets: list[JSON], digest: str) -> None:
+    desired = ready = 0
+    rolling = False
+    for sts in statefulsets:
+        want = int((sts.get("spec") or {}).get("replicas") or 0)
+        st = sts.get("status") or {}
+        have = int(st.get("readyReplicas") or 0)
+        updated = st.get("updatedReplicas")
+        desired += want
+        ready += min(have, want)
+        if _hash_of(sts) != digest or have < want or (updated is not None and updated < want):
+            rolling = True
+    p.status.pods = ReplicasStatus(desired=desired, ready=ready)
+    if desired and ready == desired and not rolling:
+        p.condition("Available", "True", "WorkersReady", f"{ready}/{desired} worker pods ready")
+        if p.status.infeasible is None:
+            p.condition("Progressing", "False", "Converged", "workers run the current plan")
+            p.condition("Degraded", "False", "AsExpected", "")
+        if p.transitioned("Available"):
+            p.event(False, "RolloutDone", f"{ready}/{desired} worker pods ready")
+        return
+    p.condition("Available", "False", "WorkersNotReady", f"{ready}/{desired} worker pods ready")
+    if p.status.infeasible is None:
+        p.condition("Progressing", "True", "Rolling", f"{ready}/{desired} worker pods ready")
+        was = get_condition(p.old.conditions, "Available")
+        if was is not None and was.status == "True":
+            p.condition("Degraded", "True", "WorkersUnavailable",
+                        f"{ready}/{desired} worker pods ready")  # fmt: skip
+
+
+async def _create(p: _Pass, obj: JSON) -> JSON:
+    kind, meta = KINDS[obj["kind"]], obj["metadata"]
+    try:
+        created = await p.ctx.kube.create(kind, p.namespace, obj)
+        p.outcome.writes.append(f"create {obj['kind']}/{meta['name']}")
+        return created
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+    # Created by a concurrent pass or another deployment sharing it: take it as done.
+    return await p.ctx.kube.get(kind, p.namespace, meta["name"]) or obj
+
+
+async def _apply(p: _Pass, obj: JSON) -> JSON:
+    """Create ``obj`` or patch the fields it sets that differ; return what is observed."""
+    kind, name = KINDS[obj["kind"]], obj["metadata"]["name"]
+    current = await p.ctx.kube.get(kind, p.namespace, name)
+    if current is None:
+        return await _create(p, obj)
+    if _contains(current, obj):
+        return current
+    patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+    try:
+        out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
+    p.outcome.writes.append(f"patch {obj['kind']}/{name}")
+    return out or obj
+
+
+def _contains(current: Any, desired: Any) -> bool:
+    """Whether every field ``desired`` sets has that value in ``current`` (fields the
+    server adds, such as defaults and status, are ignored)."""
+    if isinstance(desired, Mapping):
+        if not isinstance(current, Mapping):
+            return False
+        return all(k in current and _contains(current[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(current, list) or len(current) != len(desired):
+            return False
+        return all(_contains(c, d) for c, d in zip(current, desired, strict=True))
+    return bool(current == desired)
+
+
+def _merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning ``old`` into ``new`` (removed keys become null)."""
+    out: dict[str, Any] = {}
+    for k in old.keys() - new.keys():
+        out[k] = None
+    for k, v in new.items():
+        was = old.get(k)
+        if isinstance(v, Mapping) and isinstance(was, Mapping):
+            sub = _merge_patch(was, v)
+            if sub:
+                out[k] = sub
+        elif was != v or k not in old:
+            out[k] = v
+    return out
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
