@@ -34,6 +34,8 @@ ENCODER = "encoder"  # WorkloadAware
 DECODER = "decoder"  # WorkloadAware
 PROFILER = "profiler"
 PLAN = "plan"
+PEERS = "peers"  # the headless Service the pods find each other by
+API = "api"  # the Service clients send requests to
 
 # Kubernetes names the operator derives from a deployment's name must stay valid:
 # StatefulSet pods add "-<ordinal>" and a controller-revision-hash label of the
