@@ -282,12 +282,15 @@ async def _plan(
         p.event(True, "Infeasible", result.message + kept)
         return plan_from_status(old) if old else None
     p.status.infeasible = None
-    p.status.plan = plan_status(result, digest, "", names.plan_configmap(p.name))
+    previous_hash = old.hash if old else ""
+    p.status.plan = plan_status(result, digest, previous_hash, names.plan_configmap(p.name))
     summary = _summary(result)
     p.condition("Planned", "True", "Planned", f"{summary}; {result.reason}")
     p.condition("Degraded", "False", "AsExpected", "")
     p.event(False, "Replanned" if old else "PlanChosen", f"{summary}; {result.reason}")
-    return result
+    # The workers' plan document is rendered from the recorded plan, so a later pass that
+    # rebuilds it from status renders the same bytes.
+    return plan_from_status(p.status.plan)
 
 
 def _summary(plan: Plan) -> str:
@@ -378,9 +381,9 @@ def plan_from_status(s: PlanStatus) -> Plan:
 # -- 4. workers ----------------------------------------------------------------------------
 async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Plan) -> None:
     s = p.ctx.settings
-    doc = plandoc.plan_document(p.name, spec, plan)
-    digest = plandoc.plan_hash(doc)
     image = spec.runner.image or s.runtime_image
+    doc = plandoc.plan_document(p.name, spec, plan, image)
+    digest = plandoc.plan_hash(doc)
     workers = builders.build_workers(p.name, p.namespace, p.owner, spec, plan, digest, image)
     desired = [
         builders.build_plan_configmap(

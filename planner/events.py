@@ -128,6 +128,12 @@ class EventSimulator:
             t0, t1 = 0.0, float(np.nanmax(run.done))
         in_window = (run.done >= t0) & (run.done <= t1)
         count = int(in_window.sum())
+        if count < max(10, n // 20):
+            # Too few queries for a steady state (the queue drained before the batch
+            # filled): fall back to the whole run, fill and drain included.
+            t0, t1 = float(np.nanmin(run.admitted)), float(np.nanmax(run.done))
+            in_window = np.isfinite(run.done)
+            count = int(in_window.sum())
         qps = count / (t1 - t0) if t1 > t0 else 0.0
         lat = run.done - run.admitted
         sel = in_window & np.isfinite(lat)

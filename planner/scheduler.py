@@ -140,6 +140,23 @@ class _Search:
                 best = Candidate(config=cfg, predicted=p)
             else:
                 hi = mid - 1
+        # Throughput can plateau (e.g. WorkloadAware decoders capped by the encoders):
+        # take the smallest batch that reaches the best throughput, which needs less
+        # memory, by a second binary search below the largest feasible point.
+        target = best.predicted.throughput_qps * (1 - 1e-9)
+        low, high = 0, lo
+        while low < high:
+            # Probe just below the top first: throughput usually still rises there.
+            mid = high - 1 if high == lo else (low + high) // 2
+            cfg = make(grid[mid])
+            p = self.evaluate(cfg)
+            if self.meets(p) and p.throughput_qps >= target:
+                high = mid
+                best = Candidate(config=cfg, predicted=p)
+            elif high == lo:
+                break
+            else:
+                low = mid + 1
         self.record(shape, best.config, best.predicted)
         return best
 

@@ -1,0 +1,252 @@
+"""The reconcile pass against an in-memory API: create, converge, replan, fail well."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from builders import deployment
+from fake_kube import FakeKube
+
+from exegpt.operator import names
+from exegpt.operator.kube import CONFIGMAP, EXEGPT, JOB, SERVICE, STATEFULSET, KubeError
+from exegpt.operator.profiling import PROFILE_DATA_KEY
+from exegpt.operator.reconcile import Context, Outcome, reconcile
+from exegpt.operator.settings import OperatorSettings
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.architecture import get_architecture
+from exegpt.planner.hardware import get_gpu
+
+SETTINGS = OperatorSettings(retry_backoff_seconds=0.0, plan_time_limit_seconds=20.0)
+
+
+class World:
+    """A FakeKube holding deployments, and a way to run passes over them."""
+
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        self.events: list[tuple[str, str, str]] = []
+        self.clock = 1_700_000_000.0
+
+    def add(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        meta.setdefault("generation", 1)
+        self.kube.objects[("exegptdeployments", "default", meta["name"])] = body
+
+    def body(self, name: str = "x") -> dict[str, Any]:
+        return self.kube.objects[("exegptdeployments", "default", name)]
+
+    def status(self, name: str = "x") -> dict[str, Any]:
+        return dict(self.body(name).get("status") or {})
+
+    def condition(self, type_: str, name: str = "x") -> dict[str, Any]:
+        conds = self.status(name).get("conditions") or []
+        return next(c for c in conds if c["type"] == type_)
+
+    def edit(self, name: str = "x", **changes: Any) -> None:
+        body = self.body(name)
+        for path, value in changes.items():
+            node = body["spec"]
+            *parents, leaf = path.split("__")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        body["metadata"]["generation"] += 1
+
+    def run(self, name: str = "x") -> Outcome:
+        ctx = Context(
+            kube=self.kube,  # type: ignore[arg-type]
+            settings=SETTINGS,
+            events=lambda *e: self.events.append(e),
+            clock=lambda: self.clock,
+        )
+        return asyncio.run(reconcile(self.body(name), ctx))
+
+    def get(self, kind: Any, name: str) -> dict[str, Any] | None:
+        return self.kube.objects.get((kind.plural, "default", name))
+
+    def make_ready(self) -> None:
+        for (plural, _, _), obj in self.kube.objects.items():
+            if plural == "statefulsets":
+                n = obj["spec"]["replicas"]
+                obj["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n}
+
+    def child_writes(self) -> list[tuple[str, str, str]]:
+        return [w for w in self.kube.writes() if not w[1].startswith("exegptdeployments")]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_create_renders_plan_workers_and_services(world: World) -> None:
+    world.add(deployment("x"))
+    out = world.run()
+    assert world.condition("Profiled")["reason"] == "Analytic"
+    assert world.condition("Planned")["status"] == "True"
+    plan = world.status()["plan"]
+    cm = world.get(CONFIGMAP, names.plan_configmap("x"))
+    assert cm is not None
+    assert cm["metadata"]["annotations"][names.ANNOTATION_PLAN_HASH] == plan["hash"]
+    component = names.WORKER if plan["strategy"] == "RoundRobin" else names.DECODER
+    sts = world.get(STATEFULSET, names.statefulset("x", component))
+    assert sts is not None
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "uid-x"
+    assert world.get(SERVICE, names.client_service("x")) is not None
+    assert world.get(SERVICE, names.headless_service("x")) is not None
+    assert world.status()["endpoint"] == "http://x.default.svc:8000"
+    assert world.condition("Available")["status"] == "False"
+    assert out.writes and out.status_written
+    assert world.events[0][:2] == ("Normal", "PlanChosen")
+
+
+def test_a_converged_deployment_costs_no_writes(world: World) -> None:
+    world.add(deployment("x"))
+    world.run()
+    world.make_ready()
+    world.run()
+    assert world.condition("Available")["status"] == "True"
+    assert world.condition("Progressing")["reason"] == "Converged"
+    mark = len(world.kube.calls)
+    out = world.run()
+    assert out.writes == [] and not out.status_written
+    assert [c for c in world.kube.calls[mark:] if c[0] != "get"] == []
+
+
+def test_an_slo_edit_replans_and_rolls_only_when_the_plan_changes(world: World) -> None:
+    world.add(deployment("x"))
+    world.run()
+    first = world.status()["plan"]
+    world.edit(slo__latency="1.5s")
+    world.run()
+    second = world.status()["plan"]
+    assert second["inputsHash"] != first["inputsHash"]
+    assert second["latencyBoundSeconds"] == 1.5
+    assert second["predicted"]["latencySeconds"] <= 1.5
+    if second["hash"] != first["hash"]:
+        assert any(e[1] == "RolloutStarted" for e in world.events)
+    # A no-op edit elsewhere (same planning inputs) neither replans nor writes children.
+    mark = len(world.kube.calls)
+    world.body()["metadata"]["generation"] += 1
+    world.run()
+    writes = [c for c in world.kube.calls[mark:] if c[0] in ("create", "patch", "delete")]
+    assert writes == [("patch", "exegptdeployments/status", "x")]  # observedGeneration only
+
+
+def test_an_infeasible_bound_keeps_the_running_plan(world: World) -> None:
+    world.add(deployment("x"))
+    world.run()
+    hash_before = world.status()["plan"]["hash"]
+    world.edit(slo__latency="1ms")
+    world.run()
+    planned = world.condition("Planned")
+    assert (planned["status"], planned["reason"]) == ("False", "Infeasible")
+    assert "spec.slo.latency" in planned["message"]
+    assert world.condition("Degraded")["status"] == "True"
+    assert world.status()["infeasible"]["bestLatencySeconds"] > 0.001
+    assert world.status()["plan"]["hash"] == hash_before  # workers untouched
+
+
+def test_an_infeasible_new_deployment_creates_no_workers(world: World) -> None:
+    world.add(deployment("x", **{"slo.latency": "1ms"}))
+    world.run()
+    assert world.condition("Planned")["reason"] == "Infeasible"
+    assert world.child_writes() == []
+
+
+def test_an_invalid_spec_is_reported_not_raised(world: World) -> None:
+    world.add(deployment("x", **{"hardware.gpus": 12}))
+    world.run()
+    planned = world.condition("Planned")
+    assert planned["reason"] == "InvalidSpec"
+    assert "spec.hardware.gpus" in planned["message"]
+    assert world.child_writes() == []
+    mark = len(world.kube.calls)
+    world.run()  # the same invalid spec again: no new writes, no crash
+    assert not [c for c in world.kube.calls[mark:] if c[0] != "get"]
+
+
+def _measured(name: str) -> dict[str, Any]:
+    return deployment(name, **{"profiling.mode": "Measured", "profiling.maxRetries": 1})
+
+
+def _profile_json() -> str:
+    arch, gpu = get_architecture("opt-13b"), get_gpu("nvidia-a100-80gb")
+    return analytic_profile(arch, gpu).to_json()
+
+
+def test_measured_profiling_runs_one_job_then_plans(world: World) -> None:
+    world.add(_measured("x"))
+    world.run()
+    jobs = [k for k in world.kube.objects if k[0] == "jobs"]
+    assert len(jobs) == 1
+    job = world.kube.objects[jobs[0]]
+    assert "ownerReferences" not in job["metadata"]
+    assert world.condition("Profiled")["reason"] == "Profiling"
+    world.run()  # still running: nothing new
+    assert len([k for k in world.kube.objects if k[0] == "jobs"]) == 1
+    key = world.status()["profile"]["key"]
+    world.kube.objects[("configmaps", "default", names.profile_configmap(key))] = {
+        "metadata": {"name": names.profile_configmap(key)},
+        "data": {PROFILE_DATA_KEY: _profile_json()},
+    }
+    world.run()
+    assert world.condition("Profiled")["reason"] == "ProfileCached"
+    assert world.condition("Planned")["status"] == "True"
+
+
+def test_two_deployments_share_one_profiling_job(world: World) -> None:
+    world.add(_measured("a"))
+    world.add(_measured("b"))
+    world.run("a")
+    world.run("b")
+    assert len([k for k in world.kube.objects if k[0] == "jobs"]) == 1
+    assert world.status("a")["profile"]["key"] == world.status("b")["profile"]["key"]
+
+
+def test_failing_profiling_jobs_end_in_bounded_retries(world: World) -> None:
+    world.add(_measured("x"))
+    for _ in range(6):
+        world.run()
+        for (plural, _, _), obj in world.kube.objects.items():
+            if plural == "jobs":
+                obj["status"] = {
+                    "failed": 1,
+                    "conditions": [{"type": "Failed", "status": "True", "reason": "OOM",
+                                    "message": "out of memory",
+                                    "lastTransitionTime": "2023-11-14T22:13:20Z"}],
+                }  # fmt: skip
+        world.clock += 5
+    assert len([k for k in world.kube.objects if k[0] == "jobs"]) == 2  # 1 + maxRetries
+    profiled = world.condition("Profiled")
+    assert profiled["reason"] == "ProfilingFailed"
+    assert "out of memory" in profiled["message"]
+    assert world.condition("Degraded")["status"] == "True"
+
+
+def test_a_write_error_fails_the_pass_and_the_next_pass_converges(world: World) -> None:
+    world.add(deployment("x"))
+    world.kube.fail_writes = [500]
+    with pytest.raises(KubeError):
+        world.run()
+    world.run()
+    assert world.condition("Planned")["status"] == "True"
+    world.make_ready()
+    world.run()
+    assert world.run().writes == []
+
+
+def test_a_child_created_concurrently_is_taken_as_created(world: World) -> None:
+    world.add(deployment("x"))
+    world.run()
+    cm = world.get(CONFIGMAP, names.plan_configmap("x"))
+    assert cm is not None
+    # Forget the status: the next pass re-creates everything and meets 409s.
+    world.body().pop("status")
+    world.run()
+    assert world.condition("Planned")["status"] == "True"
+    assert not [w for w in world.kube.writes() if w[0] == "create" and w[1] == JOB.plural]
+    assert EXEGPT.plural == "exegptdeployments"
