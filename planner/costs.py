@@ -149,10 +149,16 @@ class CostModel:
         stage-bound when the pipeline is full, latency-bound when it is not."""
         if batch <= 0:
             return 0.0
+        key = ("i", group, batch, context, micro)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         mb = batch / micro
         stage = self.decode_stage(group, mb, context)
         chain, _ = self.decode_p2p(group, mb)
-        return max(micro * stage, group.stages * stage + chain)
+        out = max(micro * stage, group.stages * stage + chain)
+        self._memo[key] = out
+        return out
 
     def mixed_iteration(
         self, group: Group, batch: float, context: float, joins: float, length: float, micro: int

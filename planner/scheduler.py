@@ -215,11 +215,14 @@ def _memory_batch_limit(sim: Simulator, fits: Callable[[float], bool]) -> float:
     return lo
 
 
-def _decode_upper_bound(
+UB_MARGIN = 1.02  # slack for small non-monotonicities of interpolated profiles
+
+
+def _decode_time_per_query(
     sim: Simulator, dec: Group, mem_group: Group, micro: int, bound: float | None, phase: str
 ) -> float:
-    """Queries/s a decode group cannot exceed: its largest steady batch that memory
-    and the bound allow, decoding with no encoding in the way."""
+    """A lower bound on the decode time each query costs a decode group: its largest
+    steady batch that memory and the bound allow, with no encoding in the way."""
     k, m = sim.costs, sim.m
     fixed = k.weights_per_gpu(mem_group, phase)
 
@@ -228,14 +231,14 @@ def _decode_upper_bound(
 
     b = _memory_batch_limit(sim, fits_memory)
     if b <= 0:
-        return 0.0
+        return float("inf")
     if bound is not None:
 
         def fits_bound(x: float) -> bool:
             return m.steps_p99 * k.iteration(dec, x, m.mean_context, micro) <= bound
 
         if not fits_bound(1.0):
-            return 0.0
+            return float("inf")
         lo, hi = 1.0, b
         if not fits_bound(hi):
             for _ in range(20):
@@ -245,9 +248,57 @@ def _decode_upper_bound(
                 else:
                     hi = mid
             b = lo
-    if m.mean_steps <= 0:
-        return float("inf")
-    return b / (m.mean_steps * k.iteration(dec, b, m.mean_context, micro))
+    return m.mean_steps * k.iteration(dec, b, m.mean_context, micro) / b
+
+
+def _encode_time_per_query(
+    sim: Simulator,
+    enc: Group,
+    mem_group: Group,
+    bound: float | None,
+    phase: str,
+    kv_copies: float,
+) -> float:
+    """A lower bound on the encoding time each query costs: the per-query stage time of
+    the largest encode batch that memory and the bound allow."""
+    k, m = sim.costs, sim.m
+    fixed = k.weights_per_gpu(mem_group, phase)
+    for b in reversed(BATCH_GRID):
+        tokens = b * m.mean_input
+        kv_phase = "encode" if phase == "encode" else "decode"
+        memory = (
+            fixed
+            + k.kv_per_gpu(enc, kv_copies * tokens, kv_phase)
+            + k.activations_per_gpu(enc, tokens)
+        )
+        if memory > sim.capacity:
+            continue
+        if bound is not None and k.encode_latency(enc, b, m.mean_input) > bound:
+            continue
+        return k.encode_stage(enc, b, m.mean_input) / b
+    return float("inf")
+
+
+def _round_robin_upper_bound(sim: Simulator, base: ExecutionConfig, bound: float | None) -> float:
+    """Queries/s a RoundRobin shape cannot exceed: every query costs at least its
+    share of decoding plus its share of encoding, each at its most efficient batch."""
+    enc, dec, mem = sim.round_robin_groups(base)
+    per_query = _decode_time_per_query(
+        sim, dec, mem, base.micro_batches, bound, "both"
+    ) + _encode_time_per_query(sim, enc, mem, bound, "both", 1.0)
+    return base.replicas * UB_MARGIN / per_query if per_query > 0 else float("inf")
+
+
+def _workload_aware_upper_bound(
+    sim: Simulator, base: ExecutionConfig, bound: float | None
+) -> float:
+    """Queries/s a WorkloadAware split cannot exceed: the slower of its decoders and
+    its encoders, each at its most efficient batch."""
+    enc, dec = sim.workload_aware_groups(base)
+    decode = _decode_time_per_query(sim, dec, dec, base.micro_batches, bound, "decode")
+    encode = _encode_time_per_query(sim, enc, enc, bound, "encode", 2.0)
+    slowest = max(decode, encode)
+    return base.replicas * UB_MARGIN / slowest if slowest > 0 else float("inf")
 
 
 def _round_robin(search: _Search, gpus: int) -> list[tuple[float, ExecutionConfig]]:
@@ -266,9 +317,7 @@ def _round_robin(search: _Search, gpus: int) -> list[tuple[float, ExecutionConfi
                     pipeline_stages=pipe.stages,
                     micro_batches=micro,
                 )
-                _, dec, mem = sim.round_robin_groups(base)
-                ub = _decode_upper_bound(sim, dec, mem, micro, search.bound, "both")
-                shapes.append((ub * pipe.replicas, base))
+                shapes.append((_round_robin_upper_bound(sim, base, search.bound), base))
                 search.space += len(STEPS_GRID) * len(BATCH_GRID)
     return shapes
 
@@ -318,9 +367,7 @@ def _workload_aware(search: _Search, gpus: int) -> list[tuple[float, ExecutionCo
                             encode_stages=e_s,
                             decode_gpus=d,
                         )
-                        _, dec = sim.workload_aware_groups(base)
-                        ub = _decode_upper_bound(sim, dec, dec, micro, search.bound, "decode")
-                        shapes.append((ub * replicas, base))
+                        shapes.append((_workload_aware_upper_bound(sim, base, search.bound), base))
                         search.space += len(BATCH_GRID) * len(BATCH_GRID)
     return shapes
 

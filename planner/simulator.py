@@ -29,6 +29,7 @@ length, queueing excluded. ``e2e_p99_s`` adds the wait for the next admission sl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .costs import CostModel, Group
 from .moments import Moments
@@ -190,14 +191,7 @@ class Simulator:
             qps = decode_rate(batch)
             t_iter = k.iteration(dec, batch, m.mean_context, micro)
         else:
-            lo, hi = 0.0, batch
-            for _ in range(16):
-                mid = (lo + hi) / 2
-                if decode_rate(mid) < lam:
-                    lo = mid
-                else:
-                    hi = mid
-            batch = hi
+            batch = _settle(decode_rate, lam, batch)
             qps = lam
             t_iter = k.iteration(dec, batch, m.mean_context, micro)
         latency = enc_lat + t_kv + (m.steps_p99 + 1) * t_iter
@@ -266,6 +260,33 @@ class Simulator:
             + k.activations_per_gpu(g, joins / micro * m.mean_input + b / micro)
         )
         return self._finish(c, qps, latency, latency + t_iter, memory, b)
+
+
+def _settle(rate: Callable[[float], float], target: float, cap: float) -> float:
+    """The batch ``b`` in (0, cap] where ``rate(b) == target`` (``rate`` increasing,
+    ``rate(cap) > target``): regula falsi with the Illinois step, to 0.1 % of ``cap``."""
+    lo, f_lo = 0.0, -target
+    hi, f_hi = cap, rate(cap) - target
+    side = 0
+    for _ in range(40):
+        if hi - lo <= 1e-3 * cap:
+            break
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        mid = min(max(mid, lo + 1e-6 * cap), hi - 1e-6 * cap)
+        f_mid = rate(mid) - target
+        if f_mid < 0:
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi /= 2
+            side = -1
+        else:
+            hi, f_hi = mid, f_mid
+            if side == 1:
+                f_lo /= 2
+            side = 1
+        if abs(f_mid) <= 1e-6 * target:
+            return mid
+    return hi
 
 
 def _infeasible(reason: str) -> Prediction:
