@@ -1,8 +1,9 @@
 """The ``exegpt`` command line.
 
-``exegpt plan FILE.yaml`` plans ExeGPTDeployments offline; ``exegpt bench NAME`` runs
-a benchmark from ``exegpt.bench``. Exit codes: 0 success, 1 a deployment whose latency
-bound no configuration meets (``plan``), 2 bad input or usage.
+``exegpt plan FILE.yaml`` plans ExeGPTDeployments offline; ``exegpt crd`` prints the
+ExeGPTDeployment CRD; ``exegpt bench NAME`` runs a benchmark from ``exegpt.bench``. Exit
+codes: 0 success, 1 a deployment whose latency bound no configuration meets (``plan``),
+2 bad input or usage.
 """
 
 from __future__ import annotations
@@ -209,10 +210,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return int(run(list(args.args)))
 
 
+# -- crd ------------------------------------------------------------------------------------
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from exegpt.operator.crd import render_crd
+
+    text = render_crd()
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 # -- commands of other builds ----------------------------------------------------------------
 
 _UNAVAILABLE = {
-    "crd": "print the ExeGPTDeployment CRD",
     "profile": "run the profiler here (the profiling Job's entrypoint)",
     "serve": "run a worker (the workers' entrypoint)",
     "operator": "run the operator against the current kubeconfig",
@@ -269,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop searching after S seconds and return the best plan found",
     )
     plan.set_defaults(func=_cmd_plan)
+
+    crd = sub.add_parser(
+        "crd",
+        help="print the ExeGPTDeployment CRD",
+        description="Print the ExeGPTDeployment CustomResourceDefinition generated from the "
+        "resource's models (crds/ holds this output).",
+    )
+    crd.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        default=None,
+        help="write the CRD to FILE instead of stdout ('-': stdout)",
+    )
+    crd.set_defaults(func=_cmd_crd)
 
     bench = sub.add_parser(
         "bench",

@@ -303,7 +303,36 @@ def test_bench_dispatches_to_run(
     assert calls == [["--json", "--scenarios", "3"]]
 
 
-@pytest.mark.parametrize("command", ["crd", "profile", "serve", "operator"])
+# -- crd ---------------------------------------------------------------------------------------
+
+
+def test_crd_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    from exegpt.operator.crd import render_crd
+
+    rc, out, err = run(capsys, "crd")
+    assert (rc, err) == (0, "")
+    assert out == render_crd()
+    assert yaml.safe_load(out)["kind"] == "CustomResourceDefinition"
+
+
+def test_crd_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exegpt.operator.crd import render_crd
+
+    target = tmp_path / "crd.yaml"
+    rc, out, err = run(capsys, "crd", "--output", str(target))
+    assert (rc, out, err) == (0, "", "")
+    assert target.read_text(encoding="utf-8") == render_crd()
+    rc, out, _ = run(capsys, "crd", "-o", "-")
+    assert rc == 0 and out == render_crd()
+
+
+def test_crd_output_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "crd", "--output", str(tmp_path / "missing" / "crd.yaml"))
+    assert rc == 2 and out == ""
+    assert "cannot write" in err and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", ["profile", "serve", "operator"])
 def test_commands_of_other_builds_say_so(capsys: pytest.CaptureFixture[str], command: str) -> None:
     rc, out, err = run(capsys, command, "--anything")
     assert rc == 2 and out == ""
