@@ -45,6 +45,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_client_timeout
         settings.posting.level = logging.WARNING
+        # The status schema is structural, so the API server would prune kopf's own
+        # status fields: keep kopf's bookkeeping in annotations instead.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=names.GROUP, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = f"{names.GROUP}/kopf-finalizer"
         if getattr(memo, "kube", None) is None:
             memo.kube = Kube.connect(config.kube_host)
 

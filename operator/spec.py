@@ -47,7 +47,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ExeGPTDeployment"
 PLURAL = "exegptdeployments"
 SINGULAR = "exegptdeployment"
-SHORT_NAMES = ["exegpt"]
 
 # -- durations ---------------------------------------------------------------------------
 
