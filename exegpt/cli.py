@@ -227,12 +227,34 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- operator ----------------------------------------------------------------------------------
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from exegpt.operator.app import run
+    from exegpt.operator.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings.from_env(
+            os.environ,
+            namespaces=tuple(args.namespace) if args.namespace else None,
+            kube_host=args.kube_host,
+            liveness_endpoint=args.liveness,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    asyncio.run(run(settings))
+    return EXIT_OK
+
+
 # -- commands of other builds ----------------------------------------------------------------
 
 _UNAVAILABLE = {
     "profile": "run the profiler here (the profiling Job's entrypoint)",
     "serve": "run a worker (the workers' entrypoint)",
-    "operator": "run the operator against the current kubeconfig",
 }
 
 
@@ -310,6 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", metavar="NAME", help="benchmark (e.g. paper, calibration)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     bench.set_defaults(func=_cmd_bench)
+
+    op = sub.add_parser(
+        "operator",
+        help="run the operator against the current kubeconfig",
+        description="Run the ExeGPTDeployment operator (kopf) against the cluster of the "
+        "in-cluster service account or the current kubeconfig context. Settings come from "
+        "EXEGPT_* environment variables (see docs/operator.md); flags override them.",
+    )
+    op.add_argument(
+        "--namespace", "-n", action="append", metavar="NS",
+        help="watch this namespace (repeatable); default: every namespace",
+    )  # fmt: skip
+    op.add_argument("--kube-host", metavar="URL", help="API server URL (skip kubeconfig)")
+    op.add_argument(
+        "--liveness", metavar="URL", default=None,
+        help="health endpoint (default http://0.0.0.0:8080/healthz)",
+    )  # fmt: skip
+    op.set_defaults(func=_cmd_operator)
 
     for command, summary in _UNAVAILABLE.items():
         p = sub.add_parser(command, help=summary, description=summary)

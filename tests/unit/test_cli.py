@@ -332,11 +332,20 @@ def test_crd_output_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "cannot write" in err and err.startswith("error: ")
 
 
-@pytest.mark.parametrize("command", ["profile", "serve", "operator"])
+@pytest.mark.parametrize("command", ["profile", "serve"])
 def test_commands_of_other_builds_say_so(capsys: pytest.CaptureFixture[str], command: str) -> None:
     rc, out, err = run(capsys, command, "--anything")
     assert rc == 2 and out == ""
     assert f"exegpt {command}: not available in this build" in err
+
+
+def test_operator_rejects_bad_settings_naming_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXEGPT_RESYNC_SECONDS", "often")
+    rc, out, err = run(capsys, "operator", "--namespace", "default")
+    assert rc == 2 and out == ""
+    assert "EXEGPT_RESYNC_SECONDS" in err
 
 
 def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
