@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kubernetes
 import urllib3
@@ -51,6 +51,22 @@ class KubeError(Exception):
 
 
 TRANSIENT = {429, 500, 502, 503, 504}
+
+
+class Api(Protocol):
+    """What a reconcile pass needs of the API server (``Kube``, or ``MemoryKube``)."""
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> JSON | None: ...
+
+    async def list(self, kind: Kind, namespace: str) -> list[JSON]: ...
+
+    async def create(self, kind: Kind, namespace: str, body: JSON) -> JSON: ...
+
+    async def merge_patch(
+        self, kind: Kind, namespace: str, name: str, patch: JSON, subresource: str | None = None
+    ) -> JSON: ...
+
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
 
 
 class Kube:

@@ -37,7 +37,7 @@ from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_k
 from exegpt.planner.scheduler import schedule
 
 from . import builders, names, plandoc
-from .kube import CONFIGMAP, EXEGPT, JOB, JSON, SERVICE, STATEFULSET, Kind, Kube, KubeError
+from .kube import CONFIGMAP, EXEGPT, JOB, JSON, SERVICE, STATEFULSET, Api, Kind, KubeError
 from .profiling import ProfilingDecision, decide
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
@@ -69,7 +69,7 @@ PLANNER_VERSION = "1"
 
 @dataclass
 class Context:
-    kube: Kube
+    kube: Api
     settings: OperatorSettings
     events: EventSink
     clock: Callable[[], float] = time.time

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from builders import deployment
-from fake_kube import FakeKube
 
 from exegpt.operator import names
 from exegpt.operator.kube import CONFIGMAP, EXEGPT, JOB, SERVICE, STATEFULSET, KubeError
+from exegpt.operator.memkube import MemoryKube
 from exegpt.operator.profiling import PROFILE_DATA_KEY
 from exegpt.operator.reconcile import Context, Outcome, reconcile
 from exegpt.operator.settings import OperatorSettings
@@ -22,10 +22,10 @@ SETTINGS = OperatorSettings(retry_backoff_seconds=0.0, plan_time_limit_seconds=2
 
 
 class World:
-    """A FakeKube holding deployments, and a way to run passes over them."""
+    """A MemoryKube holding deployments, and a way to run passes over them."""
 
     def __init__(self) -> None:
-        self.kube = FakeKube()
+        self.kube = MemoryKube()
         self.events: list[tuple[str, str, str]] = []
         self.clock = 1_700_000_000.0
 
@@ -57,7 +57,7 @@ class World:
 
     def run(self, name: str = "x") -> Outcome:
         ctx = Context(
-            kube=self.kube,  # type: ignore[arg-type]
+            kube=self.kube,
             settings=SETTINGS,
             events=lambda *e: self.events.append(e),
             clock=lambda: self.clock,
