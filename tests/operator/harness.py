@@ -1,0 +1,1243 @@
+"""The operator test harness: a Kubernetes API emulator over HTTP, the controllers the
+tests play, a request log, failure injection, and the operator run in-process.
+
+``Emulator`` is kmock's ``KubernetesEmulator`` (a real HTTP server that stores objects
+in memory and streams watches) with the parts of the API server's behaviour the
+operator relies on added: ``uid``, ``resourceVersion``, ``generation`` and
+``creationTimestamp``; ``generateName``; replace (``PUT``) with resourceVersion
+preconditions; JSON patches answered 422 when a ``test`` operation fails; the status
+subresource (writes to ``/status`` change only the status, writes to the object never
+change it); label selectors on lists and watches; ``kind`` on list responses; and
+failures injected in front of the store (``fail``). It still runs no controllers and no
+garbage collector: ``Cluster`` offers what the tests do in their place.
+
+``Cluster`` is what a test talks to: objects through the HTTP API (so watches see the
+changes), the Job and StatefulSet controllers' status updates, the request log
+(``calls``, ``writes_since``, ``api_usage``), and ``wait_for``.
+
+``Operator`` runs a kopf registry in the test's event loop against the emulator and
+can be stopped, killed and started again within one test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import inspect
+import itertools
+import json
+import logging
+import re
+import secrets
+import uuid
+import warnings
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+import kopf
+import kubernetes
+import yaml
+from kmock._internal import parsing as _kmock_parsing
+
+JSON = dict[str, Any]
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "exegpt.dev_exegptdeployments.yaml"
+NAMESPACE = "default"
+
+EXEGPT = "exegpt.dev/v1alpha1"
+JOBS = "batch/v1"
+APPS = "apps/v1"
+CORE = "v1"
+
+HARNESS_HEADER = "X-Exegpt-Harness"
+"""Requests the harness itself makes carry this header; the request log tells them apart
+from the operator's."""
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- kmock's path parsing, fixed for the Namespace kind --------------------------------------
+
+
+def _parse_path(path: str) -> Any:
+    """kmock reads ``/api/v1/namespaces[/NAME]`` as the start of a namespaced path; it is
+    the cluster-scoped Namespace kind (kopf lists and watches it)."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["api", "v1"] and parts[2:3] == ["namespaces"] and len(parts) <= 5:
+        # /api/v1/namespaces, /api/v1/namespaces/NAME, /api/v1/namespaces/NAME/status
+        name = parts[3] if len(parts) >= 4 else None
+        sub = parts[4] if len(parts) == 5 else None
+        if len(parts) != 5 or sub in ("status", "finalize"):
+            return _kmock_parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+    return _original_parse_path(path)
+
+
+_original_parse_path = _kmock_parsing.parse_path
+_kmock_parsing.parse_path = _parse_path
+
+
+# -- the request log ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request, as RBAC sees it: ``verb`` on ``group``/``resource``."""
+
+    id: int
+    method: str
+    group: str
+    version: str
+    resource: str
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+    verb: str
+    by_harness: bool = field(default=False, compare=False)
+    body: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def rbac(self) -> tuple[str, str, str]:
+        """``(apiGroup, resource[/subresource], verb)`` as a Role's rule names it."""
+        resource = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        return (self.group, resource, self.verb)
+
+    @property
+    def is_write(self) -> bool:
+        return self.verb in WRITE_VERBS
+
+    def __str__(self) -> str:
+        gv = f"{self.group}/{self.version}" if self.group else self.version
+        where = "/".join(p for p in (self.namespace, self.name) if p)
+        sub = f"/{self.subresource}" if self.subresource else ""
+        return f"{self.verb} {gv} {self.resource}{sub} {where}".rstrip()
+
+
+def _verb(method: str, name: str | None, params: Mapping[str, str]) -> str:
+    if method == "GET":
+        if params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if name else "list"
+    if method == "DELETE":
+        return "delete" if name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def call_of(request: kmock.Request) -> Call | None:
+    """The API call a request is, or None for discovery and other non-resource paths."""
+    res = request.resource
+    if res is None or res.plural is None or res.version is None or res.group is None:
+        return None
+    method = str(request.method.value).upper()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return Call(
+        id=request.id,
+        method=method,
+        group=res.group,
+        version=res.version,
+        resource=res.plural,
+        subresource=request.subresource,
+        namespace=request.namespace,
+        name=request.name,
+        verb=_verb(method, request.name, request.params),
+        by_harness=HARNESS_HEADER.lower() in headers,
+        body=request.data,
+    )
+
+
+# -- failure injection ---------------------------------------------------------------------
+
+
+_REASONS = {
+    400: "BadRequest",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+
+@dataclass
+class Fault:
+    """Answer the next ``times`` operator requests that match with ``status``.
+
+    ``resource`` is a plural, or ``plural/subresource`` (``exegptdeployments/status``);
+    ``verb`` an RBAC verb (``create``, ``update``, ``patch``, ``delete``, ``get``...) or
+    ``"write"`` for any of the writes. By default the request fails before the store
+    sees it; ``applied=True`` stores the write and then answers the error, as when a
+    response is lost on the way back.
+    """
+
+    verb: str
+    resource: str
+    status: int = 500
+    times: int = 1
+    name: str | None = None
+    applied: bool = False
+    hits: list[Call] = field(default_factory=list)
+
+    def matches(self, call: Call) -> bool:
+        if call.by_harness or len(self.hits) >= self.times:
+            return False
+        verb_ok = call.is_write if self.verb == "write" else call.verb == self.verb
+        return verb_ok and call.rbac[1] == self.resource and self.name in (None, call.name)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.hits) >= self.times
+
+    def error(self, call: Call) -> kmock.KubernetesError:
+        reason = _REASONS.get(self.status, "InjectedFailure")
+        message = {
+            409: f'Operation cannot be fulfilled on {call.resource} "{call.name}": the object '
+            "has been modified; please apply your changes to the latest version and try again",
+        }.get(self.status, f"injected failure: {self.status} {reason} on {call}")
+        return kmock.KubernetesError(status=self.status, reason=reason, message=message)
+
+
+# -- the emulator ---------------------------------------------------------------------------
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (the API server's ``application/merge-patch+json``;
+    strategic merge patches are applied the same way: lists are replaced whole)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
+
+
+_SELECTOR_RE = re.compile(
+    r"^\s*(?P<neg>!)?(?P<key>[A-Za-z0-9./_-]+)\s*"
+    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9._-]*)"
+    r"|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*$"
+)
+
+
+def selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` match a label selector string (equality- and set-based)."""
+    if not selector:
+        return True
+    # Split on commas outside parentheses.
+    parts, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for part in parts:
+        m = _SELECTOR_RE.match(part)
+        if m is None:
+            raise ValueError(f"unsupported label selector: {part!r}")
+        key = m["key"]
+        if m["setop"]:
+            values = {v.strip() for v in m["values"].split(",")}
+            ok = labels.get(key) in values if m["setop"] == "in" else labels.get(key) not in values
+        elif m["op"]:
+            ok = labels.get(key) == m["value"] if m["op"] != "!=" else labels.get(key) != m["value"]
+        else:
+            ok = key in labels
+        if m["neg"]:
+            ok = not ok if not m["op"] and not m["setop"] else ok
+        if not ok:
+            return False
+    return True
+
+
+def _spec_part(body: Mapping[str, Any]) -> JSON:
+    return {k: v for k, v in body.items() if k not in ("metadata", "status")}
+
+
+_SERVER_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp")
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator with the API server behaviours listed in the module's docstring."""
+
+    faults: list[Fault] = attrs.field(factory=list, init=False)
+    custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _version: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # Replace (PUT) is answered like a patch: with the stored object.
+        self.fallback[kmock.method.PUT] << self._serve_update
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._version)
+
+    def _next_version(self) -> str:
+        self._version = next(self._versions)
+        return str(self._version)
+
+    def _has_status(self, res: kmock.resource) -> bool:
+        return res in self.resources and "status" in self.resources[res].subresources
+
+    async def _publish(self, res: kmock.resource, kind: str, body: JSON) -> None:
+        await self._buses[res].put({"type": kind, "object": copy.deepcopy(body)})
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        call = call_of(request)
+        if call is None:
+            return await kmock.RawHandler._handle(self, request)
+        fault = next((f for f in self.faults if f.matches(call)), None)
+        if fault is not None:
+            fault.hits.append(call)
+            if not fault.applied:
+                raise fault.error(call)
+        if call.verb in ("create", "update", "patch", "delete"):
+            async with self._lock:
+                await self._write(request, call)
+        if fault is not None:
+            raise fault.error(call)
+        return await kmock.RawHandler._handle(self, request)
+
+    async def _write(self, request: kmock.Request, call: Call) -> None:
+        res = request.resource
+        assert res is not None
+        data = request.data
+        if call.verb == "create":
+            await self._create(res, call, data)
+            return
+        key = (res, call.namespace, call.name or "")
+        if key not in self._objects or self._objects[key].deleted:
+            raise kmock.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message=f'{call.resource} "{call.name}" not found',
+            )
+        obj = self._objects[key]
+        old: JSON = copy.deepcopy(obj.raw)
+        meta = old.setdefault("metadata", {})
+        if call.verb == "delete":
+            if meta.get("deletionTimestamp"):
+                return
+            if meta.get("finalizers"):
+                meta["deletionTimestamp"] = now_iso()
+                meta["resourceVersion"] = self._next_version()
+                obj.history.append(old)
+                await self._publish(res, "MODIFIED", old)
+            else:
+                meta["resourceVersion"] = self._next_version()
+                obj.history.append(old)
+                obj.delete()
+                await self._publish(res, "DELETED", old)
+            return
+        new = self._updated(call, request, old, data)
+        if new == old:
+            return  # a no-op write: no new resourceVersion, no event (as the API server)
+        new_meta = new["metadata"]
+        if _spec_part(new) != _spec_part(old):
+            new_meta["generation"] = int(meta.get("generation", 1)) + 1
+        new_meta["resourceVersion"] = self._next_version()
+        obj.history.append(new)
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            obj.delete()
+            await self._publish(res, "DELETED", new)
+        else:
+            await self._publish(res, "MODIFIED", new)
+
+    async def _create(self, res: kmock.resource, call: Call, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="no object")
+        meta = data.setdefault("metadata", {})
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message="metadata.name: Required value"
+                )
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if call.namespace is not None:
+            meta["namespace"] = call.namespace
+        key = (res, call.namespace, meta["name"])
+        if key in self._objects and not self._objects[key].deleted:
+            raise kmock.KubernetesError(
+                status=409,
+                reason="AlreadyExists",
+                message=f'{call.resource} "{meta["name"]}" already exists',
+            )
+        body: JSON = copy.deepcopy(data)
+        if self._has_status(res):
+            body.pop("status", None)
+        body["metadata"].pop("deletionTimestamp", None)
+        body["metadata"].update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            generation=1,
+            creationTimestamp=now_iso(),
+        )
+        if key in self._objects:
+            self._objects[key].history.append(body)
+        else:
+            self._objects[key] = body
+        await self._publish(res, "ADDED", body)
+
+    def _updated(self, call: Call, request: kmock.Request, old: JSON, data: Any) -> JSON:
+        """The object after an update or patch (not stored yet)."""
+        current = old["metadata"].get("resourceVersion")
+        content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
+        if call.verb == "patch" and "json-patch" in content_type:
+            try:
+                patched = jsonpatch.apply_patch(old, data, in_place=False)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+        elif call.verb == "patch" and "apply-patch" in content_type:
+            raise kmock.KubernetesError(
+                status=415, reason="UnsupportedMediaType", message="server-side apply"
+            )
+        elif call.verb == "patch":
+            wanted = (data or {}).get("metadata", {}).get("resourceVersion")
+            if wanted is not None and wanted != current:
+                raise self._conflict(call)
+            patched = _merge_patch(old, data or {})
+        else:  # update (PUT)
+            if not isinstance(data, dict):
+                raise kmock.KubernetesError(status=400, reason="BadRequest", message="no object")
+            wanted = data.get("metadata", {}).get("resourceVersion")
+            if wanted is None and call.rbac[1].split("/")[0] in {
+                r.plural for r in self.custom_resources
+            }:
+                raise kmock.KubernetesError(
+                    status=422,
+                    reason="Invalid",
+                    message="metadata.resourceVersion: Invalid value: 0x0: must be specified "
+                    "for an update",
+                )
+            if wanted is not None and wanted != current:
+                raise self._conflict(call)
+            patched = copy.deepcopy(data)
+
+        res = request.resource
+        assert res is not None
+        if call.subresource == "status":
+            new = copy.deepcopy(old)
+            if patched.get("status") is None:
+                new.pop("status", None)
+            else:
+                new["status"] = patched["status"]
+        elif call.subresource:
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message=f"subresource {call.subresource}"
+            )
+        else:
+            new = patched
+            if self._has_status(res):
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = old["status"]
+        meta = new.setdefault("metadata", {})
+        for key in _SERVER_META:
+            if key in old["metadata"]:
+                meta[key] = old["metadata"][key]
+            else:
+                meta.pop(key, None)
+        meta["name"] = old["metadata"].get("name")
+        if "namespace" in old["metadata"]:
+            meta["namespace"] = old["metadata"]["namespace"]
+        return new
+
+    @staticmethod
+    def _conflict(call: Call) -> kmock.KubernetesError:
+        return kmock.KubernetesError(
+            status=409,
+            reason="Conflict",
+            message=f'Operation cannot be fulfilled on {call.resource} "{call.name}": the '
+            "object has been modified; please apply your changes to the latest version and "
+            "try again",
+        )
+
+    def _selected(self, request: kmock.Request) -> list[JSON]:
+        """Live objects a list or watch request selects (namespace, name, labels)."""
+        selector = request.params.get("labelSelector")
+        out: list[JSON] = []
+        for (res, ns, name), obj in self._objects.items():
+            if res != request.resource or obj.deleted:
+                continue
+            if request.namespace is not None and ns != request.namespace:
+                continue
+            if request.name is not None and name != request.name:
+                continue
+            raw = obj.raw
+            if selector_matches(selector, raw.get("metadata", {}).get("labels") or {}):
+                out.append(copy.deepcopy(raw))
+        return out
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        res = request.resource
+        if res is None or res not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        async with self._lock:
+            items = self._selected(request)
+        kind = self.resources[res].kind if res in self.resources else None
+        api_version = f"{res.group}/{res.version}" if res.group else str(res.version)
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind or 'Object'}List",
+            "metadata": {"resourceVersion": self.resource_version},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        yield b""  # send the headers now: the stream is open even if nothing happens
+        res = request.resource
+        assert res is not None
+        selector = request.params.get("labelSelector")
+        bus = self._buses[res]
+        async with self._lock:  # no change can slip between the listing and the stream
+            existing = self._selected(request)
+            marker = await bus.mark()
+        try:
+            for raw in existing:
+                yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=marker):
+                meta = event.get("object", {}).get("metadata", {})
+                if request.namespace is not None and meta.get("namespace") != request.namespace:
+                    continue
+                if request.name is not None and meta.get("name") != request.name:
+                    continue
+                if selector_matches(selector, meta.get("labels") or {}):
+                    yield event
+        finally:
+            with contextlib.suppress(Exception):
+                await bus.unmark(marker)
+
+
+# -- the cluster a test talks to ---------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def minimal_crd() -> JSON:
+    """The ExeGPTDeployment CRD as far as discovery and storage need it."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "exegptdeployments.exegpt.dev"},
+        "spec": {
+            "group": "exegpt.dev",
+            "names": {
+                "kind": "ExeGPTDeployment",
+                "listKind": "ExeGPTDeploymentList",
+                "plural": "exegptdeployments",
+                "singular": "exegptdeployment",
+                "shortNames": ["exegpt"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def load_crd() -> JSON:
+    """The generated CRD from ``crds/`` (a minimal one until it is generated)."""
+    if CRD_PATH.exists():
+        crd = yaml.safe_load(CRD_PATH.read_text())
+        assert isinstance(crd, dict)
+        return crd
+    return minimal_crd()
+
+
+def _split(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def path_of(
+    api_version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    group, version = _split(api_version)
+    out = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace:
+        out += f"/namespaces/{namespace}"
+    out += f"/{plural}"
+    if name:
+        out += f"/{name}"
+    if subresource:
+        out += f"/{subresource}"
+    return out
+
+
+class Cluster:
+    """The emulated cluster as a test sees it. Every write goes through the HTTP API
+    (watches see it) and is marked as the harness's own in the request log."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    @property
+    def url(self) -> str:
+        return str(self.emulator.url).rstrip("/")
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A ``kubernetes`` client for the emulator (call it through ``asyncio.to_thread``:
+        the emulator serves in this event loop)."""
+        return kubernetes.client.ApiClient(kubernetes.client.Configuration(host=self.url))
+
+    # -- bootstrap --------------------------------------------------------------------------
+
+    async def bootstrap(self, crds: Iterable[JSON] = ()) -> None:
+        """Discovery of the built-in kinds, namespace ``default``, and the given CRDs."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # kmock's importlib use
+            self.emulator.resources.load_bundled()
+        await self.create(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        )
+        for crd in crds:
+            await self.register_crd(crd)
+
+    async def register_crd(self, crd: JSON) -> None:
+        """Store a CRD object and serve its kind in discovery (the emulator does not derive
+        discovery from CRD objects)."""
+        spec = crd["spec"]
+        names = spec["names"]
+        for version in spec["versions"]:
+            res = kmock.resource(spec["group"], version["name"], names["plural"])
+            self.emulator.resources[res] = kmock.ResourceInfo(
+                kind=names["kind"],
+                singular=names.get("singular"),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])),
+                subresources=set((version.get("subresources") or {}).keys()),
+            )
+            self.emulator.custom_resources.add(res)
+        await self.create(crd)
+
+    # -- plain API access --------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {HARNESS_HEADER: "1", "Content-Type": content_type}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if body is not None:
+            kwargs["data"] = json.dumps(body)
+        async with self.emulator.request(method, path, **kwargs) as rsp:
+            text = await rsp.text()
+            payload = json.loads(text) if text else None
+            if rsp.status >= 400:
+                raise ApiError(rsp.status, payload)
+            return payload
+
+    def plural_of(self, api_version: str, kind: str) -> str:
+        group, version = _split(api_version)
+        for res in self.emulator.resources:
+            info = self.emulator.resources[res]
+            if (res.group, res.version, info.kind) == (group, version, kind) and res.plural:
+                return res.plural
+        raise KeyError(f"no resource of kind {kind} in {api_version}")
+
+    def _namespaced(self, api_version: str, plural: str) -> bool:
+        group, version = _split(api_version)
+        res = kmock.resource(group, version, plural)
+        return not (
+            res in self.emulator.resources and self.emulator.resources[res].namespaced is False
+        )
+
+    async def create(self, body: JSON) -> JSON:
+        api_version, kind = body["apiVersion"], body["kind"]
+        plural = self.plural_of(api_version, kind)
+        ns = body.get("metadata", {}).get("namespace")
+        ns = ns or NAMESPACE if self._namespaced(api_version, plural) else None
+        out: JSON = await self.request("POST", path_of(api_version, plural, ns), body)
+        return out
+
+    async def get(
+        self, api_version: str, plural: str, namespace: str | None, name: str
+    ) -> JSON | None:
+        try:
+            out: JSON = await self.request("GET", path_of(api_version, plural, namespace, name))
+            return out
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: JSON,
+        *,
+        subresource: str | None = None,
+    ) -> JSON:
+        out: JSON = await self.request(
+            "PATCH",
+            path_of(api_version, plural, namespace, name, subresource),
+            patch,
+            "application/merge-patch+json",
+        )
+        return out
+
+    async def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> None:
+        await self.request("DELETE", path_of(api_version, plural, namespace, name))
+
+    # Read the store directly (no request, nothing in the log).
+    def stored(
+        self, api_version: str, plural: str, namespace: str | None, name: str
+    ) -> JSON | None:
+        group, version = _split(api_version)
+        key = (kmock.resource(group, version, plural), namespace, name)
+        if key not in self.emulator.objects:
+            return None
+        obj = self.emulator.objects[key]
+        return None if obj.deleted else copy.deepcopy(obj.raw)
+
+    def stored_all(
+        self, api_version: str, plural: str, namespace: str | None = NAMESPACE
+    ) -> list[JSON]:
+        group, version = _split(api_version)
+        res = kmock.resource(group, version, plural)
+        return sorted(
+            (
+                copy.deepcopy(obj.raw)
+                for (r, ns, _), obj in self.emulator.objects.items()
+                if r == res and not obj.deleted and (namespace is None or ns == namespace)
+            ),
+            key=lambda o: str(o["metadata"]["name"]),
+        )
+
+    # -- ExeGPTDeployments ----------------------------------------------------------------------
+
+    def deployment(self, name: str, namespace: str = NAMESPACE) -> JSON | None:
+        return self.stored(EXEGPT, "exegptdeployments", namespace, name)
+
+    async def patch_deployment(self, name: str, patch: JSON, namespace: str = NAMESPACE) -> JSON:
+        return await self.patch(EXEGPT, "exegptdeployments", namespace, name, patch)
+
+    def jobs(self, namespace: str = NAMESPACE) -> list[JSON]:
+        return self.stored_all(JOBS, "jobs", namespace)
+
+    def statefulsets(self, namespace: str = NAMESPACE) -> list[JSON]:
+        return self.stored_all(APPS, "statefulsets", namespace)
+
+    def services(self, namespace: str = NAMESPACE) -> list[JSON]:
+        return self.stored_all(CORE, "services", namespace)
+
+    def configmaps(self, namespace: str = NAMESPACE) -> list[JSON]:
+        return self.stored_all(CORE, "configmaps", namespace)
+
+    # -- the controllers the emulator does not run ----------------------------------------------
+
+    async def set_job_succeeded(self, namespace: str, name: str) -> JSON:
+        """What the Job controller writes when the Job's pod exits 0."""
+        ts = now_iso()
+        status = {
+            "active": 0,
+            "ready": 0,
+            "succeeded": 1,
+            "startTime": ts,
+            "completionTime": ts,
+            "conditions": [
+                _condition("SuccessCriteriaMet", "CompletionsReached", ts),
+                _condition("Complete", "CompletionsReached", ts),
+            ],
+        }
+        return await self.patch(
+            JOBS, "jobs", namespace, name, {"status": status}, subresource="status"
+        )
+
+    async def set_job_failed(
+        self, namespace: str, name: str, reason: str = "BackoffLimitExceeded"
+    ) -> JSON:
+        """What the Job controller writes when the Job's pods failed past its backoff limit
+        (``DeadlineExceeded`` for a Job past its ``activeDeadlineSeconds``)."""
+        ts = now_iso()
+        job = self.stored(JOBS, "jobs", namespace, name) or {}
+        limit = int(job.get("spec", {}).get("backoffLimit", 0) or 0)
+        status = {
+            "active": 0,
+            "ready": 0,
+            "failed": limit + 1,
+            "startTime": ts,
+            "conditions": [
+                _condition("FailureTarget", reason, ts),
+                _condition("Failed", reason, ts),
+            ],
+        }
+        return await self.patch(
+            JOBS, "jobs", namespace, name, {"status": status}, subresource="status"
+        )
+
+    async def set_statefulset_ready(self, namespace: str, name: str) -> JSON:
+        """What the StatefulSet controller writes once every replica is updated and ready."""
+        sts = self.stored(APPS, "statefulsets", namespace, name)
+        if sts is None:
+            raise KeyError(f"no StatefulSet {namespace}/{name}")
+        replicas = int(sts.get("spec", {}).get("replicas", 1))
+        revision = f"{name}-{sts['metadata']['resourceVersion']}"
+        status = {
+            "observedGeneration": sts["metadata"].get("generation", 1),
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "currentReplicas": replicas,
+            "updatedReplicas": replicas,
+            "currentRevision": revision,
+            "updateRevision": revision,
+        }
+        return await self.patch(
+            APPS, "statefulsets", namespace, name, {"status": status}, subresource="status"
+        )
+
+    async def write_profile_configmap(
+        self,
+        namespace: str,
+        name: str,
+        profile_json: str,
+        *,
+        key: str = "profile.json",
+        labels: Mapping[str, str] | None = None,
+    ) -> JSON:
+        """What the profiling Job's container does when it finishes: store the profile."""
+        existing = self.stored(CORE, "configmaps", namespace, name)
+        if existing is not None:
+            return await self.patch(
+                CORE, "configmaps", namespace, name, {"data": {key: profile_json}}
+            )
+        body: JSON = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+            "data": {key: profile_json},
+        }
+        return await self.create(body)
+
+    # -- the request log ----------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """A position in the request log; ``calls(since=mark)`` lists what came after."""
+        return len(self.emulator._requests)
+
+    def calls(self, since: int = 0, *, include_harness: bool = False) -> list[Call]:
+        """API calls (discovery excluded) since a mark, the operator's only by default."""
+        out = []
+        for request in list(self.emulator._requests)[since:]:
+            call = call_of(request)
+            if call is not None and (include_harness or not call.by_harness):
+                out.append(call)
+        return out
+
+    def writes_since(self, since: int = 0) -> list[Call]:
+        return [c for c in self.calls(since) if c.is_write]
+
+    def api_usage(self, since: int = 0) -> set[tuple[str, str, str]]:
+        """The ``(apiGroup, resource, verb)`` triples the operator used."""
+        return {c.rbac for c in self.calls(since)}
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        verb: str,
+        resource: str,
+        *,
+        status: int = 500,
+        times: int = 1,
+        name: str | None = None,
+        applied: bool = False,
+    ) -> Fault:
+        """Answer the operator's next ``times`` matching requests with ``status``
+        (see ``Fault``); returns the fault, whose ``hits`` lists the requests it answered."""
+        fault = Fault(verb, resource, status, times, name, applied)
+        self.emulator.faults.append(fault)
+        return fault
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    async def wait_for(
+        self,
+        condition: Callable[[], T | Awaitable[T | None] | None],
+        *,
+        timeout: float = 10.0,
+        interval: float = 0.01,
+        what: str = "",
+    ) -> T:
+        """Poll ``condition`` (sync or async) until it returns something truthy; return it.
+
+        Fails with ``what`` (or the condition's source) after ``timeout`` seconds of loop
+        time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            if loop.time() >= deadline:
+                label = what or _source(condition)
+                raise AssertionError(f"timed out after {timeout}s waiting for {label}")
+            await asyncio.sleep(interval)
+
+    async def wait_for_call(
+        self,
+        verb: str,
+        resource: str,
+        *,
+        since: int = 0,
+        name: str | None = None,
+        timeout: float = 10.0,
+    ) -> Call:
+        """Wait until the operator has made a matching request (after ``since``)."""
+
+        def found() -> Call | None:
+            return next(
+                (
+                    c
+                    for c in self.calls(since)
+                    if c.verb == verb and c.rbac[1] == resource and name in (None, c.name)
+                ),
+                None,
+            )
+
+        return await self.wait_for(found, timeout=timeout, what=f"{verb} {resource} {name or ''}")
+
+
+def _condition(type_: str, reason: str, ts: str) -> JSON:
+    return {
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": "",
+        "lastProbeTime": ts,
+        "lastTransitionTime": ts,
+    }
+
+
+def _source(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn).strip()
+    except (OSError, TypeError):
+        return repr(fn)
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(crds: Iterable[JSON] | None = None) -> AsyncIterator[Cluster]:
+    """An emulated cluster serving on a local port in the running event loop."""
+    emulator = Emulator()
+    async with emulator, kmock.Server(emulator):
+        cluster = Cluster(emulator)
+        await cluster.bootstrap([load_crd()] if crds is None else crds)
+        yield cluster
+
+
+# -- the operator in-process ---------------------------------------------------------------------
+
+
+def tune_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for tests: react at once, reconnect fast, exit fast."""
+    settings.queueing.idle_timeout = 1.0
+    settings.queueing.exit_timeout = 0.5
+    settings.queueing.error_delays = [0.05, 0.1, 0.2]
+    settings.watching.reconnect_backoff = 0.05
+    settings.persistence.consistency_timeout = 1.0
+
+
+def _close_clients(memo: kopf.Memo) -> None:
+    """Close the ``kubernetes`` clients in a memo (directly or as a wrapper's ``.api``)."""
+    for value in list(memo.values()):
+        client = getattr(value, "api", value)
+        if isinstance(client, kubernetes.client.ApiClient):
+            client.close()
+
+
+_KOPF_DIR = str(Path(kopf.__file__).parent)
+
+
+class _NotOperatorTasks(Collection[asyncio.Task[Any]]):
+    """Every task but kopf's own: the emulator's connections, pytest's fixtures, the test."""
+
+    def __contains__(self, task: object) -> bool:
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        return not getattr(code, "co_filename", "").startswith(_KOPF_DIR)
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+class Operator:
+    """A kopf operator run as a task in the test's event loop against the emulator.
+
+    ``registry_factory`` makes a fresh registry per start (a restarted operator is a new
+    process); the harness adds a login handler pointing kopf at the emulator, and starts
+    kopf with its delays tuned for tests (``tune_kopf``; the registry's startup handlers
+    may change other settings).
+    ``memo_factory`` makes the memo kopf hands to handlers (``memo.kube`` etc.).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        registry_factory: Callable[[], kopf.OperatorRegistry],
+        *,
+        memo_factory: Callable[[], kopf.Memo] | None = None,
+        namespaces: Iterable[str] = (NAMESPACE,),
+    ) -> None:
+        self.cluster = cluster
+        self.registry_factory = registry_factory
+        self.memo_factory = memo_factory or kopf.Memo
+        self.namespaces = list(namespaces)
+        self.task: asyncio.Task[None] | None = None
+        self.stop_flag: asyncio.Event | None = None
+        self.memo: kopf.Memo | None = None
+        self.starts = 0
+        self.config: Any = None  # the operator's own settings, where it has any
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def _registry(self) -> kopf.OperatorRegistry:
+        registry = self.registry_factory()
+        url = self.cluster.url
+
+        @kopf.on.login(registry=registry)
+        def harness_login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True, priority=1_000_000)
+
+        return registry
+
+    async def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            raise RuntimeError("the operator is already running")
+        settings = kopf.OperatorSettings()
+        tune_kopf(settings)
+        self.stop_flag = asyncio.Event()
+        ready = asyncio.Event()
+        self.memo = self.memo_factory()
+        self.starts += 1
+        self.task = asyncio.create_task(
+            self._run(settings, self.stop_flag, ready, self.memo), name=f"operator-{self.starts}"
+        )
+        waiter = asyncio.ensure_future(ready.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self.task}, timeout=timeout, return_when="FIRST_COMPLETED"
+        )
+        waiter.cancel()
+        if self.task in done:
+            self.task.result()  # raises what the operator failed with
+            raise RuntimeError("the operator exited during startup")
+        if not done:
+            await self.kill()
+            raise AssertionError(f"the operator was not ready after {timeout}s")
+
+    async def _run(
+        self,
+        settings: kopf.OperatorSettings,
+        stop_flag: asyncio.Event,
+        ready: asyncio.Event,
+        memo: kopf.Memo,
+    ) -> None:
+        """``kopf.operator()``, except that only kopf's own tasks are taken for the
+        operator's (kopf waits 5 s on exit for every task started after it, then cancels
+        it: the emulator's connections and pytest's fixture tasks are not its own)."""
+        ignored = _NotOperatorTasks()
+        tasks = await kopf.spawn_tasks(
+            registry=self._registry(),
+            settings=settings,
+            clusterwide=False,
+            namespaces=self.namespaces,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready,
+            memo=memo,
+            liveness_endpoint=None,
+        )
+        await kopf.run_tasks(tasks, ignored=ignored)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (as on SIGTERM) and wait for the operator to exit."""
+        if self.task is None:
+            return
+        assert self.stop_flag is not None
+        self.stop_flag.set()
+        task, self.task = self.task, None
+        try:
+            await asyncio.wait_for(task, timeout)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+        if self.memo is not None:
+            _close_clients(self.memo)
+
+    async def kill(self) -> None:
+        """Stop at once, mid-whatever (as a crash or SIGKILL would)."""
+        if self.task is None:
+            return
+        task, self.task = self.task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Operator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# -- the ExeGPT operator ------------------------------------------------------------------------
+
+
+def test_settings(**overrides: Any) -> Any:
+    """``OperatorSettings`` for tests: namespace ``default``, no health endpoint, passes
+    every 0.1 s, no wait between profiling attempts."""
+    from exegpt.operator.settings import OperatorSettings
+
+    values: dict[str, Any] = {
+        "namespaces": (NAMESPACE,),
+        "liveness_endpoint": None,
+        "resync_seconds": 0.1,
+        "retry_backoff_seconds": 0.0,
+        "retry_backoff_max_seconds": 0.0,
+        "plan_time_limit_seconds": 20.0,
+        "runtime_image": "registry.test/exegpt-runtime:test",
+    }
+    values.update(overrides)
+    return OperatorSettings(**values)
+
+
+def exegpt_operator(cluster: Cluster, **settings: Any) -> Operator:
+    """The ExeGPT operator (``exegpt.operator.app.create_registry``) against ``cluster``,
+    its API client preset in ``memo.kube``."""
+    from exegpt.operator.app import create_registry
+    from exegpt.operator.kube import Kube
+
+    config = test_settings(**settings)
+
+    def memo() -> kopf.Memo:
+        return kopf.Memo(kube=Kube(cluster.api_client()))
+
+    def registry() -> kopf.OperatorRegistry:
+        return create_registry(config)
+
+    operator = Operator(cluster, registry, memo_factory=memo, namespaces=config.namespaces)
+    operator.config = config
+    return operator
+
+
+def condition(body: Mapping[str, Any] | None, type_: str) -> JSON | None:
+    """The condition ``type_`` of an ExeGPTDeployment's status, if any."""
+    for cond in ((body or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def measured_profile(spec_body: Mapping[str, Any]) -> tuple[str, str]:
+    """``(profile key, profile JSON)`` that a profiling Job for ``spec_body`` writes (the
+    analytic profile, labelled as measured by the profiler's version)."""
+    from exegpt.operator.request import plan_request
+    from exegpt.operator.spec import parse_spec
+    from exegpt.planner.analytic import analytic_profile
+    from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile
+
+    request = plan_request(parse_spec(spec_body))
+    arch, gpu = request.architecture, request.gpu
+    degrees = arch.tensor_parallel_degrees(limit=min(request.gpus_per_node, request.gpus))
+    analytic = analytic_profile(arch, gpu, request.dtype, degrees)
+    provenance = analytic.provenance.model_copy(
+        update={"source": "measured", "profiler_version": MEASURED_PROFILER_VERSION}
+    )
+    profile = Profile.model_validate({**analytic.model_dump(), "provenance": provenance})
+    return profile.key, profile.to_json()
+
+
+def is_condition(body: Mapping[str, Any] | None, type_: str, status: str = "True") -> bool:
+    cond = condition(body, type_)
+    return cond is not None and cond.get("status") == status
+
+
+def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
+    from the plan's own fields: RoundRobin runs ``worker`` pods, one per pipeline stage of
+    each replica, each with ``tensorParallel`` GPUs; WorkloadAware runs ``encoder`` pods
+    (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs) and ``decoder`` pods
+    (``pipelineStages`` per replica, ``tensorParallel`` GPUs)."""
+    replicas = int(plan["replicas"])
+    if plan["strategy"] == "RoundRobin":
+        return {"worker": (replicas * plan["pipelineStages"], plan["tensorParallel"])}
+    return {
+        "encoder": (replicas * plan["encodeStages"], plan["encodeTensorParallel"]),
+        "decoder": (replicas * plan["pipelineStages"], plan["tensorParallel"]),
+    }

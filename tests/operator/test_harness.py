@@ -1,0 +1,203 @@
+"""The harness itself, with a toy operator: what the emulator stores and serves, the
+request log, injected failures, and an operator stopped and started within a test.
+
+Read these tests to see how the operator tests use the harness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+from builders import deployment
+from harness import CORE, EXEGPT, JOBS, NAMESPACE, Cluster, Operator, selector_matches
+
+pytestmark = pytest.mark.asyncio
+
+
+def toy_registry() -> kopf.OperatorRegistry:
+    """On create: a ConfigMap owned by the deployment, made with the sync ``kubernetes``
+    client off the loop (an existing one is fine), then status. On every event: read the
+    ConfigMap back (a read the tests can wait for)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("exegpt.dev", "exegptdeployments", id="toy", backoff=0.05, registry=registry)
+    async def create_fn(
+        name: str, namespace: str, uid: str, memo: kopf.Memo, **_: Any
+    ) -> dict[str, Any]:
+        core = kubernetes.client.CoreV1Api(memo.api)
+        owner = {
+            "apiVersion": EXEGPT,
+            "kind": "ExeGPTDeployment",
+            "name": name,
+            "uid": uid,
+            "controller": True,
+        }
+        body = {
+            "metadata": {"name": f"{name}-toy", "ownerReferences": [owner]},
+            "data": {"hello": "world"},
+        }
+        try:
+            await asyncio.to_thread(core.create_namespaced_config_map, namespace, body)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        return {"configMap": f"{name}-toy"}
+
+    @kopf.on.event("exegpt.dev", "exegptdeployments", registry=registry)
+    async def event_fn(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        core = kubernetes.client.CoreV1Api(memo.api)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            await asyncio.to_thread(core.read_namespaced_config_map, f"{name}-toy", namespace)
+
+    return registry
+
+
+def toy_status(cluster: Cluster, name: str) -> Any:
+    return ((cluster.deployment(name) or {}).get("status") or {}).get("toy")
+
+
+def toy_operator(cluster: Cluster) -> Operator:
+    def memo() -> kopf.Memo:
+        return kopf.Memo(api=cluster.api_client())
+
+    return Operator(cluster, toy_registry, memo_factory=memo)
+
+
+async def test_the_operator_creates_a_child_with_an_owner_and_writes_status(
+    cluster: Cluster,
+) -> None:
+    async with toy_operator(cluster):
+        mark = cluster.mark()
+        created = await cluster.create(deployment("x"))
+
+        cm = await cluster.wait_for(lambda: cluster.stored(CORE, "configmaps", NAMESPACE, "x-toy"))
+        await cluster.wait_for(lambda: toy_status(cluster, "x"))
+
+    assert cm["data"] == {"hello": "world"}
+    [owner] = cm["metadata"]["ownerReferences"]
+    assert owner["uid"] == created["metadata"]["uid"]
+    assert toy_status(cluster, "x") == {"configMap": "x-toy"}
+
+    writes = {str(c) for c in cluster.writes_since(mark)}
+    assert "create v1 configmaps default" in writes
+    assert "patch exegpt.dev/v1alpha1 exegptdeployments/status default/x" in writes
+    assert ("", "configmaps", "create") in cluster.api_usage()
+    assert ("exegpt.dev", "exegptdeployments", "watch") in cluster.api_usage()
+    # The harness's own requests are not the operator's.
+    assert not any(c.by_harness for c in cluster.calls())
+    assert any(
+        c.verb == "create" and c.resource == "exegptdeployments"
+        for c in cluster.calls(include_harness=True)
+    )
+
+
+async def test_a_restarted_operator_resumes_without_writing(cluster: Cluster) -> None:
+    operator = toy_operator(cluster)
+    await operator.start()
+    await cluster.create(deployment("x"))
+    await cluster.wait_for(lambda: toy_status(cluster, "x"))
+    await operator.stop()
+
+    mark = cluster.mark()
+    await operator.start()
+    # The watch replays the deployment; the event handler reads the ConfigMap.
+    await cluster.wait_for_call("get", "configmaps", since=mark)
+    await operator.stop()
+
+    assert cluster.writes_since(mark) == []
+    assert len(cluster.stored_all(CORE, "configmaps")) == 1
+    assert operator.starts == 2
+
+
+async def test_an_injected_failure_is_answered_before_the_store(cluster: Cluster) -> None:
+    fault = cluster.fail("create", "configmaps", status=500, times=1)
+    async with toy_operator(cluster):
+        await cluster.create(deployment("x"))
+        await cluster.wait_for(lambda: cluster.stored(CORE, "configmaps", NAMESPACE, "x-toy"))
+
+    assert fault.exhausted and [str(c) for c in fault.hits] == ["create v1 configmaps default"]
+    creates = [c for c in cluster.writes_since() if c.resource == "configmaps"]
+    assert len(creates) == 2  # the failed one, and kopf's retry
+
+
+async def test_an_applied_failure_stores_the_write_and_loses_the_response(
+    cluster: Cluster,
+) -> None:
+    fault = cluster.fail("create", "configmaps", status=500, applied=True)
+    async with toy_operator(cluster):
+        await cluster.create(deployment("x"))
+        # The ConfigMap is stored, but the handler saw a 500 and is retried by kopf: its
+        # second create meets the stored object (409), which the handler takes as done.
+        await cluster.wait_for(lambda: toy_status(cluster, "x"))
+
+    assert fault.exhausted
+    creates = [c for c in cluster.writes_since() if c.resource == "configmaps"]
+    assert len(creates) == 2
+    assert len(cluster.stored_all(CORE, "configmaps")) == 1
+
+
+async def test_the_emulator_keeps_server_fields_and_conflicts(cluster: Cluster) -> None:
+    job = {
+        "apiVersion": JOBS,
+        "kind": "Job",
+        "metadata": {"name": "j", "labels": {"a": "1"}},
+        "spec": {"backoffLimit": 2, "template": {}},
+        "status": {"succeeded": 5},
+    }
+    created = await cluster.create(job)
+    meta = created["metadata"]
+    assert meta["uid"] and meta["generation"] == 1 and meta["resourceVersion"]
+    assert "status" not in created  # the status subresource is not written by a create
+
+    # Writes to the object never change its status; writes to /status change only it.
+    patched = await cluster.patch(JOBS, "jobs", NAMESPACE, "j", {"status": {"x": 1}})
+    assert "status" not in patched and patched["metadata"]["generation"] == 1
+    failed = await cluster.set_job_failed(NAMESPACE, "j")
+    assert failed["status"]["failed"] == 3
+    assert [c["type"] for c in failed["status"]["conditions"]] == ["FailureTarget", "Failed"]
+    respec = await cluster.patch(JOBS, "jobs", NAMESPACE, "j", {"spec": {"backoffLimit": 1}})
+    assert respec["metadata"]["generation"] == 2
+    assert respec["status"] == failed["status"]
+
+    # A stale resourceVersion is a conflict; a no-op write keeps the resourceVersion.
+    stale = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": {}}
+    with pytest.raises(Exception, match="409"):
+        await cluster.patch(JOBS, "jobs", NAMESPACE, "j", stale)
+    same = await cluster.patch(JOBS, "jobs", NAMESPACE, "j", {"spec": {"backoffLimit": 1}})
+    assert same["metadata"]["resourceVersion"] == respec["metadata"]["resourceVersion"]
+
+    # Label selectors select.
+    listed = await cluster.request(
+        "GET", "/apis/batch/v1/namespaces/default/jobs?labelSelector=a%3D2"
+    )
+    assert listed["items"] == [] and listed["kind"] == "JobList"
+
+
+async def test_the_sync_client_replaces_with_preconditions(cluster: Cluster) -> None:
+    api = cluster.api_client()
+    core = kubernetes.client.CoreV1Api(api)
+    body = {"metadata": {"name": "c"}, "data": {"a": "1"}}
+    created = await asyncio.to_thread(core.create_namespaced_config_map, NAMESPACE, body)
+    rv = created.metadata.resource_version
+    body = {"metadata": {"name": "c", "resourceVersion": rv}, "data": {"b": "2"}}
+    replaced = await asyncio.to_thread(core.replace_namespaced_config_map, "c", NAMESPACE, body)
+    assert replaced.data == {"b": "2"}
+    with pytest.raises(kubernetes.client.ApiException) as exc:
+        await asyncio.to_thread(core.replace_namespaced_config_map, "c", NAMESPACE, body)
+    assert exc.value.status == 409
+    listed = await asyncio.to_thread(core.list_namespaced_config_map, NAMESPACE)
+    assert [c.metadata.name for c in listed.items] == ["c"]
+    await asyncio.to_thread(core.delete_namespaced_config_map, "c", NAMESPACE)
+    assert cluster.stored(CORE, "configmaps", NAMESPACE, "c") is None
+
+
+async def test_label_selectors() -> None:
+    labels = {"app": "exegpt", "tier": "worker"}
+    assert selector_matches("app=exegpt,tier in (worker, encoder)", labels)
+    assert selector_matches("app==exegpt,!missing,tier!=decoder", labels)
+    assert not selector_matches("app notin (exegpt)", labels)
+    assert not selector_matches("missing", labels)
