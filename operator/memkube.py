@@ -1,18 +1,21 @@
-"""An in-memory stand-in for ``exegpt.operator.kube.Kube`` for reconcile unit tests:
-stores objects by (kind, namespace, name), records every call, and can fail the next
-writes with a given status."""
+"""An in-memory API with ``kube.Kube``'s interface: stores objects by (kind,
+namespace, name), records every call, and can fail the next writes with a given status.
+
+It runs reconcile passes with no cluster: the replanning benchmark and the reconcile
+unit tests use it. It plays no controllers: nothing sets a Job's or StatefulSet's
+status unless its user does."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from exegpt.operator.kube import Kind, KubeError
+from .kube import Kind, KubeError
 
 JSON = dict[str, Any]
 
 
-class FakeKube:
+class MemoryKube:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], JSON] = {}
         self.calls: list[tuple[str, str, str]] = []  # (verb, plural, name)
