@@ -2,7 +2,8 @@
 
 ``cluster``: an emulated cluster serving in the test's event loop (``harness.Cluster``).
 ``operator``: the ExeGPT operator running against it (``harness.exegpt_operator``),
-stopped at the end of the test. Every test that uses ``operator`` has its API calls
+stopped at the end of the test; ``start_operator(**settings)`` starts one with other
+settings. Every test that runs the ExeGPT operator has its API calls
 checked against ``api_usage.json``, the ``(apiGroup, resource, verb)`` triples the
 operator may use, which the chart's RBAC grants: a call outside it fails the test.
 ``EXEGPT_RECORD_API_USAGE=1 pytest tests/operator`` rewrites the file from what the
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -56,13 +58,22 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 
 @pytest_asyncio.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
-    op = exegpt_operator(cluster)
-    await op.start()
+async def start_operator(cluster: Cluster) -> AsyncIterator[Callable[..., Awaitable[Operator]]]:
+    """``await start_operator(**settings)``: the ExeGPT operator with ``OperatorSettings``
+    overrides, started; stopped at the end of the test, its API calls checked."""
+    started: list[Operator] = []
+
+    async def start(**settings: Any) -> Operator:
+        op = exegpt_operator(cluster, **settings)
+        await op.start()
+        started.append(op)
+        return op
+
     try:
-        yield op
+        yield start
     finally:
-        await op.stop()
+        for op in started:
+            await op.stop()
     used = cluster.api_usage()
     _used.update(used)
     unlisted = sorted(used - load_api_usage())
@@ -74,3 +85,9 @@ async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
             "chart's RBAC",
             pytrace=False,
         )
+
+
+@pytest_asyncio.fixture
+async def operator(start_operator: Callable[..., Awaitable[Operator]]) -> Operator:
+    """The ExeGPT operator with the test settings (``harness.test_settings``), running."""
+    return await start_operator()

@@ -22,8 +22,10 @@ can be stopped, killed and started again within one test.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
+import dataclasses
 import datetime
 import inspect
 import itertools
@@ -119,6 +121,8 @@ class Call:
     verb: str
     by_harness: bool = field(default=False, compare=False)
     body: Any = field(default=None, compare=False, repr=False)
+    status: int | None = field(default=None, compare=False)
+    """The response's HTTP status (None while the request is in flight)."""
 
     @property
     def rbac(self) -> tuple[str, str, str]:
@@ -129,6 +133,10 @@ class Call:
     @property
     def is_write(self) -> bool:
         return self.verb in WRITE_VERBS
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and self.status < 400
 
     def __str__(self) -> str:
         gv = f"{self.group}/{self.version}" if self.group else self.version
@@ -213,6 +221,10 @@ class Fault:
     def exhausted(self) -> bool:
         return len(self.hits) >= self.times
 
+    def clear(self) -> None:
+        """Answer no more requests."""
+        self.times = len(self.hits)
+
     def error(self, call: Call) -> kmock.KubernetesError:
         reason = _REASONS.get(self.status, "InjectedFailure")
         message = {
@@ -292,6 +304,8 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator with the API server behaviours listed in the module's docstring."""
 
     faults: list[Fault] = attrs.field(factory=list, init=False)
+    statuses: dict[int, int] = attrs.field(factory=dict, init=False)
+    in_flight: int = attrs.field(default=0, init=False)  # requests being answered, not watches
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _version: int = attrs.field(default=0, init=False)
@@ -316,12 +330,28 @@ class Emulator(kmock.KubernetesEmulator):
         await self._buses[res].put({"type": kind, "object": copy.deepcopy(body)})
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        watch = request.action == kmock.action.WATCH
+        self.in_flight += not watch
+        try:
+            response = await self._respond(request)
+        except kmock.KubernetesError as exc:
+            self.statuses[request.id] = exc.status
+            raise
+        except Exception:
+            self.statuses[request.id] = 500
+            raise
+        finally:
+            self.in_flight -= not watch
+        self.statuses[request.id] = response.status
+        return response
+
+    async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         call = call_of(request)
         if call is None:
             return await kmock.RawHandler._handle(self, request)
         fault = next((f for f in self.faults if f.matches(call)), None)
         if fault is not None:
-            fault.hits.append(call)
+            fault.hits.append(dataclasses.replace(call, status=fault.status))
             if not fault.applied:
                 raise fault.error(call)
         if call.verb in ("create", "update", "patch", "delete"):
@@ -884,7 +914,7 @@ class Cluster:
         for request in list(self.emulator._requests)[since:]:
             call = call_of(request)
             if call is not None and (include_harness or not call.by_harness):
-                out.append(call)
+                out.append(dataclasses.replace(call, status=self.emulator.statuses.get(call.id)))
         return out
 
     def writes_since(self, since: int = 0) -> list[Call]:
@@ -939,6 +969,24 @@ class Cluster:
                 label = what or _source(condition)
                 raise AssertionError(f"timed out after {timeout}s waiting for {label}")
             await asyncio.sleep(interval)
+
+    async def wait_idle(self, quiet: float = 0.05, timeout: float = 5.0) -> None:
+        """Wait until no request (watches aside) has been in flight for ``quiet`` seconds:
+        after an operator stops, a request its threads had already started lands first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        idle_since: float | None = None
+        seen = self.mark()
+        while loop.time() < deadline:
+            now = loop.time()
+            if self.emulator.in_flight or self.mark() != seen:
+                idle_since, seen = None, self.mark()
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= quiet:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"requests still in flight after {timeout}s")
 
     async def wait_for_call(
         self,
@@ -1002,6 +1050,28 @@ def tune_kopf(settings: kopf.OperatorSettings) -> None:
     settings.queueing.error_delays = [0.05, 0.1, 0.2]
     settings.watching.reconnect_backoff = 0.05
     settings.persistence.consistency_timeout = 1.0
+    # A graceful stop lets a timer finish the pass it is in (else kopf leaves it running
+    # orphaned, and its writes would land after the stop).
+    settings.background.instant_exit_timeout = 5.0
+
+
+_SUCCEEDED = re.compile(r"^(?:Handler|Timer|Daemon|Activity) '(?P<id>[^']+)' succeeded")
+
+
+class HandlerRuns(logging.Handler):
+    """Counts the successful runs of each kopf handler per object, from kopf's log:
+    ``runs[(handler id, object name)]``. A pass the API cannot see (one that reads and
+    writes nothing) is still seen here."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.runs: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = _SUCCEEDED.match(record.getMessage())
+        if m is not None:
+            ref = getattr(record, "k8s_ref", None) or {}
+            self.runs[(m["id"], str(ref.get("name", "")))] += 1
 
 
 def _close_clients(memo: kopf.Memo) -> None:
@@ -1013,21 +1083,38 @@ def _close_clients(memo: kopf.Memo) -> None:
 
 
 _KOPF_DIR = str(Path(kopf.__file__).parent)
+_KOPF_DAEMONS = str(Path(kopf.__file__).parent / "_core" / "engines" / "daemons.py")
+
+
+def _code_file(task: object) -> str:
+    coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    return str(getattr(code, "co_filename", ""))
 
 
 class _NotOperatorTasks(Collection[asyncio.Task[Any]]):
-    """Every task but kopf's own: the emulator's connections, pytest's fixtures, the test."""
+    """Every task but kopf's own (the emulator's connections, pytest's fixtures, the
+    test), and kopf's timer tasks, which ``Operator`` stops itself."""
 
     def __contains__(self, task: object) -> bool:
-        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
-        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-        return not getattr(code, "co_filename", "").startswith(_KOPF_DIR)
+        path = _code_file(task)
+        return not path.startswith(_KOPF_DIR) or path == _KOPF_DAEMONS
 
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         return iter(())
 
     def __len__(self) -> int:
         return 0
+
+
+async def _cancel_timers() -> None:
+    """Cancel kopf's timer tasks left running: a watch event processed while the operator
+    stops can start a timer after kopf has stopped the others (kopf would wait 5 s for
+    it, then cancel it)."""
+    tasks = [t for t in asyncio.all_tasks() if _code_file(t) == _KOPF_DAEMONS and not t.done()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Operator:
@@ -1057,6 +1144,7 @@ class Operator:
         self.memo: kopf.Memo | None = None
         self.starts = 0
         self.config: Any = None  # the operator's own settings, where it has any
+        self.handler_runs = HandlerRuns()
 
     @property
     def running(self) -> bool:
@@ -1077,6 +1165,11 @@ class Operator:
             raise RuntimeError("the operator is already running")
         settings = kopf.OperatorSettings()
         tune_kopf(settings)
+        kopf_log = logging.getLogger("kopf")
+        if self.handler_runs not in kopf_log.handlers:
+            kopf_log.addHandler(self.handler_runs)
+        if not kopf_log.isEnabledFor(logging.INFO):
+            kopf_log.setLevel(logging.INFO)
         self.stop_flag = asyncio.Event()
         ready = asyncio.Event()
         self.memo = self.memo_factory()
@@ -1118,7 +1211,10 @@ class Operator:
             memo=memo,
             liveness_endpoint=None,
         )
-        await kopf.run_tasks(tasks, ignored=ignored)
+        try:
+            await kopf.run_tasks(tasks, ignored=ignored)
+        finally:
+            await _cancel_timers()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (as on SIGTERM) and wait for the operator to exit."""
@@ -1132,8 +1228,10 @@ class Operator:
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise
+        await self.cluster.wait_idle()
         if self.memo is not None:
             _close_clients(self.memo)
+        logging.getLogger("kopf").removeHandler(self.handler_runs)
 
     async def kill(self) -> None:
         """Stop at once, mid-whatever (as a crash or SIGKILL would)."""
@@ -1143,6 +1241,40 @@ class Operator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await self.cluster.wait_idle()
+        logging.getLogger("kopf").removeHandler(self.handler_runs)
+
+    def runs(self, handler: str, name: str) -> int:
+        """Successful runs so far of kopf handler ``handler`` (its id) for object ``name``."""
+        return self.handler_runs.runs[(handler, name)]
+
+    async def wait_runs(
+        self, handler: str, name: str, count: int = 1, *, timeout: float = 10.0
+    ) -> None:
+        """Wait for ``count`` more successful runs of ``handler`` for ``name``."""
+        target = self.runs(handler, name) + count
+        await self.cluster.wait_for(
+            lambda: self.runs(handler, name) >= target,
+            timeout=timeout,
+            what=f"{count} run(s) of handler {handler!r} for {name!r}",
+        )
+
+    async def settle(
+        self, name: str, *, handler: str = "converge", passes: int = 2, timeout: float = 10.0
+    ) -> None:
+        """Wait until ``passes`` consecutive runs of ``handler`` (the periodic pass) for
+        ``name`` make no write; fail if the operator still writes after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            mark = self.cluster.mark()
+            await self.wait_runs(handler, name, passes, timeout=timeout)
+            writes = self.cluster.writes_since(mark)
+            if not writes:
+                return
+            if loop.time() >= deadline:
+                listed = "\n  ".join(str(c) for c in writes)
+                raise AssertionError(f"the operator still writes after {timeout}s:\n  {listed}")
 
     async def restart(self) -> None:
         await self.stop()
@@ -1186,7 +1318,8 @@ def exegpt_operator(cluster: Cluster, **settings: Any) -> Operator:
     config = test_settings(**settings)
 
     def memo() -> kopf.Memo:
-        return kopf.Memo(kube=Kube(cluster.api_client()))
+        # The client's own retries of 5xx answers, with short waits between them.
+        return kopf.Memo(kube=Kube(cluster.api_client(), retries=4, backoff_seconds=0.005))
 
     def registry() -> kopf.OperatorRegistry:
         return create_registry(config)

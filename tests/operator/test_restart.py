@@ -1,0 +1,99 @@
+"""The operator killed or restarted at any point picks up where it was: no duplicate
+children, and a converged deployment costs only reads."""
+
+from __future__ import annotations
+
+import pytest
+from builders import deployment
+from harness import NAMESPACE, Cluster, Operator, condition, is_condition, measured_profile
+
+from exegpt.operator import names
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_killing_the_operator_mid_profiling_creates_no_second_job(
+    cluster: Cluster, operator: Operator
+) -> None:
+    body = deployment("x", **{"profiling.mode": "Measured"})
+    await cluster.create(body)
+    key, profile = measured_profile(body["spec"])
+    [job] = await cluster.wait_for(cluster.jobs)
+
+    await operator.kill()  # as a crash or SIGKILL: handlers cut off wherever they are
+    mark = cluster.mark()
+    await operator.start()
+
+    # The restarted operator finds the running Job and waits for it.
+    await operator.wait_runs("converge", "x", 2)
+    assert [c for c in cluster.writes_since(mark) if c.resource == "jobs"] == []
+    assert [j["metadata"]["name"] for j in cluster.jobs()] == [names.profile_job(key, 1)]
+    assert condition(cluster.deployment("x"), "Profiled")["reason"] == "Profiling"  # type: ignore[index]
+
+    # And goes on once the Job is done.
+    await cluster.write_profile_configmap(NAMESPACE, names.profile_configmap(key), profile)
+    await cluster.set_job_succeeded(NAMESPACE, job["metadata"]["name"])
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"))
+    assert len(cluster.jobs()) == 1
+
+
+async def test_killing_the_operator_mid_rollout_creates_no_duplicates(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create(deployment("x"))
+    await cluster.wait_for_call("create", "statefulsets")  # the first child is being made
+
+    await operator.kill()
+    await operator.start()
+
+    await cluster.wait_for(
+        lambda: len(cluster.statefulsets()) == 2 and len(cluster.services()) == 2
+    )
+    await operator.settle("x")
+    created = [c for c in cluster.writes_since() if c.verb == "create" and c.ok]
+    by_name = [
+        f"{c.resource}/{c.body['metadata']['name']}" for c in created if c.resource != "events"
+    ]
+    assert sorted(by_name) == sorted(set(by_name))  # each child created once
+
+
+async def test_restarting_a_converged_deployment_writes_nothing(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create(deployment("x"))
+    await cluster.wait_for(lambda: len(cluster.statefulsets()) == 2)
+    for sts in cluster.statefulsets():
+        await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
+    await operator.settle("x")
+
+    await operator.stop()
+    mark = cluster.mark()
+    await operator.start()
+
+    # The restarted operator resumes the deployment (a full pass) and keeps checking it.
+    await operator.wait_runs("resume", "x")
+    await operator.wait_runs("converge", "x", 2)
+    calls = cluster.calls(mark)
+    assert {c.resource for c in calls if c.verb == "get"} >= {"statefulsets", "services"}
+    assert [str(c) for c in calls if c.is_write] == []
+
+
+async def test_a_job_created_just_before_a_crash_is_found_again(
+    cluster: Cluster, operator: Operator
+) -> None:
+    # The Job is created, but the status that records it never lands before the crash.
+    lost = cluster.fail("patch", "exegptdeployments/status", status=503, times=10_000)
+    await cluster.create(deployment("x", **{"profiling.mode": "Measured"}))
+    await cluster.wait_for(cluster.jobs)
+    await cluster.wait_for(lambda: lost.hits)
+    await operator.kill()
+    lost.clear()
+    assert "profile" not in (cluster.deployment("x") or {}).get("status", {})
+
+    mark = cluster.mark()
+    await operator.start()
+    await operator.wait_runs("converge", "x", 2)
+    assert [c for c in cluster.writes_since(mark) if c.resource == "jobs"] == []
+    assert len(cluster.jobs()) == 1
+    assert condition(cluster.deployment("x"), "Profiled")["reason"] == "Profiling"  # type: ignore[index]
