@@ -790,7 +790,37 @@ def _parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="list the model/task pairs of the matrix and exit"
     )
     p.add_argument("--progress", action="store_true", help="report each scenario's time on stderr")
+    p.add_argument(
+        "--markdown",
+        metavar="REPORT.json",
+        help="print the per-scenario Markdown table of a recorded --json report and exit",
+    )
     return p
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The per-scenario table of ``docs/benchmarks.md``, from a ``--json`` report."""
+    head = (
+        "| scenario | bound (s) | ExeGPT (q/s) | ExeGPT plan | Static (q/s) | Continuous (q/s) "
+        "| x Static | x Cont. | latency (s) | search (s) | evaluated | gap |\n"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in report["scenarios"]:
+        if r.get("status") != "Plan":
+            lines.append(f"| {r['id']} | {_num(r.get('bound_s'), '.2f')} | infeasible |" + " |" * 9)
+            continue
+        ex, st, co = r["exegpt"], r.get("static") or {}, r.get("continuous") or {}
+        gap = (r.get("exhaustive") or {}).get("gap")
+        lines.append(
+            f"| {r['id']} | {_num(r.get('bound_s'), '.2f') if r.get('bound_s') else 'none'} "
+            f"| {_qps(ex['throughput_qps'])} | {ex['summary'].replace('|', chr(92) + '|')} "
+            f"| {_qps(st.get('throughput_qps'))} | {_qps(co.get('throughput_qps'))} "
+            f"| {_num(r.get('ratio_static'), '.2f')} | {_num(r.get('ratio_continuous'), '.2f')} "
+            f"| {_num(ex['latency_s'], '.2f')} | {_num(r['search']['seconds'], '.2f')} "
+            f"| {r['search']['evaluated']:,} | {'-' if gap is None else f'{100 * gap:.1f} %'} |"
+        )
+    return "\n".join(lines)
 
 
 def iter_names() -> Iterator[str]:
@@ -805,6 +835,10 @@ def run(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.list:
         print("\n".join(iter_names()))
+        return 0
+    if args.markdown:
+        with open(args.markdown, encoding="utf-8") as f:
+            print(format_markdown(json.load(f)))
         return 0
     try:
         report = build_report(
