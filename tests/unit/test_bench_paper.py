@@ -202,3 +202,15 @@ def test_selection_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown scenario" in captured.err
     assert paper.run(["--list"]) == 0
     assert "gpt3-341b/C2" in capsys.readouterr().out
+
+
+def test_markdown_table_has_a_row_per_scenario(cheap_report: dict[str, Any], tmp_path: Any) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(cheap_report))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert paper.run(["--markdown", str(path)]) == 0
+    rows = [line for line in out.getvalue().splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(cheap_report["scenarios"])  # header + one per scenario
+    first = cheap_report["scenarios"][0]
+    assert rows[1].startswith(f"| {first['id']} |")
