@@ -177,7 +177,11 @@ class CostModel:
 
     # -- KV transfer (WorkloadAware) ---------------------------------------------------
     def kv_bytes_per_query(self, input_length: float) -> float:
-        """KV bytes an encoded query hands to the decoders (all decoder layers)."""
+        """Bytes an encoded query hands to the decoders: the prompt's KV cache of every
+        layer (decoder-only), or the encoder's output, from which the decoders project
+        their cross-attention K/V (encoder-decoder)."""
+        if self.arch.encoder_decoder:
+            return input_length * self.hidden * self.elem
         return input_length * self.mem.kv_bytes_per_token * self.arch.decode_layers
 
     def kv_transfer(self, batch: float, input_length: float, links: int, inter_node: bool) -> float:

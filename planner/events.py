@@ -58,6 +58,40 @@ class _Run:
         self.decode_time += dt
 
 
+class _Running:
+    """The decode batch: each member's query id, KV context and decode steps left."""
+
+    def __init__(self) -> None:
+        self.ids: NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self.ctx: FloatArray = np.empty(0)
+        self.left: FloatArray = np.empty(0)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.size)
+
+    def context(self) -> float:
+        """The mean context of the next decode step (the token being decoded included)."""
+        return float(self.ctx.mean()) + 1.0 if self.ids.size else 0.0
+
+    def join(self, ids: NDArray[np.int64], run: _Run, inputs: FloatArray) -> None:
+        self.ids = np.concatenate((self.ids, ids))
+        self.ctx = np.concatenate((self.ctx, inputs[ids]))
+        self.left = np.concatenate((self.left, run.steps[ids]))
+
+    def step(self, t: float, run: _Run, lag: bool = False) -> None:
+        """One decode iteration ending at ``t``: every member decodes one token; those
+        done leave (finishing ``run.lag`` later when ``lag``)."""
+        self.ctx += 1.0
+        self.left -= 1.0
+        fin = self.left <= 0
+        if fin.any():
+            done = self.ids[fin]
+            run.done[done] = t + run.lag[done] if lag else t
+            keep = ~fin
+            self.ids, self.ctx, self.left = self.ids[keep], self.ctx[keep], self.left[keep]
+
+
 class EventSimulator:
     """Discrete-event XSimulator bound to one request and profile."""
 
@@ -165,15 +199,13 @@ class EventSimulator:
         s, micro, n_d = c.pipeline_stages, c.micro_batches, c.decode_steps_per_encode
         n = ins.size
         t, nxt = 0.0, 0
-        ctx = np.empty(0)
-        left = np.empty(0)
-        ids = np.empty(0, dtype=np.int64)
-        while nxt < n or ids.size:
+        batch = _Running()
+        while nxt < n or batch.size:
             # Encode up to B_E queries that have arrived.
             hi = nxt
             while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
                 hi += 1
-            if hi == nxt and not ids.size:
+            if hi == nxt and not batch.size:
                 t = max(t, float(run.arrival[nxt]))
                 continue
             if hi > nxt:
@@ -188,24 +220,16 @@ class EventSimulator:
                 lag = enc_lat - t_enc
                 fresh = run.steps[new] > 0
                 run.done[new[~fresh]] = t + lag
-                ids = np.concatenate((ids, new[fresh]))
-                ctx = np.concatenate((ctx, ins[new[fresh]]))
-                left = np.concatenate((left, run.steps[new[fresh]]))
+                batch.join(new[fresh], run, ins)
                 run.lag[new] = lag
                 nxt = hi
             for _ in range(n_d):
-                if not ids.size:
+                if not batch.size:
                     break
-                dt = k.iteration(dec, float(ids.size), float(ctx.mean()) + 1.0, micro)
-                run.note_batch(ids.size, dt)
+                dt = k.iteration(dec, float(batch.size), batch.context(), micro)
+                run.note_batch(batch.size, dt)
                 t += dt
-                ctx += 1.0
-                left -= 1.0
-                fin = left <= 0
-                if fin.any():
-                    run.done[ids[fin]] = t + run.lag[ids[fin]]
-                    keep = ~fin
-                    ids, ctx, left = ids[keep], ctx[keep], left[keep]
+                batch.step(t, run, lag=True)
 
     def _workload_aware(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
         k, sim = self.costs, self.analytic
@@ -219,15 +243,13 @@ class EventSimulator:
         ready_ids: list[NDArray[np.int64]] = []
         nxt = 0
         t = 0.0  # decoder clock
-        ids = np.empty(0, dtype=np.int64)
-        ctx = np.empty(0)
-        left = np.empty(0)
+        batch = _Running()
         waiting = 0
-        while nxt < n or ids.size or ready_ids:
+        while nxt < n or batch.size or ready_ids:
             # Encoders run ahead of the decoder clock while the hand-over buffer has room.
             while nxt < n and waiting < max(cap, c.encode_batch):
                 start = max(enc_free, float(run.arrival[nxt]))
-                if start > t and (ids.size or ready_ids):
+                if start > t and (batch.size or ready_ids):
                     break
                 hi = nxt
                 while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= start:
@@ -235,13 +257,7 @@ class EventSimulator:
                 new = np.arange(nxt, hi)
                 b, length = hi - nxt, float(ins[new].mean())
                 stage = k.encode_stage(enc, b, length)
-                t_kv = (
-                    sim.kv_transfer(b, links, inter)
-                    if not self.m.encoder_decoder
-                    else (
-                        k.comm.send_recv_at(b * length * k.hidden * k.elem / max(links, 1), inter)
-                    )
-                )
+                t_kv = k.kv_transfer(b, length, links, inter)
                 run.admitted[new] = start
                 enc_free = start + max(stage, t_kv)
                 ready = start + k.encode_latency(enc, b, length) + t_kv
@@ -253,35 +269,25 @@ class EventSimulator:
                     waiting += int(fresh.sum())
                 nxt = hi
             # Join whatever has arrived at the decoders, up to the decode batch.
-            if not ids.size and ready_ids and ready_t[0] > t:
+            if not batch.size and ready_ids and ready_t[0] > t:
                 t = ready_t[0]
-            while ready_ids and ready_t[0] <= t and ids.size < cap:
-                room = cap - ids.size
-                batch = ready_ids[0]
-                take, rest = batch[:room], batch[room:]
-                ids = np.concatenate((ids, take))
-                ctx = np.concatenate((ctx, ins[take]))
-                left = np.concatenate((left, run.steps[take]))
+            while ready_ids and ready_t[0] <= t and batch.size < cap:
+                take, rest = ready_ids[0][: cap - batch.size], ready_ids[0][cap - batch.size :]
+                batch.join(take, run, ins)
                 waiting -= take.size
                 if rest.size:
                     ready_ids[0] = rest
                 else:
                     ready_ids.pop(0)
                     ready_t.pop(0)
-            if not ids.size:
+            if not batch.size:
                 if not ready_ids and nxt < n:
                     t = max(t, enc_free, float(run.arrival[nxt]))
                 continue
-            dt = k.iteration(dec, float(ids.size), float(ctx.mean()) + 1.0, micro)
-            run.note_batch(ids.size, dt)
+            dt = k.iteration(dec, float(batch.size), batch.context(), micro)
+            run.note_batch(batch.size, dt)
             t += dt
-            ctx += 1.0
-            left -= 1.0
-            fin = left <= 0
-            if fin.any():
-                run.done[ids[fin]] = t
-                keep = ~fin
-                ids, ctx, left = ids[keep], ctx[keep], left[keep]
+            batch.step(t, run)
 
     def _static(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
         k = self.costs
@@ -317,35 +323,26 @@ class EventSimulator:
         g = Group(c.pipeline_stages, c.tensor_parallel)
         micro, cap, n = c.micro_batches, c.decode_batch, ins.size
         t, nxt = 0.0, 0
-        ids = np.empty(0, dtype=np.int64)
-        ctx = np.empty(0)
-        left = np.empty(0)
-        while nxt < n or ids.size:
+        batch = _Running()
+        while nxt < n or batch.size:
             hi = nxt
-            while hi < n and ids.size + (hi - nxt) < cap and run.arrival[hi] <= t:
+            while hi < n and batch.size + (hi - nxt) < cap and run.arrival[hi] <= t:
                 hi += 1
-            if hi == nxt and not ids.size:
+            if hi == nxt and not batch.size:
                 t = max(t, float(run.arrival[nxt]))
                 continue
             new = np.arange(nxt, hi)
             joins = hi - nxt
             length = float(ins[new].mean()) if joins else 0.0
-            context = float(ctx.mean()) + 1.0 if ids.size else 0.0
-            dt = k.mixed_iteration(g, float(ids.size), context, float(joins), length, micro)
-            run.note_batch(ids.size + joins, dt)
+            dt = k.mixed_iteration(
+                g, float(batch.size), batch.context(), float(joins), length, micro
+            )
+            run.note_batch(batch.size + joins, dt)
             run.admitted[new] = t
             t += dt
-            ctx += 1.0
-            left -= 1.0
-            fin = left <= 0
-            if fin.any():
-                run.done[ids[fin]] = t
-                keep = ~fin
-                ids, ctx, left = ids[keep], ctx[keep], left[keep]
+            batch.step(t, run)
             if joins:
                 fresh = run.steps[new] > 0
                 run.done[new[~fresh]] = t
-                ids = np.concatenate((ids, new[fresh]))
-                ctx = np.concatenate((ctx, ins[new[fresh]]))
-                left = np.concatenate((left, run.steps[new[fresh]]))
+                batch.join(new[fresh], run, ins)
             nxt = hi

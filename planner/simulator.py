@@ -178,7 +178,7 @@ class Simulator:
         # Each encoder stage sends its own layers' KV: stages x TP links in parallel.
         links = c.encode_stages * min(c.encode_tp, c.tensor_parallel)
         inter = c.gpus_per_replica > self.request.gpus_per_node
-        t_kv = self.kv_transfer(b_e, links, inter)
+        t_kv = k.kv_transfer(b_e, m.mean_input, links, inter)
         lam = b_e / max(enc_stage, t_kv, 1e-12)
 
         def decode_rate(batch: float) -> float:
@@ -210,18 +210,6 @@ class Simulator:
             + k.activations_per_gpu(dec, c.decode_batch)
         )
         return self._finish(c, qps, latency, latency + enc_stage, max(enc_mem, dec_mem), batch)
-
-    def kv_transfer(self, batch: float, links: int, inter_node: bool) -> float:
-        """Time to hand ``batch`` encoded queries from encoders to decoders.
-
-        Decoder-only models send the prompt's KV cache of every layer; encoder-decoder
-        models send the encoder's output (the decoders project cross-attention K/V)."""
-        k, m = self.costs, self.m
-        if k.arch.encoder_decoder:
-            per_query = m.mean_input * k.hidden * k.elem
-        else:
-            per_query = k.kv_bytes_per_query(m.mean_input)
-        return k.comm.send_recv_at(batch * per_query / max(links, 1), inter_node)
 
     def _static(self, c: ExecutionConfig) -> Prediction:
         m, k = self.m, self.costs

@@ -212,7 +212,8 @@ def test_workload_aware_settles_below_the_target_when_encoding_is_the_bottleneck
     enc, _ = sim.workload_aware_groups(_waa(1, target))
     m = sim.m
     encode_rate = 1 / max(
-        sim.costs.encode_stage(enc, 1, m.mean_input), sim.kv_transfer(1, 1, False)
+        sim.costs.encode_stage(enc, 1, m.mean_input),
+        sim.costs.kv_transfer(1, m.mean_input, 1, False),
     )
     assert p.throughput_qps == pytest.approx(encode_rate, rel=1e-9)
     assert sim.evaluate(_waa(1, target // 2)).throughput_qps == pytest.approx(p.throughput_qps)
