@@ -1,0 +1,281 @@
+"""Per-sequence key/value caches, and the metadata of one step over a batch of them.
+
+A sequence joins with :meth:`KVCache.add` and leaves with :meth:`KVCache.remove`; a
+step runs over any subset of the cached sequences, each with its own number of cached
+tokens and of new tokens. The model only uses the :class:`KVCache` protocol:
+:meth:`write` stores a step's new keys and values, :meth:`read` returns the keys and
+values of the step's sequences padded to the longest, and :meth:`advance` commits the
+new tokens once every layer has written them. :class:`SlotKVCache` implements it with
+one preallocated slab per layer (a slot per sequence); a paged cache can implement the
+same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class CacheFull(RuntimeError):
+    """No free slot, or a sequence longer than the cache's capacity."""
+
+
+@dataclass
+class StepMeta:
+    """Where a step's tokens go and what each attends to.
+
+    ``past[b]`` tokens of sequence ``b`` are cached, ``new[b]`` arrive in this step
+    (right-padded to ``max_new``); after the step it has ``past[b] + new[b]``. ``mask``
+    is ``[B, 1, max_new, max_total]`` (True: may attend), or None when no masking is
+    needed (every sequence has the same lengths and, if causal, the step is a plain
+    causal prefill). ``fresh``: nothing is cached yet, attention reads this step's keys
+    and values directly.
+    """
+
+    seq_ids: list[Hashable]
+    slots: torch.Tensor  # [B] long
+    slot_slice: slice | None  # the slots are contiguous and ascending
+    past: list[int]
+    new: list[int]
+    max_new: int
+    max_total: int
+    positions: torch.Tensor  # [B, max_new] long: past + t (padding: the last valid position)
+    mask: torch.Tensor | None
+    causal: bool
+    fresh: bool
+    # the valid (not padding) tokens of the step, flattened
+    token_batch: torch.Tensor  # [N] index into the batch
+    token_step: torch.Tensor  # [N] index into the step's tokens
+    token_slot: torch.Tensor  # [N] cache slot
+    token_pos: torch.Tensor  # [N] cache position
+    uniform: bool  # every sequence has max_new new tokens (no padding)
+    last: torch.Tensor  # [B] index of each sequence's last new token
+
+    @property
+    def batch(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def past_t(self) -> torch.Tensor:
+        return self.positions[:, 0] if self.max_new else self.slots.new_zeros(self.batch)
+
+
+class KVCache(Protocol):
+    """A cache of keys and values for sequences of different lengths."""
+
+    num_layers: int
+
+    def add(self, seq_id: Hashable) -> None: ...
+
+    def remove(self, seq_id: Hashable) -> None: ...
+
+    def __contains__(self, seq_id: object) -> bool: ...
+
+    def length(self, seq_id: Hashable) -> int: ...
+
+    def slots(self, seq_ids: Sequence[Hashable]) -> list[int]: ...
+
+    def write(self, layer: int, meta: StepMeta, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this step's keys and values (``[B, kv_heads, max_new, head_dim]``)."""
+        ...
+
+    def read(self, layer: int, meta: StepMeta) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, kv_heads, max_total, head_dim]`` of the step's
+        sequences, including this step's (padding beyond each one's length)."""
+        ...
+
+    def advance(self, meta: StepMeta) -> None:
+        """Commit the step: each sequence's length grows by its new tokens."""
+        ...
+
+
+class SlotKVCache:
+    """One ``[max_seqs, kv_heads, max_len, head_dim]`` slab of keys and one of values
+    per layer; a sequence owns one slot (a row of every slab) while it is cached.
+
+    Reading a batch whose slots are contiguous and ascending is a view; otherwise the
+    batch's rows are gathered. A new sequence takes the lowest free slot, so a batch of
+    sequences added together reads without copying.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        max_seqs: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if min(num_layers, kv_heads, head_dim, max_seqs, max_len) < 1:
+            raise ValueError("cache dimensions must be positive")
+        self.num_layers = num_layers
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.max_seqs, self.max_len = max_seqs, max_len
+        self.dtype, self.device = dtype, torch.device(device)
+        shape = (max_seqs, kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._slot: dict[Hashable, int] = {}
+        self._len = [0] * max_seqs
+        self._free = list(range(max_seqs - 1, -1, -1))  # pop() takes the lowest
+
+    @staticmethod
+    def bytes_needed(
+        num_layers: int, kv_heads: int, head_dim: int, max_seqs: int, max_len: int, elem: int
+    ) -> int:
+        return 2 * num_layers * max_seqs * kv_heads * max_len * head_dim * elem
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._slot
+
+    def add(self, seq_id: Hashable) -> None:
+        if seq_id in self._slot:
+            raise ValueError(f"sequence {seq_id!r} is already cached")
+        if not self._free:
+            raise CacheFull(f"all {self.max_seqs} cache slots are in use")
+        self._free.sort(reverse=True)
+        slot = self._free.pop()
+        self._slot[seq_id] = slot
+        self._len[slot] = 0
+
+    def remove(self, seq_id: Hashable) -> None:
+        slot = self._slot.pop(seq_id)
+        self._len[slot] = 0
+        self._free.append(slot)
+
+    def length(self, seq_id: Hashable) -> int:
+        return self._len[self._slot[seq_id]]
+
+    def set_length(self, seq_id: Hashable, length: int) -> None:
+        """Truncate (or extend over whatever the slot holds) a sequence's cached tokens."""
+        if not 0 <= length <= self.max_len:
+            raise CacheFull(f"length {length} outside the cache's 0..{self.max_len}")
+        self._len[self._slot[seq_id]] = length
+
+    def slots(self, seq_ids: Sequence[Hashable]) -> list[int]:
+        try:
+            return [self._slot[s] for s in seq_ids]
+        except KeyError as exc:
+            raise KeyError(f"sequence {exc.args[0]!r} is not cached") from None
+
+    def write(self, layer: int, meta: StepMeta, k: torch.Tensor, v: torch.Tensor) -> None:
+        kc, vc = self.k[layer], self.v[layer]
+        if meta.uniform and meta.max_new == 1:
+            # one token per sequence (decoding): [B, H, 1, D] -> [B, H, D]
+            kc[meta.slots, :, meta.token_pos] = k[:, :, 0]
+            vc[meta.slots, :, meta.token_pos] = v[:, :, 0]
+            return
+        if meta.slot_slice is not None and meta.fresh and meta.uniform:
+            kc[meta.slot_slice, :, : meta.max_new] = k
+            vc[meta.slot_slice, :, : meta.max_new] = v
+            return
+        b, t = meta.token_batch, meta.token_step
+        kc[meta.token_slot, :, meta.token_pos] = k[b, :, t]
+        vc[meta.token_slot, :, meta.token_pos] = v[b, :, t]
+
+    def read(self, layer: int, meta: StepMeta) -> tuple[torch.Tensor, torch.Tensor]:
+        n = meta.max_total
+        if meta.slot_slice is not None:
+            return self.k[layer][meta.slot_slice, :, :n], self.v[layer][meta.slot_slice, :, :n]
+        return self.k[layer][meta.slots, :, :n], self.v[layer][meta.slots, :, :n]
+
+    def advance(self, meta: StepMeta) -> None:
+        for seq_id, n in zip(meta.seq_ids, meta.new, strict=True):
+            self._len[self._slot[seq_id]] += n
+
+    # -- step metadata -----------------------------------------------------------------
+    def step(self, seq_ids: Sequence[Hashable], new: Sequence[int], *, causal: bool) -> StepMeta:
+        """The metadata of a step adding ``new[b]`` tokens to sequence ``seq_ids[b]``."""
+        return make_step(
+            list(seq_ids),
+            self.slots(seq_ids),
+            [self.length(s) for s in seq_ids],
+            list(new),
+            causal=causal,
+            capacity=self.max_len,
+            device=self.device,
+        )
+
+
+def make_step(
+    seq_ids: list[Hashable],
+    slots: list[int],
+    past: list[int],
+    new: list[int],
+    *,
+    causal: bool,
+    capacity: int | None = None,
+    device: torch.device | str = "cpu",
+) -> StepMeta:
+    """Build a :class:`StepMeta` (also for caches other than :class:`SlotKVCache`)."""
+    if not seq_ids:
+        raise ValueError("a step needs at least one sequence")
+    if min(new) < 0 or (causal and min(new) < 1):
+        raise ValueError("every sequence of a step needs new tokens")
+    totals = [p + n for p, n in zip(past, new, strict=True)]
+    max_new, max_total = max(new), max(totals)
+    if capacity is not None and max_total > capacity:
+        raise CacheFull(f"a sequence would reach {max_total} tokens; the cache holds {capacity}")
+    dev = torch.device(device)
+    b = len(seq_ids)
+    slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
+    contiguous = slots == list(range(slots[0], slots[0] + b))
+    slot_slice = slice(slots[0], slots[0] + b) if contiguous else None
+    uniform = min(new) == max_new
+    same_past = min(past) == max(past)
+    fresh = max(past) == 0
+
+    past_t = torch.tensor(past, dtype=torch.long, device=dev)
+    new_t = torch.tensor(new, dtype=torch.long, device=dev)
+    steps = torch.arange(max_new, device=dev)
+    valid = steps[None, :] < new_t[:, None]  # [B, T]
+    positions = past_t[:, None] + torch.minimum(steps[None, :], (new_t - 1).clamp(min=0)[:, None])
+    if uniform:
+        token_batch = torch.arange(b, device=dev).repeat_interleave(max_new)
+        token_step = steps.repeat(b)
+    else:
+        token_batch, token_step = valid.nonzero(as_tuple=True)
+    token_slot = slots_t[token_batch]
+    token_pos = past_t[token_batch] + token_step
+
+    mask: torch.Tensor | None = None
+    plain = uniform and same_past and (fresh or not causal or max_new == 1)
+    if not plain:
+        keys = torch.arange(max_total, device=dev)
+        total_t = past_t + new_t
+        mask = keys[None, None, :] < total_t[:, None, None]  # [B, 1, L] -> broadcast
+        mask = mask.expand(b, max_new, max_total)
+        if causal:
+            query_pos = past_t[:, None] + steps[None, :]  # padding rows see all valid keys
+            mask = mask & (keys[None, None, :] <= query_pos[:, :, None]) | (
+                ~valid[:, :, None] & (keys[None, None, :] < total_t[:, None, None])
+            )
+        mask = mask[:, None]
+    return StepMeta(
+        seq_ids=seq_ids,
+        slots=slots_t,
+        slot_slice=slot_slice,
+        past=past,
+        new=new,
+        max_new=max_new,
+        max_total=max_total,
+        positions=positions,
+        mask=mask,
+        causal=causal,
+        fresh=fresh,
+        token_batch=token_batch,
+        token_step=token_step,
+        token_slot=token_slot,
+        token_pos=token_pos,
+        uniform=uniform,
+        last=(new_t - 1).clamp(min=0),
+    )
