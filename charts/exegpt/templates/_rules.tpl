@@ -1,0 +1,76 @@
+{{/*
+RBAC rules: only the verbs the operator and the profiler use, never `*`.
+tests/chart/test_rbac.py checks them against tests/operator/api_usage.json, the
+(apiGroup, resource, verb) set the operator's tests record. The comments end up in the
+rendered manifests, so `helm template` shows why each rule exists.
+*/}}
+
+{{/* The operator's rules on namespaced resources: granted cluster-wide (ClusterRole)
+or in each watched namespace (Role). */}}
+{{- define "exegpt.operatorRules" -}}
+# kopf lists and watches ExeGPTDeployments, and patches them to add its finalizer and
+# to keep its handler bookkeeping in annotations.
+- apiGroups: ["exegpt.dev"]
+  resources: ["exegptdeployments"]
+  verbs: ["list", "watch", "patch"]
+# The reconciler writes conditions, the plan and the endpoint to the status subresource.
+- apiGroups: ["exegpt.dev"]
+  resources: ["exegptdeployments/status"]
+  verbs: ["patch"]
+# Reads the cached profile ConfigMap exegpt-profile-<key>; creates each deployment's
+# plan ConfigMap <name>-plan and patches it when the plan changes.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+# Creates the client Service <name> and the headless Service <name>-stages; patches
+# the client Service when the port or the entry role of the plan changes.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+# Creates the worker StatefulSets, patches them to roll a new plan, and deletes the
+# other strategy's StatefulSets when a replan switches RoundRobin <-> WorkloadAware.
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "create", "patch", "delete"]
+# Lists profiling Jobs to follow attempts and failures, creates one per attempt, and
+# reads one back when a concurrent pass created it first (409 AlreadyExists).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "create", "get"]
+# kopf and the reconciler post Events on the deployments (ProfilingStarted,
+# PlanChosen, Replanned, ...).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* The operator's rules on cluster-scoped resources (always a ClusterRole). kopf uses
+them to discover what it watches; without them it logs a warning and only scans once
+at start. */}}
+{{- define "exegpt.discoveryRules" -}}
+# kopf watches CustomResourceDefinitions to notice the ExeGPTDeployment CRD being
+# installed, upgraded or removed while it runs.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# With a list of namespaces to watch, kopf lists and watches Namespaces to start and
+# stop watching each one as it appears or goes (cluster-wide it needs no Namespaces).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end -}}
+
+{{/* The profiler's rules: write its profile ConfigMap, nothing else. The ConfigMap's
+name, exegpt-profile-<key>, derives from a content hash (model, GPU type, dtype,
+profiler version) known only when the profiling Job starts, so `resourceNames`
+cannot narrow the rule. */}}
+{{- define "exegpt.profilerRules" -}}
+# The profiling Job writes its measured profile into the ConfigMap
+# exegpt-profile-<key>: created, or read and updated when it exists. The name derives
+# from the profile's content key at run time, so resourceNames cannot restrict it.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get", "update", "patch"]
+{{- end -}}

@@ -1,0 +1,187 @@
+"""The chart's RBAC grants the operator exactly what it uses and the profiler only the
+writing of its ConfigMap: evaluated from the rendered Roles, ClusterRoles and bindings
+(as the API server would), and checked against ``tests/operator/api_usage.json``, the
+(apiGroup, resource, verb) triples the operator's tests record."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helmchart import CHART, NAMESPACE, VARIANTS, Manifest, env_of, operator_container, render
+
+from exegpt.operator.settings import OperatorSettings
+
+API_USAGE = Path(__file__).resolve().parents[1] / "operator" / "api_usage.json"
+
+Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+# Calls the operator makes on paths its tests do not reach yet; granted so that those
+# paths work, and nothing else beyond the recorded set is.
+UNRECORDED: dict[Triple, str] = {
+    ("apps", "statefulsets", "delete"): "a replan that switches strategy deletes the other "
+    "strategy's StatefulSets (reconcile._workers)",
+    ("", "services", "patch"): "a changed port or entry role patches the client Service "
+    "(reconcile._apply)",
+    ("batch", "jobs", "get"): "a profiling Job that already exists (409) is read back "
+    "(reconcile._create)",
+}
+
+# Cluster-scoped resources: only a ClusterRoleBinding grants access to them.
+CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+# kopf lists and watches namespaces only to follow a list of namespaces to watch
+# (kopf/_core/reactor/observation.py): cluster-wide it needs none.
+NAMESPACE_DISCOVERY = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+PROFILER_VERBS = ("create", "get", "update", "patch")
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    scope: str  # a namespace, or "*" for every namespace and the cluster-scoped objects
+    group: str
+    resource: str
+    verb: str
+
+    @property
+    def triple(self) -> Triple:
+        return (self.group, self.resource, self.verb)
+
+
+def recorded_usage() -> set[Triple]:
+    if not API_USAGE.is_file():
+        pytest.skip(f"{API_USAGE} is absent: the operator's tests have not recorded its API use")
+    calls = json.loads(API_USAGE.read_text())["calls"]
+    return {(c["apiGroup"], c["resource"], c["verb"]) for c in calls}
+
+
+def grants(manifests: Iterable[Manifest], namespace: str, service_account: str) -> set[Grant]:
+    """What the bindings among ``manifests`` grant the service account, as RBAC
+    evaluates it: a ClusterRoleBinding grants its ClusterRole everywhere, a RoleBinding
+    grants its Role or ClusterRole in the binding's namespace only."""
+    manifests = list(manifests)
+    rules = {(m.kind, m.namespace, m.name): m.body.get("rules") or [] for m in manifests}
+    out: set[Grant] = set()
+    for m in manifests:
+        if m.kind not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        subjects = m.body.get("subjects") or []
+        me = {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+        if me not in subjects:
+            continue
+        ref = m.body["roleRef"]
+        key = (ref["kind"], None if ref["kind"] == "ClusterRole" else m.namespace, ref["name"])
+        assert key in rules, f"{m} refers to {ref['kind']} {ref['name']}, which is not rendered"
+        scope = "*" if m.kind == "ClusterRoleBinding" else str(m.namespace)
+        for rule in rules[key]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        out.add(Grant(scope, group, resource, verb))
+    return out
+
+
+def settings_of(variant: str) -> OperatorSettings:
+    env = env_of(operator_container(variant))
+    return OperatorSettings.from_env({k: v for k, v in env.items() if k.startswith("EXEGPT_")})
+
+
+def operator_account(variant: str) -> tuple[str, str]:
+    pod = next(m for m in render(variant) if m.kind == "Deployment").body["spec"]["template"]
+    return NAMESPACE, pod["spec"]["serviceAccountName"]
+
+
+def profiler_namespaces(variant: str) -> list[str]:
+    values = VARIANTS[variant]
+    profiler = values.get("profiler", {})
+    return profiler.get("namespaces") or values.get("watchNamespaces") or [NAMESPACE]
+
+
+RBAC_VARIANTS = sorted(v for v in VARIANTS if v != "bring-your-own-rbac")
+
+
+# -- no wildcards, every rule explained ----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_wildcards(variant: str) -> None:
+    for m in render(variant):
+        for i, rule in enumerate(m.body.get("rules") or []):
+            assert "nonResourceURLs" not in rule, m
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert not any("*" in item for item in rule.get(field) or []), (m, i, field)
+
+
+def test_every_rule_says_why_it_exists() -> None:
+    for template in sorted((CHART / "templates").glob("*")):
+        lines = template.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"\s*- apiGroups:", line):
+                assert lines[i - 1].lstrip().startswith("#"), f"{template.name}:{i + 1}: {line}"
+
+
+# -- the operator --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", RBAC_VARIANTS)
+def test_operator_may_make_every_recorded_call(variant: str) -> None:
+    used = recorded_usage()
+    settings = settings_of(variant)
+    granted = grants(render(variant), *operator_account(variant))
+    scopes = ["*"] if settings.cluster_wide else list(settings.namespaces)
+    missing: list[str] = []
+    for triple in sorted(used):
+        if settings.cluster_wide and triple in NAMESPACE_DISCOVERY:
+            continue
+        cluster_scoped = triple[:2] in CLUSTER_SCOPED
+        for scope in ["*"] if cluster_scoped else scopes:
+            if Grant(scope, *triple) not in granted:
+                missing.append(f"{triple} in {scope}")
+    assert not missing, f"the operator's RBAC lacks: {missing}"
+
+
+@pytest.mark.parametrize("variant", RBAC_VARIANTS)
+def test_operator_is_granted_only_what_it_uses(variant: str) -> None:
+    allowed = recorded_usage() | set(UNRECORDED)
+    settings = settings_of(variant)
+    granted = grants(render(variant), *operator_account(variant))
+    assert granted
+    extra = sorted(g for g in granted if g.triple not in allowed)
+    assert not extra, f"granted but never used: {extra}"
+    if settings.cluster_wide:
+        assert not [g for g in granted if g.triple in NAMESPACE_DISCOVERY]
+        assert {g.scope for g in granted} == {"*"}
+    else:
+        # Namespaced resources only in the watched namespaces.
+        wide = [g for g in granted if g.scope == "*" and g.triple[:2] not in CLUSTER_SCOPED]
+        assert not wide, f"granted in every namespace: {wide}"
+        assert {g.scope for g in granted} == {"*", *settings.namespaces}
+
+
+# -- the profiler --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", RBAC_VARIANTS)
+def test_profiler_writes_configmaps_in_its_namespaces_only(variant: str) -> None:
+    settings = settings_of(variant)
+    manifests = render(variant)
+    for ns in profiler_namespaces(variant):
+        accounts = [
+            m
+            for m in manifests
+            if (m.kind, m.namespace, m.name)
+            == ("ServiceAccount", ns, settings.profiler_service_account)
+        ]
+        assert accounts, f"no profiler service account in {ns}"
+        granted = grants(manifests, ns, settings.profiler_service_account)
+        assert granted == {Grant(ns, "", "configmaps", verb) for verb in PROFILER_VERBS}
+
+
+def test_bring_your_own_rbac_renders_no_rbac() -> None:
+    kinds = {m.kind for m in render("bring-your-own-rbac")}
+    assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert "ServiceAccount" not in kinds
