@@ -129,3 +129,53 @@ def tiny_config(family: str, **changes: Any) -> ModelConfig:
 def _start(model: Any) -> int:
     """T5 starts decoding from its pad token."""
     return int(getattr(model.config, "decoder_start_token_id", None) or 0)
+
+
+# -- tensor parallelism ----------------------------------------------------------------------
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3], [20, 21, 22, 23]]
+
+# (label, HF directory or None for seeded random weights, family, architecture changes)
+Case = tuple[str, str | None, str, dict[str, Any]]
+
+
+def build(case: Case, tp: Any = None) -> Any:
+    """The runner model of ``case`` on tensor-parallel group ``tp`` (None: one process)."""
+    from exegpt.runner.model import Transformer
+    from exegpt.runner.parallel import SINGLE
+    from exegpt.runner.weights import load_directory, random_weights
+
+    _, directory, family, changes = case
+    group = tp or SINGLE
+    if directory is not None:
+        model = Transformer(ModelConfig.from_directory(directory), tp=group)
+        return load_directory(model, directory)
+    return random_weights(Transformer(tiny_config(family, **changes), tp=group), seed=1, std=0.2)
+
+
+def run_case(case: Case, tp: Any = None) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy tokens for ``PROMPTS`` and the logits of the first generated token."""
+    from exegpt.runner.generate import generate
+
+    model = build(case, tp)
+    tokens = generate(model, PROMPTS, 6)
+    with torch.inference_mode():
+        if model.config.encoder_decoder:
+            ids = list(range(len(PROMPTS)))
+            cross = model.new_cross_cache(len(ids), 16)
+            model.project_cross(ids, model.encode(ids, PROMPTS), [len(p) for p in PROMPTS], cross)
+            cache = model.new_cache(len(ids), 4)
+            for s in ids:
+                cache.add(s)
+            logits = model.decode(ids, [0] * len(ids), cache, cross)
+        else:
+            logits = model.prefill(list(range(len(PROMPTS))), PROMPTS, model.new_cache(3, 16))
+    return tokens, logits.tolist()
+
+
+def tp_worker(rank: int, world: int, cases: list[Case]) -> dict[str, Any]:
+    """One rank of a tensor-parallel run of every case (``exegpt.runner.distributed``)."""
+    from exegpt.runner.parallel import TensorParallel
+
+    tp = TensorParallel.from_group()
+    assert (tp.rank, tp.size) == (rank, world)
+    return {case[0]: run_case(case, tp) for case in cases}
