@@ -60,7 +60,7 @@ def test_shards() -> None:
     assert head_shards(8, 2, tp) == (range(6, 8), range(1, 2))  # KV head 1 serves heads 4-7
     with pytest.raises(ValueError, match="does not divide"):
         head_shards(6, 6, tp)
-    with pytest.raises(ValueError, match="torch.distributed"):
+    with pytest.raises(ValueError, match=r"torch\.distributed"):
         TensorParallel(2, 0)
 
 
