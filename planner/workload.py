@@ -300,6 +300,7 @@ class LengthDistribution:
         if (widths <= 0).any():
             raise ValueError("edges must be strictly increasing")
         _check_weights(w)
+        w = w / w.sum()  # normalise first: tiny weights must not underflow once spread
         pmf = np.repeat(w / widths, widths)
         pmf = np.concatenate((np.zeros(int(ei[0]) - 1), pmf))
         return cls(pmf, f"bins(n={w.size}, max={int(ei[-1]) - 1})")
