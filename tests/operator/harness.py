@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import inspect
 import itertools
 import json
@@ -52,6 +53,7 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
+import jsonschema
 import kmock
 import kopf
 import kubernetes
@@ -292,6 +294,42 @@ def selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
+def _prune(value: Any, schema: Mapping[str, Any]) -> None:
+    """Drop, in place, the object fields a structural schema does not declare."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key in list(value):
+            if props is not None and key in props:
+                _prune(value[key], props[key])
+            elif isinstance(extra, Mapping):
+                _prune(value[key], extra)
+            elif props is not None:
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for item in value:
+            _prune(item, schema["items"])
+
+
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=8)
+def _validator(schema_json: str) -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(json.loads(schema_json))
+
+
+def _at(value: Any, path: Iterable[Any]) -> Any:
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
 def _spec_part(body: Mapping[str, Any]) -> JSON:
     return {k: v for k, v in body.items() if k not in ("metadata", "status")}
 
@@ -307,6 +345,8 @@ class Emulator(kmock.KubernetesEmulator):
     statuses: dict[int, int] = attrs.field(factory=dict, init=False)
     in_flight: int = attrs.field(default=0, init=False)  # requests being answered, not watches
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)
+    schemas: dict[kmock.resource, JSON] = attrs.field(factory=dict, init=False)
+    validate: bool = attrs.field(default=True, init=False)  # custom resources' schemas
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _version: int = attrs.field(default=0, init=False)
 
@@ -393,6 +433,7 @@ class Emulator(kmock.KubernetesEmulator):
                 await self._publish(res, "DELETED", old)
             return
         new = self._updated(call, request, old, data)
+        self._admit(res, new, old)
         if new == old:
             return  # a no-op write: no new resourceVersion, no event (as the API server)
         new_meta = new["metadata"]
@@ -428,6 +469,7 @@ class Emulator(kmock.KubernetesEmulator):
         body: JSON = copy.deepcopy(data)
         if self._has_status(res):
             body.pop("status", None)
+        self._admit(res, body)
         body["metadata"].pop("deletionTimestamp", None)
         body["metadata"].update(
             uid=str(uuid.uuid4()),
@@ -504,6 +546,38 @@ class Emulator(kmock.KubernetesEmulator):
         if "namespace" in old["metadata"]:
             meta["namespace"] = old["metadata"]["namespace"]
         return new
+
+    def _admit(self, res: kmock.resource, body: JSON, old: JSON | None = None) -> None:
+        """What the API server does with a custom resource's structural schema: drop the
+        fields the schema does not declare (kopf's and the ``kubernetes`` client's requests
+        do not ask for strict field validation), then reject a body that does not validate
+        (422), except where an update leaves an invalid value as it was (validation
+        ratcheting). CEL rules and defaults are not applied."""
+        schema = self.schemas.get(res)
+        if schema is None or not self.validate:
+            return
+        _prune(body, schema)
+        errors = sorted(
+            (
+                e
+                for e in _validator(json.dumps(schema, sort_keys=True)).iter_errors(body)
+                if old is None or _at(old, e.path) != _at(body, e.path)
+            ),
+            key=lambda e: list(e.path),
+        )
+        if errors:
+            kind = self.resources[res].kind if res in self.resources else res.plural
+            name = body.get("metadata", {}).get("name")
+            causes = "; ".join(
+                f"{'.'.join(str(p) for p in e.path) or '(object)'}: Invalid value: "
+                f"{json.dumps(e.instance)[:80]}: {e.message[:200]}"
+                for e in errors
+            )
+            raise kmock.KubernetesError(
+                status=422,
+                reason="Invalid",
+                message=f'{kind}.{res.group} "{name}" is invalid: {causes}',
+            )
 
     @staticmethod
     def _conflict(call: Call) -> kmock.KubernetesError:
@@ -694,7 +768,20 @@ class Cluster:
                 subresources=set((version.get("subresources") or {}).keys()),
             )
             self.emulator.custom_resources.add(res)
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if schema is not None:
+                self.emulator.schemas[res] = schema
         await self.create(crd)
+
+    @contextlib.contextmanager
+    def unvalidated(self) -> Iterator[None]:
+        """Store custom resources as they are, as if their CRD had no schema (one that
+        an older CRD let in): ``with cluster.unvalidated(): await cluster.create(...)``."""
+        self.emulator.validate = False
+        try:
+            yield
+        finally:
+            self.emulator.validate = True
 
     # -- plain API access --------------------------------------------------------------------
 

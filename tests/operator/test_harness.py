@@ -7,15 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
 import kubernetes
 import pytest
+import pytest_asyncio
 from builders import deployment
-from harness import CORE, EXEGPT, JOBS, NAMESPACE, Cluster, Operator, selector_matches
+from harness import (
+    CORE,
+    EXEGPT,
+    JOBS,
+    NAMESPACE,
+    Cluster,
+    Operator,
+    minimal_crd,
+    running_cluster,
+    selector_matches,
+)
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    """The toy keeps its own fields in status: its CRD keeps unknown fields (the real
+    one's schema would drop them, as the API server does)."""
+    async with running_cluster([minimal_crd()]) as c:
+        yield c
 
 
 def toy_registry() -> kopf.OperatorRegistry:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from builders import deployment
-from harness import Cluster, Operator, condition, is_condition
+from harness import ApiError, Cluster, Operator, condition, is_condition
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,7 +32,7 @@ WORKLOAD_TOO_LONG = {
             "spec.workload: 100% of queries (input + output tokens) exceed opt-13b's context "
             "window of 2048 tokens",
         ),
-        # What the schema rejects, had it been stored anyway (an older CRD, say).
+        # What the schema rejects, had it been stored all the same (by an older CRD).
         ({"model.name": "gpt-9"}, "spec.model.name: unknown model preset 'gpt-9'; use one of"),
         ({"slo.latency": "fast"}, "spec.slo.latency: invalid duration 'fast'"),
     ],
@@ -41,7 +41,8 @@ WORKLOAD_TOO_LONG = {
 async def test_an_invalid_spec_is_reported_once_with_the_field_and_the_fix(
     cluster: Cluster, operator: Operator, overrides: dict[str, Any], message: str
 ) -> None:
-    await cluster.create(deployment("x", **overrides))
+    with cluster.unvalidated():
+        await cluster.create(deployment("x", **overrides))
 
     planned = await cluster.wait_for(lambda: condition(cluster.deployment("x"), "Planned"))
     assert (planned["status"], planned["reason"]) == ("False", "InvalidSpec")
@@ -70,3 +71,29 @@ async def test_fixing_an_invalid_spec_carries_on(cluster: Cluster, operator: Ope
     assert is_condition(cluster.deployment("x"), "Degraded", "False")
     assert cluster.deployment("x")["status"]["observedGeneration"] == 2  # type: ignore[index]
     await cluster.wait_for(cluster.statefulsets)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.name": "gpt-9"}, 'spec.model.name: Invalid value: "gpt-9"'),
+        ({"slo.latency": "fast"}, 'spec.slo.latency: Invalid value: "fast"'),
+        ({"hardware.gpus": 0}, "spec.hardware.gpus: Invalid value: 0"),
+    ],
+    ids=["unknown-model", "bad-duration", "no-gpus"],
+)
+async def test_the_api_rejects_what_the_crd_schema_forbids(
+    cluster: Cluster, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiError) as rejected:
+        await cluster.create(deployment("x", **overrides))
+    assert rejected.value.status == 422
+    assert (
+        'ExeGPTDeployment.exegpt.dev "x" is invalid: ' + message in rejected.value.body["message"]
+    )
+    assert cluster.deployment("x") is None
+
+
+async def test_fields_the_crd_does_not_declare_are_dropped(cluster: Cluster) -> None:
+    created = await cluster.create(deployment("x", replicas=3))
+    assert "replicas" not in created["spec"]
