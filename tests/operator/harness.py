@@ -53,7 +53,7 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import kmock
 import kopf
 import kubernetes
@@ -1166,7 +1166,7 @@ def _close_clients(memo: kopf.Memo) -> None:
     for value in list(memo.values()):
         client = getattr(value, "api", value)
         if isinstance(client, kubernetes.client.ApiClient):
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
 
 _KOPF_DIR = str(Path(kopf.__file__).parent)

@@ -134,12 +134,11 @@ async def test_a_measured_deployment_is_profiled_planned_and_served(
         await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
     await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
     done = cluster.deployment("x")
+    assert done is not None
     assert condition(done, "Progressing")["reason"] == "Converged"  # type: ignore[index]
     assert is_condition(done, "Degraded", "False")
-    assert done["status"]["pods"] == {
-        "desired": sum(p for p, _ in roles.values()),
-        "ready": sum(p for p, _ in roles.values()),
-    }  # type: ignore[index]
+    pods = sum(p for p, _ in roles.values())
+    assert done["status"]["pods"] == {"desired": pods, "ready": pods}
 
     # One Job, and each child created once (a concurrent pass's create that met the
     # existing object, 409, created nothing).

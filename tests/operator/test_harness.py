@@ -46,20 +46,17 @@ def toy_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.create("exegpt.dev", "exegptdeployments", id="toy", backoff=0.05, registry=registry)
     async def create_fn(
-        name: str, namespace: str, uid: str, memo: kopf.Memo, **_: Any
+        name: str, namespace: str | None, uid: str, memo: Any, **_: Any
     ) -> dict[str, Any]:
+        assert namespace is not None
         core = kubernetes.client.CoreV1Api(memo.api)
-        owner = {
-            "apiVersion": EXEGPT,
-            "kind": "ExeGPTDeployment",
-            "name": name,
-            "uid": uid,
-            "controller": True,
-        }
-        body = {
-            "metadata": {"name": f"{name}-toy", "ownerReferences": [owner]},
-            "data": {"hello": "world"},
-        }
+        owner = kubernetes.client.V1OwnerReference(
+            api_version=EXEGPT, kind="ExeGPTDeployment", name=name, uid=uid, controller=True
+        )
+        body = kubernetes.client.V1ConfigMap(
+            metadata=kubernetes.client.V1ObjectMeta(name=f"{name}-toy", owner_references=[owner]),
+            data={"hello": "world"},
+        )
         try:
             await asyncio.to_thread(core.create_namespaced_config_map, namespace, body)
         except kubernetes.client.ApiException as exc:
@@ -68,7 +65,8 @@ def toy_registry() -> kopf.OperatorRegistry:
         return {"configMap": f"{name}-toy"}
 
     @kopf.on.event("exegpt.dev", "exegptdeployments", registry=registry)
-    async def event_fn(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    async def event_fn(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        assert namespace is not None
         core = kubernetes.client.CoreV1Api(memo.api)
         with contextlib.suppress(kubernetes.client.ApiException):
             await asyncio.to_thread(core.read_namespaced_config_map, f"{name}-toy", namespace)
@@ -200,17 +198,19 @@ async def test_the_emulator_keeps_server_fields_and_conflicts(cluster: Cluster) 
 async def test_the_sync_client_replaces_with_preconditions(cluster: Cluster) -> None:
     api = cluster.api_client()
     core = kubernetes.client.CoreV1Api(api)
-    body = {"metadata": {"name": "c"}, "data": {"a": "1"}}
+    V1ConfigMap, V1ObjectMeta = kubernetes.client.V1ConfigMap, kubernetes.client.V1ObjectMeta  # noqa: N806
+    body = V1ConfigMap(metadata=V1ObjectMeta(name="c"), data={"a": "1"})
     created = await asyncio.to_thread(core.create_namespaced_config_map, NAMESPACE, body)
+    assert created.metadata is not None
     rv = created.metadata.resource_version
-    body = {"metadata": {"name": "c", "resourceVersion": rv}, "data": {"b": "2"}}
+    body = V1ConfigMap(metadata=V1ObjectMeta(name="c", resource_version=rv), data={"b": "2"})
     replaced = await asyncio.to_thread(core.replace_namespaced_config_map, "c", NAMESPACE, body)
     assert replaced.data == {"b": "2"}
     with pytest.raises(kubernetes.client.ApiException) as exc:
         await asyncio.to_thread(core.replace_namespaced_config_map, "c", NAMESPACE, body)
     assert exc.value.status == 409
     listed = await asyncio.to_thread(core.list_namespaced_config_map, NAMESPACE)
-    assert [c.metadata.name for c in listed.items] == ["c"]
+    assert [c.metadata.name for c in listed.items if c.metadata] == ["c"]
     await asyncio.to_thread(core.delete_namespaced_config_map, "c", NAMESPACE)
     assert cluster.stored(CORE, "configmaps", NAMESPACE, "c") is None
 

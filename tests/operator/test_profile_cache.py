@@ -68,6 +68,7 @@ async def test_another_gpu_type_is_profiled_separately(
     await cluster.create(a)
     await cluster.create(b)
 
-    jobs = await cluster.wait_for(lambda: len(cluster.jobs()) == 2 and cluster.jobs())
+    await cluster.wait_for(lambda: len(cluster.jobs()) == 2)
+    jobs = cluster.jobs()
     keys = {measured_profile(a["spec"])[0], measured_profile(b["spec"])[0]}
     assert {j["metadata"]["name"] for j in jobs} == {names.profile_job(k, 1) for k in keys}
