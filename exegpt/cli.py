@@ -1,9 +1,10 @@
 """The ``exegpt`` command line.
 
 ``exegpt plan FILE.yaml`` plans ExeGPTDeployments offline; ``exegpt crd`` prints the
-ExeGPTDeployment CRD; ``exegpt bench NAME`` runs a benchmark from ``exegpt.bench``. Exit
-codes: 0 success, 1 a deployment whose latency bound no configuration meets (``plan``),
-2 bad input or usage.
+ExeGPTDeployment CRD; ``exegpt profile`` measures a profile (the profiling Job's
+entrypoint); ``exegpt bench NAME`` runs a benchmark from ``exegpt.bench``. Exit codes: 0
+success, 1 a deployment whose latency bound no configuration meets (``plan``) or a
+profiling failure (``profile``), 2 bad input or usage.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from pydantic import ValidationError
 from exegpt import __version__
 from exegpt.operator.request import SpecError, plan_request, request_warnings
 from exegpt.operator.spec import KIND, ExeGPTDeployment, format_errors, parse_manifest
+from exegpt.planner.architecture import Architecture
 from exegpt.planner.plan import Infeasible, Plan, PlanRequest
 from exegpt.planner.profile import Profile
 from exegpt.render import plan_to_dict, plan_to_table
 
 EXIT_OK = 0
 EXIT_INFEASIBLE = 1
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
@@ -174,6 +177,80 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_INFEASIBLE if infeasible else EXIT_OK
 
 
+# -- profile ---------------------------------------------------------------------------------
+
+
+def _profile_architecture(args: argparse.Namespace) -> Architecture:
+    from exegpt.planner.architecture import get_architecture
+
+    if args.architecture_json:
+        try:
+            return Architecture.model_validate_json(args.architecture_json)
+        except ValidationError as exc:
+            raise CliError("--architecture-json: " + "; ".join(format_errors(exc)[:5])) from None
+    try:
+        return get_architecture(args.model)
+    except KeyError as exc:
+        raise CliError(str(exc).strip("\"'")) from None
+
+
+def _tp_degrees(text: str) -> tuple[int, ...]:
+    try:
+        degrees = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not degrees or min(degrees) < 1:
+        raise argparse.ArgumentTypeError(f"TP degrees must be positive: {text!r}")
+    return degrees
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import os
+
+    architecture = _profile_architecture(args)
+    try:
+        from exegpt.runner.errors import RunnerError
+        from exegpt.runner.job import profile_command
+        from exegpt.runner.profiler import ProfileOptions
+    except ModuleNotFoundError as exc:
+        raise CliError(
+            f"exegpt profile needs PyTorch (module {exc.name!r} is missing): "
+            "pip install 'exegpt[runner]'"
+        ) from None
+    quick = args.quick
+    options = ProfileOptions(
+        tensor_parallel=args.tensor_parallel,
+        max_seconds=args.max_seconds,
+        max_batch=args.max_batch or (16 if quick else 256),
+        max_length=args.max_length or (256 if quick else None),
+        max_tokens=args.max_tokens,
+        warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
+        repeats=args.repeats or (3 if quick else 5),
+        comm=args.comm,
+        seed=args.seed,
+        midpoints=not quick,
+    )
+    namespace = args.namespace or (os.environ.get("POD_NAMESPACE") if args.configmap else None)
+    try:
+        profile_command(
+            architecture,
+            gpu_type=args.gpu_type,
+            dtype=args.dtype,
+            options=options,
+            device=args.device,
+            weights=args.weights,
+            output=args.output,
+            configmap=args.configmap,
+            namespace=namespace,
+            check_gpu=not args.any_gpu,
+            threads=args.threads,
+        )
+    except RunnerError as exc:
+        print(f"error: exegpt profile: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 # -- bench ---------------------------------------------------------------------------------
 
 
@@ -253,7 +330,6 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 # -- commands of other builds ----------------------------------------------------------------
 
 _UNAVAILABLE = {
-    "profile": "run the profiler here (the profiling Job's entrypoint)",
     "serve": "run a worker (the workers' entrypoint)",
 }
 
@@ -323,6 +399,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the CRD to FILE instead of stdout ('-': stdout)",
     )
     crd.set_defaults(func=_cmd_crd)
+
+    prof = sub.add_parser(
+        "profile",
+        help="measure a profile of a model on this machine (the profiling Job's entrypoint)",
+        description="Measure the per-layer encode and decode times of a model over a grid of "
+        "batch sizes and lengths for each TP degree, communication times and memory, and "
+        "write the planner's profile JSON (to stdout, --output, or the ConfigMap "
+        "--configmap in --namespace). Weights are random unless --weights names a local "
+        "Hugging Face directory; nothing is downloaded. Exit code: 0 written, 1 profiling "
+        "failed (no GPU of the requested type, out of memory, the ConfigMap could not be "
+        "written), 2 usage.",
+    )
+    which = prof.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", metavar="NAME", help="a preset (opt-13b, llama-2-7b, ...)")
+    which.add_argument(
+        "--architecture-json", metavar="JSON", help="an explicit architecture (the CRD's fields)"
+    )
+    prof.add_argument(
+        "--gpu-type", required=True, metavar="TYPE",
+        help="the GPU type measured (nvidia-h100-80gb, ...); 'cpu' profiles the CPU",
+    )  # fmt: skip
+    prof.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    prof.add_argument(
+        "--tensor-parallel", type=_tp_degrees, default=(1,), metavar="1,2,4",
+        help="TP degrees to time (1 is always included)",
+    )  # fmt: skip
+    prof.add_argument(
+        "--max-seconds", type=_positive_float, default=3600.0, metavar="S",
+        help="time budget: the grid is refined until it runs out (default 3600)",
+    )  # fmt: skip
+    prof.add_argument("--configmap", metavar="NAME", help="write the profile into this ConfigMap")
+    prof.add_argument(
+        "--namespace", metavar="NS", help="the ConfigMap's namespace (default $POD_NAMESPACE)"
+    )
+    prof.add_argument(
+        "--output", "-o", metavar="FILE", help="write the profile to FILE ('-': stdout)"
+    )
+    prof.add_argument("--weights", metavar="DIR", help="a local Hugging Face safetensors directory")
+    prof.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    prof.add_argument("--max-batch", type=int, metavar="B", help="largest batch (default 256)")
+    prof.add_argument(
+        "--max-length", type=int, metavar="N", help="longest length (default: max positions)"
+    )
+    prof.add_argument(
+        "--max-tokens", type=int, metavar="N",
+        help="skip encode points with more tokens (default 65536 on a GPU, 8192 on the CPU)",
+    )  # fmt: skip
+    prof.add_argument("--warmup", type=int, metavar="N", help="untimed runs per point (default 2)")
+    prof.add_argument("--repeats", type=int, metavar="N", help="timed runs per point (default 5)")
+    prof.add_argument("--comm", default="auto", choices=["auto", "measured", "analytic"])
+    prof.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    prof.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads of torch (default: torch's)"
+    )
+    prof.add_argument(
+        "--quick", action="store_true",
+        help="a small grid (batch <= 16, length <= 256, fewer repeats), for a smoke test",
+    )  # fmt: skip
+    prof.add_argument(
+        "--any-gpu", action="store_true", help="do not check the GPU is of --gpu-type"
+    )
+    prof.set_defaults(func=_cmd_profile)
 
     bench = sub.add_parser(
         "bench",

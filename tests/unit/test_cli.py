@@ -332,11 +332,21 @@ def test_crd_output_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "cannot write" in err and err.startswith("error: ")
 
 
-@pytest.mark.parametrize("command", ["profile", "serve"])
+@pytest.mark.parametrize("command", ["serve"])
 def test_commands_of_other_builds_say_so(capsys: pytest.CaptureFixture[str], command: str) -> None:
     rc, out, err = run(capsys, command, "--anything")
     assert rc == 2 and out == ""
     assert f"exegpt {command}: not available in this build" in err
+
+
+def test_profile_help_needs_no_torch(capsys: pytest.CaptureFixture[str]) -> None:
+    # the profile command's options parse before the runner (and torch) is imported;
+    # tests/runner/ runs the command itself
+    assert main(["profile", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--configmap" in out and "--max-seconds" in out and "--tensor-parallel" in out
+    assert main(["profile", "--gpu-type", "cpu"]) == 2
+    assert "--model" in capsys.readouterr().err
 
 
 def test_operator_rejects_bad_settings_naming_the_variable(
