@@ -7,6 +7,7 @@ on a timer that follows profiling Jobs and worker readiness.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -27,12 +28,27 @@ def _events(body: kopf.Body) -> Any:
     return emit
 
 
-async def _pass(body: kopf.Body, memo: kopf.Memo, config: OperatorSettings) -> None:
-    ctx = Context(kube=memo.kube, settings=config, events=_events(body))
-    try:
-        await reconcile(body, ctx)
-    except KubeError as exc:
-        raise kopf.TemporaryError(f"API request failed: {exc}", delay=1.0) from exc
+def _lock(memo: kopf.Memo, body: kopf.Body) -> asyncio.Lock:
+    """One lock per deployment: kopf runs timers beside change handlers, and two passes
+    over one deployment at once would race on its children and its status."""
+    locks: dict[str, asyncio.Lock] = memo.setdefault("locks", {})
+    return locks.setdefault(str(body.metadata.uid or body.metadata.name), asyncio.Lock())
+
+
+async def _pass(
+    body: kopf.Body, memo: kopf.Memo, config: OperatorSettings, *, skip_if_busy: bool = False
+) -> None:
+    lock = _lock(memo, body)
+    if skip_if_busy and lock.locked():
+        return  # a change handler is on it; the next tick will follow up
+    async with lock:
+        ctx = Context(kube=memo.kube, settings=config, events=_events(body))
+        try:
+            await reconcile(body, ctx)
+        except KubeError as exc:
+            raise kopf.TemporaryError(
+                f"API request failed: {exc}", delay=config.error_retry_seconds
+            ) from exc
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -78,4 +94,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         initial_delay=config.resync_seconds, registry=registry,
     )  # fmt: skip
     async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await _pass(body, memo, config)
+        await _pass(body, memo, config, skip_if_busy=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from . import names
@@ -141,10 +141,11 @@ def decide(
         wait = min(backoff_seconds * 2 ** (len(failed) - 1), backoff_max_seconds)
         ready_at = (last.finished_at or now) + wait
         if now < ready_at:
+            when = datetime.fromtimestamp(ready_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             return ProfilingDecision(
                 "wait", "ProfilingRetrying",
                 f"profiling Job {last.name} failed ({message or 'failed'}); attempt {nxt} "
-                f"in {ready_at - now:.0f} s",
+                f"at {when}",
                 attempts, job=last.name, recheck_after=ready_at - now,
             )  # fmt: skip
     return ProfilingDecision(

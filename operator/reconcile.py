@@ -130,7 +130,14 @@ class _Pass:
         new = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if new == self.old_raw:
             return
-        patch = {"status": _merge_patch(self.old_raw, new)}
+        patch = _merge_patch(self.old_raw, new)
+        # The body may predate another pass's write: clear every status field this pass
+        # does not set, whatever the body showed.
+        for name, info in ExeGPTDeploymentStatus.model_fields.items():
+            key = info.alias or name
+            if key not in new:
+                patch[key] = None
+        patch = {"status": patch}
         await self.ctx.kube.merge_patch(EXEGPT, self.namespace, self.name, patch, "status")
         self.outcome.status_written = True
 

@@ -36,6 +36,9 @@ class OperatorSettings(BaseModel):
         default=30.0, ge=0, description="wait after the first failed profiling Job; doubles"
     )
     retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
+    error_retry_seconds: float = Field(
+        default=1.0, gt=0, description="wait before retrying a pass whose API request failed"
+    )
     plan_time_limit_seconds: float = Field(default=30.0, gt=0, description="XScheduler budget")
     runtime_image: str = Field(
         default="ghcr.io/exegpt/exegpt-runtime:0.1.0",

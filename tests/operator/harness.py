@@ -1389,6 +1389,7 @@ def test_settings(**overrides: Any) -> Any:
         "resync_seconds": 0.1,
         "retry_backoff_seconds": 0.0,
         "retry_backoff_max_seconds": 0.0,
+        "error_retry_seconds": 0.1,
         "plan_time_limit_seconds": 20.0,
         "runtime_image": "registry.test/exegpt-runtime:test",
     }

@@ -86,6 +86,6 @@ async def test_the_next_attempt_waits_for_the_backoff(
     await cluster.wait_for(lambda: profiled_reason(cluster) == "ProfilingRetrying")
     retrying = condition(cluster.deployment("x"), "Profiled")
     assert retrying is not None
-    assert "attempt 2 in" in retrying["message"]
+    assert "attempt 2 at " in retrying["message"]
     await operator.settle("x")
     assert job_names(cluster) == [first]
