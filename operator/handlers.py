@@ -71,11 +71,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         if getattr(memo, "kube", None) is None:
             memo.kube = Kube.connect(config.kube_host)
 
-    if config.kube_host:
-
-        @kopf.on.login(id="login", registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own gets none of kopf's default login handlers.
+        if config.kube_host:
             return kopf.ConnectionInfo(server=str(config.kube_host), insecure=True)
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+            **kwargs
+        ) or kopf.login_with_kubeconfig(**kwargs)
+        return info
 
     @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
     async def resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
