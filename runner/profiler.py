@@ -36,7 +36,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -62,8 +62,8 @@ from .config import ModelConfig
 from .errors import RunnerError
 from .generate import Sampling, select_tokens
 from .kvcache import SlotKVCache, make_step
-from .model import DTYPES, Transformer
-from .parallel import StageSpec, TensorParallel
+from .model import DTYPES, Layer, Transformer
+from .parallel import TensorParallel
 from .timing import Timer
 from .weights import RandomSource, SafetensorsSource, canonical_shapes, load_weights
 
@@ -104,6 +104,30 @@ class ProfileOptions:
     memory_fraction: float = 0.7  # of free memory one grid point may use
     seed: int = 0
     midpoints: bool = True  # refine the grid with 3*2^k points after the powers of two
+    # passes over the measured points, each point keeping its lowest median: a pass that
+    # other load on a shared machine slowed down is discarded (None: 2 on the CPU, 1 on
+    # a GPU, which a profiling Job has to itself)
+    passes: int | None = None
+
+
+@dataclass(frozen=True)
+class _Timed:
+    fn: Callable[[], object]
+    reset: Callable[[], object] | None = None
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """Median seconds of what is timed at one grid point."""
+
+    layers: float  # the chain of `copies` layers
+    whole: float  # a whole step of the bench model (`copies` layers)
+    head: float  # the LM head and sampling, for the batch
+    project: float  # T5 encoding: the chain's cross-attention K/V projections
+
+    def lower(self, other: _Parts) -> _Parts:
+        """Each timing's lower value (of two passes)."""
+        return _Parts(*(min(x, y) for x, y in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass
@@ -111,7 +135,7 @@ class _PhaseGrid:
     batch: list[int]
     length: list[int]
     measured: dict[tuple[int, int], float] = field(default_factory=dict)
-    filled: int = 0
+    parts: dict[tuple[int, int], _Parts] = field(default_factory=dict)
 
 
 def _powers(lo: int, hi: int) -> list[int]:
@@ -273,22 +297,11 @@ class XProfiler:
         return load_weights(model, RandomSource(model.config, seed, 0.02, self.device, self.dtype))
 
     def _bench(self, tp: int) -> Transformer:
-        """``copies`` layers (of each phase) of one TP shard, without embeddings or head."""
+        """A whole model of ``copies`` layers (of each phase), one TP shard."""
         k = self.copies
         cfg = self.config.with_layers(k, k)
         shard = TensorParallel(tp, 0, communicate=False)
-        enc = k if cfg.encoder_decoder else 0
-        model = Transformer(
-            cfg, tp=shard, stage=StageSpec.layers_only(k, enc), dtype=self.dtype, device=self.device
-        )
-        return self._load(model)
-
-    def _ends(self, tp: int) -> Transformer:
-        """The embeddings, final norm and LM head of one TP shard (no layers)."""
-        cfg = self.config.with_layers(1, 1)
-        shard = TensorParallel(tp, 0, communicate=False)
-        stage = StageSpec(decoder=range(0), encoder=range(0), first=True, last=True)
-        model = Transformer(cfg, tp=shard, stage=stage, dtype=self.dtype, device=self.device)
+        model = Transformer(cfg, tp=shard, dtype=self.dtype, device=self.device)
         return self._load(model)
 
     # -- one grid point --------------------------------------------------------------------------
@@ -297,16 +310,21 @@ class XProfiler:
         kv_local = 2 * len(bench.kv_heads) * self.config.head_dim * self.elem
         act = analytic.activation_bytes_per_token(self.arch, self.dtype_name)
         heads = len(bench.q_heads)
+        logits = b * self.config.vocab_size * 4 * 3
         if phase == "encode":
             scores = b * heads * n * n * 4  # an unfused attention's scores (worst case)
-            return self.copies * b * (n + 1) * kv_local + 3 * b * n * act + scores
-        return self.copies * b * (n + 1) * kv_local * 2 + 3 * b * act
+            return self.copies * b * (n + 1) * kv_local + 3 * b * n * act + scores + logits
+        return self.copies * b * (n + 1) * kv_local * 2 + 3 * b * act + logits
 
-    def _encode_fns(
-        self, bench: Transformer, ends: Transformer, b: int, n: int
-    ) -> tuple[Callable[[], object], Callable[[], object], Callable[[], object] | None]:
-        """(layers, per-step overhead, cross K/V projection or None) for prefill of ``b``
-        sequences of ``n`` tokens."""
+    def _head_fn(self, bench: Transformer, m: int) -> Callable[[], object]:
+        x = torch.randn(m, self.config.hidden_size, dtype=self.dtype, device=self.device)
+        return lambda: select_tokens(bench.logits(x), HEAD_SAMPLING)
+
+    def _encode_fns(self, bench: Transformer, b: int, n: int) -> dict[str, _Timed]:
+        """What is timed for the encoding of ``b`` inputs of ``n`` tokens: ``layers``
+        (the chain of layers), ``project`` (T5: the chain's cross K/V projections) and
+        ``step`` (the whole step: metadata, embedding, masks, positions, the layers, and
+        for decoder-only models the LM head and sampling)."""
         h = self.config.hidden_size
         ids = list(range(b))
         x = torch.randn(b, n, h, dtype=self.dtype, device=self.device)
@@ -318,12 +336,18 @@ class XProfiler:
             meta = cache.step(ids, [n] * b, causal=True)
             ctx = bench.context(meta, cache)
 
-            def overhead() -> object:
-                m = cache.step(ids, [n] * b, causal=True)
-                ends.embed_tokens(tokens, m.positions)
-                return bench.context(m, cache)
+            def empty() -> None:
+                for s in ids:
+                    cache.set_length(s, 0)
 
-            return (lambda: bench.run_layers(x, ctx)), overhead, None
+            def step() -> object:
+                logits = bench.forward_step(ids, tokens, cache, new=[n] * b)
+                return select_tokens(logits, HEAD_SAMPLING)
+
+            return {
+                "layers": _Timed(lambda: bench.run_layers(x, ctx)),
+                "step": _Timed(step, empty),
+            }
 
         meta = make_step(ids, ids, [0] * b, [n] * b, causal=False, device=self.device)
         ctx = bench.context(meta, None, encoder=True)
@@ -331,30 +355,37 @@ class XProfiler:
         for s in ids:
             cross.add(s)
         cmeta = cross.step(ids, [n] * b, causal=False)
-        layers = bench.layers
+        layers = list(bench.layers)
 
         def project() -> object:
             for i, layer in enumerate(layers):
-                assert layer.cross is not None
+                assert isinstance(layer, Layer) and layer.cross is not None
                 layer.cross.project(x, cmeta, cross, i)
             return None
 
-        def overhead() -> object:
-            m = make_step(ids, ids, [0] * b, [n] * b, causal=False, device=self.device)
-            ends.embed_tokens(tokens, m.positions)
-            return bench.context(m, None, encoder=True)
+        def forget() -> None:
+            for s in ids:
+                if s in cross:
+                    cross.remove(s)
 
-        return (lambda: bench.run_encoder_layers(x, ctx)), overhead, project
+        def step() -> object:
+            encoded = bench.encode(ids, tokens, [n] * b)
+            bench.project_cross(ids, encoded, [n] * b, cross)
+            return None
 
-    def _decode_fns(
-        self, bench: Transformer, ends: Transformer, b: int, n: int
-    ) -> tuple[Callable[[], object], Callable[[], object]]:
-        """(layers, per-step overhead) for one decode step of ``b`` sequences with ``n``
-        tokens of context."""
+        return {
+            "layers": _Timed(lambda: bench.run_encoder_layers(x, ctx)),
+            "project": _Timed(project),
+            "step": _Timed(step, forget),
+        }
+
+    def _decode_fns(self, bench: Transformer, b: int, n: int) -> dict[str, _Timed]:
+        """What is timed for one decode step of ``b`` sequences with ``n`` tokens of
+        context: ``layers`` and ``step`` (the whole step, head included)."""
         h = self.config.hidden_size
         ids = list(range(b))
         x = torch.randn(b, 1, h, dtype=self.dtype, device=self.device)
-        tokens = torch.randint(0, self.config.vocab_size, (b, 1), device=self.device)
+        tokens = torch.randint(0, self.config.vocab_size, (b,), device=self.device)
         cross: SlotKVCache | None = None
         own = n
         if self.config.encoder_decoder:
@@ -371,34 +402,49 @@ class XProfiler:
         meta = cache.step(ids, [1] * b, causal=True)
         ctx = bench.context(meta, cache, cross_cache=cross)
 
-        last = self.arch.max_positions - 1
+        def rewind() -> None:
+            for s in ids:
+                cache.set_length(s, own)
 
-        def overhead() -> object:
-            m = cache.step(ids, [1] * b, causal=True)
-            ends.embed_tokens(tokens, m.positions.clamp(max=last))  # same cost
-            return bench.context(m, cache, cross_cache=cross)
+        def step() -> object:
+            return select_tokens(bench.decode(ids, tokens, cache, cross), HEAD_SAMPLING)
 
-        return (lambda: bench.run_layers(x, ctx)), overhead
+        return {
+            "layers": _Timed(lambda: bench.run_layers(x, ctx)),
+            "step": _Timed(step, rewind),
+        }
 
-    def _measure_point(
-        self, bench: Transformer, ends: Transformer, phase: str, b: int, n: int
-    ) -> float:
-        """Seconds of one layer of ``phase`` at (b, n), per-step work included."""
-        k = self.copies
-        a = self.arch
-        if phase == "encode":
-            layers, overhead, project = self._encode_fns(bench, ends, b, n)
-            t = self.timer.time(layers).median / k
-            t += self.timer.time(overhead).median / a.encode_layers
-            if project is not None:
-                t += self.timer.time(project).median / k * a.decode_layers / a.encode_layers
-            return t
-        layers, overhead = self._decode_fns(bench, ends, b, n)
-        return (
-            self.timer.time(layers).median / k + self.timer.time(overhead).median / a.decode_layers
-        )
+    def _measure_point(self, bench: Transformer, phase: str, b: int, n: int) -> _Parts:
+        """The timings of one grid point: the chain of layers, the whole step (the bench
+        is a model of ``copies`` layers), the head, and (T5 encoding) the chain's cross
+        K/V projections."""
+        encode = phase == "encode"
+        fns = self._encode_fns(bench, b, n) if encode else self._decode_fns(bench, b, n)
+        layers = self.timer.time(fns["layers"].fn).median
+        whole = self.timer.time(fns["step"].fn, fns["step"].reset).median
+        if encode and "project" in fns:
+            return _Parts(layers, whole, 0.0, self.timer.time(fns["project"].fn).median)
+        return _Parts(layers, whole, self.timer.time(self._head_fn(bench, b)).median, 0.0)
+
+    def _layer_seconds(self, phase: str, parts: _Parts) -> float:
+        """One layer of ``phase``, with its share of the step's work outside the layers
+        and the head (what the whole step takes beyond them, spread over the layers of
+        the phase). T5's cross K/V projection counts ``decode_layers / encode_layers``
+        times per encoder layer."""
+        k, a = self.copies, self.arch
+        layers = parts.layers + parts.project * a.decode_layers / a.encode_layers
+        rest = max(parts.whole - parts.layers - parts.project - parts.head, 0.0)
+        count = a.encode_layers if phase == "encode" else a.decode_layers
+        return layers / k + rest / count
 
     # -- grids ---------------------------------------------------------------------------------
+    def _cost(self, layer_seconds: float) -> float:
+        """Seconds that measuring a point whose layer takes ``layer_seconds`` costs: three
+        timings (chain, step, head) of warm-up and repeated runs."""
+        o = self.options
+        runs = o.warmup + max(o.repeats, 1)
+        return 3 * max(layer_seconds * (self.copies + 2) * runs, o.min_point_seconds)
+
     def _estimate(self, grid: _PhaseGrid, b: int, n: int, phase: str) -> float:
         """A guess at a point's time from the points measured so far (0: no guess)."""
         if not grid.measured:
@@ -407,13 +453,15 @@ class XProfiler:
         (b0, n0), t0 = max(grid.measured.items(), key=lambda kv: work(*kv[0]))
         return t0 * max(work(b, n) / work(b0, n0), 1.0)
 
-    def _measure_grid(
-        self, tp: int, phase: str, bench: Transformer, ends: Transformer, share: float
-    ) -> Grid:
+    def _measure_grid(self, tp: int, phase: str, bench: Transformer, share: float) -> Grid:
         """The grid of ``phase`` for TP degree ``tp``, within ``share`` seconds."""
         opts = self.options
         b_levels = grid_levels(1, opts.max_batch, opts.midpoints)
-        n_levels = length_levels(self.max_length, opts.midpoints)
+        longest = self.max_length
+        if phase == "decode" and self.arch.position == "learned":
+            # a decode step's token sits at position `length`: the table's last is max - 1
+            longest = min(longest, self.arch.max_positions - 1)
+        n_levels = length_levels(longest, opts.midpoints)
         depth = max(len(b_levels), len(n_levels))
         b_levels += [b_levels[-1]] * (depth - len(b_levels))
         n_levels += [n_levels[-1]] * (depth - len(n_levels))
@@ -434,12 +482,14 @@ class XProfiler:
                 )
                 if over_cap:
                     continue
-                guess = self._estimate(grid, b, n, phase) * (opts.warmup + opts.repeats + 2)
+                guess = self._cost(self._estimate(grid, b, n, phase))
                 if grid.measured and time.monotonic() + guess > min(stop, self._deadline):
                     reached = False
                     continue
                 try:
-                    grid.measured[(b, n)] = self._measure_point(bench, ends, phase, b, n)
+                    parts = self._measure_point(bench, phase, b, n)
+                    grid.parts[(b, n)] = parts
+                    grid.measured[(b, n)] = self._layer_seconds(phase, parts)
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     if not grid.measured:
@@ -454,6 +504,15 @@ class XProfiler:
                 complete = filled
             if not reached or time.monotonic() > min(stop, self._deadline):
                 break
+        passes = opts.passes or (1 if self.device.type == "cuda" else 2)
+        order = sorted(grid.measured, key=lambda p: (p[0] * 7919 + p[1] * 104729) % 1009)
+        for _ in range(passes - 1):
+            for b, n in order:
+                if time.monotonic() + self._cost(grid.measured[(b, n)]) > min(stop, self._deadline):
+                    break
+                parts = grid.parts[(b, n)].lower(self._measure_point(bench, phase, b, n))
+                grid.parts[(b, n)] = parts
+                grid.measured[(b, n)] = self._layer_seconds(phase, parts)
         result = self._fill(grid, complete)
         total = len(result.batch) * len(result.length)
         inside = sum(1 for p in grid.measured if p[0] in result.batch and p[1] in result.length)
@@ -499,13 +558,13 @@ class XProfiler:
         arr = np.maximum(np.asarray(table, dtype=float), 0.0)
         return Grid(batch=list(bs), length=list(ns), seconds=arr.tolist())
 
-    def _measure_head(self, ends: Transformer, tokens_axis: Sequence[int]) -> Curve:
-        h = self.config.hidden_size
-        out = []
-        for m in tokens_axis:
-            x = torch.randn(m, h, dtype=self.dtype, device=self.device)
-            out.append(self.timer.time(lambda x=x: select_tokens(ends.logits(x), HEAD_SAMPLING)))
-        return Curve(x=[float(m) for m in tokens_axis], seconds=[t.median for t in out])
+    def _measure_head(self, bench: Transformer, tokens_axis: Sequence[int]) -> Curve:
+        passes = self.options.passes or (1 if self.device.type == "cuda" else 2)
+        seconds = [
+            min(self.timer.time(self._head_fn(bench, m)).median for _ in range(passes))
+            for m in tokens_axis
+        ]
+        return Curve(x=[float(m) for m in tokens_axis], seconds=seconds)
 
     # -- communication and memory ---------------------------------------------------------------
     def _comm(self) -> Comm:
@@ -599,8 +658,7 @@ class XProfiler:
         inputs and KV cache; None when it cannot be measured."""
         b, n = 4, min(512, self.max_length)
         try:
-            ends = self._ends(1)
-            layers, _, _ = self._encode_fns(bench, ends, b, n)
+            layers = self._encode_fns(bench, b, n)["layers"].fn
             torch.cuda.synchronize(self.device)
             base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -630,21 +688,19 @@ class XProfiler:
         for index, tp in enumerate(self.degrees):
             try:
                 bench = self._bench(tp)
-                ends = self._ends(tp)
             except torch.OutOfMemoryError:
                 raise ProfilerError(
                     f"out of memory loading {self.copies} layer(s) of {self.arch.name} at TP {tp}"
                 ) from None
             if tp == 1:
                 memory = self._memory(bench)
-            head = self._measure_head(ends, head_axis)
-            left = max(self._budget_left(), 0.0)
-            share = left / (n_degrees - index)
-            encode = self._measure_grid(tp, "encode", bench, ends, share * 0.5)
-            decode = self._measure_grid(tp, "decode", bench, ends, max(self._budget_left(), 0.0)
-                                        / (n_degrees - index))  # fmt: skip
+            head = self._measure_head(bench, head_axis)
+            share = max(self._budget_left(), 0.0) / (n_degrees - index)
+            encode = self._measure_grid(tp, "encode", bench, share * 0.5)
+            share = max(self._budget_left(), 0.0) / (n_degrees - index)
+            decode = self._measure_grid(tp, "decode", bench, share)
             tables[tp] = PhaseTables(encode=encode, decode=decode, head=head)
-            del bench, ends
+            del bench
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         assert memory is not None
