@@ -207,7 +207,7 @@ class SlotKVCache:
 
 
 def make_step(
-    seq_ids: list[Hashable],
+    seq_ids: Sequence[Hashable],
     slots: list[int],
     past: list[int],
     new: list[int],
@@ -261,7 +261,7 @@ def make_step(
             )
         mask = mask[:, None]
     return StepMeta(
-        seq_ids=seq_ids,
+        seq_ids=list(seq_ids),
         slots=slots_t,
         slot_slice=slot_slice,
         past=past,

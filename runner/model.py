@@ -588,7 +588,7 @@ class Transformer(nn.Module):
             cross_cache.add(s)
         meta = cross_cache.step(seq_ids, lengths, causal=False)
         for i, layer in enumerate(self.layers):
-            assert layer.cross is not None
+            assert isinstance(layer, Layer) and layer.cross is not None
             layer.cross.project(encoded, meta, cross_cache, i)
         cross_cache.advance(meta)
 

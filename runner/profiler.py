@@ -368,7 +368,7 @@ class XProfiler:
                 if s in cross:
                     cross.remove(s)
 
-        def step() -> object:
+        def encode_step() -> object:
             encoded = bench.encode(ids, tokens, [n] * b)
             bench.project_cross(ids, encoded, [n] * b, cross)
             return None
@@ -376,7 +376,7 @@ class XProfiler:
         return {
             "layers": _Timed(lambda: bench.run_encoder_layers(x, ctx)),
             "project": _Timed(project),
-            "step": _Timed(step, forget),
+            "step": _Timed(encode_step, forget),
         }
 
     def _decode_fns(self, bench: Transformer, b: int, n: int) -> dict[str, _Timed]:
@@ -449,7 +449,10 @@ class XProfiler:
         """A guess at a point's time from the points measured so far (0: no guess)."""
         if not grid.measured:
             return 0.0
-        work = (lambda bb, nn: bb * nn) if phase == "encode" else (lambda bb, nn: bb * (nn + 64))
+
+        def work(bb: int, nn: int) -> float:
+            return float(bb * nn if phase == "encode" else bb * (nn + 64))
+
         (b0, n0), t0 = max(grid.measured.items(), key=lambda kv: work(*kv[0]))
         return t0 * max(work(b, n) / work(b0, n0), 1.0)
 

@@ -44,6 +44,7 @@ from exegpt.planner.hardware import GpuType
 from exegpt.planner.profile import Profile
 from exegpt.runner.config import ModelConfig
 from exegpt.runner.generate import select_tokens
+from exegpt.runner.kvcache import SlotKVCache
 from exegpt.runner.model import DTYPES, Transformer
 from exegpt.runner.profiler import CPU_GPU_TYPE, HEAD_SAMPLING, ProfileOptions, XProfiler
 from exegpt.runner.timing import Timer
@@ -122,6 +123,7 @@ def _time_steps(
     cfg = model.config
     dev = model.device
     out: list[tuple[str, int, int, int, float]] = []
+    cross: SlotKVCache | None
     for b, n in scale.encode_points:
         ids = list(range(b))
         tokens = torch.randint(0, cfg.vocab_size, (b, n), device=dev)
@@ -208,11 +210,11 @@ def bench_model(
     scale = _scale(device, quick)
     gpu = CPU_GPU_TYPE if device == "cpu" else _gpu_type()
     config = ModelConfig.from_architecture(architecture)
+    cpu = device == "cpu"
     options = ProfileOptions(
         max_batch=scale.max_batch, max_length=scale.max_length, max_seconds=profile_seconds,
-        warmup=1 if quick else 2, repeats=3 if quick else 5, midpoints=not quick,
-        min_point_seconds=0.03 if quick else 0.05,
-        passes=3 if device == "cpu" else 1,
+        warmup=1 if cpu else 2, repeats=3 if cpu else 5, midpoints=not quick,
+        min_point_seconds=0.03 if cpu else 0.05, passes=3 if cpu else 1,
     )  # fmt: skip
     start = time.monotonic()
     profile = XProfiler(
@@ -305,7 +307,7 @@ def run(argv: list[str]) -> int:
             print(f"error: {str(exc).strip(chr(39))}", file=sys.stderr)
             return 2
     budget = args.profile_seconds or (
-        (12.0 if args.quick else 60.0) if device == "cpu" else (120.0 if args.quick else 900.0)
+        (12.0 if args.quick else 100.0) if device == "cpu" else (120.0 if args.quick else 900.0)
     )
 
     def log(message: str) -> None:

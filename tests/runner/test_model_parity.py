@@ -198,3 +198,13 @@ def test_weights_directory_shape_mismatch(tmp_path: Path) -> None:
     cfg = tiny_config("llama", ffn_size=48)
     with pytest.raises(WeightsError, match="shape"):
         load_directory(Transformer(cfg), tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["opt", "llama", "t5"])
+def test_cuda_matches_cpu(family: str) -> None:
+    """The same seeded weights on a GPU (float32) give the CPU's tokens."""
+    cfg = tiny_config(family)
+    cpu = random_weights(Transformer(cfg), seed=4, std=0.2)
+    gpu = random_weights(Transformer(cfg, device="cuda"), seed=4, std=0.2)
+    assert generate(gpu, PROMPTS, 6) == generate(cpu, PROMPTS, 6)
