@@ -106,7 +106,11 @@ def resolve_alias(config: ModelConfig, name: str) -> str:
 
 # -- sources ----------------------------------------------------------------------------------
 class RandomSource:
-    """Seeded random weights: norms 1, biases 0, everything else normal(0, ``std``)."""
+    """Seeded random weights: norms 1, biases 0, everything else normal(0, ``std``).
+
+    The values are drawn on ``device`` (fast for large models on a GPU), so the same
+    seed gives the same weights on every process of one device type, not across CPU
+    and GPU."""
 
     def __init__(
         self,
