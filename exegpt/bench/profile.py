@@ -51,7 +51,7 @@ from exegpt.runner.timing import Timer
 from exegpt.runner.weights import random_weights
 
 TARGET_PCT = {"cpu": 10.0, "cuda": 5.0}
-ROUNDS = {"cpu": 5, "cuda": 1}
+ROUNDS = {"cpu": 3, "cuda": 1}
 
 
 def _small(name: str, **kw: Any) -> Architecture:
