@@ -15,14 +15,17 @@ What is timed mirrors what the analytic profile computes (``exegpt.planner.analy
 - ``head`` over tokens: the final norm, the LM head (vocabulary shard) and sampling.
 
 Layers are timed in a chain of a few copies with distinct (random) weights, so that one
-layer's weights are not served from a cache the real model would have evicted. The
-work each step does once, not per layer (the step's masks and positions, the token
-embedding), is timed separately and spread over the layers of the phase.
+layer's weights are not served from a cache the real model would have evicted. A whole
+step of that few-layer model is timed as well: what the step takes beyond its layers
+and its head (metadata, masks, positions, the token embedding) is spread over the
+model's layers of the phase, so that layers x per-layer time + head is a whole step.
 
 Times are the median of repeated runs after warm-up (CUDA events on a GPU, a monotonic
-clock on the CPU). Grid points are measured coarse to fine within ``max_seconds``;
-points not measured (out of time, or beyond the memory and token caps) are
-interpolated from the finest complete level, or extrapolated linearly in batch. The TP
+clock on the CPU); on the CPU every point is timed in several passes, each timing
+keeping its lowest median (a pass slowed by other load is discarded). Grid points are
+measured coarse to fine within ``max_seconds``; points not measured (out of time, or
+beyond the memory and token caps) are interpolated from the finest complete level, or
+extrapolated linearly in batch. The TP
 all-reduce and pipeline send/receive are measured with ``torch.distributed`` when this
 machine has the devices for it, and otherwise come from the analytic model (the
 profile's ``comm.source`` says which).
@@ -672,7 +675,7 @@ class XProfiler:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return None
-        return max(int(peak / (b * n * self.copies)), 0) or None
+        return max(int(peak / (b * n)), 0) or None
 
     # -- the whole profile ------------------------------------------------------------------
     def run(self) -> Profile:

@@ -209,3 +209,14 @@ def test_cuda_matches_cpu(family: str) -> None:
     gpu = Transformer(cfg, device="cuda")
     gpu.load_state_dict(cpu.state_dict())
     assert generate(gpu, PROMPTS, 6) == generate(cpu, PROMPTS, 6)
+
+
+def test_sharded_safetensors_directory(tmp_path: Path) -> None:
+    """Weights split over several safetensors files (with an index) load the same."""
+    from tiny import hf_model
+
+    hf = hf_model("llama")
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    model = load_directory(Transformer(ModelConfig.from_directory(tmp_path)), tmp_path)
+    assert generate(model, PROMPTS, 4) == [hf_greedy(hf, p, 4) for p in PROMPTS]
