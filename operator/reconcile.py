@@ -270,6 +270,14 @@ async def _plan(
     if p.status.infeasible is not None and p.status.infeasible.inputs_hash == digest:
         return plan_from_status(old) if old else None
     if old is not None and old.inputs_hash == digest:
+        if p.status.infeasible is not None:
+            # Back to the inputs of the running plan (e.g. an infeasible SLO reverted).
+            p.status.infeasible = None
+            plan = plan_from_status(old)
+            p.condition("Planned", "True", "Planned", f"{_summary(plan)}; {old.reason}")
+            p.condition("Degraded", "False", "AsExpected", "")
+            p.event(False, "Replanned", f"back to the running plan: {_summary(plan)}")
+            return plan
         return plan_from_status(old)
     p.condition("Progressing", "True", "Planning", "searching for the best plan")
     result = await asyncio.to_thread(

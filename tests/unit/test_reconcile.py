@@ -150,6 +150,24 @@ def test_an_infeasible_bound_keeps_the_running_plan(world: World) -> None:
     assert world.status()["plan"]["hash"] == hash_before  # workers untouched
 
 
+def test_reverting_an_infeasible_bound_returns_to_the_running_plan(world: World) -> None:
+    world.add(deployment("x"))
+    world.run()
+    world.make_ready()
+    world.run()
+    before = world.status()["plan"]
+    world.edit(slo__latency="1ms")
+    world.run()
+    assert world.condition("Planned")["reason"] == "Infeasible"
+    world.edit(slo__latency="3.1s")
+    world.run()
+    assert world.condition("Planned")["status"] == "True"
+    assert world.condition("Degraded")["status"] == "False"
+    assert "infeasible" not in world.status()
+    assert world.status()["plan"]["inputsHash"] == before["inputsHash"]
+    assert world.run().writes == []
+
+
 def test_an_infeasible_new_deployment_creates_no_workers(world: World) -> None:
     world.add(deployment("x", **{"slo.latency": "1ms"}))
     world.run()
