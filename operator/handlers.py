@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
-from . import names
 from .kube import Kube, KubeError
 from .reconcile import Context, reconcile
 from .settings import OperatorSettings
+from .spec import GROUP, PLURAL, VERSION
 
-RESOURCE = (names.GROUP, "v1alpha1", "exegptdeployments")
+RESOURCE = (GROUP, VERSION, PLURAL)
 
 
 def _events(body: kopf.Body) -> Any:
@@ -63,11 +63,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.posting.level = logging.WARNING
         # The status schema is structural, so the API server would prune kopf's own
         # status fields: keep kopf's bookkeeping in annotations instead.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=names.GROUP, key="last-handled-configuration"
+            prefix=GROUP, key="last-handled-configuration"
         )
-        settings.persistence.finalizer = f"{names.GROUP}/kopf-finalizer"
+        settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
         if getattr(memo, "kube", None) is None:
             memo.kube = Kube.connect(config.kube_host)
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import kubernetes
 import urllib3
 
+from .spec import GROUP, PLURAL, VERSION
+
 JSON = dict[str, Any]
 
 
@@ -39,7 +41,7 @@ CONFIGMAP = Kind("", "v1", "configmaps")
 SERVICE = Kind("", "v1", "services")
 JOB = Kind("batch", "v1", "jobs")
 STATEFULSET = Kind("apps", "v1", "statefulsets")
-EXEGPT = Kind("exegpt.dev", "v1alpha1", "exegptdeployments")
+EXEGPT = Kind(GROUP, VERSION, PLURAL)
 
 
 class KubeError(Exception):

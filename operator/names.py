@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-GROUP = "exegpt.dev"
+from .spec import GROUP as GROUP
 
 # Labels (values <= 63 characters).
 LABEL_NAME = "app.kubernetes.io/name"

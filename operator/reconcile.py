@@ -15,6 +15,7 @@ it changed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -25,6 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.architecture import Architecture, Dtype
+from exegpt.planner.hardware import GpuType
 from exegpt.planner.plan import (
     ExecutionConfig,
     Infeasible,
@@ -183,7 +186,7 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     arch, gpu = request.architecture, request.gpu
     degrees = arch.tensor_parallel_degrees(limit=min(request.gpus_per_node, request.gpus))
     if spec.profiling.mode == "Analytic":
-        profile = analytic_profile(arch, gpu, request.dtype, degrees)
+        profile = _analytic_profile(arch, gpu, request.dtype, tuple(degrees))
         p.status.profile = ProfileStatus(
             key=profile.key, source="analytic", gpu_type=gpu.name, config_map=None
         )
@@ -224,6 +227,15 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         reason = {"create": "ProfilingStarted", "failed": d.reason}.get(d.action, d.reason)
         p.event(failed, reason, d.message)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _analytic_profile(
+    arch: Architecture, gpu: GpuType, dtype: Dtype, degrees: tuple[int, ...]
+) -> Profile:
+    """The analytic profile is a pure function of its inputs; every pass of every
+    deployment asks for it, so it is built once per distinct set."""
+    return analytic_profile(arch, gpu, dtype, degrees)
 
 
 def _load_profile(p: _Pass, d: ProfilingDecision, cm_name: str) -> Profile | None:

@@ -23,6 +23,7 @@ from typing import Any
 from exegpt.operator.memkube import MemoryKube
 from exegpt.operator.reconcile import Context, reconcile
 from exegpt.operator.settings import OperatorSettings
+from exegpt.operator.spec import API_VERSION, KIND
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.workload_presets import canonical_name
 
@@ -46,8 +47,8 @@ def _body(pair: Pair, latency: str | None) -> dict[str, Any]:
     if latency:
         spec["slo"] = {"latency": latency}
     return {
-        "apiVersion": "exegpt.dev/v1alpha1",
-        "kind": "ExeGPTDeployment",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "bench", "namespace": "default", "uid": "bench", "generation": 1},
         "spec": spec,
     }
