@@ -8,11 +8,16 @@ planner, so ``config`` and ``predicted`` use the planner's own field names:
 ``ExecutionConfig.model_validate(doc["config"])`` and
 ``Architecture.model_validate(doc["model"]["architecture"])`` read them back.
 
+``limits`` holds ``maxInputTokens`` and ``maxOutputTokens``: the longest input and output
+of the deployment's workload, resolved as the planner resolves it
+(``WorkloadSpec.build``, as in ``request.plan_request``). The workers size their
+KV-cache slots from them and reject longer requests with a 400.
+
 ``plan_hash`` covers the fields in ``HASHED_FIELDS`` only: everything that decides what
 the workers run (deployment, model with dtype and weights, strategy, execution config,
-topology, runner image and port). ``predicted`` and ``latencyBoundSeconds`` are
-informational: a replan that only changes them keeps the hash, so the pods keep running
-(the mounted file still updates in place).
+topology, request limits, runner image and port). ``predicted`` and
+``latencyBoundSeconds`` are informational: a replan that only changes them keeps the
+hash, so the pods keep running (the mounted file still updates in place).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ HASHED_FIELDS = (
     "strategy",
     "config",
     "topology",
+    "limits",
     "runner",
 )
 """The fields of a plan document that ``plan_hash`` covers."""
@@ -88,10 +94,19 @@ def plan_document(
         "strategy": plan.strategy,
         "config": plan.config.model_dump(mode="json"),
         "topology": topology(deployment, plan),
+        "limits": limits(spec),
         "predicted": plan.predicted.model_dump(mode="json"),
         "latencyBoundSeconds": plan.latency_bound_s,
         "runner": {"image": image or spec.runner.image, "port": spec.runner.port},
     }
+
+
+def limits(spec: ExeGPTDeploymentSpec) -> Doc:
+    """The longest input and output (tokens) of ``spec``'s workload: the maxima of the
+    length distributions the planner plans with (``spec.workload.build()``, the call
+    ``request.plan_request`` makes)."""
+    workload = spec.workload.build()
+    return {"maxInputTokens": workload.input.max, "maxOutputTokens": workload.output.max}
 
 
 def roles(plan: Plan) -> list[tuple[str, int, int, int]]:

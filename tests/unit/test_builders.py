@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from builders import spec as spec_dict
 
 from exegpt.operator import builders, names, plandoc
 from exegpt.operator.podspec import (
+    CACHE_DIR,
     PLAN_FILE,
+    SHM_DIR,
     pod_spec_of,
     restricted_container_security,
     restricted_pod_security,
@@ -29,6 +32,8 @@ from exegpt.planner.architecture import Architecture
 from exegpt.planner.plan import ExecutionConfig, Plan, Prediction, SearchStats
 from exegpt.planner.profile import MEASURED_PROFILER_VERSION, profile_key
 from exegpt.planner.scheduler import schedule
+from exegpt.planner.workload_presets import get_workload
+from exegpt.planner.workload_spec import workload_spec_example
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAME, NS, IMAGE = "chat", "serving", "registry.example/exegpt-runtime:1.0"
@@ -198,6 +203,11 @@ def test_plan_document_holds_what_the_workers_need() -> None:
     worker = doc["topology"]["roles"]["worker"]
     assert worker == {"statefulSet": "chat-worker", "pods": 6, "stages": 3, "gpusPerPod": 2}
     assert doc["topology"]["service"] == names.headless_service(NAME)
+    summarization = get_workload("summarization")
+    assert doc["limits"] == {
+        "maxInputTokens": summarization.input.max,
+        "maxOutputTokens": summarization.output.max,
+    }
     json.dumps(doc, allow_nan=False)  # plain JSON
 
 
@@ -225,6 +235,49 @@ def test_plan_hash_moves_with_what_the_workers_run() -> None:
     for what, (s, p) in changed.items():
         assert plandoc.plan_hash(plandoc.plan_document(NAME, s, p)) != base, what
     assert plandoc.plan_hash(plandoc.plan_document(NAME, spec, plan, image="x:1")) != base
+
+
+def test_plan_document_limits_are_the_workloads_maxima() -> None:
+    custom = workload_spec_example()  # input max 512, output max 160
+    histogram = {
+        "input": {"histogram": {"edges": [1, 100, 300], "weights": [1, 2]}},
+        "output": {"histogram": {"lengths": [70, 5], "weights": [1, 1]}},
+    }
+    cases = {
+        "normal": (custom, 512, 160),
+        "histogram": (histogram, 299, 70),  # bins are [edge, next edge)
+        "preset": ({"preset": "chat"}, None, None),
+    }
+    for what, (workload, max_in, max_out) in cases.items():
+        spec = make_spec(workload=workload)
+        resolved = plan_request(spec).workload  # what the planner plans with
+        limits = plandoc.plan_document(NAME, spec, make_plan(RR))["limits"]
+        assert limits == {
+            "maxInputTokens": resolved.input.max,
+            "maxOutputTokens": resolved.output.max,
+        }, what
+        assert all(type(v) is int for v in limits.values()), what
+        if max_in is not None:
+            assert (limits["maxInputTokens"], limits["maxOutputTokens"]) == (max_in, max_out)
+
+
+def test_plan_hash_moves_with_the_longest_input_or_output_only() -> None:
+    custom = workload_spec_example()
+    plan = make_plan(RR)
+
+    def digest(**overrides: Any) -> str:
+        workload = copy.deepcopy(custom)
+        for path, value in overrides.items():
+            side, field = path.split("_")
+            workload[side][field] = value
+        return plandoc.plan_hash(plandoc.plan_document(NAME, make_spec(workload=workload), plan))
+
+    base = digest()
+    assert digest(input_max=1024) != base
+    assert digest(output_max=320) != base
+    # the same maxima (and the same plan): the workers run the same thing
+    assert digest(input_mean=300) == base
+    assert digest(output_std=20) == base
 
 
 def test_plan_hash_ignores_predictions_bound_and_search() -> None:
@@ -358,6 +411,81 @@ def test_worker_pod_environment_volumes_and_placement() -> None:
     (plain,) = workers(make_spec(), make_plan(RR))
     assert "weights" not in {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]}
     assert "nodeSelector" not in plain["spec"]["template"]["spec"]
+
+
+RR_2X2_TP2 = ExecutionConfig(
+    strategy="RoundRobin", replicas=2, pipeline_stages=2, tensor_parallel=2, decode_batch=256
+)
+
+
+@pytest.mark.parametrize("config", [RR_2X2_TP2, WAA], ids=lambda c: c.strategy)
+def test_worker_pod_templates_agree_with_the_plan_document(config: ExecutionConfig) -> None:
+    """Every worker StatefulSet, read against the plan document it is rendered with (as
+    the reconciler renders it): what runs, how many pods, GPUs, probes, security,
+    writable paths, environment, and the request limits the workers read."""
+    port = 8080
+    spec = make_spec(workload=workload_spec_example(), **{"runner.port": port})
+    plan = make_plan(config)
+    doc = plandoc.plan_document(NAME, spec, plan, IMAGE)
+    digest = plandoc.plan_hash(doc)
+    cm = builders.build_plan_configmap(NAME, NS, OWNER, doc, digest)
+    sets = builders.build_workers(NAME, NS, OWNER, spec, plan, digest, IMAGE)
+
+    rendered = json.loads(cm["data"]["plan.json"])
+    workload = plan_request(spec).workload
+    assert (
+        rendered["limits"]
+        == {
+            "maxInputTokens": workload.input.max,
+            "maxOutputTokens": workload.output.max,
+        }
+        == {"maxInputTokens": 512, "maxOutputTokens": 160}
+    )
+    assert cm["data"]["plan-hash"] == digest == plandoc.plan_hash(rendered)
+
+    topology = doc["topology"]
+    expected_roles = ["worker"] if plan.strategy == "RoundRobin" else ["encoder", "decoder"]
+    assert list(topology["roles"]) == expected_roles
+    assert [s["metadata"]["name"] for s in sets] == [
+        topology["roles"][role]["statefulSet"] for role in expected_roles
+    ]
+    for sts, role in zip(sets, expected_roles, strict=True):
+        planned = topology["roles"][role]
+        assert sts["spec"]["replicas"] == planned["pods"], role
+        assert sts["spec"]["serviceName"] == topology["service"], role
+        pod = sts["spec"]["template"]["spec"]
+        c = container(sts)
+        assert c["name"] == role
+        assert c["image"] == doc["runner"]["image"] == IMAGE
+        assert c["command"] == ["exegpt"]
+        assert c["args"] == [
+            "serve", "--plan", PLAN_FILE, "--role", role, "--port", str(port)
+        ]  # fmt: skip
+        assert topology["planFile"] == PLAN_FILE
+        assert gpus(c) == planned["gpusPerPod"], role
+        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["startupProbe"]["httpGet"]["port"] == "http"
+        assert restricted_violations(pod) == [], role
+        env = {e["name"]: e for e in c["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["POD_NAMESPACE"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.namespace"}
+        }
+        assert env["EXEGPT_PEERS_SERVICE"]["value"] == topology["service"]
+        assert env["EXEGPT_PLAN_HASH"]["value"] == digest
+        assert env["HOME"]["value"] == CACHE_DIR
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        cache, shm = volumes[mounts[CACHE_DIR]["name"]], volumes[mounts[SHM_DIR]["name"]]
+        assert "emptyDir" in cache and not mounts[CACHE_DIR].get("readOnly", False)
+        assert shm["emptyDir"]["medium"] == "Memory"
+        plan_mount = mounts[posixpath.dirname(PLAN_FILE)]
+        assert plan_mount["readOnly"] is True
+        assert volumes[plan_mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+    total = sum(s["spec"]["replicas"] * gpus(container(s)) for s in sets)
+    assert total == plan.config.total_gpus
 
 
 def test_same_inputs_render_byte_identical_manifests() -> None:
