@@ -1,0 +1,134 @@
+"""One model replica of a plan, built on each of its processes: the model shard of every
+rank, and on the driver (rank 0) the engine that takes the requests.
+
+Every rank calls :func:`run_rank` with the same :class:`ReplicaSpec` after
+``torch.distributed`` is initialised (or without it for a one-process replica): the
+driver gets its :class:`Engine` back, every other rank serves its chain until the
+driver stops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from exegpt.planner.plan import ExecutionConfig
+
+from .batching import slots_for
+from .chain import DRIVER, ChainClient, Groups, Member, kv_routes, serve_stage
+from .config import ModelConfig
+from .engine import Engine
+from .metrics import ServingMetrics
+from .model import DTYPES, Transformer
+from .parallel import StageSpec, TensorParallel
+from .serving import Limits
+from .stage import StageRunner
+from .topology import DECODER, ENCODER, MAIN, ChainSpec, Topology, topology
+from .weights import load_directory, random_weights
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What every process of a replica needs to know."""
+
+    model: ModelConfig
+    config: ExecutionConfig
+    max_input_tokens: int
+    max_output_tokens: int
+    steady_decode_batch: float = 0.0
+    dtype: str = "float32"
+    weights: str | None = None  # a Hugging Face directory; None: random weights
+    seed: int = 0
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.max_input_tokens + self.max_output_tokens
+
+    def topology(self) -> Topology:
+        return topology(
+            self.config,
+            num_layers=self.model.num_layers,
+            encoder_decoder=self.model.encoder_decoder,
+        )
+
+    def limits(self) -> Limits:
+        return Limits(self.max_input_tokens, self.max_total_tokens, self.model.vocab_size)
+
+    def slots(self, chain: str) -> int:
+        """KV slots of ``chain``'s caches."""
+        if chain == ENCODER:
+            return self.config.encode_batch
+        if chain == DECODER:
+            return self.config.decode_batch
+        return slots_for(self.config, self.steady_decode_batch)
+
+
+def device_for(rank_on_node: int) -> torch.device:
+    """The process's GPU (one per process), or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", rank_on_node % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def build_member(
+    spec: ReplicaSpec, topo: Topology, groups: Groups, rank: int, device: torch.device
+) -> Member:
+    chain: ChainSpec = topo.chain_of(rank)
+    stage, tp_rank = chain.place(rank)
+    group = groups.stage(chain, stage)
+    tp = TensorParallel(chain.tp, tp_rank, group) if chain.tp > 1 else TensorParallel()
+    layers = StageSpec.split(
+        spec.model.num_layers, chain.stages, stage, max(spec.model.num_encoder_layers, 0)
+    )
+    model = Transformer(
+        spec.model, tp=tp, stage=layers, dtype=DTYPES[spec.dtype], device=device
+    ).eval()
+    if spec.weights:
+        load_directory(model, spec.weights)
+    else:
+        random_weights(model, spec.seed)
+    runner = StageRunner(model, slots=spec.slots(chain.name), max_len=spec.max_total_tokens)
+    routes: list = []
+    if len(topo.chains) == 2:
+        c = spec.model
+        routes = kv_routes(topo, c.num_layers, c.num_heads, c.kv_heads)
+    return Member(topo, chain, stage, tp_rank, runner, group, routes)
+
+
+def run_rank(
+    spec: ReplicaSpec,
+    rank: int,
+    device: torch.device,
+    *,
+    metrics: ServingMetrics | None = None,
+    keep_finished: bool = False,
+) -> Engine | None:
+    """Build this rank's part; the driver returns its (started) engine, the other ranks
+    serve until stopped and return None."""
+    topo = spec.topology()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world != topo.world:
+        raise ValueError(f"the plan's replica needs {topo.world} processes, the world has {world}")
+    groups = Groups(topo)
+    member = build_member(spec, topo, groups, rank, device)
+    if rank != DRIVER:
+        serve_stage(member, device)
+        return None
+    chains: dict[str, ChainClient] = {}
+    first = topo.chains[0]
+    chains[first.name] = ChainClient(first, device, member)
+    if len(topo.chains) == 2:
+        chains[DECODER] = ChainClient(topo.chain(DECODER), device, None)
+    main_slots = spec.slots(MAIN)
+    engine = Engine(
+        spec.config,
+        chains,
+        limits=spec.limits(),
+        slots=spec.config.decode_batch if len(topo.chains) == 2 else main_slots,
+        metrics=metrics,
+        keep_finished=keep_finished,
+    )
+    engine.start()
+    return engine

@@ -1,0 +1,117 @@
+"""One rank's share of a chain: a model shard (its stage's layers, its TP shard), the KV
+caches of the sequences it holds, and the steps it runs on them.
+
+The first stage takes token ids, later stages the previous stage's hidden states; the
+last stage returns logits, the others hidden states for the next stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .kvcache import SlotKVCache
+from .model import Transformer
+from .serving import RequestRejected
+
+
+class StageRunner:
+    """Steps over the sequences of one stage: at most ``slots`` sequences of at most
+    ``max_len`` tokens (prompt and output) at once."""
+
+    def __init__(self, model: Transformer, *, slots: int, max_len: int) -> None:
+        self.model = model
+        self.config = model.config
+        self.first, self.last = model.stage.first, model.stage.last
+        self.slots, self.max_len = slots, max_len
+        self.cache: SlotKVCache = model.new_cache(slots, max_len)
+        self.cross: SlotKVCache | None = (
+            model.new_cross_cache(slots, max_len) if self.config.encoder_decoder else None
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def release(self, seq_ids: Sequence[int]) -> None:
+        for s in seq_ids:
+            if s in self.cache:
+                self.cache.remove(s)
+            if self.cross is not None and s in self.cross:
+                self.cross.remove(s)
+
+    def prefill(
+        self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[Sequence[int]], new: Sequence[int]
+    ) -> torch.Tensor:
+        """Add the sequences and run their prompts: logits ``[B, vocab]`` of each one's
+        next token on the last stage, else hidden states ``[B, T, H]``."""
+        if max(new) > self.max_len:
+            raise RequestRejected("prompt", f"longer than the {self.max_len} tokens a slot holds")
+        with torch.inference_mode():
+            if self.cross is not None:
+                return self._encode_decode(seq_ids, x, new)
+            for s in seq_ids:
+                self.cache.add(s)
+            return self.model.forward_step(seq_ids, x, self.cache, new=list(new))
+
+    def _encode_decode(
+        self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[Sequence[int]], new: Sequence[int]
+    ) -> torch.Tensor:
+        """Encoder-decoder models (one stage): encode, project the encoder output into
+        the cross cache, then the decoder's first step from its start token."""
+        assert self.cross is not None
+        encoded = self.model.encode(seq_ids, x, list(new))
+        self.model.project_cross(seq_ids, encoded, list(new), self.cross)
+        for s in seq_ids:
+            self.cache.add(s)
+        start = [self.config.decoder_start_token] * len(seq_ids)
+        return self.model.decode(seq_ids, start, self.cache, self.cross)
+
+    def decode(self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """One new token per sequence: ``x`` is the tokens (first stage) or hidden states
+        ``[B, 1, H]``."""
+        with torch.inference_mode():
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                return self.model.forward_step(
+                    seq_ids, x, self.cache, new=[1] * len(seq_ids), cross_cache=self.cross
+                )
+            return self.model.decode(seq_ids, x, self.cache, self.cross)
+
+    # -- KV caches moving between chains (WorkloadAware) -----------------------------------
+    def export_kv(
+        self, seq_ids: Sequence[int], layers: range, heads: range
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The keys and values of ``seq_ids`` for local ``layers`` and local KV
+        ``heads``: ``[layers, 2, B, heads, T, head_dim]`` (``T`` the longest, padded),
+        and each sequence's length."""
+        lengths = [self.cache.length(s) for s in seq_ids]
+        slots = torch.tensor(self.cache.slots(seq_ids), dtype=torch.long, device=self.cache.device)
+        t = max(lengths)
+        h = slice(heads.start, heads.stop)
+        parts = [
+            torch.stack((self.cache.k[i][slots, h, :t], self.cache.v[i][slots, h, :t]))
+            for i in layers
+        ]
+        return torch.stack(parts), lengths
+
+    def import_kv(
+        self,
+        seq_ids: Sequence[int],
+        lengths: Sequence[int],
+        kv: torch.Tensor,
+        layers: range,
+        heads: range,
+    ) -> None:
+        """Write ``kv`` (as :meth:`export_kv` gives it) into the cache, adding the
+        sequences first if they are new."""
+        for s, n in zip(seq_ids, lengths, strict=True):
+            if s not in self.cache:
+                self.cache.add(s)
+            self.cache.set_length(s, n)
+        slots = torch.tensor(self.cache.slots(seq_ids), dtype=torch.long, device=self.cache.device)
+        t = kv.shape[4]
+        h = slice(heads.start, heads.stop)
+        for j, i in enumerate(layers):
+            self.cache.k[i][slots, h, :t] = kv[j, 0].to(self.cache.dtype)
+            self.cache.v[i][slots, h, :t] = kv[j, 1].to(self.cache.dtype)
