@@ -80,10 +80,14 @@ def kv_routes(topo: Topology, num_layers: int, num_heads: int, kv_heads: int) ->
 
 
 class Groups:
-    """The process group of every stage (created by every rank, in one order)."""
+    """The process group of every stage (created by every rank, in one order), and on
+    NCCL a gloo group of the whole world for commands and tokens."""
 
     def __init__(self, topo: Topology) -> None:
         self._groups: dict[tuple[str, int], dist.ProcessGroup | None] = {}
+        self.control: dist.ProcessGroup | None = None
+        if dist.is_initialized() and dist.get_backend() == "nccl":
+            self.control = dist.new_group(list(range(topo.world)), backend="gloo")
         for chain in topo.chains:
             for s in range(chain.stages):
                 ranks = chain.stage_ranks(s)
@@ -105,6 +109,7 @@ class Member:
     runner: StageRunner
     group: dist.ProcessGroup | None
     routes: list[KVRoute]
+    control: dist.ProcessGroup | None = None
     # KV caches on their way to the decoders (one encoding's worth at a time)
     shipping: Link | None = field(default=None, repr=False)
 
@@ -235,7 +240,7 @@ def step(m: Member, link: Link, cmd: Command, x: torch.Tensor | None) -> list[in
 
 def serve_stage(m: Member, device: torch.device) -> None:
     """The loop of every rank but the driver: take commands until ``STOP``."""
-    link = Link(device)
+    link = Link(device, m.control)
     upstream = DRIVER if m.stage == 0 else m.chain.leader(m.stage - 1)
     while True:
         cmd: Command | None = None
@@ -262,10 +267,16 @@ class ChainClient:
     sampled tokens. ``local`` is the driver's own membership when it leads the chain's
     first stage (otherwise the first stage is remote)."""
 
-    def __init__(self, chain: ChainSpec, device: torch.device, local: Member | None = None) -> None:
+    def __init__(
+        self,
+        chain: ChainSpec,
+        device: torch.device,
+        local: Member | None = None,
+        control: dist.ProcessGroup | None = None,
+    ) -> None:
         self.chain = chain
         self.local = local
-        self.link = Link(device)
+        self.link = Link(device, control)
         self.device = device
 
     def run(

@@ -94,7 +94,7 @@ def build_member(
     if len(topo.chains) == 2:
         c = spec.model
         routes = kv_routes(topo, c.num_layers, c.num_heads, c.kv_heads)
-    return Member(topo, chain, stage, tp_rank, runner, group, routes)
+    return Member(topo, chain, stage, tp_rank, runner, group, routes, groups.control)
 
 
 def run_rank(
@@ -118,9 +118,9 @@ def run_rank(
         return None
     chains: dict[str, ChainClient] = {}
     first = topo.chains[0]
-    chains[first.name] = ChainClient(first, device, member)
+    chains[first.name] = ChainClient(first, device, member, groups.control)
     if len(topo.chains) == 2:
-        chains[DECODER] = ChainClient(topo.chain(DECODER), device, None)
+        chains[DECODER] = ChainClient(topo.chain(DECODER), device, None, groups.control)
     main_slots = spec.slots(MAIN)
     engine = Engine(
         spec.config,

@@ -72,15 +72,21 @@ class Command:
 
 
 class Link:
-    """Point-to-point messages and stage broadcasts on one device (tensors go through
-    ``device``: a GPU for NCCL, the CPU for gloo)."""
+    """Point-to-point messages and stage broadcasts. Hidden states and KV caches go
+    through ``device`` on the default group (NCCL on GPUs, gloo on the CPU); commands
+    and sampled tokens through ``control`` (a gloo group on the CPU) when given, so that
+    every pair of GPU ranks carries one kind of NCCL message, in one order."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, control: dist.ProcessGroup | None = None) -> None:
         self.device = device
+        self.control = control
+        self.cdev = torch.device("cpu") if control is not None else device
         self._pending: list[tuple[dist.Work, torch.Tensor]] = []
 
-    def _isend(self, t: torch.Tensor, dst: int, tag: Tag) -> None:
-        work = dist.isend(t, dst, tag=int(tag))
+    def _isend(
+        self, t: torch.Tensor, dst: int, tag: Tag, group: dist.ProcessGroup | None = None
+    ) -> None:
+        work = dist.isend(t, dst, group=group, tag=int(tag))
         if work is not None:
             self._pending.append((work, t))
 
@@ -92,11 +98,10 @@ class Link:
 
     def send_command(self, cmd: Command, dst: int) -> None:
         """Send ``cmd`` without waiting (:meth:`flush` waits)."""
-        t = cmd.encode().to(self.device)
-        self._isend(
-            torch.tensor([t.numel()], dtype=torch.long, device=self.device), dst, Tag.COMMAND
-        )
-        self._isend(t, dst, Tag.COMMAND)
+        t = cmd.encode().to(self.cdev)
+        size = torch.tensor([t.numel()], dtype=torch.long, device=self.cdev)
+        self._isend(size, dst, Tag.COMMAND, self.control)
+        self._isend(t, dst, Tag.COMMAND, self.control)
 
     def send_input(self, t: torch.Tensor, dst: int) -> None:
         """Send a step's input (token ids or hidden states) without waiting."""
@@ -108,10 +113,10 @@ class Link:
         return t
 
     def recv_command(self, src: int) -> Command:
-        size = torch.empty(1, dtype=torch.long, device=self.device)
-        dist.recv(size, src, tag=int(Tag.COMMAND))
-        t = torch.empty(int(size.item()), dtype=torch.long, device=self.device)
-        dist.recv(t, src, tag=int(Tag.COMMAND))
+        size = torch.empty(1, dtype=torch.long, device=self.cdev)
+        dist.recv(size, src, group=self.control, tag=int(Tag.COMMAND))
+        t = torch.empty(int(size.item()), dtype=torch.long, device=self.cdev)
+        dist.recv(t, src, group=self.control, tag=int(Tag.COMMAND))
         return Command.decode(t.cpu())
 
     def broadcast_command(self, cmd: Command | None, src: int, group: dist.ProcessGroup) -> Command:
@@ -129,11 +134,10 @@ class Link:
 
     def send_tokens(self, tokens: Sequence[int], dst: int) -> None:
         """Send sampled tokens back to the driver without waiting."""
-        self._isend(
-            torch.tensor(list(tokens), dtype=torch.long, device=self.device), dst, Tag.TOKENS
-        )
+        t = torch.tensor(list(tokens), dtype=torch.long, device=self.cdev)
+        self._isend(t, dst, Tag.TOKENS, self.control)
 
     def recv_tokens(self, n: int, src: int) -> list[int]:
-        t = torch.empty(n, dtype=torch.long, device=self.device)
-        dist.recv(t, src, tag=int(Tag.TOKENS))
+        t = torch.empty(n, dtype=torch.long, device=self.cdev)
+        dist.recv(t, src, group=self.control, tag=int(Tag.TOKENS))
         return [int(x) for x in t.tolist()]
