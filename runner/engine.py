@@ -94,6 +94,7 @@ class Engine:
         metrics: ServingMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         keep_finished: bool = False,
+        heartbeat_s: float = 5.0,
     ) -> None:
         self.config = config
         self.chains = chains
@@ -102,13 +103,15 @@ class Engine:
         self.clock = clock
         self.admission = Admission.of(config, slots)
         self.micro_batches = config.micro_batches
+        self.heartbeat_s = heartbeat_s
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: dict[int, _Request] = {}  # admitted, not yet reported finished
         self._occupied = 0  # WorkloadAware: requests the decoders hold or will hold
         self._encoded: deque[tuple[list[_Request], list[int]]] = deque()
-        self._release: list[int] = []
+        self._release: dict[str, list[int]] = {name: [] for name in chains}
+        self._last_command: dict[str, float] = {name: time.monotonic() for name in chains}
         self._accepting = False
         self._stopping = False
         self._failed: str | None = None
@@ -289,7 +292,7 @@ class Engine:
 
     def _prefill(self, chain: ChainClient, batch: list[_Request], micro: int) -> list[int]:
         """Encode ``batch`` in ``micro`` micro-batches; the first token of each."""
-        release, self._release = self._release, []
+        release = self._releases(chain)
         items: list[tuple[Command, Sequence[Sequence[int]] | Sequence[int] | None]] = []
         at = 0
         for size in split(len(batch), micro):
@@ -309,8 +312,24 @@ class Engine:
         self.metrics.batch("encode", len(batch))
         return tokens
 
+    def _releases(self, chain: ChainClient) -> list[int]:
+        """The sequences ``chain`` may free (sent with its next command)."""
+        name = chain.chain.name
+        release = self._release[name]
+        self._release[name] = []
+        self._last_command[name] = time.monotonic()
+        return release
+
+    def _heartbeat(self, chain: ChainClient) -> None:
+        """An idle chain still hears from the driver every ``heartbeat_s`` seconds (and
+        frees what it may): its ranks' receives never wait for long, so a rank that
+        stops answering is noticed within the process group's timeout."""
+        if time.monotonic() - self._last_command[chain.chain.name] < self.heartbeat_s:
+            return
+        chain.run([(Command(Op.RELEASE, release=self._releases(chain)), None)])
+
     def _decode(self, chain: ChainClient, batch: list[_Request]) -> list[int]:
-        release, self._release = self._release, []
+        release = self._releases(chain)
         items: list[tuple[Command, Sequence[Sequence[int]] | Sequence[int] | None]] = []
         at = 0
         for size in split(len(batch), self.micro_batches):
@@ -337,12 +356,16 @@ class Engine:
         running: list[_Request] = []
         while True:
             with self._cond:
-                while not (self._waiting or running or self._stopping):
-                    self._cond.wait()
+                if not (self._waiting or running or self._stopping):
+                    self._cond.wait(self.heartbeat_s)
+                idle = not (self._waiting or running or self._stopping)
                 if self._stopping and not running:
                     return
                 k = self.admission.admit(len(self._waiting), len(running))
                 batch = self._take(k) if k else []
+            if idle:
+                self._heartbeat(chain)
+                continue
             if batch:
                 tokens = self._prefill(chain, batch, self.micro_batches)
                 self.admission.encoded()
@@ -370,7 +393,7 @@ class Engine:
             if static:
                 if all(r.finish is not None for r in running):
                     for r in running:
-                        self._release.append(r.id)
+                        self._release["main"].append(r.id)
                         self._report(r, r.finish or "length")
                     return []
                 for r in running:
@@ -380,7 +403,7 @@ class Engine:
             keep = []
             for r in running:
                 if r.finish is not None:
-                    self._release.append(r.id)
+                    self._release["main"].append(r.id)
                     self._report(r, r.finish)
                 else:
                     keep.append(r)
@@ -391,16 +414,17 @@ class Engine:
         chain = self.chains["encoder"]
         while True:
             with self._cond:
-                k = 0
-                while not self._stopping:
+                k = self.admission.admit(len(self._waiting), self._occupied)
+                if not k and not self._stopping:
+                    self._cond.wait(self.heartbeat_s)
                     k = self.admission.admit(len(self._waiting), self._occupied)
-                    if k:
-                        break
-                    self._cond.wait()
                 if self._stopping:
                     return
-                batch = self._take(k)
+                batch = self._take(k) if k else []
                 self._occupied += len(batch)
+            if not batch:
+                self._heartbeat(chain)
+                continue
             # one command: the decoders admit what one encoding shipped
             tokens = self._prefill(chain, batch, 1)
             now = self.clock()
@@ -415,14 +439,18 @@ class Engine:
         running: list[_Request] = []
         while True:
             with self._cond:
-                while not (self._encoded or running or self._stopping):
-                    self._cond.wait()
+                if not (self._encoded or running or self._stopping):
+                    self._cond.wait(self.heartbeat_s)
+                idle = not (self._encoded or running or self._stopping)
                 if self._stopping and not running and not self._encoded:
                     return
                 arrived = list(self._encoded)
                 self._encoded.clear()
+            if idle:
+                self._heartbeat(chain)
+                continue
             for batch, lengths in arrived:
-                release, self._release = self._release, []
+                release = self._releases(chain)
                 cmd = Command(
                     Op.ADMIT, [r.id for r in batch], lengths, [r.row() for r in batch], release
                 )
@@ -442,7 +470,7 @@ class Engine:
             keep = []
             for r in running:
                 if r.finish is not None:
-                    self._release.append(r.id)
+                    self._release["decoder"].append(r.id)
                     self._occupied -= 1
                     self._report(r, r.finish)
                 else:

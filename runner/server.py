@@ -430,11 +430,13 @@ class _Api:
         model_name: str,
         tokenizer: Tokenizer | None,
         ready: Callable[[], bool] | None,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.ready = ready
+        self.healthy = healthy
         self.created = int(time.time())
         self.in_flight: set[asyncio.Task[Any]] = set()
 
@@ -456,7 +458,10 @@ class _Api:
         }
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """The process is alive."""
+        """The process is alive, and (when ``healthy`` is given) able to go on: a
+        worker whose replica lost a peer answers 500, so that it is restarted."""
+        if self.healthy is not None and not self.healthy():
+            return web.Response(text="unhealthy", status=500)
         return web.Response(text="ok")
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -620,10 +625,12 @@ def build_app(
     model_name: str,
     tokenizer: Tokenizer | None,
     ready: Callable[[], bool] | None = None,
+    healthy: Callable[[], bool] | None = None,
 ) -> web.Application:
     """The HTTP application over ``engine``. ``/readyz`` answers 200 only while
-    ``engine.ready`` and ``ready()`` (when given) are both true."""
-    api = _Api(engine, model_name, tokenizer, ready)
+    ``engine.ready`` and ``ready()`` (when given) are both true; ``/healthz`` 500 when
+    ``healthy()`` (when given) is false."""
+    api = _Api(engine, model_name, tokenizer, ready, healthy)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[_API] = api
     app.router.add_post("/v1/completions", api.completions)
@@ -656,6 +663,7 @@ class Server:
         grace_seconds: float = 60.0,
         shutdown_timeout: float = 5.0,
         ready: Callable[[], bool] | None = None,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.host = host
@@ -668,7 +676,11 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Task[bool] | None = None
         self.app = build_app(
-            engine, model_name=model_name, tokenizer=tokenizer, ready=self._accepting
+            engine,
+            model_name=model_name,
+            tokenizer=tokenizer,
+            ready=self._accepting,
+            healthy=healthy,
         )
 
     def _accepting(self) -> bool:
@@ -779,6 +791,7 @@ async def run_server(
     tokenizer: Tokenizer | None,
     grace_seconds: float = 60.0,
     ready: Callable[[], bool] | None = None,
+    healthy: Callable[[], bool] | None = None,
 ) -> bool:
     """Serve until SIGTERM or SIGINT, then drain (:meth:`Server.stop`); a second signal
     stops without waiting further. Returns whether every request finished in time."""
@@ -790,6 +803,7 @@ async def run_server(
         port=port,
         grace_seconds=grace_seconds,
         ready=ready,
+        healthy=healthy,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
