@@ -329,9 +329,85 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 # -- commands of other builds ----------------------------------------------------------------
 
-_UNAVAILABLE = {
-    "serve": "run a worker (the workers' entrypoint)",
-}
+_UNAVAILABLE: dict[str, str] = {}
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _local_plan_document(file: str) -> dict[str, object]:
+    """The worker plan of ``file``: a WorkerPlan JSON document as is, or an
+    ExeGPTDeployment planned here (analytic profile) into the document the operator
+    would write."""
+    from exegpt.operator.plandoc import plan_document
+    from exegpt.planner.analytic import analytic_profile
+    from exegpt.planner.scheduler import schedule
+
+    documents = load_documents(file)
+    if len(documents) != 1:
+        raise CliError(f"{file}: give one document (a WorkerPlan or an ExeGPTDeployment)")
+    label, raw = documents[0]
+    if isinstance(raw, dict) and raw.get("kind") == "WorkerPlan":
+        return raw
+    try:
+        manifest = parse_manifest(raw)
+    except ValidationError as exc:
+        raise CliError(*[f"{label}: {line}" for line in format_errors(exc)]) from None
+    try:
+        request = plan_request(manifest.spec)
+    except SpecError as exc:
+        raise CliError(f"{label}: {exc.path}: {exc.message}") from None
+    profile = analytic_profile(request.architecture, request.gpu, dtype=request.dtype)
+    result = schedule(request, profile)
+    if not isinstance(result, Plan):
+        raise CliError(f"{label}: no plan meets the bound: {result.reason}")
+    name = str(manifest.metadata.get("name") or "local")
+    doc = plan_document(name, manifest.spec, result)
+    return dict(json.loads(json.dumps(doc)))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    try:
+        from exegpt.runner.errors import RunnerError
+        from exegpt.runner.serve import serve_local, serve_pod
+        from exegpt.runner.topology import UnsupportedPlan
+        from exegpt.runner.workerplan import WorkerPlan
+    except ModuleNotFoundError as exc:
+        raise CliError(
+            f"exegpt serve needs PyTorch (module {exc.name!r} is missing): "
+            "pip install 'exegpt[runner]'"
+        ) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.local:
+            plan = WorkerPlan.parse(_local_plan_document(args.local), args.local)
+            if plan.config.replicas > 1:
+                print(
+                    f"note: the plan has {plan.config.replicas} replicas; --local runs one",
+                    file=sys.stderr,
+                )
+            return serve_local(
+                plan, host=args.host or "127.0.0.1", port=args.port or 8000,
+                threads=args.threads, grace_seconds=args.grace_seconds,
+                max_slots=args.max_slots,
+            )  # fmt: skip
+        if not (args.plan and args.role):
+            raise CliError("give --plan FILE and --role ROLE (in a pod), or --local FILE")
+        pod = os.environ.get("POD_NAME")
+        if not pod:
+            raise CliError("POD_NAME is not set: --plan runs in a worker pod; use --local here")
+        return serve_pod(
+            args.plan, args.role, args.port or 8000, pod_name=pod,
+            namespace=os.environ.get("POD_NAMESPACE"), host=args.host or "0.0.0.0",
+            grace_seconds=args.grace_seconds, timeout_s=args.peer_timeout,
+        )  # fmt: skip
+    except (RunnerError, UnsupportedPlan) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _unavailable(command: str) -> Callable[[argparse.Namespace], int]:
@@ -488,6 +564,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="health endpoint (default http://0.0.0.0:8080/healthz)",
     )  # fmt: skip
     op.set_defaults(func=_cmd_operator)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run an XRunner worker (the workers' entrypoint), or a whole plan locally",
+        description="In a worker pod: run this pod's processes of the plan (--plan, --role; "
+        "POD_NAME gives the ordinal). With --local FILE: run one replica of a plan on this "
+        "machine (a WorkerPlan JSON, or an ExeGPTDeployment planned here), with the "
+        "OpenAI-compatible API on --host:--port. See docs/serving.md.",
+    )
+    serve.add_argument("--plan", metavar="FILE", help="the plan document (plan.json)")
+    serve.add_argument(
+        "--role", choices=["worker", "encoder", "decoder"], help="this pod's role in the plan"
+    )
+    serve.add_argument("--local", metavar="FILE", help="run one replica of FILE on this machine")
+    serve.add_argument("--host", default=None, help="listen address (local: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--threads", type=int, default=1, help="torch threads per local process (default 1)"
+    )
+    serve.add_argument(
+        "--max-slots", type=int, default=64,
+        help="local: at most this many sequences per KV cache (default 64)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--grace-seconds", type=_positive_float, default=60.0,
+        help="how long a shutdown waits for requests in flight (default 60)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--peer-timeout", type=_positive_float, default=300.0,
+        help="seconds a process waits for its peers before giving up (default 300)",
+    )  # fmt: skip
+    serve.set_defaults(func=_cmd_serve)
 
     for command, summary in _UNAVAILABLE.items():
         p = sub.add_parser(command, help=summary, description=summary)

@@ -124,6 +124,11 @@ class Engine:
         return self._accepting and self._failed is None
 
     @property
+    def healthy(self) -> bool:
+        """No step has failed (a failed engine cannot go on: its replica restarts)."""
+        return self._failed is None
+
+    @property
     def limits(self) -> Limits:
         return self._limits
 

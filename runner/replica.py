@@ -41,6 +41,7 @@ class ReplicaSpec:
     dtype: str = "float32"
     weights: str | None = None  # a Hugging Face directory; None: random weights
     seed: int = 0
+    max_slots: int | None = None  # a cap on every cache's sequences (local runs)
 
     @property
     def max_total_tokens(self) -> int:
@@ -57,12 +58,14 @@ class ReplicaSpec:
         return Limits(self.max_input_tokens, self.max_total_tokens, self.model.vocab_size)
 
     def slots(self, chain: str) -> int:
-        """KV slots of ``chain``'s caches."""
+        """KV slots of ``chain``'s caches (at most ``max_slots``)."""
         if chain == ENCODER:
-            return self.config.encode_batch
-        if chain == DECODER:
-            return self.config.decode_batch
-        return slots_for(self.config, self.steady_decode_batch)
+            n = self.config.encode_batch
+        elif chain == DECODER:
+            n = self.config.decode_batch
+        else:
+            n = slots_for(self.config, self.steady_decode_batch)
+        return min(n, self.max_slots) if self.max_slots else n
 
 
 def device_for(rank_on_node: int) -> torch.device:
@@ -121,12 +124,11 @@ def run_rank(
     chains[first.name] = ChainClient(first, device, member, groups.control)
     if len(topo.chains) == 2:
         chains[DECODER] = ChainClient(topo.chain(DECODER), device, None, groups.control)
-    main_slots = spec.slots(MAIN)
     engine = Engine(
         spec.config,
         chains,
         limits=spec.limits(),
-        slots=spec.config.decode_batch if len(topo.chains) == 2 else main_slots,
+        slots=spec.slots(DECODER if len(topo.chains) == 2 else MAIN),
         metrics=metrics,
         keep_finished=keep_finished,
     )

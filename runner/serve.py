@@ -1,0 +1,297 @@
+"""``exegpt serve``: run the processes of one pod of a plan (in a cluster), or every
+process of one replica on this machine (``--local``).
+
+A pod runs one process per GPU: this process is the first (TP rank 0 of its stage) and
+serves HTTP; it starts the others. All of them join the replica's
+``torch.distributed`` world at its driver's pod. The driver's HTTP server takes the
+requests (:mod:`exegpt.runner.server`); other pods answer their probes and pass the API
+on to the driver (:mod:`exegpt.runner.proxy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .engine import Engine
+from .errors import RunnerError
+from .metrics import ServingMetrics
+from .replica import ReplicaSpec, device_for, run_rank
+from .serving import GenerationRequest, Limits, NotAccepting, Sink
+from .tokenizer import load_tokenizer
+from .workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, placement, pod_ordinal
+
+log = logging.getLogger(__name__)
+
+
+class LateEngine:
+    """The engine as the server sees it while the replica is still starting: not
+    ready, refusing requests, until :meth:`attach`."""
+
+    def __init__(self, limits: Limits, metrics: ServingMetrics) -> None:
+        self._limits = limits
+        self.metrics = metrics
+        self.engine: Engine | None = None
+        self.error: str | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.ready
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> int:
+        if self.engine is None:
+            raise NotAccepting(self.error or "the replica is starting (loading the model)")
+        return self.engine.submit(request, sink)
+
+    def cancel(self, request_id: int) -> None:
+        if self.engine is not None:
+            self.engine.cancel(request_id)
+
+    def begin_drain(self) -> None:
+        if self.engine is not None:
+            self.engine.begin_drain()
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self.engine.wait_idle(timeout) if self.engine is not None else True
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _join_world(init_method: str, rank: int, world: int, timeout_s: float) -> None:
+    if world > 1:
+        dist.init_process_group(
+            _backend(),
+            init_method=init_method,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+
+
+def _rank_process(
+    spec: ReplicaSpec, rank: int, world: int, init_method: str, gpu: int, threads: int,
+    timeout_s: float,
+) -> None:  # fmt: skip
+    """A process of the pod beyond its first: one more TP rank of the stage."""
+    logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(levelname)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(gpu)
+    try:
+        _join_world(init_method, rank, world, timeout_s)
+        run_rank(spec, rank, device_for(gpu))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class Processes:
+    """This pod's processes: the others (TP ranks 1..) and this one's rank, run on a
+    thread (the driver's engine, or a stage's loop) so the HTTP server can answer
+    probes while the world forms and the model loads."""
+
+    spec: ReplicaSpec
+    ranks: tuple[int, ...]
+    world: int
+    init_method: str
+    threads: int = 0
+    timeout_s: float = 300.0
+    metrics: ServingMetrics | None = None
+    on_engine: Callable[[Engine], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.children: list[Any] = []
+        self.thread: threading.Thread | None = None
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self.joined = threading.Event()
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        for gpu, rank in enumerate(self.ranks[1:], start=1):
+            p = ctx.Process(
+                target=_rank_process,
+                args=(self.spec, rank, self.world, self.init_method, gpu, self.threads,
+                      self.timeout_s),
+                daemon=True,
+            )  # fmt: skip
+            p.start()
+            self.children.append(p)
+        self.thread = threading.Thread(target=self._run, name="exegpt-rank", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        rank = self.ranks[0]
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            _join_world(self.init_method, rank, self.world, self.timeout_s)
+            self.joined.set()
+            engine = run_rank(self.spec, rank, device_for(0), metrics=self.metrics)
+            if engine is not None:
+                self.engine = engine
+                if self.on_engine is not None:
+                    self.on_engine(engine)
+        except Exception as exc:
+            log.exception("rank %d failed", rank)
+            self.error = f"rank {rank} failed: {exc}"
+        finally:
+            if self.engine is None:
+                self.done.set()
+
+    @property
+    def driver(self) -> bool:
+        return 0 in self.ranks
+
+    def healthy(self) -> bool:
+        if self.error is not None:
+            return False
+        if any(p.exitcode not in (None, 0) for p in self.children):
+            return False
+        engine = self.engine
+        return engine is None or engine.healthy
+
+    def ready(self) -> bool:
+        if not self.healthy():
+            return False
+        if self.driver:
+            return self.engine is not None and self.engine.ready
+        return self.joined.is_set() and not self.done.is_set()
+
+    def stop(self, timeout: float) -> None:
+        """The driver stops its engine (and with it every rank of the replica); another
+        pod waits for that, up to ``timeout`` seconds."""
+        if self.engine is not None:
+            self.engine.stop(timeout)
+        else:
+            self.done.wait(timeout)
+        for p in self.children:
+            p.join(timeout=max(1.0, timeout / 4))
+            if p.is_alive():
+                p.kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def serve_pod(
+    plan_file: str, role: str, port: int, *, pod_name: str, namespace: str | None,
+    host: str = "0.0.0.0", grace_seconds: float = 60.0, timeout_s: float = 300.0,
+) -> int:  # fmt: skip
+    """One pod of a plan, until SIGTERM (the operator's worker containers)."""
+    from .proxy import build_proxy_app
+    from .server import run_server
+
+    plan = WorkerPlan.load(plan_file)
+    place = placement(plan, role, pod_ordinal(pod_name), namespace)
+    spec = plan.replica_spec()
+    init = f"tcp://{place.driver_host}:{port + RENDEZVOUS_PORT_OFFSET}"
+    log.info(
+        "%s: replica %d, stage %d, ranks %s of %d; driver at %s",
+        pod_name, place.replica, place.stage, list(place.ranks), place.world, place.driver_host,
+    )  # fmt: skip
+    metrics = ServingMetrics()
+    late = LateEngine(spec.limits(), metrics)
+    procs = Processes(
+        spec, place.ranks, place.world, init, timeout_s=timeout_s, metrics=metrics,
+        on_engine=late.attach,
+    )  # fmt: skip
+    procs.start()
+    if place.driver_pod:
+        directory = spec.weights
+        asyncio.run(
+            run_server(
+                late, host=host, port=port, model_name=plan.model.name,
+                tokenizer=load_tokenizer(directory), grace_seconds=grace_seconds,
+                ready=procs.ready, healthy=procs.healthy,
+            )
+        )  # fmt: skip
+    else:
+        target = f"http://{place.driver_host}:{port}"
+        app = build_proxy_app(target, ready=procs.ready, healthy=procs.healthy)
+        asyncio.run(_serve_app(app, host, port))
+    procs.stop(grace_seconds)
+    return 0
+
+
+async def _serve_app(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT."""
+    import signal
+
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def local_spec(plan: WorkerPlan, max_slots: int | None = None) -> ReplicaSpec:
+    """The replica of ``plan`` as this machine runs it: float32 on the CPU, and at most
+    ``max_slots`` sequences per cache (a plan for GPUs may batch more than a laptop
+    holds)."""
+    spec = replace(plan.replica_spec(), max_slots=max_slots)
+    if not torch.cuda.is_available():
+        spec = replace(spec, dtype="float32")
+    return spec
+
+
+def serve_local(
+    plan: WorkerPlan, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+    grace_seconds: float = 10.0, max_slots: int | None = 64,
+) -> int:  # fmt: skip
+    """One replica of ``plan``, every process on this machine (gloo on the CPU), its
+    API on ``host``:``port``, until SIGTERM or Ctrl-C."""
+    from .server import run_server
+
+    spec = local_spec(plan, max_slots)
+    world = spec.topology().world
+    if torch.cuda.is_available() and torch.cuda.device_count() < world:
+        raise RunnerError(f"the replica needs {world} GPUs, this machine has fewer")
+    with tempfile.TemporaryDirectory(prefix="exegpt-local-") as tmp:
+        init = "file://" + os.path.join(tmp, "rendezvous")
+        metrics = ServingMetrics()
+        late = LateEngine(spec.limits(), metrics)
+        procs = Processes(
+            spec, tuple(range(world)), world, init, threads=threads, metrics=metrics,
+            on_engine=late.attach,
+        )  # fmt: skip
+        procs.start()
+        asyncio.run(
+            run_server(
+                late, host=host, port=port, model_name=plan.model.name,
+                tokenizer=load_tokenizer(spec.weights), grace_seconds=grace_seconds,
+                ready=procs.ready, healthy=procs.healthy,
+            )
+        )  # fmt: skip
+        procs.stop(grace_seconds)
+    return 0
