@@ -112,7 +112,7 @@ class Engine:
         self._encoded: deque[tuple[list[_Request], list[int]]] = deque()
         self._release: dict[str, list[int]] = {name: [] for name in chains}
         self._last_command: dict[str, float] = {name: time.monotonic() for name in chains}
-        self._accepting = False
+        self._accepting = True
         self._stopping = False
         self._failed: str | None = None
         self._threads: list[threading.Thread] = []
@@ -201,7 +201,6 @@ class Engine:
             loops = [self._encode_loop, self._decode_loop]
         else:
             loops = [self._main_loop]
-        self._accepting = True
         for fn in loops:
             t = threading.Thread(target=self._guard(fn), name=f"exegpt-{fn.__name__}", daemon=True)
             t.start()

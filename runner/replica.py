@@ -107,9 +107,11 @@ def run_rank(
     *,
     metrics: ServingMetrics | None = None,
     keep_finished: bool = False,
+    start: bool = True,
 ) -> Engine | None:
-    """Build this rank's part; the driver returns its (started) engine, the other ranks
-    serve until stopped and return None."""
+    """Build this rank's part; the driver returns its engine (started unless ``start``
+    is false: requests submitted before :meth:`Engine.start` wait for it), the other
+    ranks serve until stopped and return None."""
     topo = spec.topology()
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world != topo.world:
@@ -132,5 +134,6 @@ def run_rank(
         metrics=metrics,
         keep_finished=keep_finished,
     )
-    engine.start()
+    if start:
+        engine.start()
     return engine

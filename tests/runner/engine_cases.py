@@ -1,0 +1,112 @@
+"""Driving an engine with concurrent requests, in one process or as rank 0 of a spawned
+world (functions at module level so that spawned processes can run them)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from exegpt.planner.plan import ExecutionConfig
+from exegpt.runner.generate import Sampling
+from exegpt.runner.replica import ReplicaSpec, run_rank
+from exegpt.runner.serving import GenerationRequest, TokenEvent
+
+PROMPTS = [
+    [5, 6, 7, 8, 9, 10, 11],
+    [3],
+    [20, 21, 22, 23],
+    [1, 2],
+    [9] * 10,
+    [4, 4, 4],
+    [30, 31, 32, 33, 34, 35],
+    [7, 8],
+]
+LENGTHS = [6, 3, 8, 2, 5, 7, 1, 4]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    tokens: list[list[int]]
+    reasons: list[str | None]
+    finished_at: list[float]
+
+
+def drive(
+    spec: ReplicaSpec,
+    *,
+    sampled: bool = False,
+    stagger_s: float = 0.002,
+    seed: int = 0,
+) -> Outcome:
+    """Submit every prompt from its own thread (staggered, in a shuffled order) to a
+    one-process replica or, on rank 0, to the driver; wait for all."""
+    engine = run_rank(spec, 0, torch.device("cpu"))
+    assert engine is not None
+    try:
+        return _submit_all(engine, sampled, stagger_s, seed)
+    finally:
+        engine.stop()
+
+
+def _submit_all(engine: Any, sampled: bool, stagger_s: float, seed: int) -> Outcome:
+    n = len(PROMPTS)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    finished_at = [0.0] * n
+    done = threading.Semaphore(0)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    sampling = Sampling(greedy=False, temperature=0.8, top_k=20) if sampled else Sampling()
+
+    def sink_for(i: int) -> Any:
+        def sink(ev: TokenEvent) -> None:
+            if ev.token is not None:
+                tokens[i].append(ev.token)
+            if ev.finished is not None:
+                reasons[i] = ev.finished
+                finished_at[i] = time.monotonic()
+                done.release()
+
+        return sink
+
+    def submit(i: int, delay: float) -> None:
+        time.sleep(delay)
+        req = GenerationRequest(tuple(PROMPTS[i]), LENGTHS[i], sampling, seed=100 + i)
+        engine.submit(req, sink_for(i))
+
+    threads = [
+        threading.Thread(target=submit, args=(i, k * stagger_s)) for k, i in enumerate(order)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in range(n):
+        if not done.acquire(timeout=60):
+            raise TimeoutError("requests did not finish")
+    return Outcome(tokens, reasons, finished_at)
+
+
+def world_worker(rank: int, world: int, specs: list[ReplicaSpec], sampled: bool) -> Any:
+    """Every rank of a spawned world: run each spec's replica in turn; rank 0 drives."""
+    torch.set_num_threads(1)
+    results = []
+    for spec in specs:
+        engine = run_rank(spec, rank, torch.device("cpu"))
+        if engine is None:
+            results.append(None)
+            continue
+        try:
+            results.append(_submit_all(engine, sampled, 0.002, 0))
+        finally:
+            engine.stop()
+    return results
+
+
+def config(strategy: str, **kw: Any) -> ExecutionConfig:
+    return ExecutionConfig(strategy=strategy, **kw)  # type: ignore[arg-type]
