@@ -86,3 +86,9 @@ def split(n: int, parts: int) -> list[int]:
     parts = max(1, min(parts, n))
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def max_encode_batch(config: ExecutionConfig) -> int:
+    """The most requests one encoding takes: ``decode_batch`` for Continuous (it may
+    refill the whole batch at once), else ``encode_batch``."""
+    return config.decode_batch if config.strategy == "Continuous" else config.encode_batch

@@ -100,7 +100,14 @@ class Groups:
 
 @dataclass
 class Member:
-    """This rank's place: its chain, stage, TP rank, stage runner and stage group."""
+    """This rank's place: its chain, stage, TP rank, stage runner and stage group.
+
+    With partial tensor parallelism (``scope`` ``"encode"`` or ``"decode"``: the phase
+    that uses TP) a rank also holds the whole stage (``full``, TP 1) for the other
+    phase, which runs data parallel: each sequence on the TP rank that owns it
+    (``Command.owners``). After an encoding the caches move from the encoding layout
+    to the decoding one within the stage.
+    """
 
     topo: Topology
     chain: ChainSpec
@@ -110,6 +117,8 @@ class Member:
     group: dist.ProcessGroup | None
     routes: list[KVRoute]
     control: dist.ProcessGroup | None = None
+    full: StageRunner | None = None
+    scope: str = "all"
     # KV caches on their way to the decoders (one encoding's worth at a time)
     shipping: Link | None = field(default=None, repr=False)
 
@@ -131,8 +140,29 @@ class Member:
     def head_offset(self) -> int:
         return self.runner.model.kv_heads.start
 
+    def data_parallel(self, op: Op) -> bool:
+        """Whether ``op`` runs data parallel on this stage (partial TP)."""
+        if self.full is None:
+            return False
+        return (op == Op.PREFILL and self.scope == "decode") or (
+            op == Op.DECODE and self.scope == "encode"
+        )
+
+    def runner_for(self, op: Op) -> StageRunner:
+        if self.full is not None and self.data_parallel(op):
+            return self.full
+        return self.runner
+
+    def mine(self, cmd: Command) -> list[int]:
+        """The rows of ``cmd`` this rank runs in a data-parallel phase."""
+        return [i for i in range(cmd.batch) if cmd.owner(i) == self.tp_rank]
+
 
 # -- what every rank does with a command -----------------------------------------------------
+def _needs_input(cmd: Command) -> bool:
+    return cmd.op in (Op.PREFILL, Op.DECODE)
+
+
 def _input_shape(m: Member, cmd: Command) -> tuple[tuple[int, ...], torch.dtype]:
     if m.stage == 0:
         return (sum(cmd.new),), torch.long
@@ -150,15 +180,96 @@ def _split_tokens(flat: torch.Tensor, new: Sequence[int]) -> list[list[int]]:
 
 
 def _execute(m: Member, cmd: Command, x: torch.Tensor | None) -> torch.Tensor | None:
+    """Run this rank's part of ``cmd`` (``cmd`` already narrowed to this rank's rows in
+    a data-parallel phase); ``x`` is every row's token ids on the first stage."""
     m.runner.release(cmd.release)
+    if m.full is not None:
+        m.full.release(cmd.release)
+    if not _needs_input(cmd) or not cmd.batch:
+        return None
+    assert x is not None
+    runner = m.runner_for(cmd.op)
     if cmd.op == Op.PREFILL:
-        assert x is not None
         inp = _split_tokens(x, cmd.new) if m.stage == 0 else x
-        return m.runner.prefill(cmd.seq_ids, inp, cmd.new)
-    if cmd.op == Op.DECODE:
-        assert x is not None
-        return m.runner.decode(cmd.seq_ids, x.tolist() if m.stage == 0 else x)
-    return None
+        return runner.prefill(cmd.seq_ids, inp, cmd.new)
+    return runner.decode(cmd.seq_ids, x.tolist() if m.stage == 0 else x)
+
+
+def _narrow(m: Member, cmd: Command, x: torch.Tensor | None) -> tuple[Command, torch.Tensor | None]:
+    """A data-parallel phase: this rank's rows of ``cmd``, and their token ids on the
+    first stage (later stages receive only their rows' hidden states)."""
+    rows = m.mine(cmd)
+    sub = cmd.subset(rows)
+    if m.stage == 0 and x is not None:
+        tokens = _split_tokens(x, cmd.new)
+        flat = [t for i in rows for t in tokens[i]]
+        x = torch.tensor(flat, dtype=torch.long, device=x.device)
+    return sub, x
+
+
+def _redistribute(m: Member, link: Link, cmd: Command) -> None:
+    """Partial TP, after an encoding: move the new caches within the stage from the
+    encoding layout to the decoding one. ``decode`` scope: each rank encoded its own
+    rows with every head and sends each TP rank that rank's heads. ``encode`` scope:
+    each rank encoded every row with its heads and sends each owner its rows."""
+    assert m.full is not None and m.group is not None
+    tp = m.chain.tp
+    c = m.runner.config
+    layers = range(len(m.runner.model.layers))
+    heads_of = [_heads(m.chain, u, c.num_heads, c.kv_heads) for u in range(tp)]
+    rows_of = [[i for i in range(cmd.batch) if cmd.owner(i) == u] for u in range(tp)]
+    me = m.tp_rank
+    works: list[tuple[dist.Work, torch.Tensor]] = []
+    received: list[tuple[int, torch.Tensor]] = []
+    if m.scope == "decode":
+        mine = [cmd.seq_ids[i] for i in rows_of[me]]
+        for u in range(tp):
+            if u == me or not mine:
+                continue
+            kv, _ = m.full.export_kv(mine, layers, heads_of[u])
+            kv = kv.contiguous()
+            works.append((dist.isend(kv, m.chain.rank(m.stage, u), tag=int(Tag.KV)), kv))
+        for u in range(tp):
+            if u == me or not rows_of[u]:
+                continue
+            lengths = [cmd.new[i] for i in rows_of[u]]
+            shape = (len(layers), 2, len(rows_of[u]), len(heads_of[me]), max(lengths), c.head_dim)
+            kv = torch.empty(shape, dtype=m.runner.model.dtype, device=link.device)
+            dist.recv(kv, m.chain.rank(m.stage, u), tag=int(Tag.KV))
+            received.append((u, kv))
+        if mine:
+            kv, lengths = m.full.export_kv(mine, layers, heads_of[me])
+            local = range(0, len(heads_of[me]))
+            m.runner.import_kv(mine, lengths, kv, layers, local)
+        for u, kv in received:
+            seqs = [cmd.seq_ids[i] for i in rows_of[u]]
+            lengths = [cmd.new[i] for i in rows_of[u]]
+            m.runner.import_kv(seqs, lengths, kv, layers, range(0, len(heads_of[me])))
+        m.full.release(mine)
+    else:  # "encode": every rank holds its heads of every row
+        local_heads = range(0, len(heads_of[me]))
+        for u in range(tp):
+            seqs = [cmd.seq_ids[i] for i in rows_of[u]]
+            if u == me or not seqs:
+                continue
+            kv, _ = m.runner.export_kv(seqs, layers, local_heads)
+            kv = kv.contiguous()
+            works.append((dist.isend(kv, m.chain.rank(m.stage, u), tag=int(Tag.KV)), kv))
+        mine = [cmd.seq_ids[i] for i in rows_of[me]]
+        lengths = [cmd.new[i] for i in rows_of[me]]
+        if mine:
+            kv, _ = m.runner.export_kv(mine, layers, local_heads)
+            m.full.import_kv(mine, lengths, kv, layers, heads_of[me])
+            for u in range(tp):
+                if u == me:
+                    continue
+                shape = (len(layers), 2, len(mine), len(heads_of[u]), max(lengths), c.head_dim)
+                kv = torch.empty(shape, dtype=m.runner.model.dtype, device=link.device)
+                dist.recv(kv, m.chain.rank(m.stage, u), tag=int(Tag.KV))
+                m.full.import_kv(mine, lengths, kv, layers, heads_of[u])
+        m.runner.release(cmd.seq_ids)
+    for work, _ in works:
+        work.wait()
 
 
 def _ship_kv(m: Member, cmd: Command) -> None:
@@ -198,14 +309,22 @@ def _admit_kv(m: Member, link: Link, cmd: Command) -> None:
 def _share(
     m: Member, link: Link, cmd: Command | None, x: torch.Tensor | None
 ) -> tuple[Command, torch.Tensor | None]:
-    """The stage leader's command and input, on every TP rank of the stage."""
+    """The stage leader's command, on every TP rank of the stage, with the step's
+    input: broadcast from the leader, or (a data-parallel phase after the first stage)
+    each rank's own rows from the same TP rank of the previous stage."""
     if m.group is None:
         assert cmd is not None
         return cmd, x
     src = m.chain.leader(m.stage)
     cmd = link.broadcast_command(cmd, src, m.group)
-    if cmd.op not in (Op.PREFILL, Op.DECODE):
+    if not _needs_input(cmd):
         return cmd, x
+    if m.stage > 0 and m.data_parallel(cmd.op):
+        sub = cmd.subset(m.mine(cmd))
+        if not sub.batch:
+            return cmd, None
+        shape, dtype = _input_shape(m, sub)
+        return cmd, link.recv_input(shape, dtype, m.chain.rank(m.stage - 1, m.tp_rank))
     shape, dtype = _input_shape(m, cmd)
     if x is None:
         x = torch.empty(shape, dtype=dtype, device=link.device)
@@ -213,8 +332,39 @@ def _share(
     return cmd, x
 
 
-def _forward(m: Member, link: Link, cmd: Command, out: torch.Tensor | None) -> list[int] | None:
-    """The leader passes the command on, or (last stage) samples the tokens."""
+def _gather_tokens(m: Member, link: Link, cmd: Command, mine: list[int] | None) -> list[int] | None:
+    """A data-parallel last stage: the leader collects every rank's tokens in row
+    order; the others send theirs."""
+    if not m.leader:
+        if mine:
+            link.send_tokens(mine, m.chain.leader(m.stage))
+        return None
+    out = [0] * cmd.batch
+    for u in range(m.chain.tp):
+        rows = [i for i in range(cmd.batch) if cmd.owner(i) == u]
+        if not rows:
+            continue
+        got = mine if u == 0 else link.recv_tokens(len(rows), m.chain.rank(m.stage, u))
+        assert got is not None
+        for i, t in zip(rows, got, strict=True):
+            out[i] = t
+    return out
+
+
+def _forward(
+    m: Member, link: Link, cmd: Command, out: torch.Tensor | None, sub: Command | None = None
+) -> list[int] | None:
+    """Pass the command on (the leader) with the step's output, or (last stage) sample
+    the tokens. ``sub``: this rank's rows in a data-parallel phase."""
+    if sub is not None:
+        if not m.last_stage:
+            if m.leader:
+                link.send_command(cmd, m.chain.leader(m.stage + 1))
+            if out is not None:
+                link.send_input(out, m.chain.rank(m.stage + 1, m.tp_rank))
+            return None
+        mine = sample_rows(out, sub.rows) if out is not None else None
+        return _gather_tokens(m, link, cmd, mine)
     if not m.leader:
         return None
     if not m.last_stage:
@@ -222,17 +372,26 @@ def _forward(m: Member, link: Link, cmd: Command, out: torch.Tensor | None) -> l
         if out is not None:
             link.send_input(out, m.chain.leader(m.stage + 1))
         return None
-    if cmd.op in (Op.PREFILL, Op.DECODE) and out is not None:
+    if _needs_input(cmd) and out is not None:
         return sample_rows(out, cmd.rows)
     return None
 
 
 def step(m: Member, link: Link, cmd: Command, x: torch.Tensor | None) -> list[int] | None:
-    """Run one command on this rank (after the stage has shared it)."""
+    """Run one command on this rank (after :func:`_share`); the tokens, on the last
+    stage's leader."""
     if cmd.op == Op.ADMIT:
         _admit_kv(m, link, cmd)
         return _forward(m, link, cmd, None)
+    if _needs_input(cmd) and m.data_parallel(cmd.op):
+        sub, x = _narrow(m, cmd, x)
+        out = _execute(m, sub, x)
+        if cmd.op == Op.PREFILL:
+            _redistribute(m, link, cmd)
+        return _forward(m, link, cmd, out, sub)
     out = _execute(m, cmd, x)
+    if cmd.op == Op.PREFILL and m.full is not None:
+        _redistribute(m, link, cmd)
     if m.chain.name == ENCODER and cmd.op == Op.PREFILL:
         _ship_kv(m, cmd)
     return _forward(m, link, cmd, out)
@@ -247,7 +406,8 @@ def serve_stage(m: Member, device: torch.device) -> None:
         x: torch.Tensor | None = None
         if m.leader:
             cmd = link.recv_command(upstream)
-            if cmd.op in (Op.PREFILL, Op.DECODE):
+            own_rows = m.stage > 0 and m.data_parallel(cmd.op)
+            if _needs_input(cmd) and not own_rows:  # own rows: received in _share
                 shape, dtype = _input_shape(m, cmd)
                 x = link.recv_input(shape, dtype, upstream)
         cmd, x = _share(m, link, cmd, x)

@@ -64,6 +64,7 @@ class _Request:
     cancelled: bool = False
     steps: int = 0  # tokens computed, Static's padding included
     parked: bool = False  # Static: finished, and its cache slot is full
+    owner: int = 0  # partial TP, decode data parallel: the TP rank that decodes it
 
     def row(self) -> RowSampling:
         return RowSampling.of(self.request.sampling, self.request.seed, len(self.tokens))
@@ -104,6 +105,14 @@ class Engine:
         self.admission = Admission.of(config, slots)
         self.micro_batches = config.micro_batches
         self.heartbeat_s = heartbeat_s
+        # partial tensor parallelism: the phase that runs data parallel over the TP ranks
+        partial = config.tp_scope != "all" and config.tensor_parallel > 1
+        self._dp_phase = (
+            ("encode" if config.tp_scope == "decode" else "decode")
+            if partial and config.strategy != "WorkloadAware"
+            else None
+        )
+        self._dp_load = [0] * config.tensor_parallel
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
@@ -308,6 +317,7 @@ class Engine:
                 [len(r.request.prompt) for r in part],
                 [r.row() for r in part],
                 release if not items else [],
+                self._prefill_owners(part),
             )
             items.append((cmd, [list(r.request.prompt) for r in part]))
         start = time.perf_counter()
@@ -315,6 +325,26 @@ class Engine:
         self.metrics.step("encode", time.perf_counter() - start)
         self.metrics.batch("encode", len(batch))
         return tokens
+
+    def _prefill_owners(self, part: list[_Request]) -> list[int]:
+        """Partial TP: which TP rank runs each request's data-parallel phase. Encoding:
+        near-equal slices of the micro-batch. Decoding: the least loaded rank, for the
+        request's whole life."""
+        if self._dp_phase == "encode":
+            sizes = split(len(part), len(self._dp_load))
+            return [u for u, n in enumerate(sizes) for _ in range(n)]
+        if self._dp_phase == "decode":
+            for r in part:
+                r.owner = min(range(len(self._dp_load)), key=self._dp_load.__getitem__)
+                self._dp_load[r.owner] += 1
+            return [r.owner for r in part]
+        return []
+
+    def _free(self, r: _Request) -> None:
+        """``r`` leaves the main chain's caches (with its next command)."""
+        self._release["main"].append(r.id)
+        if self._dp_phase == "decode":
+            self._dp_load[r.owner] -= 1
 
     def _releases(self, chain: ChainClient) -> list[int]:
         """The sequences ``chain`` may free (sent with its next command)."""
@@ -345,6 +375,7 @@ class Engine:
                 [1] * len(part),
                 [r.row() for r in part],
                 release if not items else [],
+                [r.owner for r in part] if self._dp_phase == "decode" else [],
             )
             items.append((cmd, [r.tokens[-1] if r.tokens else 0 for r in part]))
         start = time.perf_counter()
@@ -397,7 +428,7 @@ class Engine:
             if static:
                 if all(r.finish is not None for r in running):
                     for r in running:
-                        self._release["main"].append(r.id)
+                        self._free(r)
                         self._report(r, r.finish or "length")
                     return []
                 for r in running:
@@ -407,7 +438,7 @@ class Engine:
             keep = []
             for r in running:
                 if r.finish is not None:
-                    self._release["main"].append(r.id)
+                    self._free(r)
                     self._report(r, r.finish)
                 else:
                     keep.append(r)

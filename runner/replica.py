@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 from exegpt.planner.plan import ExecutionConfig
 
-from .batching import slots_for
-from .chain import DRIVER, ChainClient, Groups, Member, kv_routes, serve_stage
+from .batching import max_encode_batch, slots_for
+from .chain import DRIVER, ChainClient, Groups, KVRoute, Member, kv_routes, serve_stage
 from .config import ModelConfig
 from .engine import Engine
 from .metrics import ServingMetrics
@@ -85,19 +85,36 @@ def build_member(
     layers = StageSpec.split(
         spec.model.num_layers, chain.stages, stage, max(spec.model.num_encoder_layers, 0)
     )
-    model = Transformer(
-        spec.model, tp=tp, stage=layers, dtype=DTYPES[spec.dtype], device=device
-    ).eval()
-    if spec.weights:
-        load_directory(model, spec.weights)
+
+    def load(tp: TensorParallel) -> Transformer:
+        model = Transformer(
+            spec.model, tp=tp, stage=layers, dtype=DTYPES[spec.dtype], device=device
+        ).eval()
+        if spec.weights:
+            return load_directory(model, spec.weights)
+        return random_weights(model, spec.seed)
+
+    slots = spec.slots(chain.name)
+    encode_slots = min(max_encode_batch(spec.config), slots)
+    scope = spec.config.tp_scope if chain.name == MAIN and chain.tp > 1 else "all"
+    full: StageRunner | None = None
+    if scope == "decode":  # encode data parallel: whole-stage copies, caches for one encoding
+        tp_slots = slots
+        full = StageRunner(
+            load(TensorParallel()), slots=encode_slots, max_len=spec.max_total_tokens
+        )
+    elif scope == "encode":  # decode data parallel: each rank decodes the rows it owns
+        tp_slots = encode_slots
+        owned = -(-slots // chain.tp)
+        full = StageRunner(load(TensorParallel()), slots=owned, max_len=spec.max_total_tokens)
     else:
-        random_weights(model, spec.seed)
-    runner = StageRunner(model, slots=spec.slots(chain.name), max_len=spec.max_total_tokens)
-    routes: list = []
+        tp_slots = slots
+    runner = StageRunner(load(tp), slots=tp_slots, max_len=spec.max_total_tokens)
+    routes: list[KVRoute] = []
     if len(topo.chains) == 2:
         c = spec.model
         routes = kv_routes(topo, c.num_layers, c.num_heads, c.kv_heads)
-    return Member(topo, chain, stage, tp_rank, runner, group, routes, groups.control)
+    return Member(topo, chain, stage, tp_rank, runner, group, routes, groups.control, full, scope)
 
 
 def run_rank(

@@ -96,10 +96,10 @@ def topology(config: ExecutionConfig, *, num_layers: int, encoder_decoder: bool)
         dec = ChainSpec(DECODER, config.pipeline_stages, config.tensor_parallel, enc.size)
         chains: tuple[ChainSpec, ...] = (enc, dec)
     else:
-        if config.tp_scope != "all" and config.tensor_parallel > 1:
+        if config.tp_scope != "all" and config.tensor_parallel > 1 and encoder_decoder:
             raise UnsupportedPlan(
-                f"partial tensor parallelism (tp_scope {config.tp_scope!r}) is not run by "
-                "the workers yet"
+                f"partial tensor parallelism (tp_scope {config.tp_scope!r}) of "
+                "encoder-decoder models is not run by the workers yet"
             )
         chains = (ChainSpec(MAIN, config.pipeline_stages, config.tensor_parallel, 0),)
     for c in chains:

@@ -2,7 +2,9 @@
 
 A command is one int64 tensor: ``[op, n, r]``, then ``n`` sequence ids, ``n`` new-token
 counts, ``n`` temperatures (in millionths), ``n`` top-k values, ``n`` seeds, ``n`` token
-indices, then ``r`` sequence ids to release before the step. It is sent as its length
+indices, ``n`` owners (with partial tensor parallelism, the TP rank that runs each
+sequence in the data-parallel phase), then ``r`` sequence ids to release before the
+step. It is sent as its length
 (one int64) and then itself; the step's input (token ids or hidden states, whose shape
 the command implies) follows with its own tag.
 """
@@ -41,6 +43,7 @@ class Command:
     new: list[int] = field(default_factory=list)
     rows: list[RowSampling] = field(default_factory=list)
     release: list[int] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)  # empty: every owner is 0
 
     @property
     def batch(self) -> int:
@@ -57,6 +60,7 @@ class Command:
         values += [r.top_k for r in self.rows]
         values += [r.seed for r in self.rows]
         values += [r.index for r in self.rows]
+        values += self.owners or [0] * n
         values += self.release
         return torch.tensor(values, dtype=torch.long)
 
@@ -64,11 +68,25 @@ class Command:
     def decode(cls, t: torch.Tensor) -> Command:
         v = t.tolist()
         op, n, r = Op(v[0]), v[1], v[2]
-        cols = [v[3 + i * n : 3 + (i + 1) * n] for i in range(6)]
-        seq, new, temp, top_k, seed, index = cols
+        cols = [v[3 + i * n : 3 + (i + 1) * n] for i in range(7)]
+        seq, new, temp, top_k, seed, index, owners = cols
         rows = [RowSampling(temp[i] / 1e6, top_k[i], seed[i], index[i]) for i in range(n)]
-        release = v[3 + 6 * n : 3 + 6 * n + r]
-        return cls(op, seq, new, rows, release)
+        release = v[3 + 7 * n : 3 + 7 * n + r]
+        return cls(op, seq, new, rows, release, owners)
+
+    def owner(self, i: int) -> int:
+        return self.owners[i] if self.owners else 0
+
+    def subset(self, index: list[int]) -> Command:
+        """The command for the sequences at ``index`` (releases kept)."""
+        return Command(
+            self.op,
+            [self.seq_ids[i] for i in index],
+            [self.new[i] for i in index],
+            [self.rows[i] for i in index],
+            self.release,
+            [self.owner(i) for i in index],
+        )
 
 
 class Link:

@@ -93,6 +93,9 @@ def _submit_all(engine: Any, sampled: bool, stagger_s: float, seed: int) -> Outc
 
 
 def world_worker(rank: int, world: int, specs: list[ReplicaSpec], sampled: bool) -> Any:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(100, exit=True)
     """Every rank of a spawned world: run each spec's replica in turn; rank 0 drives."""
     torch.set_num_threads(1)
     results = []

@@ -220,3 +220,37 @@ def test_a_stage_spec_beyond_the_model_is_refused(models: Any) -> None:
 
     with pytest.raises(UnsupportedPlan, match="3 pipeline stages for a 2-layer model"):
         spec.topology()
+
+
+@pytest.mark.slow
+def test_spawned_partial_tensor_parallelism_matches_transformers(models: Any) -> None:
+    """TP for one phase only: encodings data parallel and decoding over two TP ranks
+    (``tp_scope: decode``), and the reverse, with micro-batches; Static and Continuous
+    too. The caches change layout within the stage after every encoding."""
+    directory, ref = models["llama"]
+    specs = [
+        spec_for(directory, config("RoundRobin", tensor_parallel=2, tp_scope="decode",
+                                   encode_batch=3, micro_batches=2)),
+        spec_for(directory, config("RoundRobin", tensor_parallel=2, tp_scope="encode",
+                                   encode_batch=3, micro_batches=2)),
+        spec_for(directory, config("Static", tensor_parallel=2, tp_scope="encode",
+                                   encode_batch=3)),
+        spec_for(directory, config("Continuous", tensor_parallel=2, tp_scope="decode",
+                                   decode_batch=4)),
+    ]  # fmt: skip
+    results = launch(world_worker, 2, specs, False, timeout_s=240)
+    assert [r.tokens for r in results[0]] == [ref] * len(specs)
+
+
+@pytest.mark.slow
+def test_spawned_partial_tensor_parallelism_over_two_stages(models: Any) -> None:
+    """Four processes: two stages of two TP ranks, the data-parallel phase's hidden
+    states going from each rank to the same rank of the next stage."""
+    directory, ref = models["opt"]
+    specs = [
+        spec_for(directory, config("RoundRobin", pipeline_stages=2, tensor_parallel=2,
+                                   tp_scope=scope, encode_batch=3, micro_batches=2))
+        for scope in ("decode", "encode")
+    ]  # fmt: skip
+    results = launch(world_worker, 4, specs, False, timeout_s=240)
+    assert [r.tokens for r in results[0]] == [ref, ref]
