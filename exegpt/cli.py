@@ -329,9 +329,6 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 # -- commands of other builds ----------------------------------------------------------------
 
-_UNAVAILABLE: dict[str, str] = {}
-
-
 # -- serve ---------------------------------------------------------------------------------------
 
 
@@ -408,14 +405,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (RunnerError, UnsupportedPlan) as exc:
         raise CliError(str(exc)) from None
-
-
-def _unavailable(command: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"exegpt {command}: not available in this build", file=sys.stderr)
-        return EXIT_USAGE
-
-    return run
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -597,9 +586,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.set_defaults(func=_cmd_serve)
 
-    for command, summary in _UNAVAILABLE.items():
-        p = sub.add_parser(command, help=summary, description=summary)
-        p.set_defaults(func=_unavailable(command))
     return parser
 
 
@@ -616,8 +602,6 @@ def _positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _UNAVAILABLE:
-        return _unavailable(argv[0])(argparse.Namespace(args=argv[1:]))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors

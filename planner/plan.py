@@ -113,6 +113,10 @@ class PlanRequest(BaseModel):
     memory_headroom: float = Field(
         default=0.9, gt=0, le=1, description="fraction of GPU memory a plan may use"
     )
+    executable_only: bool = Field(
+        default=False,
+        description="only configurations the XRunner workers run (planner/runnable.py)",
+    )
 
 
 class Plan(BaseModel):

@@ -51,7 +51,7 @@ class ReplicaSpec:
         return topology(
             self.config,
             num_layers=self.model.num_layers,
-            encoder_decoder=self.model.encoder_decoder,
+            architecture=self.model.architecture,
         )
 
     def limits(self) -> Limits:

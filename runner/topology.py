@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exegpt.planner.architecture import Architecture
 from exegpt.planner.plan import ExecutionConfig
+from exegpt.planner.runnable import worker_limitation
 
 MAIN, ENCODER, DECODER = "main", "encoder", "decoder"
 
@@ -83,31 +85,22 @@ class Topology:
         raise ValueError(f"rank {rank} outside a world of {self.world}")
 
 
-def topology(config: ExecutionConfig, *, num_layers: int, encoder_decoder: bool) -> Topology:
+def topology(
+    config: ExecutionConfig, *, num_layers: int, architecture: Architecture | None = None
+) -> Topology:
     """The processes of one replica of ``config``; raises :class:`UnsupportedPlan` for
-    what the workers do not run yet."""
+    what the workers do not run (:func:`exegpt.planner.runnable.worker_limitation`)."""
+    if architecture is not None:
+        reason = worker_limitation(config, architecture)
+        if reason:
+            raise UnsupportedPlan(reason)
     if config.strategy == "WorkloadAware":
-        if encoder_decoder:
-            raise UnsupportedPlan(
-                "WorkloadAware plans of encoder-decoder models are not run by the workers "
-                "yet; set spec.strategy to RoundRobin"
-            )
         enc = ChainSpec(ENCODER, config.encode_stages, config.encode_tp, 0)
         dec = ChainSpec(DECODER, config.pipeline_stages, config.tensor_parallel, enc.size)
         chains: tuple[ChainSpec, ...] = (enc, dec)
     else:
-        if config.tp_scope != "all" and config.tensor_parallel > 1 and encoder_decoder:
-            raise UnsupportedPlan(
-                f"partial tensor parallelism (tp_scope {config.tp_scope!r}) of "
-                "encoder-decoder models is not run by the workers yet"
-            )
         chains = (ChainSpec(MAIN, config.pipeline_stages, config.tensor_parallel, 0),)
     for c in chains:
         if c.stages > num_layers:
             raise UnsupportedPlan(f"{c.stages} pipeline stages for a {num_layers}-layer model")
-        if encoder_decoder and c.stages > 1:
-            raise UnsupportedPlan(
-                "pipelines of encoder-decoder models are not run by the workers yet; "
-                "the plan needs pipeline_stages 1"
-            )
     return Topology(chains)

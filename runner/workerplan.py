@@ -154,7 +154,7 @@ def placement(plan: WorkerPlan, role: str, ordinal: int, namespace: str | None =
     topo = topology(
         plan.config,
         num_layers=plan.model.architecture.num_layers,
-        encoder_decoder=plan.model.architecture.encoder_decoder,
+        architecture=plan.model.architecture,
     )
     chain = topo.chain(ROLE_CHAIN[role])
     if chain.stages != r.stages or chain.tp != r.gpusPerPod:

@@ -332,11 +332,15 @@ def test_crd_output_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "cannot write" in err and err.startswith("error: ")
 
 
-@pytest.mark.parametrize("command", ["serve"])
-def test_commands_of_other_builds_say_so(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    rc, out, err = run(capsys, command, "--anything")
+def test_serve_needs_a_plan_and_a_role_or_a_local_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rc, out, err = run(capsys, "serve")
     assert rc == 2 and out == ""
-    assert f"exegpt {command}: not available in this build" in err
+    assert "give --plan FILE and --role ROLE (in a pod), or --local FILE" in err
+    monkeypatch.delenv("POD_NAME", raising=False)
+    rc, out, err = run(capsys, "serve", "--plan", "plan.json", "--role", "worker")
+    assert rc == 2 and "POD_NAME is not set" in err
 
 
 def test_profile_help_needs_no_torch(capsys: pytest.CaptureFixture[str]) -> None:
