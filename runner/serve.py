@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -94,6 +95,7 @@ def _rank_process(
 ) -> None:  # fmt: skip
     """A process of the pod beyond its first: one more TP rank of the stage."""
     logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(levelname)s %(message)s")
+    _exit_with_parent()
     if threads:
         torch.set_num_threads(threads)
     if torch.cuda.is_available():
@@ -104,6 +106,20 @@ def _rank_process(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _exit_with_parent() -> None:
+    """End this process when the one that started it is gone (killed without the
+    chance to stop its children): a rank waiting for peers would otherwise linger."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exegpt-parent-watch", daemon=True).start()
 
 
 @dataclass

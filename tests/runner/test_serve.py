@@ -1,0 +1,207 @@
+"""``exegpt serve``: the plan document the operator writes, read by the workers (every
+pod's place in its replica), the pass-through of a non-driver pod, and a whole local
+replica answering over HTTP and shutting down cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from exegpt.operator.plandoc import plan_document
+from exegpt.operator.request import plan_request
+from exegpt.operator.spec import parse_manifest
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.plan import Plan
+from exegpt.planner.scheduler import schedule
+from exegpt.runner.proxy import build_proxy_app
+from exegpt.runner.workerplan import PlanError, WorkerPlan, placement, pod_ordinal
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def operator_document(path: Path) -> dict[str, Any]:
+    """The plan document the operator writes for an example (analytic profile)."""
+    manifest = parse_manifest(yaml.safe_load(path.read_text()))
+    request = plan_request(manifest.spec)
+    plan = schedule(request, analytic_profile(request.architecture, request.gpu,
+                                              dtype=request.dtype))  # fmt: skip
+    assert isinstance(plan, Plan)
+    doc = plan_document(str(manifest.metadata["name"]), manifest.spec, plan, "img:1")
+    return dict(json.loads(json.dumps(doc)))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_pod_of_an_example_plan_has_one_place(path: Path) -> None:
+    """Each replica's ranks are covered once by its pods; one driver pod per replica,
+    the one its pods meet at."""
+    plan = WorkerPlan.parse(operator_document(path))
+    spec = plan.replica_spec()
+    world = spec.topology().world
+    seen: dict[int, list[int]] = {}
+    drivers: dict[int, str] = {}
+    for role, r in plan.topology.roles.items():
+        for ordinal in range(r.pods):
+            place = placement(plan, role, ordinal, "ns")
+            assert place.world == world
+            seen.setdefault(place.replica, []).extend(place.ranks)
+            if place.driver_pod:
+                drivers[place.replica] = f"{r.statefulSet}-{ordinal}"
+            assert place.driver_host.endswith(f".{plan.topology.service}.ns.svc")
+    assert sorted(seen) == list(range(plan.config.replicas))
+    for replica, ranks in seen.items():
+        assert sorted(ranks) == list(range(world))
+        assert placement(plan, next(iter(plan.topology.roles)), 0).driver_host.startswith(
+            drivers[0] + "."
+        )
+        assert drivers[replica].rpartition("-")[0] in {
+            r.statefulSet for r in plan.topology.roles.values()
+        }
+    assert spec.max_input_tokens == plan.limits.maxInputTokens
+
+
+def test_bad_documents_and_pods_are_named() -> None:
+    doc = operator_document(ROOT / "examples" / "opt-13b-summarization.yaml")
+    with pytest.raises(PlanError, match="limits"):
+        WorkerPlan.parse({k: v for k, v in doc.items() if k != "limits"})
+    with pytest.raises(PlanError, match="expected WorkerPlan"):
+        WorkerPlan.parse({**doc, "kind": "Plan"})
+    plan = WorkerPlan.parse(doc)
+    with pytest.raises(PlanError, match="--role worker: the plan's roles are decoder, encoder"):
+        placement(plan, "worker", 0)
+    with pytest.raises(PlanError, match="outside the"):
+        placement(plan, "encoder", 99)
+    assert pod_ordinal("chat-decoder-12") == 12
+    with pytest.raises(PlanError, match="not a StatefulSet pod name"):
+        pod_ordinal("chat")
+
+
+@pytest.mark.asyncio
+async def test_a_stage_pod_passes_the_api_to_its_driver() -> None:
+    seen: list[Any] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append(await request.json())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+            await resp.write(chunk)
+        return resp
+
+    driver = web.Application()
+    driver.router.add_post("/v1/completions", completions)
+    async with TestServer(driver) as upstream:
+        state = {"ready": True, "healthy": True}
+        app = build_proxy_app(
+            str(upstream.make_url("")).rstrip("/"),
+            ready=lambda: state["ready"], healthy=lambda: state["healthy"],
+        )  # fmt: skip
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/v1/completions", json={"prompt": [1], "stream": True})
+            assert resp.status == 200
+            assert await resp.text() == "data: 1\n\ndata: [DONE]\n\n"
+            assert seen == [{"prompt": [1], "stream": True}]
+            assert (await client.get("/readyz")).status == 200
+            state["ready"], state["healthy"] = False, False
+            assert (await client.get("/readyz")).status == 503
+            assert (await client.get("/healthz")).status == 500
+    async with TestClient(TestServer(app)) as client:  # the driver is gone
+        resp = await client.post("/v1/completions", json={"prompt": [1]})
+        assert resp.status == 503
+        assert "unreachable" in (await resp.json())["error"]["message"]
+
+
+def _get(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            text = resp.read().decode()
+            return resp.status, json.loads(text) if body is not None else text
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode()
+        return exc.code, json.loads(text) if body is not None else text
+
+
+@pytest.mark.slow
+def test_serve_local_runs_a_plan_and_drains_on_sigterm(tmp_path: Path) -> None:
+    """``exegpt serve --local`` on a two-process plan (one encoder, one decoder): ready,
+    completions, a clear 400, then SIGTERM ends every process with exit code 0."""
+    doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
+    doc["strategy"] = "WorkloadAware"
+    doc["config"] = {"strategy": "WorkloadAware", "encode_gpus": 1, "decode_gpus": 1,
+                     "encode_batch": 2, "decode_batch": 4}  # fmt: skip
+    doc["topology"]["roles"] = {
+        "encoder": {"statefulSet": "tiny-local-encoder", "pods": 1, "stages": 1, "gpusPerPod": 1},
+        "decoder": {"statefulSet": "tiny-local-decoder", "pods": 1, "stages": 1, "gpusPerPod": 1},
+    }
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(doc))
+    with socket_port() as port:
+        pass
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exegpt", "serve", "--local", str(plan_file), "--port", str(port),
+         "--grace-seconds", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if _get(base + "/readyz", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.3)
+        else:
+            pytest.fail("the local replica did not become ready")
+        request = {"prompt": [[1, 2, 3], [4]], "max_tokens": 5, "temperature": 0}
+        status, body = _get(base + "/v1/completions", request)
+        assert status == 200, body
+        assert [len(c["token_ids"]) for c in body["choices"]] == [5, 5]
+        again = _get(base + "/v1/completions", request)[1]
+        assert [c["token_ids"] for c in again["choices"]] == [
+            c["token_ids"] for c in body["choices"]
+        ]
+        status, body = _get(
+            base + "/v1/completions", {"prompt": list(range(1, 200)), "max_tokens": 2}
+        )
+        assert status == 400 and body["error"]["param"] == "prompt"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # its ranks too
+            proc.communicate()
+
+
+class socket_port:  # noqa: N801 (a context manager used like a function)
+    """A free TCP port on the loopback interface."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
