@@ -219,7 +219,7 @@ def _redistribute(m: Member, link: Link, cmd: Command) -> None:
     heads_of = [_heads(m.chain, u, c.num_heads, c.kv_heads) for u in range(tp)]
     rows_of = [[i for i in range(cmd.batch) if cmd.owner(i) == u] for u in range(tp)]
     me = m.tp_rank
-    works: list[tuple[dist.Work, torch.Tensor]] = []
+    works: list[tuple[dist.Work | None, torch.Tensor]] = []
     received: list[tuple[int, torch.Tensor]] = []
     if m.scope == "decode":
         mine = [cmd.seq_ids[i] for i in rows_of[me]]
@@ -269,7 +269,8 @@ def _redistribute(m: Member, link: Link, cmd: Command) -> None:
                 m.full.import_kv(mine, lengths, kv, layers, heads_of[u])
         m.runner.release(cmd.seq_ids)
     for work, _ in works:
-        work.wait()
+        if work is not None:
+            work.wait()
 
 
 def _ship_kv(m: Member, cmd: Command) -> None:

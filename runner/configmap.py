@@ -72,10 +72,10 @@ def in_cluster_api() -> ConfigMapApi:
     from kubernetes import client, config
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise ConfigMapError(
                 "no in-cluster service account and no usable kubeconfig: cannot reach the "

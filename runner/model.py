@@ -227,7 +227,8 @@ class SelfAttention(nn.Module):
             if not ctx.meta.fresh:
                 k, v = ctx.cache.read(layer, ctx.meta)
         o = _attend(q, k, v, ctx.mask, ctx.is_causal, self.scale)
-        return self.out(o.transpose(1, 2).reshape(b, t, self.nq * d))
+        out: torch.Tensor = self.out(o.transpose(1, 2).reshape(b, t, self.nq * d))
+        return out
 
 
 class CrossAttention(nn.Module):
@@ -268,7 +269,8 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(b, t, self.nq, d).transpose(1, 2)
         k, v = ctx.cross_cache.read(layer, ctx.cross_meta)
         o = _attend(q, k, v, ctx.cross_mask, False, 1.0)
-        return self.out(o.transpose(1, 2).reshape(b, t, self.nq * d))
+        out: torch.Tensor = self.out(o.transpose(1, 2).reshape(b, t, self.nq * d))
+        return out
 
 
 class MLP(nn.Module):
@@ -297,7 +299,8 @@ class MLP(nn.Module):
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return self.down(h)
+        out: torch.Tensor = self.down(h)
+        return out
 
 
 class Layer(nn.Module):
@@ -331,7 +334,8 @@ class Layer(nn.Module):
         x = x + self.attn(self.attn_norm(x), ctx, layer)
         if self.cross is not None and self.cross_norm is not None:
             x = x + self.cross(self.cross_norm(x), ctx, layer)
-        return x + self.mlp(self.mlp_norm(x))
+        out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
+        return out
 
 
 def _float_mask(
@@ -445,7 +449,8 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         if self.positions is not None and positions is not None:
             x = x + self.positions(positions + self.config.position_offset)
-        return x
+        out: torch.Tensor = x
+        return out
 
     def context(
         self,

@@ -288,7 +288,7 @@ class SafetensorsSource:
         self._files = {f: safe_open(str(f), framework="pt", device="cpu") for f in files}
         self._where: dict[str, Path] = {}
         for f, handle in self._files.items():
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            for key in handle.keys():  # type: ignore[no-untyped-call]  # noqa: SIM118 (safe_open is not a mapping)
                 self._where.setdefault(key, f)
 
     def _find(self, name: str) -> str:
@@ -302,7 +302,7 @@ class SafetensorsSource:
 
     def get(self, name: str, shape: tuple[int, ...], part: Slice) -> torch.Tensor:
         hf = self._find(name)
-        view = self._files[self._where[hf]].get_slice(hf)
+        view = self._files[self._where[hf]].get_slice(hf)  # type: ignore[no-untyped-call]
         got = tuple(view.get_shape())
         if got != shape:
             raise WeightsError(f"{self.directory}: {hf} has shape {got}, expected {shape}")
@@ -311,7 +311,8 @@ class SafetensorsSource:
         else:
             dim, start, stop = part
             t = view[start:stop] if dim == 0 else view[:, start:stop]
-        return t.to(device=self.device, dtype=self.dtype)
+        out: torch.Tensor = t.to(device=self.device, dtype=self.dtype)
+        return out
 
 
 # -- filling a model ----------------------------------------------------------------------------
