@@ -220,6 +220,7 @@ def serve_pod(
     from .proxy import build_proxy_app
     from .server import run_server
 
+    wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
     plan = WorkerPlan.load(plan_file)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
     spec = plan.replica_spec()
@@ -250,6 +251,35 @@ def serve_pod(
         asyncio.run(_serve_app(app, host, port))
     procs.stop(grace_seconds)
     return 0
+
+
+def wait_for_own_plan(
+    plan_file: str, expected: str | None, timeout_s: float = 600.0, poll_s: float = 5.0
+) -> None:
+    """Wait until the mounted plan is the one this pod was made for: its ``plan-hash``
+    (beside ``plan.json``) equals ``$EXEGPT_PLAN_HASH``. A new plan updates the mounted
+    file before the StatefulSet replaces the pods, and a pod must not join a world with
+    a plan its peers do not run."""
+    if not expected:
+        return
+    path = os.path.join(os.path.dirname(plan_file), "plan-hash")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(path, encoding="utf-8") as f:
+                mounted = f.read().strip()
+        except OSError:
+            mounted = ""
+        if mounted == expected:
+            return
+        if time.monotonic() > deadline:
+            raise RunnerError(
+                f"the mounted plan ({mounted or 'no plan-hash'}) is not the plan this pod was "
+                f"made for ({expected}); the StatefulSet replaces pods of an old plan"
+            )
+        log.warning("waiting for the plan this pod was made for (%s, mounted: %s)",
+                    expected, mounted or "none")  # fmt: skip
+        time.sleep(poll_s)
 
 
 async def _serve_app(app: Any, host: str, port: int) -> None:

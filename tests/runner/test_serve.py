@@ -205,3 +205,16 @@ class socket_port:  # noqa: N801 (a context manager used like a function)
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_pod_waits_for_the_plan_it_was_made_for(tmp_path: Path) -> None:
+    from exegpt.runner.errors import RunnerError
+    from exegpt.runner.serve import wait_for_own_plan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    (tmp_path / "plan-hash").write_text("abc\n")
+    wait_for_own_plan(str(plan), "abc", timeout_s=0)  # the mounted plan is the pod's
+    wait_for_own_plan(str(plan), None, timeout_s=0)  # outside a pod: nothing to compare
+    with pytest.raises(RunnerError, match=r"mounted plan \(abc\) is not the plan .* \(def\)"):
+        wait_for_own_plan(str(plan), "def", timeout_s=0.05, poll_s=0.01)
