@@ -225,7 +225,10 @@ class Engine:
             t.join(timeout)
         if self._failed is None:
             for chain in self.chains.values():
-                chain.stop()
+                try:
+                    chain.stop()
+                except Exception:  # a rank already gone: nothing more to stop
+                    log.exception("stopping the %s chain", chain.chain.name)
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:

@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -224,10 +225,17 @@ def serve_pod(
     plan = WorkerPlan.load(plan_file)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
     spec = plan.replica_spec()
-    init = f"tcp://{place.driver_host}:{port + RENDEZVOUS_PORT_OFFSET}"
+    driver_host, driver_port = place.driver_host, port
+    override = os.environ.get("EXEGPT_DRIVER_ADDRESS")  # outside Kubernetes: host:port
+    if override:
+        host_part, _, port_part = override.rpartition(":")
+        if not host_part or not port_part.isdigit():
+            raise RunnerError(f"EXEGPT_DRIVER_ADDRESS {override!r}: expected host:port")
+        driver_host, driver_port = host_part, int(port_part)
+    init = f"tcp://{driver_host}:{driver_port + RENDEZVOUS_PORT_OFFSET}"
     log.info(
         "%s: replica %d, stage %d, ranks %s of %d; driver at %s",
-        pod_name, place.replica, place.stage, list(place.ranks), place.world, place.driver_host,
+        pod_name, place.replica, place.stage, list(place.ranks), place.world, driver_host,
     )  # fmt: skip
     metrics = ServingMetrics()
     late = LateEngine(spec.limits(), metrics)
@@ -236,6 +244,7 @@ def serve_pod(
         on_engine=late.attach,
     )  # fmt: skip
     procs.start()
+    _stop_when_done(procs)
     if place.driver_pod:
         directory = spec.weights
         asyncio.run(
@@ -246,11 +255,31 @@ def serve_pod(
             )
         )  # fmt: skip
     else:
-        target = f"http://{place.driver_host}:{port}"
+        target = f"http://{driver_host}:{driver_port}"
         app = build_proxy_app(target, ready=procs.ready, healthy=procs.healthy)
         asyncio.run(_serve_app(app, host, port))
     procs.stop(grace_seconds)
+    if procs.error is not None or not procs.healthy():
+        log.error("exiting: %s", procs.error or "a process of this pod failed")
+        return 1
     return 0
+
+
+def _stop_when_done(procs: Processes, poll_s: float = 1.0) -> None:
+    """Shut this pod down (as SIGTERM would) when its part of the replica has ended: a
+    process failed, or (a stage pod) the driver stopped the replica. The container
+    then restarts and its processes meet their replica's again."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            ended = procs.done.is_set() and not procs.driver
+            if ended or not procs.healthy():
+                log.warning("this pod's part of the replica has ended: shutting down")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="exegpt-watch", daemon=True).start()
 
 
 def wait_for_own_plan(
@@ -284,8 +313,6 @@ def wait_for_own_plan(
 
 async def _serve_app(app: Any, host: str, port: int) -> None:
     """Serve ``app`` until SIGTERM or SIGINT."""
-    import signal
-
     from aiohttp import web
 
     runner = web.AppRunner(app)

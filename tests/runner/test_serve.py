@@ -218,3 +218,71 @@ def test_a_pod_waits_for_the_plan_it_was_made_for(tmp_path: Path) -> None:
     wait_for_own_plan(str(plan), None, timeout_s=0)  # outside a pod: nothing to compare
     with pytest.raises(RunnerError, match=r"mounted plan \(abc\) is not the plan .* \(def\)"):
         wait_for_own_plan(str(plan), "def", timeout_s=0.05, poll_s=0.01)
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[str]], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if _get(url + "/readyz", timeout=2)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        for p in procs:
+            assert p.poll() is None, p.stdout.read() if p.stdout else ""
+        time.sleep(0.3)
+    pytest.fail(f"{url} did not become ready")
+
+
+@pytest.mark.slow
+def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> None:
+    """Two pods of a two-stage RoundRobin plan, as the StatefulSet runs them (the
+    driver's address given directly instead of through the headless Service): both
+    become ready, the stage pod passes requests on to the driver, and when the driver
+    is stopped the stage pod ends too."""
+    doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
+    doc["config"] = {"strategy": "RoundRobin", "pipeline_stages": 2, "encode_batch": 2,
+                     "decode_steps_per_encode": 2, "micro_batches": 2}  # fmt: skip
+    doc["topology"]["roles"] = {
+        "worker": {"statefulSet": "tiny-worker", "pods": 2, "stages": 2, "gpusPerPod": 1}
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    (tmp_path / "plan-hash").write_text("h1")
+    with socket_port() as driver_port, socket_port() as stage_port:
+        pass
+    procs = []
+    for ordinal, port in ((0, driver_port), (1, stage_port)):
+        env = {
+            **os.environ,
+            "POD_NAME": f"tiny-worker-{ordinal}",
+            "EXEGPT_PLAN_HASH": "h1",
+            "EXEGPT_DRIVER_ADDRESS": f"127.0.0.1:{driver_port}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "exegpt", "serve", "--plan", str(tmp_path / "plan.json"),
+             "--role", "worker", "--port", str(port), "--host", "127.0.0.1",
+             "--grace-seconds", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            start_new_session=True,
+        ))  # fmt: skip
+    try:
+        for port in (driver_port, stage_port):
+            _wait_ready(f"http://127.0.0.1:{port}", procs)
+        request = {"prompt": [1, 2, 3], "max_tokens": 6, "temperature": 0}
+        via_driver = _get(f"http://127.0.0.1:{driver_port}/v1/completions", request)
+        via_stage = _get(f"http://127.0.0.1:{stage_port}/v1/completions", request)
+        assert via_driver[0] == via_stage[0] == 200, (via_driver, via_stage)
+        assert via_driver[1]["choices"][0]["token_ids"] == via_stage[1]["choices"][0]["token_ids"]
+        assert len(via_driver[1]["choices"][0]["token_ids"]) == 6
+        procs[0].send_signal(signal.SIGTERM)
+        out0, _ = procs[0].communicate(timeout=60)
+        assert procs[0].returncode == 0, out0
+        out1, _ = procs[1].communicate(timeout=60)  # the driver stopped the replica
+        assert procs[1].returncode == 0, out1
+        assert "this pod's part of the replica has ended" in out1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
