@@ -1,0 +1,236 @@
+"""``exegpt bench runner``: its measurement functions on synthetic records with known
+answers, and one short end-to-end run through the CLI (a small profile, few requests)
+checking the JSON and the table. The figures themselves are for docs/benchmarks.md,
+not asserted: the machines are shared and noisy."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from exegpt.bench import runner as bench
+from exegpt.bench.profile import CPU_MODELS
+from exegpt.bench.runner import Record, Window
+from exegpt.cli import main
+from exegpt.planner.architecture import Architecture
+from exegpt.planner.workload_presets import get_workload
+from exegpt.runner.engine import Finished, Timings
+
+
+def rec(
+    output: int,
+    *,
+    arrival: float = 0.0,
+    encoded: float = 0.0,
+    first: float | None = None,
+    last: float | None = None,
+    finished: float | None = None,
+) -> Record:
+    last = encoded + output if last is None else last
+    return Record(
+        input_tokens=4,
+        output_tokens=output,
+        arrival=arrival,
+        encoded=encoded,
+        first_token=encoded + 0.5 if first is None else first,
+        last_token=last,
+        finished=last if finished is None else finished,
+    )
+
+
+def test_record_from_finished() -> None:
+    f = Finished(7, 5, 3, "length", Timings(1.0, 1.5, 2.0, 4.0, 4.25))
+    r = Record.of(f)
+    assert (r.input_tokens, r.output_tokens) == (5, 3)
+    assert r.generation == 2.5 and r.e2e == 3.25 and r.ttft == 1.0
+    with pytest.raises(ValueError, match="request 8"):
+        Record.of(Finished(8, 5, 0, "error", Timings(1.0)))
+
+
+def test_steady_window_counts_whole_bursts() -> None:
+    # a closed loop of 40 requests at concurrency 4 finishing in bursts of 4 every second
+    records = [rec(1, finished=float(1 + i // 4)) for i in range(40)]
+    w = bench.steady_window(records, concurrency=4)
+    # warm-up: the first 20 % (8 completions, the 2nd burst at t=2); the end: the
+    # 36th completion (the 9th burst, t=9): 28 completions in 7 s
+    assert (w.start, w.end, w.completions) == (2.0, 9.0, 28)
+    assert w.throughput == pytest.approx(4.0)
+    # warm-up is at least `concurrency` completions
+    w = bench.steady_window([rec(1, finished=float(i)) for i in range(1, 41)], concurrency=10)
+    assert (w.start, w.end, w.completions) == (10.0, 30.0, 20)
+    with pytest.raises(ValueError, match="no steady window"):
+        bench.steady_window([rec(1, finished=float(i)) for i in range(8)], concurrency=4)
+
+
+def test_in_window_keeps_requests_encoded_and_finished_inside() -> None:
+    w = Window(10.0, 20.0, 5)
+    inside = rec(3, encoded=11.0)
+    early = rec(3, encoded=9.0)
+    late = rec(3, encoded=18.0)  # finishes at 21
+    assert bench.in_window([inside, early, late], w) == [inside]
+
+
+def test_p99_latency_band_median() -> None:
+    # generation time = 0.1 + 0.01 per token; p99 length 100: band 95..105
+    records = [rec(o, last=0.1 + 0.01 * o) for o in (94, 96, 98, 100, 102, 104, 106, 10, 20)]
+    lat = bench.p99_length_latency(records, 100)
+    assert lat.method == "band median" and lat.requests == 5 and lat.band == (95, 105)
+    assert lat.seconds == pytest.approx(1.1)
+
+
+def test_p99_latency_line_fit_when_the_band_is_thin() -> None:
+    # few requests near 60: the line over the upper half (lengths >= the median)
+    records = [rec(o, last=0.2 + 0.02 * o) for o in range(5, 50, 3)]
+    records.append(rec(10, last=99.0))  # below the median length: not in the fit
+    lat = bench.p99_length_latency(records, 60)
+    assert lat.method == "line fit"
+    assert lat.seconds == pytest.approx(0.2 + 0.02 * 60)
+    assert lat.band == (57, 63)  # 5 % of 60, rounded
+    assert math.isnan(bench.p99_length_latency([], 60).seconds)
+
+
+def test_percentiles_warmup_and_errors() -> None:
+    values = [float(v) for v in range(1, 201)]
+    assert bench.nearest_rank(values, 99) == 198.0
+    assert bench.nearest_rank(values, 50) == 100.0
+    assert bench.nearest_rank([3.0], 99) == 3.0
+    assert math.isnan(bench.nearest_rank([], 99))
+    records = [rec(1, arrival=float(10 - i)) for i in range(10)]
+    kept = bench.after_warmup(records, 0.1)
+    assert sorted(r.arrival for r in kept) == [float(i) for i in range(2, 11)]
+    assert bench.error_pct(11.0, 10.0) == pytest.approx(10.0)
+    assert bench.error_pct(9.0, 10.0) == pytest.approx(-10.0)
+    assert math.isnan(bench.error_pct(1.0, 0.0)) and math.isnan(bench.error_pct(1.0, math.nan))
+
+
+def test_requests_are_seeded_and_follow_the_workload() -> None:
+    wl = bench.bench_workload()
+    a = bench.make_requests(wl, 50, np.random.default_rng(3), 2048)
+    b = bench.make_requests(wl, 50, np.random.default_rng(3), 2048)
+    assert a == b
+    assert all(1 <= len(r.prompt) <= wl.input.max and 1 <= r.max_tokens <= wl.output.max for r in a)
+    assert all(0 < t < 2048 for r in a for t in r.prompt)
+    assert wl.output.std / wl.output.mean > 0.7  # the high-variance workload
+
+
+def _row(role: str, measured_qps: float, predicted_qps: float, latency: float) -> dict[str, Any]:
+    pred = {"throughput_qps": predicted_qps, "latency_s": 1.0, "e2e_p99_s": 2.0}
+    meas = {"throughput_qps": measured_qps, "latency_s": latency, "e2e_p99_s": 2.0}
+    return {
+        "role": role,
+        "predicted": pred,
+        "measured": meas,
+        "error_pct": {k: bench.error_pct(v, meas[k]) for k, v in pred.items()},
+        "meets_bound": latency <= 1.0,
+    }
+
+
+def test_summary_errors_and_ratio() -> None:
+    rows = [_row("plan", 30.0, 33.0, 0.8), _row("static", 10.0, 9.0, 1.25)]
+    s = bench.summarize(rows, bound=1.0)
+    assert s["errors_pct"]["throughput_qps"] == {
+        "median_abs_pct": pytest.approx(10.0),
+        "worst_abs_pct": pytest.approx(10.0),
+    }
+    assert s["errors_pct"]["latency_s"]["worst_abs_pct"] == pytest.approx(25.0)
+    assert s["error_target_met"] == {
+        "throughput_qps": False,
+        "latency_s": False,
+        "e2e_p99_s": True,
+    }
+    r = s["ratio_over_static"]
+    assert r["measured"] == pytest.approx(3.0) and r["predicted"] == pytest.approx(33 / 9)
+    assert r["target_met"] and r["plan_meets_bound"] and not r["static_meets_bound"]
+    # a two-process replica counts in the errors, not in the one-process target
+    waa = {**_row("workload-aware", 10.0, 30.0, 1.0), "processes": 2}
+    s = bench.summarize([*rows, waa], bound=1.0)
+    assert s["errors_pct"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(200.0)
+    assert s["errors_pct_one_process"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(10.0)
+    assert s["error_target_met"]["e2e_p99_s"]
+
+
+def test_jsonable_turns_nan_into_null() -> None:
+    doc = bench._jsonable({"a": math.nan, "b": [1.0, math.inf], "c": (2, "x")})
+    assert doc == {"a": None, "b": [1.0, None], "c": [2, "x"]}
+    json.loads(json.dumps(doc, allow_nan=False))
+
+
+# A tiny model and short outputs: the whole bench, fast.
+TINY = Architecture.model_validate(
+    {**CPU_MODELS["opt-small"].model_dump(), "name": "opt-tiny", "num_layers": 2,
+     "hidden_size": 64, "ffn_size": 256, "vocab_size": 512, "max_positions": 256}
+)  # fmt: skip
+SMALL = bench.Mode("test", 1.5, False, 1, 80, 40, ("plan", "static"))
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    wl = get_workload("chat").scaled(1 / 32, 1 / 16)
+    return bench.bench(SMALL, seed=1, architecture=TINY, workload=wl)
+
+
+def test_run_json(report: dict[str, Any]) -> None:
+    assert report["mode"] == "test" and report["model"]["name"] == "opt-tiny"
+    assert report["environment"]["threads"] == 1
+    bound = report["latency_bound_s"]
+    assert bound > 0
+    roles = [c["role"] for c in report["configs"]]
+    assert roles == ["plan", "static"]
+    plan, static = report["configs"]
+    assert plan["strategy"] == "RoundRobin" and static["strategy"] == "Static"
+    assert plan["predicted"]["latency_s"] <= bound * (1 + 1e-9)
+    for c in report["configs"]:
+        assert c["processes"] == 1
+        for key in ("throughput_qps", "latency_s", "e2e_p99_s", "ttft_median_s", "ttft_p99_s"):
+            assert math.isfinite(c["measured"][key]) and c["measured"][key] > 0, key
+        for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
+            assert c["predicted"][key] > 0
+            m, p = c["measured"][key], c["predicted"][key]
+            assert c["error_pct"][key] == pytest.approx(100 * (p - m) / m)
+        assert c["measured"]["ttft_median_s"] <= c["measured"]["ttft_p99_s"]
+        loop = c["closed_loop"]
+        assert loop["requests"] == max(80, 4 * loop["concurrency"])
+        assert c["poisson"]["requests"] == 40
+        assert c["closed_loop"]["window_completions"] > 0
+        assert c["poisson"]["rate_qps"] == pytest.approx(0.75 * c["measured"]["throughput_qps"])
+        assert c["meets_bound"] == (c["measured"]["latency_s"] <= bound)
+        assert c["steps"]["decode"]["steps"] > 0 and c["steps"]["encode"]["mean_batch"] >= 1
+        enc = c["steps"]["encode"]
+        assert enc["model_seconds"] > 0 and enc["model_seconds_at_mean_input"] > 0
+        assert 1 <= enc["mean_longest_prompt"] <= 194  # the scaled trace's longest input
+    s = report["summary"]
+    for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
+        e = s["errors_pct"][key]
+        assert 0 <= e["median_abs_pct"] <= e["worst_abs_pct"]
+        assert s["errors_pct_one_process"][key] == e  # both configurations are one process
+    r = s["ratio_over_static"]
+    assert r["measured"] == pytest.approx(
+        plan["measured"]["throughput_qps"] / static["measured"]["throughput_qps"]
+    )
+    assert isinstance(r["target_met"], bool) and r["target"] == 2.0
+    json.loads(json.dumps(bench._jsonable(report), allow_nan=False))
+
+
+def test_cli_prints_one_json_object_or_a_table(
+    report: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[str, int, float | None]] = []
+
+    def fake(mode: bench.Mode, *, seed: int, profile_seconds: float | None, **_: Any) -> Any:
+        calls.append((mode.name, mode.closed_requests, profile_seconds))
+        return report
+
+    monkeypatch.setattr(bench, "bench", fake)
+    argv = ["bench", "runner", "--quick", "--json", "--seed", "3", "--requests", "50"]
+    assert main(argv) == 0
+    out, _ = capsys.readouterr()
+    assert out.count("\n") == 1 and json.loads(out)["latency_bound_s"] == report["latency_bound_s"]
+    assert main(["bench", "runner", "--profile-seconds", "5"]) == 0
+    out, _ = capsys.readouterr()
+    assert calls == [("quick", 50, None), ("full", 600, 5.0)]
+    assert "throughput q/s" in out and "p99-len latency s" in out and "TTFT" in out
+    assert "plan / static throughput" in out and "RRA [PP1xTP1]" in out
