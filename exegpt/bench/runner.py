@@ -41,7 +41,7 @@ configurations' predicted latencies, as in ``exegpt bench paper``. Request lengt
 prompt tokens come from a seeded ``numpy.random.Generator`` (``--seed``).
 
 ``--quick`` profiles a coarse grid and runs fewer requests of the plan and the Static
-baseline only (about a minute on a 2-core machine); ``--json`` prints one JSON object
+baseline only (about 45 s on a 2-core machine); ``--json`` prints one JSON object
 and nothing else. Also runnable as ``python -m exegpt.bench.runner``.
 """
 
