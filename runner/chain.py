@@ -237,6 +237,9 @@ def _redistribute(m: Member, link: Link, cmd: Command) -> None:
             kv = torch.empty(shape, dtype=m.runner.model.dtype, device=link.device)
             dist.recv(kv, m.chain.rank(m.stage, u), tag=int(Tag.KV))
             received.append((u, kv))
+        for seq in cmd.seq_ids:  # every TP rank adds them in one order: same slots
+            if seq not in m.runner.cache:
+                m.runner.cache.add(seq)
         if mine:
             kv, lengths = m.full.export_kv(mine, layers, heads_of[me])
             local = range(0, len(heads_of[me]))

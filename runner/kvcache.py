@@ -97,8 +97,10 @@ class SlotKVCache:
     per layer; a sequence owns one slot (a row of every slab) while it is cached.
 
     Reading a batch whose slots are contiguous and ascending is a view; otherwise the
-    batch's rows are gathered. A new sequence takes the lowest free slot, so a batch of
-    sequences added together reads without copying.
+    batch's rows are gathered (a copy of their keys and values at every layer). A new
+    sequence takes the lowest free slot, and a sequence leaving hands its slot to the
+    one in the highest slot (``compact``), so the cached sequences always hold the
+    lowest slots: a step over all of them, in slot order, reads without copying.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class SlotKVCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        compact: bool = True,
     ) -> None:
         if min(num_layers, kv_heads, head_dim, max_seqs, max_len) < 1:
             raise ValueError("cache dimensions must be positive")
@@ -121,7 +124,9 @@ class SlotKVCache:
         shape = (max_seqs, kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.compact = compact
         self._slot: dict[Hashable, int] = {}
+        self._seq: dict[int, Hashable] = {}  # slot -> sequence
         self._len = [0] * max_seqs
         self._free = list(range(max_seqs - 1, -1, -1))  # pop() takes the lowest
 
@@ -145,11 +150,23 @@ class SlotKVCache:
         self._free.sort(reverse=True)
         slot = self._free.pop()
         self._slot[seq_id] = slot
+        self._seq[slot] = seq_id
         self._len[slot] = 0
 
     def remove(self, seq_id: Hashable) -> None:
         slot = self._slot.pop(seq_id)
+        del self._seq[slot]
         self._len[slot] = 0
+        last = max(self._seq, default=-1)
+        if self.compact and last > slot:  # the highest sequence moves down into the hole
+            moved = self._seq.pop(last)
+            n = self._len[last]
+            for k, v in zip(self.k, self.v, strict=True):
+                k[slot, :, :n] = k[last, :, :n]
+                v[slot, :, :n] = v[last, :, :n]
+            self._slot[moved], self._seq[slot] = slot, moved
+            self._len[slot], self._len[last] = n, 0
+            slot = last
         self._free.append(slot)
 
     def length(self, seq_id: Hashable) -> int:

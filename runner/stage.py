@@ -70,7 +70,25 @@ class StageRunner:
 
     def decode(self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """One new token per sequence: ``x`` is the tokens (first stage) or hidden states
-        ``[B, 1, H]``."""
+        ``[B, 1, H]``. The step runs in cache-slot order (so that the caches are read
+        in place rather than gathered); the output rows follow ``seq_ids``."""
+        slots = self.cache.slots(seq_ids)
+        order = sorted(range(len(seq_ids)), key=slots.__getitem__)
+        if order == list(range(len(seq_ids))):
+            return self._decode(seq_ids, x)
+        ids = [seq_ids[i] for i in order]
+        if isinstance(x, torch.Tensor):
+            xs: torch.Tensor | list[int] = x[torch.tensor(order, device=x.device)]
+        else:
+            xs = [x[i] for i in order]
+        out = self._decode(ids, xs)
+        inverse = torch.empty(len(order), dtype=torch.long, device=out.device)
+        inverse[torch.tensor(order, device=out.device)] = torch.arange(
+            len(order), device=out.device
+        )
+        return out[inverse]
+
+    def _decode(self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 return self.model.forward_step(

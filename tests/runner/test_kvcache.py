@@ -8,12 +8,12 @@ import torch
 from exegpt.runner.kvcache import CacheFull, SlotKVCache, make_step
 
 
-def _cache(slots: int = 4, length: int = 8) -> SlotKVCache:
-    return SlotKVCache(2, 2, 4, slots, length)
+def _cache(slots: int = 4, length: int = 8, *, compact: bool = True) -> SlotKVCache:
+    return SlotKVCache(2, 2, 4, slots, length, compact=compact)
 
 
 def test_slots_lowest_free_first_and_reused() -> None:
-    c = _cache()
+    c = _cache(compact=False)
     for s in "abcd":
         c.add(s)
     assert c.slots(list("abcd")) == [0, 1, 2, 3]
@@ -92,3 +92,26 @@ def test_no_mask_when_not_needed() -> None:
     decode = make_step(["a", "b"], [0, 1], [5, 5], [1, 1], causal=True)
     assert decode.mask is None and decode.slot_slice == slice(0, 2)
     assert make_step(["a", "b"], [0, 1], [5, 3], [1, 1], causal=True).mask is not None
+
+
+def test_leaving_sequences_keep_the_cached_ones_in_the_lowest_slots() -> None:
+    """A sequence leaving hands its slot to the highest one, keys and values with it."""
+    c = _cache()
+    for s in "abcd":
+        c.add(s)
+    meta = c.step(list("abcd"), [3, 1, 2, 4], causal=True)
+    k = torch.randn(4, c.kv_heads, 4, c.head_dim)
+    for layer in range(c.num_layers):
+        c.write(layer, meta, k * (layer + 1), -k)
+    c.advance(meta)
+    before = {s: (c.k[1][c.slots([s])[0], :, : c.length(s)].clone(), c.length(s)) for s in "abcd"}
+    c.remove("b")  # d moves from slot 3 to slot 1
+    assert c.slots(["a", "c", "d"]) == [0, 2, 1]
+    c.remove("a")  # c moves from slot 2 to slot 0
+    assert c.slots(["c", "d"]) == [0, 1]
+    c.add("e")
+    assert c.slots(["e"]) == [2]
+    for s in "cd":
+        keys, n = before[s]
+        assert c.length(s) == n
+        assert torch.equal(c.k[1][c.slots([s])[0], :, :n], keys)
