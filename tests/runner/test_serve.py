@@ -161,17 +161,7 @@ def test_serve_local_runs_a_plan_and_drains_on_sigterm(tmp_path: Path) -> None:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if _get(base + "/readyz", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.3)
-        else:
-            pytest.fail("the local replica did not become ready")
+        _wait_ready(base, [proc])
         request = {"prompt": [[1, 2, 3], [4]], "max_tokens": 5, "temperature": 0}
         status, body = _get(base + "/v1/completions", request)
         assert status == 200, body
