@@ -11,9 +11,21 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import RunnerError
 from .kvcache import SlotKVCache
 from .model import Transformer
 from .serving import RequestRejected
+
+
+def check_kv_memory(need: int, free: int, slots: int, max_len: int) -> None:
+    """Refuse to start when the KV caches would not fit: a clear error at start, rather
+    than running out of memory mid-way."""
+    if need > free:
+        raise RunnerError(
+            f"the KV caches need {need / 2**30:.2f} GiB ({slots} sequences of {max_len} "
+            f"tokens), {free / 2**30:.2f} GiB is free on the device: give the deployment "
+            "more GPUs or a workload with shorter longest requests"
+        )
 
 
 class StageRunner:
@@ -25,6 +37,14 @@ class StageRunner:
         self.config = model.config
         self.first, self.last = model.stage.first, model.stage.last
         self.slots, self.max_len = slots, max_len
+        caches = 2 if self.config.encoder_decoder else 1
+        need = caches * SlotKVCache.bytes_needed(
+            len(model.layers), len(model.kv_heads), self.config.head_dim, slots, max_len,
+            model.dtype.itemsize,
+        )  # fmt: skip
+        if model.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(model.device)
+            check_kv_memory(need, free, slots, max_len)
         self.cache: SlotKVCache = model.new_cache(slots, max_len)
         self.cross: SlotKVCache | None = (
             model.new_cross_cache(slots, max_len) if self.config.encoder_decoder else None

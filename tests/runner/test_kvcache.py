@@ -115,3 +115,12 @@ def test_leaving_sequences_keep_the_cached_ones_in_the_lowest_slots() -> None:
         keys, n = before[s]
         assert c.length(s) == n
         assert torch.equal(c.k[1][c.slots([s])[0], :, :n], keys)
+
+
+def test_caches_that_do_not_fit_are_refused_at_start() -> None:
+    from exegpt.runner.errors import RunnerError
+    from exegpt.runner.stage import check_kv_memory
+
+    check_kv_memory(2**30, 2**31, 64, 1024)
+    with pytest.raises(RunnerError, match=r"need 2.00 GiB \(64 sequences of 1024 tokens\)"):
+        check_kv_memory(2**31, 2**30, 64, 1024)
