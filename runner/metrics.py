@@ -104,16 +104,34 @@ class _Metric:
         return "\n".join(self._header() + self.samples()) + "\n"
 
 
-class Counter(_Metric):
-    """A value that only goes up, one per combination of label values."""
-
-    kind = "counter"
+class _Scalar(_Metric):
+    """One number per combination of label values (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[LabelValues, float] = {}
         if not self.label_names:
             self._values[()] = 0.0
+
+    def value(self, **labels: str) -> float:
+        """The current value (0 for label values never seen)."""
+        key = self._key(labels)
+        with self._lock:
+            return self._values.get(key, 0.0)
+
+    def samples(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [
+            f"{self.name}{_labels_text(self.label_names, key)} {_format_value(value)}"
+            for key, value in items
+        ]
+
+
+class Counter(_Scalar):
+    """A value that only goes up, one per combination of label values."""
+
+    kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         """Add ``amount`` (>= 0)."""
@@ -123,51 +141,17 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: str) -> float:
-        """The current value (0 for label values never seen)."""
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
 
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [
-            f"{self.name}{_labels_text(self.label_names, key)} {_format_value(value)}"
-            for key, value in items
-        ]
-
-
-class Gauge(_Metric):
+class Gauge(_Scalar):
     """A value that goes up and down, one per combination of label values."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[LabelValues, float] = {}
-        if not self.label_names:
-            self._values[()] = 0.0
 
     def set(self, value: float, **labels: str) -> None:
         """Set to ``value``."""
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def value(self, **labels: str) -> float:
-        """The current value (0 for label values never seen)."""
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [
-            f"{self.name}{_labels_text(self.label_names, key)} {_format_value(value)}"
-            for key, value in items
-        ]
 
 
 class _Series:
