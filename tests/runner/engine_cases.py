@@ -113,3 +113,71 @@ def world_worker(rank: int, world: int, specs: list[ReplicaSpec], sampled: bool)
 
 def config(strategy: str, **kw: Any) -> ExecutionConfig:
     return ExecutionConfig(strategy=strategy, **kw)  # type: ignore[arg-type]
+
+
+def stress_requests(seed: int, n: int = 60) -> list[tuple[tuple[int, ...], int, bool]]:
+    """Random prompts and lengths within the tests' limits; about one in seven is to
+    be cancelled (those ask for the most tokens, so that they are still running)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = tuple(rng.randrange(1, 120) for _ in range(rng.randint(1, 14)))
+        cancel = rng.random() < 0.15
+        out.append((prompt, 16 if cancel else rng.randint(1, 14), cancel))
+    return out
+
+
+def stress(engine: Any, requests: list[tuple[tuple[int, ...], int, bool]]) -> Outcome:
+    """Four client threads submit ``requests`` (cancelling the marked ones a moment
+    later); wait until every one has ended and the engine is idle."""
+    n = len(requests)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    done = threading.Semaphore(0)
+
+    def sink_for(i: int) -> Any:
+        def sink(ev: TokenEvent) -> None:
+            if ev.token is not None:
+                tokens[i].append(ev.token)
+            if ev.finished is not None:
+                reasons[i] = ev.finished
+                done.release()
+
+        return sink
+
+    def client(k: int) -> None:
+        rng = random.Random(k)
+        for i in range(k, n, 4):
+            prompt, length, cancel = requests[i]
+            rid = engine.submit(GenerationRequest(prompt, length), sink_for(i))
+            if cancel:
+                time.sleep(0.003)
+                engine.cancel(rid)
+            time.sleep(rng.random() * 0.004)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in range(n):
+        if not done.acquire(timeout=60):
+            raise TimeoutError("requests did not finish")
+    if not engine.wait_idle(10):
+        raise TimeoutError("the engine did not become idle")
+    return Outcome(tokens, reasons, [])
+
+
+def stress_worker(rank: int, world: int, specs: list[ReplicaSpec], seed: int) -> Any:
+    torch.set_num_threads(1)
+    results = []
+    for spec in specs:
+        engine = run_rank(spec, rank, torch.device("cpu"))
+        if engine is None:
+            results.append(None)
+            continue
+        try:
+            results.append(stress(engine, stress_requests(seed)))
+        finally:
+            engine.stop()
+    return results

@@ -254,3 +254,35 @@ def test_spawned_partial_tensor_parallelism_over_two_stages(models: Any) -> None
     ]  # fmt: skip
     results = launch(world_worker, 4, specs, False, timeout_s=240)
     assert [r.tokens for r in results[0]] == [ref, ref]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_with_cancellations_leave_nothing_behind(models: Any) -> None:
+    """Sixty random requests from four threads, some cancelled mid-way, through a
+    two-stage pipeline and a WorkloadAware pair: every request ends, the engine goes
+    idle (no slot held by a finished or cancelled request), and every request that was
+    not cancelled gets exactly the one-process reference's tokens."""
+    from engine_cases import stress, stress_requests, stress_worker
+
+    directory, _ = models["llama"]
+    requests = stress_requests(1)
+    engine = run_rank(spec_for(directory, config("Continuous", decode_batch=4)), 0,
+                      torch.device("cpu"))  # fmt: skip
+    assert engine is not None
+    try:
+        ref = stress(engine, [(p, n, False) for p, n, _ in requests]).tokens
+    finally:
+        engine.stop()
+    specs = [
+        spec_for(directory, config("RoundRobin", pipeline_stages=2, encode_batch=3,
+                                   decode_steps_per_encode=2, micro_batches=2)),
+        spec_for(directory, config("WorkloadAware", encode_gpus=1, decode_gpus=1,
+                                   encode_batch=3, decode_batch=5)),
+    ]  # fmt: skip
+    for out in launch(stress_worker, 2, specs, 1, timeout_s=240)[0]:
+        assert None not in out.reasons
+        for i, (tokens, reason) in enumerate(zip(out.tokens, out.reasons, strict=True)):
+            if reason == "cancelled":
+                assert tokens == ref[i][: len(tokens)]
+            else:
+                assert (tokens, reason) == (ref[i], "length")
