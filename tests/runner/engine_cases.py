@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,36 @@ LENGTHS = [6, 3, 8, 2, 5, 7, 1, 4]
 class Outcome:
     tokens: list[list[int]]
     reasons: list[str | None]
-    finished_at: list[float]
+
+
+class _Collector:
+    """The tokens and end of ``n`` requests, from their sinks (the engine's thread)."""
+
+    def __init__(self, n: int) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.reasons: list[str | None] = [None] * n
+        self._done = threading.Semaphore(0)
+
+    def sink(self, i: int) -> Any:
+        def sink(ev: TokenEvent) -> None:
+            if ev.token is not None:
+                self.tokens[i].append(ev.token)
+            if ev.finished is not None:
+                self.reasons[i] = ev.finished
+                self._done.release()
+
+        return sink
+
+    def wait(self, threads: list[threading.Thread]) -> Outcome:
+        """Run the client ``threads``, then wait until every request has ended."""
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for _ in self.reasons:
+            if not self._done.acquire(timeout=60):
+                raise TimeoutError("requests did not finish")
+        return Outcome(self.tokens, self.reasons)
 
 
 def drive(
@@ -53,62 +83,42 @@ def drive(
         engine.stop()
 
 
-def _submit_all(engine: Any, sampled: bool, stagger_s: float, seed: int) -> Outcome:
-    n = len(PROMPTS)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    reasons: list[str | None] = [None] * n
-    finished_at = [0.0] * n
-    done = threading.Semaphore(0)
-    order = list(range(n))
+def _submit_all(engine: Any, sampled: bool, stagger_s: float = 0.002, seed: int = 0) -> Outcome:
+    order = list(range(len(PROMPTS)))
     random.Random(seed).shuffle(order)
     sampling = Sampling(greedy=False, temperature=0.8, top_k=20) if sampled else Sampling()
-
-    def sink_for(i: int) -> Any:
-        def sink(ev: TokenEvent) -> None:
-            if ev.token is not None:
-                tokens[i].append(ev.token)
-            if ev.finished is not None:
-                reasons[i] = ev.finished
-                finished_at[i] = time.monotonic()
-                done.release()
-
-        return sink
+    got = _Collector(len(PROMPTS))
 
     def submit(i: int, delay: float) -> None:
         time.sleep(delay)
         req = GenerationRequest(tuple(PROMPTS[i]), LENGTHS[i], sampling, seed=100 + i)
-        engine.submit(req, sink_for(i))
+        engine.submit(req, got.sink(i))
 
-    threads = [
-        threading.Thread(target=submit, args=(i, k * stagger_s)) for k, i in enumerate(order)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for _ in range(n):
-        if not done.acquire(timeout=60):
-            raise TimeoutError("requests did not finish")
-    return Outcome(tokens, reasons, finished_at)
+    return got.wait(
+        [threading.Thread(target=submit, args=(i, k * stagger_s)) for k, i in enumerate(order)]
+    )
 
 
-def world_worker(rank: int, world: int, specs: list[ReplicaSpec], sampled: bool) -> Any:
-    import faulthandler
-
-    faulthandler.dump_traceback_later(100, exit=True)
-    """Every rank of a spawned world: run each spec's replica in turn; rank 0 drives."""
+def _each_spec(rank: int, specs: list[ReplicaSpec], run: Callable[[Any], Outcome]) -> Any:
+    """Every rank of a spawned world: each spec's replica in turn; rank 0 drives it
+    with ``run(engine)``."""
     torch.set_num_threads(1)
-    results = []
+    results: list[Outcome | None] = []
     for spec in specs:
         engine = run_rank(spec, rank, torch.device("cpu"))
         if engine is None:
             results.append(None)
             continue
         try:
-            results.append(_submit_all(engine, sampled, 0.002, 0))
+            results.append(run(engine))
         finally:
             engine.stop()
     return results
+
+
+def world_worker(rank: int, world: int, specs: list[ReplicaSpec], sampled: bool) -> Any:
+    """The prompts above, on every spec's replica in turn."""
+    return _each_spec(rank, specs, lambda engine: _submit_all(engine, sampled))
 
 
 def config(strategy: str, **kw: Any) -> ExecutionConfig:
@@ -130,54 +140,24 @@ def stress_requests(seed: int, n: int = 60) -> list[tuple[tuple[int, ...], int, 
 def stress(engine: Any, requests: list[tuple[tuple[int, ...], int, bool]]) -> Outcome:
     """Four client threads submit ``requests`` (cancelling the marked ones a moment
     later); wait until every one has ended and the engine is idle."""
-    n = len(requests)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    reasons: list[str | None] = [None] * n
-    done = threading.Semaphore(0)
-
-    def sink_for(i: int) -> Any:
-        def sink(ev: TokenEvent) -> None:
-            if ev.token is not None:
-                tokens[i].append(ev.token)
-            if ev.finished is not None:
-                reasons[i] = ev.finished
-                done.release()
-
-        return sink
+    got = _Collector(len(requests))
 
     def client(k: int) -> None:
         rng = random.Random(k)
-        for i in range(k, n, 4):
+        for i in range(k, len(requests), 4):
             prompt, length, cancel = requests[i]
-            rid = engine.submit(GenerationRequest(prompt, length), sink_for(i))
+            rid = engine.submit(GenerationRequest(prompt, length), got.sink(i))
             if cancel:
                 time.sleep(0.003)
                 engine.cancel(rid)
             time.sleep(rng.random() * 0.004)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for _ in range(n):
-        if not done.acquire(timeout=60):
-            raise TimeoutError("requests did not finish")
+    out = got.wait([threading.Thread(target=client, args=(k,)) for k in range(4)])
     if not engine.wait_idle(10):
         raise TimeoutError("the engine did not become idle")
-    return Outcome(tokens, reasons, [])
+    return out
 
 
 def stress_worker(rank: int, world: int, specs: list[ReplicaSpec], seed: int) -> Any:
-    torch.set_num_threads(1)
-    results = []
-    for spec in specs:
-        engine = run_rank(spec, rank, torch.device("cpu"))
-        if engine is None:
-            results.append(None)
-            continue
-        try:
-            results.append(stress(engine, stress_requests(seed)))
-        finally:
-            engine.stop()
-    return results
+    """``stress_requests(seed)`` on every spec's replica in turn."""
+    return _each_spec(rank, specs, lambda engine: stress(engine, stress_requests(seed)))
