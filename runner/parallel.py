@@ -144,7 +144,7 @@ class ColumnParallelLinear(nn.Module):
         return nn.functional.linear(x, self.weight, self.bias)
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(ColumnParallelLinear):
     """``y = x W^T + b`` with ``W``'s input columns sharded: each rank multiplies its
     slice of the input features, an all-reduce sums the partial outputs, then the bias
     is added once."""
@@ -159,18 +159,8 @@ class RowParallelLinear(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
         self.tp = tp
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features, dtype=dtype, device=device),
-            requires_grad=False,
-        )
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), False)
-            if bias
-            else None
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tp.all_reduce(nn.functional.linear(x, self.weight))
