@@ -214,6 +214,19 @@ def _only(body: Mapping[str, Any], field: str, allowed: Sequence[object], fix: s
     raise ApiError(f"{field}={json.dumps(value)} is not supported: {fix}", param=field)
 
 
+def _checked(
+    body: Mapping[str, Any], name: str, default: Any, ok: Callable[[Any], bool], expected: str
+) -> Any:
+    """``body[name]``, or ``default`` when absent or null; a 400 naming the field when
+    ``ok`` refuses it."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not ok(value):
+        raise ApiError(f"{name} must be {expected}, got {json.dumps(value)}", param=name)
+    return value
+
+
 def parse_completion(
     body: object, *, model_name: str, tokenizer: Tokenizer | None
 ) -> CompletionParams:
@@ -235,39 +248,22 @@ def parse_completion(
             )
     prompts = parse_prompts(body.get("prompt"), tokenizer)
 
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    elif not _is_int(max_tokens) or max_tokens < 1:
-        raise ApiError(
-            f"max_tokens must be an integer >= 1, got {json.dumps(max_tokens)}",
-            param="max_tokens",
-        )
-
-    temperature = body.get("temperature")
-    if temperature is None:
-        temperature = DEFAULT_TEMPERATURE
-    elif not _is_number(temperature) or temperature < 0:
-        raise ApiError(
-            f"temperature must be a number >= 0 (0 is greedy), got {json.dumps(temperature)}",
-            param="temperature",
-        )
-
-    top_k = body.get("top_k")
-    if top_k is None:
-        top_k = 0
-    elif not _is_int(top_k) or top_k < 0:
-        raise ApiError(
-            f"top_k must be an integer >= 0 (0 keeps every token), got {json.dumps(top_k)}",
-            param="top_k",
-        )
-
-    seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not SEED_MIN <= seed <= SEED_MAX):
-        raise ApiError(
-            f"seed must be an integer from {SEED_MIN} to {SEED_MAX}, got {json.dumps(seed)}",
-            param="seed",
-        )
+    max_tokens = _checked(
+        body, "max_tokens", DEFAULT_MAX_TOKENS, lambda v: _is_int(v) and v >= 1,
+        "an integer >= 1",
+    )  # fmt: skip
+    temperature = _checked(
+        body, "temperature", DEFAULT_TEMPERATURE, lambda v: _is_number(v) and v >= 0,
+        "a number >= 0 (0 is greedy)",
+    )  # fmt: skip
+    top_k = _checked(
+        body, "top_k", 0, lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0 (0 keeps every token)",
+    )  # fmt: skip
+    seed = _checked(
+        body, "seed", None, lambda v: _is_int(v) and SEED_MIN <= v <= SEED_MAX,
+        f"an integer from {SEED_MIN} to {SEED_MAX}",
+    )  # fmt: skip
 
     stream = body.get("stream")
     if stream is None:
