@@ -123,35 +123,17 @@ def set_condition(
 ) -> list[Condition]:
     """A new list with ``type_`` set; ``lastTransitionTime`` moves only when the
     status changes (reason and message updates keep it)."""
-    out: list[Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != type_:
-            out.append(c)
-            continue
-        found = True
-        moved = c.status != status
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=(at or now()) if moved else c.last_transition_time,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=at or now(),
-                observed_generation=generation,
-            )
-        )
+    old = get_condition(conditions, type_)
+    kept = old is not None and old.status == status
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=old.last_transition_time if old and kept else (at or now()),
+        observed_generation=generation,
+    )
+    out = [c for c in conditions if c.type != type_] + [new]
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order[c.type])
 
