@@ -271,12 +271,7 @@ def run_scenario(
     cpu = time.process_time() - cpu0
     rec: dict[str, Any] = {
         "id": scenario.name,
-        "model": pair.model,
-        "task": pair.task,
-        "cluster": pair.cluster.label,
-        "gpu": pair.cluster.gpu,
-        "gpus": pair.cluster.gpus,
-        "gpus_per_node": pair.cluster.gpus_per_node,
+        **_pair_fields(pair),
         "bound": scenario.bound,
         "bound_s": _sig(scenario.bound_s),
         "static_space_feasible": static_feasible,
@@ -450,15 +445,22 @@ def run_pairs(
     return records
 
 
-def _no_static_record(pair: Pair, label: str) -> dict[str, Any]:
+def _pair_fields(pair: Pair) -> dict[str, Any]:
+    """What every record of ``pair``'s scenarios says of its model, task and cluster."""
     return {
-        "id": f"{pair.name}/{label}",
         "model": pair.model,
         "task": pair.task,
         "cluster": pair.cluster.label,
         "gpu": pair.cluster.gpu,
         "gpus": pair.cluster.gpus,
         "gpus_per_node": pair.cluster.gpus_per_node,
+    }
+
+
+def _no_static_record(pair: Pair, label: str) -> dict[str, Any]:
+    return {
+        "id": f"{pair.name}/{label}",
+        **_pair_fields(pair),
         "bound": label,
         "bound_s": None,
         "static_space_feasible": 0,
