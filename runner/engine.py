@@ -308,25 +308,40 @@ class Engine:
 
     def _prefill(self, chain: ChainClient, batch: list[_Request], micro: int) -> list[int]:
         """Encode ``batch`` in ``micro`` micro-batches; the first token of each."""
+        return self._step(chain, Op.PREFILL, batch, micro)
+
+    def _decode(self, chain: ChainClient, batch: list[_Request]) -> list[int]:
+        """One decode iteration of ``batch``; the next token of each."""
+        return self._step(chain, Op.DECODE, batch, self.micro_batches)
+
+    def _step(self, chain: ChainClient, op: Op, batch: list[_Request], micro: int) -> list[int]:
+        """One step of ``batch`` through ``chain`` in ``micro`` micro-batches (the
+        chain's pending releases go with the first)."""
+        prefill = op == Op.PREFILL
         release = self._releases(chain)
         items: list[tuple[Command, Sequence[Sequence[int]] | Sequence[int] | None]] = []
         at = 0
         for size in split(len(batch), micro):
             part = batch[at : at + size]
             at += size
-            cmd = Command(
-                Op.PREFILL,
-                [r.id for r in part],
-                [len(r.request.prompt) for r in part],
-                [r.row() for r in part],
-                release if not items else [],
-                self._prefill_owners(part),
-            )
-            items.append((cmd, [list(r.request.prompt) for r in part]))
+            if prefill:
+                new = [len(r.request.prompt) for r in part]
+                owners = self._prefill_owners(part)
+                feed: Sequence[Sequence[int]] | Sequence[int] = [
+                    list(r.request.prompt) for r in part
+                ]
+            else:
+                new = [1] * len(part)
+                owners = [r.owner for r in part] if self._dp_phase == "decode" else []
+                feed = [r.tokens[-1] if r.tokens else 0 for r in part]
+            rows = [r.row() for r in part]
+            cmd = Command(op, [r.id for r in part], new, rows, [] if items else release, owners)
+            items.append((cmd, feed))
+        phase = "encode" if prefill else "decode"
         start = time.perf_counter()
         tokens = [t for got in chain.run(items) for t in got]
-        self.metrics.step("encode", time.perf_counter() - start)
-        self.metrics.batch("encode", len(batch))
+        self.metrics.step(phase, time.perf_counter() - start)
+        self.metrics.batch(phase, len(batch))
         return tokens
 
     def _prefill_owners(self, part: list[_Request]) -> list[int]:
@@ -344,7 +359,11 @@ class Engine:
         return []
 
     def _free(self, r: _Request) -> None:
-        """``r`` leaves the main chain's caches (with its next command)."""
+        """``r`` leaves the decoding caches (with the chain's next command)."""
+        if self.config.strategy == "WorkloadAware":
+            self._release["decoder"].append(r.id)
+            self._occupied -= 1
+            return
         self._release["main"].append(r.id)
         if self._dp_phase == "decode":
             self._dp_load[r.owner] -= 1
@@ -364,28 +383,6 @@ class Engine:
         if time.monotonic() - self._last_command[chain.chain.name] < self.heartbeat_s:
             return
         chain.run([(Command(Op.RELEASE, release=self._releases(chain)), None)])
-
-    def _decode(self, chain: ChainClient, batch: list[_Request]) -> list[int]:
-        release = self._releases(chain)
-        items: list[tuple[Command, Sequence[Sequence[int]] | Sequence[int] | None]] = []
-        at = 0
-        for size in split(len(batch), self.micro_batches):
-            part = batch[at : at + size]
-            at += size
-            cmd = Command(
-                Op.DECODE,
-                [r.id for r in part],
-                [1] * len(part),
-                [r.row() for r in part],
-                release if not items else [],
-                [r.owner for r in part] if self._dp_phase == "decode" else [],
-            )
-            items.append((cmd, [r.tokens[-1] if r.tokens else 0 for r in part]))
-        start = time.perf_counter()
-        tokens = [t for got in chain.run(items) for t in got]
-        self.metrics.step("decode", time.perf_counter() - start)
-        self.metrics.batch("decode", len(batch))
-        return tokens
 
     # -- RoundRobin, Static, Continuous ---------------------------------------------------------
     def _main_loop(self) -> None:
@@ -494,23 +491,11 @@ class Engine:
                 )
                 chain.run([(cmd, None)])
                 running += batch
-            running = self._settle_decoded(running)
+            running = self._settle(running, static=False)
             if running:
                 tokens = self._decode(chain, running)
                 now = self.clock()
                 with self._cond:
                     for r, t in zip(running, tokens, strict=True):
                         self._emit(r, t, now)
-                running = self._settle_decoded(running)
-
-    def _settle_decoded(self, running: list[_Request]) -> list[_Request]:
-        with self._cond:
-            keep = []
-            for r in running:
-                if r.finish is not None:
-                    self._release["decoder"].append(r.id)
-                    self._occupied -= 1
-                    self._report(r, r.finish)
-                else:
-                    keep.append(r)
-            return keep
+                running = self._settle(running, static=False)
