@@ -18,7 +18,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,7 +44,6 @@ class LateEngine:
         self._limits = limits
         self.metrics = metrics
         self.engine: Engine | None = None
-        self.error: str | None = None
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
@@ -60,7 +58,7 @@ class LateEngine:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> int:
         if self.engine is None:
-            raise NotAccepting(self.error or "the replica is starting (loading the model)")
+            raise NotAccepting("the replica is starting (loading the model)")
         return self.engine.submit(request, sink)
 
     def cancel(self, request_id: int) -> None:
@@ -135,13 +133,12 @@ class Processes:
     init_method: str
     threads: int = 0
     timeout_s: float = 300.0
-    metrics: ServingMetrics | None = None
-    on_engine: Callable[[Engine], None] | None = None
 
     def __post_init__(self) -> None:
         self.children: list[Any] = []
         self.thread: threading.Thread | None = None
-        self.engine: Engine | None = None
+        # what the HTTP server drives: refusing requests until the driver's engine is up
+        self.front = LateEngine(self.spec.limits(), ServingMetrics())
         self.error: str | None = None
         self.joined = threading.Event()
         self.done = threading.Event()
@@ -167,11 +164,9 @@ class Processes:
                 torch.set_num_threads(self.threads)
             _join_world(self.init_method, rank, self.world, self.timeout_s)
             self.joined.set()
-            engine = run_rank(self.spec, rank, device_for(0), metrics=self.metrics)
+            engine = run_rank(self.spec, rank, device_for(0), metrics=self.front.metrics)
             if engine is not None:
-                self.engine = engine
-                if self.on_engine is not None:
-                    self.on_engine(engine)
+                self.front.attach(engine)
         except Exception as exc:
             log.exception("rank %d failed", rank)
             self.error = f"rank {rank} failed: {exc}"
@@ -180,8 +175,25 @@ class Processes:
                 self.done.set()
 
     @property
+    def engine(self) -> Engine | None:
+        """The driver's engine, once it runs."""
+        return self.front.engine
+
+    @property
     def driver(self) -> bool:
         return 0 in self.ranks
+
+    def serve_api(self, model_name: str, host: str, port: int, grace_seconds: float) -> None:
+        """The driver's HTTP server over the engine, until SIGTERM or SIGINT."""
+        from .server import run_server
+
+        asyncio.run(
+            run_server(
+                self.front, host=host, port=port, model_name=model_name,
+                tokenizer=load_tokenizer(self.spec.weights), grace_seconds=grace_seconds,
+                ready=self.ready, healthy=self.healthy,
+            )
+        )  # fmt: skip
 
     def healthy(self) -> bool:
         if self.error is not None:
@@ -219,7 +231,6 @@ def serve_pod(
 ) -> int:  # fmt: skip
     """One pod of a plan, until SIGTERM (the operator's worker containers)."""
     from .proxy import build_proxy_app
-    from .server import run_server
 
     wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
     plan = WorkerPlan.load(plan_file)
@@ -237,23 +248,11 @@ def serve_pod(
         "%s: replica %d, stage %d, ranks %s of %d; driver at %s",
         pod_name, place.replica, place.stage, list(place.ranks), place.world, driver_host,
     )  # fmt: skip
-    metrics = ServingMetrics()
-    late = LateEngine(spec.limits(), metrics)
-    procs = Processes(
-        spec, place.ranks, place.world, init, timeout_s=timeout_s, metrics=metrics,
-        on_engine=late.attach,
-    )  # fmt: skip
+    procs = Processes(spec, place.ranks, place.world, init, timeout_s=timeout_s)
     procs.start()
     _stop_when_done(procs)
     if place.driver_pod:
-        directory = spec.weights
-        asyncio.run(
-            run_server(
-                late, host=host, port=port, model_name=plan.model.name,
-                tokenizer=load_tokenizer(directory), grace_seconds=grace_seconds,
-                ready=procs.ready, healthy=procs.healthy,
-            )
-        )  # fmt: skip
+        procs.serve_api(plan.model.name, host, port, grace_seconds)
     else:
         target = f"http://{driver_host}:{driver_port}"
         app = build_proxy_app(target, ready=procs.ready, healthy=procs.healthy)
@@ -344,7 +343,6 @@ def serve_local(
 ) -> int:  # fmt: skip
     """One replica of ``plan``, every process on this machine (gloo on the CPU), its
     API on ``host``:``port``, until SIGTERM or Ctrl-C."""
-    from .server import run_server
 
     spec = local_spec(plan, max_slots)
     world = spec.topology().world
@@ -352,19 +350,8 @@ def serve_local(
         raise RunnerError(f"the replica needs {world} GPUs, this machine has fewer")
     with tempfile.TemporaryDirectory(prefix="exegpt-local-") as tmp:
         init = "file://" + os.path.join(tmp, "rendezvous")
-        metrics = ServingMetrics()
-        late = LateEngine(spec.limits(), metrics)
-        procs = Processes(
-            spec, tuple(range(world)), world, init, threads=threads, metrics=metrics,
-            on_engine=late.attach,
-        )  # fmt: skip
+        procs = Processes(spec, tuple(range(world)), world, init, threads=threads)
         procs.start()
-        asyncio.run(
-            run_server(
-                late, host=host, port=port, model_name=plan.model.name,
-                tokenizer=load_tokenizer(spec.weights), grace_seconds=grace_seconds,
-                ready=procs.ready, healthy=procs.healthy,
-            )
-        )  # fmt: skip
+        procs.serve_api(plan.model.name, host, port, grace_seconds)
         procs.stop(grace_seconds)
     return 0

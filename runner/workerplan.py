@@ -134,11 +134,11 @@ class Placement:
     ranks: tuple[int, ...]
     world: int
     driver_host: str
-    driver_pod: bool
 
     @property
-    def rendezvous(self) -> str:
-        return self.driver_host
+    def driver_pod(self) -> bool:
+        """This pod holds the driver (rank 0)."""
+        return 0 in self.ranks
 
 
 def placement(plan: WorkerPlan, role: str, ordinal: int, namespace: str | None = None) -> Placement:
@@ -169,7 +169,7 @@ def placement(plan: WorkerPlan, role: str, ordinal: int, namespace: str | None =
     if namespace:
         host += f".{namespace}.svc"
     ranks = tuple(chain.stage_ranks(stage))
-    return Placement(role, replica, stage, ranks, topo.world, host, 0 in ranks)
+    return Placement(role, replica, stage, ranks, topo.world, host)
 
 
 def pod_ordinal(pod_name: str) -> int:
