@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,21 @@ def _comm_worker(
     repeats: int,
 ) -> tuple[dict[int, list[float]], list[float]]:
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+
+    def median_seconds(op: Callable[[], object], group: dist.ProcessGroup) -> float:
+        """The median time of ``op`` over ``repeats`` runs after ``warmup``, the
+        group's ranks starting together."""
+        samples = []
+        for i in range(warmup + repeats):
+            dist.barrier(group=group)
+            _sync(device)
+            t0 = time.perf_counter()
+            op()
+            _sync(device)
+            if i >= warmup:
+                samples.append(time.perf_counter() - t0)
+        return statistics.median(samples)
+
     dt = DTYPES[dtype]
     elem = torch.empty((), dtype=dt).element_size()
     all_reduce: dict[int, list[float]] = {}
@@ -63,39 +79,25 @@ def _comm_worker(
         times = []
         for nbytes in sizes:
             t = torch.ones(max(nbytes // elem, 1), dtype=dt, device=device)
-            samples = []
-            for i in range(warmup + repeats):
-                dist.barrier(group=group)
-                _sync(device)
-                t0 = time.perf_counter()
-                dist.all_reduce(t, group=group)
-                _sync(device)
-                if i >= warmup:
-                    samples.append(time.perf_counter() - t0)
-            times.append(statistics.median(samples))
+            times.append(median_seconds(partial(dist.all_reduce, t, group=group), group))
         all_reduce[tp] = times
     dist.barrier()
     send_recv: list[float] = []
     if rank < 2:
         peer = 1 - rank
         pair = dist.new_group([0, 1])
+
+        def ping_pong(t: torch.Tensor) -> None:  # half the round trip is one transfer
+            if rank == 0:
+                dist.send(t, peer)
+                dist.recv(t, peer)
+            else:
+                dist.recv(t, peer)
+                dist.send(t, peer)
+
         for nbytes in sizes:
             t = torch.ones(max(nbytes // elem, 1), dtype=dt, device=device)
-            samples = []
-            for i in range(warmup + repeats):
-                dist.barrier(group=pair)
-                _sync(device)
-                t0 = time.perf_counter()
-                if rank == 0:  # ping-pong: half the round trip is one transfer
-                    dist.send(t, peer)
-                    dist.recv(t, peer)
-                else:
-                    dist.recv(t, peer)
-                    dist.send(t, peer)
-                _sync(device)
-                if i >= warmup:
-                    samples.append((time.perf_counter() - t0) / 2)
-            send_recv.append(statistics.median(samples))
+            send_recv.append(median_seconds(partial(ping_pong, t), pair) / 2)
     else:
         dist.new_group([0, 1])
     return all_reduce, send_recv
