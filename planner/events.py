@@ -307,9 +307,11 @@ class EventSimulator:
             t += (micro + g.stages - 1) * stage + chain
             steps = run.steps[new]
             longest = int(steps.max())
-            # Every slot is computed until the longest output ends.
+            # Every slot is computed until the longest output ends; attention reads each
+            # sequence's own context.
+            context = float(ins[new].mean())
             it = np.array(
-                [k.iteration(g, float(b), in_max + j + 1.0, micro) for j in range(longest)]
+                [k.iteration(g, float(b), context + j + 1.0, micro) for j in range(longest)]
             )
             clock = t + np.concatenate(([0.0], np.cumsum(it)))
             run.done[new] = clock[steps.astype(np.int64)]

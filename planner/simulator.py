@@ -16,8 +16,9 @@ WorkloadAware (WAA)
     ``B_D`` (found by bisection on the flow balance).
 Static (FasterTransformer-like)
     A batch is encoded (padded to its longest input) and decoded until its longest
-    output ends, with every slot computed throughout; KV is reserved for the longest
-    input plus the longest possible output of each slot.
+    output ends, with every slot computed throughout (each slot's attention over its own
+    context); KV is reserved for the longest input plus the longest possible output of
+    each slot.
 Continuous (ORCA / vLLM-like)
     Iteration-level batching: each iteration decodes the running batch and prefills
     the queries that joined it, in the same step.
@@ -223,7 +224,7 @@ class Simulator:
         chain, _ = k.encode_p2p(g, b / micro, in_max)
         t_enc = _pass_time(stage, chain, micro, g.stages)
         steps = m.expected_max_steps(b)
-        t_iter = k.iteration(g, b, in_max + steps / 2, micro)
+        t_iter = k.iteration(g, b, m.mean_input + steps / 2, micro)
         t_batch = t_enc + steps * t_iter
         latency = t_enc + m.steps_p99 * t_iter
         memory = (

@@ -166,8 +166,7 @@ def _needs_input(cmd: Command) -> bool:
 def _input_shape(m: Member, cmd: Command) -> tuple[tuple[int, ...], torch.dtype]:
     if m.stage == 0:
         return (sum(cmd.new),), torch.long
-    t = max(cmd.new) if cmd.op == Op.PREFILL else 1
-    return (cmd.batch, t, m.runner.hidden_size), m.runner.model.dtype
+    return m.runner.hidden_shape(cmd.op == Op.PREFILL, cmd.new), m.runner.model.dtype
 
 
 def _split_tokens(flat: torch.Tensor, new: Sequence[int]) -> list[list[int]]:

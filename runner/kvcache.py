@@ -46,21 +46,23 @@ class StepMeta:
     mask: torch.Tensor | None
     causal: bool
     fresh: bool
+    # packed layout: the step's tokens are one row ``[1, N]`` (N the sum of ``new``),
+    # sequence ``b``'s at ``offsets[b]:offsets[b] + new[b]``; attention runs per sequence
+    # over its own context, so a step costs what its tokens and contexts cost
+    packed: bool
+    offsets: list[int]
+    slot_list: list[int]
     # the valid (not padding) tokens of the step, flattened
     token_batch: torch.Tensor  # [N] index into the batch
     token_step: torch.Tensor  # [N] index into the step's tokens
     token_slot: torch.Tensor  # [N] cache slot
     token_pos: torch.Tensor  # [N] cache position
     uniform: bool  # every sequence has max_new new tokens (no padding)
-    last: torch.Tensor  # [B] index of each sequence's last new token
+    last: torch.Tensor  # [B] index of each sequence's last new token (packed: in the row)
 
     @property
     def batch(self) -> int:
         return len(self.seq_ids)
-
-    @property
-    def past_t(self) -> torch.Tensor:
-        return self.positions[:, 0] if self.max_new else self.slots.new_zeros(self.batch)
 
 
 class KVCache(Protocol):
@@ -85,6 +87,10 @@ class KVCache(Protocol):
     def read(self, layer: int, meta: StepMeta) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, kv_heads, max_total, head_dim]`` of the step's
         sequences, including this step's (padding beyond each one's length)."""
+        ...
+
+    def read_slot(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slot's first ``length`` keys and values, ``[1, kv_heads, length, head_dim]``."""
         ...
 
     def advance(self, meta: StepMeta) -> None:
@@ -186,6 +192,11 @@ class SlotKVCache:
 
     def write(self, layer: int, meta: StepMeta, k: torch.Tensor, v: torch.Tensor) -> None:
         kc, vc = self.k[layer], self.v[layer]
+        if meta.packed:
+            # [1, H, N, D] -> [N, H, D]
+            kc[meta.token_slot, :, meta.token_pos] = k[0].transpose(0, 1)
+            vc[meta.token_slot, :, meta.token_pos] = v[0].transpose(0, 1)
+            return
         if meta.uniform and meta.max_new == 1:
             # one token per sequence (decoding): [B, H, 1, D] -> [B, H, D]
             kc[meta.slots, :, meta.token_pos] = k[:, :, 0]
@@ -205,12 +216,22 @@ class SlotKVCache:
             return self.k[layer][meta.slot_slice, :, :n], self.v[layer][meta.slot_slice, :, :n]
         return self.k[layer][meta.slots, :, :n], self.v[layer][meta.slots, :, :n]
 
+    def read_slot(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``length`` keys and values of one slot, ``[1, heads, length, D]``
+        (views)."""
+        return (
+            self.k[layer][slot : slot + 1, :, :length],
+            self.v[layer][slot : slot + 1, :, :length],
+        )
+
     def advance(self, meta: StepMeta) -> None:
         for seq_id, n in zip(meta.seq_ids, meta.new, strict=True):
             self._len[self._slot[seq_id]] += n
 
     # -- step metadata -----------------------------------------------------------------
-    def step(self, seq_ids: Sequence[Hashable], new: Sequence[int], *, causal: bool) -> StepMeta:
+    def step(
+        self, seq_ids: Sequence[Hashable], new: Sequence[int], *, causal: bool, packed: bool = False
+    ) -> StepMeta:
         """The metadata of a step adding ``new[b]`` tokens to sequence ``seq_ids[b]``."""
         return make_step(
             list(seq_ids),
@@ -220,6 +241,7 @@ class SlotKVCache:
             causal=causal,
             capacity=self.max_len,
             device=self.device,
+            packed=packed,
         )
 
 
@@ -232,8 +254,10 @@ def make_step(
     causal: bool,
     capacity: int | None = None,
     device: torch.device | str = "cpu",
+    packed: bool = False,
 ) -> StepMeta:
-    """Build a :class:`StepMeta` (also for caches other than :class:`SlotKVCache`)."""
+    """Build a :class:`StepMeta` (also for caches other than :class:`SlotKVCache`);
+    ``packed``: the tokens in one row (see :class:`StepMeta`)."""
     if not seq_ids:
         raise ValueError("a step needs at least one sequence")
     if min(new) < 0 or (causal and min(new) < 1):
@@ -250,6 +274,8 @@ def make_step(
     uniform = min(new) == max_new
     same_past = min(past) == max(past)
     fresh = max(past) == 0
+    if packed:
+        return _packed_step(seq_ids, slots, slots_t, slot_slice, past, new, causal, fresh, dev)
 
     past_t = torch.tensor(past, dtype=torch.long, device=dev)
     new_t = torch.tensor(new, dtype=torch.long, device=dev)
@@ -289,10 +315,59 @@ def make_step(
         mask=mask,
         causal=causal,
         fresh=fresh,
+        packed=False,
+        offsets=[],
+        slot_list=slots,
         token_batch=token_batch,
         token_step=token_step,
         token_slot=token_slot,
         token_pos=token_pos,
         uniform=uniform,
         last=(new_t - 1).clamp(min=0),
+    )
+
+
+def _packed_step(
+    seq_ids: Sequence[Hashable],
+    slots: list[int],
+    slots_t: torch.Tensor,
+    slot_slice: slice | None,
+    past: list[int],
+    new: list[int],
+    causal: bool,
+    fresh: bool,
+    dev: torch.device,
+) -> StepMeta:
+    """The metadata of a step whose tokens are packed into one row."""
+    offsets = [0]
+    for n in new[:-1]:
+        offsets.append(offsets[-1] + n)
+    total = offsets[-1] + new[-1]
+    new_t = torch.tensor(new, dtype=torch.long, device=dev)
+    token_batch = torch.arange(len(new), device=dev).repeat_interleave(new_t)
+    first = torch.tensor(offsets, dtype=torch.long, device=dev)
+    token_step = torch.arange(total, device=dev)
+    within = token_step - first[token_batch]
+    token_pos = torch.tensor(past, dtype=torch.long, device=dev)[token_batch] + within
+    return StepMeta(
+        seq_ids=list(seq_ids),
+        slots=slots_t,
+        slot_slice=slot_slice,
+        past=past,
+        new=new,
+        max_new=max(new),
+        max_total=max(p + n for p, n in zip(past, new, strict=True)),
+        positions=token_pos[None, :],
+        mask=None,
+        causal=causal,
+        fresh=fresh,
+        packed=True,
+        offsets=offsets,
+        slot_list=slots,
+        token_batch=token_batch,
+        token_step=token_step,
+        token_slot=slots_t[token_batch],
+        token_pos=token_pos,
+        uniform=min(new) == max(new),
+        last=first + new_t - 1,
     )

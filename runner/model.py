@@ -187,6 +187,40 @@ def _attend(
     )
 
 
+def _attend_packed(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ctx: LayerContext,
+    layer: int,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of a packed step (``[1, heads, N, head_dim]``), one sequence at a time
+    over its own context: the keys and values cached so far, or this step's when
+    nothing is cached. Nothing is padded, so the work is each sequence's own."""
+    meta, cache = ctx.meta, ctx.cache
+    if cache is not None:
+        cache.write(layer, meta, k, v)
+    gqa = q.shape[1] != k.shape[1]
+    outs = []
+    for off, n, past, slot in zip(meta.offsets, meta.new, meta.past, meta.slot_list, strict=True):
+        qi = q[:, :, off : off + n]
+        if cache is None or not past:
+            ki, vi = k[:, :, off : off + n], v[:, :, off : off + n]
+        else:
+            ki, vi = cache.read_slot(layer, slot, past + n)
+        mask = None
+        if meta.causal and n > 1 and past:
+            mask = torch.ones(n, past + n, dtype=torch.bool, device=q.device).tril(past)
+        causal = bool(meta.causal and n > 1 and not past)
+        outs.append(
+            F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+            )
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
 class SelfAttention(nn.Module):
     """Multi-head (or grouped-query) self-attention over this rank's heads, reading and
     writing the KV cache."""
@@ -222,11 +256,14 @@ class SelfAttention(nn.Module):
         if ctx.cos is not None and ctx.sin is not None:
             q = apply_rotary(q, ctx.cos, ctx.sin)
             k = apply_rotary(k, ctx.cos, ctx.sin)
-        if ctx.cache is not None:
-            ctx.cache.write(layer, ctx.meta, k, v)
-            if not ctx.meta.fresh:
-                k, v = ctx.cache.read(layer, ctx.meta)
-        o = _attend(q, k, v, ctx.mask, ctx.is_causal, self.scale)
+        if ctx.meta.packed:
+            o = _attend_packed(q, k, v, ctx, layer, self.scale)
+        else:
+            if ctx.cache is not None:
+                ctx.cache.write(layer, ctx.meta, k, v)
+                if not ctx.meta.fresh:
+                    k, v = ctx.cache.read(layer, ctx.meta)
+            o = _attend(q, k, v, ctx.mask, ctx.is_causal, self.scale)
         out: torch.Tensor = self.out(o.transpose(1, 2).reshape(b, t, self.nq * d))
         return out
 
@@ -427,13 +464,17 @@ class Transformer(nn.Module):
         self.rotary = (
             Rotary(config.head_dim, config.rope_theta, dev) if a.position == "rope" else None
         )
+        # decoder-only models run their steps packed (:class:`StepMeta`); T5's relative
+        # bias and cross-attention take the padded layout
+        self.packed = not config.encoder_decoder
 
     # -- caches ----------------------------------------------------------------------------
     def new_cache(self, max_seqs: int, max_len: int) -> SlotKVCache:
-        """A KV cache for this stage's decoder layers."""
+        """A KV cache for this stage's decoder layers (packed steps read any slot in
+        place, so their caches are not compacted)."""
         return SlotKVCache(
             len(self.layers), len(self.kv_heads), self.config.head_dim, max_seqs, max_len,
-            dtype=self.dtype, device=self.device,
+            dtype=self.dtype, device=self.device, compact=not self.packed,
         )  # fmt: skip
 
     def new_cross_cache(self, max_seqs: int, max_len: int) -> SlotKVCache:
@@ -507,8 +548,12 @@ class Transformer(nn.Module):
     # -- steps ------------------------------------------------------------------------------
     def _input(self, x: torch.Tensor | Sequence[Sequence[int]], meta: StepMeta) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.is_floating_point():
-            return x  # hidden states from the previous stage
-        tokens = x if isinstance(x, torch.Tensor) else pad_tokens(x, device=self.device)
+            # hidden states from the previous stage
+            return x.reshape(1, -1, x.shape[-1]) if meta.packed else x
+        if meta.packed:
+            tokens = pack_tokens(x, meta.new, device=self.device)
+        else:
+            tokens = x if isinstance(x, torch.Tensor) else pad_tokens(x, device=self.device)
         return self.embed_tokens(tokens.to(self.device), meta.positions)
 
     def forward_step(
@@ -519,23 +564,29 @@ class Transformer(nn.Module):
         *,
         new: Sequence[int] | None = None,
         cross_cache: KVCache | None = None,
+        packed: bool | None = None,
     ) -> torch.Tensor:
         """One decoder step over cached sequences: ``x`` is the new tokens (lists, or a
         right-padded ``[B, T]`` tensor with ``new`` giving each one's count) on the
-        first stage, or the previous stage's hidden states ``[B, T, H]``.
+        first stage, or the previous stage's hidden states.
 
         Returns the logits ``[B, vocab]`` of each sequence's last new token on the last
-        stage, else the hidden states ``[B, T, H]`` for the next stage.
+        stage, else the hidden states for the next stage: ``[B, T, H]``, or packed
+        (``packed``, the default for decoder-only models) ``[1, N, H]`` with ``N`` the
+        new tokens, ``[B, 1, H]`` when each sequence has one.
         """
         if new is None:
             new = [x.shape[1]] * x.shape[0] if isinstance(x, torch.Tensor) else [len(s) for s in x]
-        meta = cache.step(seq_ids, new, causal=True)
+        packed = self.packed if packed is None else packed
+        meta = cache.step(seq_ids, new, causal=True, packed=packed)
         h = self._input(x, meta)
         ctx = self.context(meta, cache, cross_cache=cross_cache)
         h = self.run_layers(h, ctx)
         cache.advance(meta)
         if self.lm_head is None:
-            return h
+            return h.view(meta.batch, 1, h.shape[-1]) if packed and meta.max_new == 1 else h
+        if packed:
+            return self.logits(h[0, meta.last])
         last = h[torch.arange(meta.batch, device=h.device), meta.last]
         return self.logits(last)
 
@@ -596,6 +647,22 @@ class Transformer(nn.Module):
             assert isinstance(layer, Layer) and layer.cross is not None
             layer.cross.project(encoded, meta, cross_cache, i)
         cross_cache.advance(meta)
+
+
+def pack_tokens(
+    x: torch.Tensor | Sequence[Sequence[int]],
+    new: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Token lists, or a right-padded ``[B, T]`` tensor with ``new[b]`` tokens in row
+    ``b``, as one row ``[1, N]``."""
+    if isinstance(x, torch.Tensor):
+        if x.shape[1] == 1 or min(new) == x.shape[1]:
+            return x.reshape(1, -1)
+        return torch.cat([x[i, :n] for i, n in enumerate(new)])[None]
+    flat = [t for seq in x for t in seq]
+    return torch.tensor(flat, dtype=torch.long, device=device)[None]
 
 
 def pad_tokens(

@@ -336,8 +336,10 @@ class XProfiler:
             cache = bench.new_cache(b, n)
             for s in ids:
                 cache.add(s)
-            meta = cache.step(ids, [n] * b, causal=True)
+            meta = cache.step(ids, [n] * b, causal=True, packed=bench.packed)
             ctx = bench.context(meta, cache)
+            if bench.packed:
+                x = x.view(1, b * n, h)
 
             def empty() -> None:
                 for s in ids:
@@ -402,8 +404,10 @@ class XProfiler:
         for s in ids:
             cache.add(s)
             cache.set_length(s, own)
-        meta = cache.step(ids, [1] * b, causal=True)
+        meta = cache.step(ids, [1] * b, causal=True, packed=bench.packed)
         ctx = bench.context(meta, cache, cross_cache=cross)
+        if bench.packed:
+            x = x.view(1, b, h)
 
         def rewind() -> None:
             for s in ids:

@@ -97,26 +97,24 @@ def build_member(
     slots = spec.slots(chain.name)
     encode_slots = min(max_encode_batch(spec.config), slots)
     scope = spec.config.tp_scope if chain.name == MAIN and chain.tp > 1 else "all"
-    grouped = spec.config.strategy != "Static"  # the static baseline pads, as FasterTransformer
+    pad = spec.config.strategy == "Static"  # the static baseline pads, as FasterTransformer
     full: StageRunner | None = None
     if scope == "decode":  # encode data parallel: whole-stage copies, caches for one encoding
         tp_slots = slots
         full = StageRunner(
             load(TensorParallel()), slots=encode_slots, max_len=spec.max_total_tokens,
-            group_prefill=grouped,
+            pad_prefill=pad,
         )  # fmt: skip
     elif scope == "encode":  # decode data parallel: each rank decodes the rows it owns
         tp_slots = encode_slots
         owned = -(-slots // chain.tp)
         full = StageRunner(
             load(TensorParallel()), slots=owned, max_len=spec.max_total_tokens,
-            group_prefill=grouped,
+            pad_prefill=pad,
         )  # fmt: skip
     else:
         tp_slots = slots
-    runner = StageRunner(
-        load(tp), slots=tp_slots, max_len=spec.max_total_tokens, group_prefill=grouped
-    )
+    runner = StageRunner(load(tp), slots=tp_slots, max_len=spec.max_total_tokens, pad_prefill=pad)
     routes: list[KVRoute] = []
     if len(topo.chains) == 2:
         c = spec.model

@@ -16,29 +16,6 @@ from .kvcache import SlotKVCache
 from .model import Transformer
 from .serving import RequestRejected
 
-PADDING_SLACK = 1.25
-"""A prefill group's padded tokens may exceed its real tokens by this factor."""
-
-
-def length_groups(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:
-    """Rows of a prefill batch in groups of similar length, shortest first: a group
-    grows while its padded size (rows x longest) stays within ``slack`` times its
-    tokens. A batch pads to its longest prompt; these groups keep the padding small
-    with few groups, so an encoding costs about what its tokens cost."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    tokens = 0
-    for i in order:
-        if groups:
-            group = groups[-1]
-            if (len(group) + 1) * lengths[i] <= slack * (tokens + lengths[i]):
-                group.append(i)
-                tokens += lengths[i]
-                continue
-        groups.append([i])
-        tokens = lengths[i]
-    return groups
-
 
 def check_kv_memory(need: int, free: int, slots: int, max_len: int) -> None:
     """Refuse to start when the KV caches would not fit: a clear error at start, rather
@@ -53,15 +30,18 @@ def check_kv_memory(need: int, free: int, slots: int, max_len: int) -> None:
 
 class StageRunner:
     """Steps over the sequences of one stage: at most ``slots`` sequences of at most
-    ``max_len`` tokens (prompt and output) at once. Prompts are encoded in groups of
-    similar length (``group_prefill``), or padded to the batch's longest as
+    ``max_len`` tokens (prompt and output) at once.
+
+    Decoder-only models run packed steps: the tokens of a step in one row, attention per
+    sequence over its own context, so a step costs what its tokens cost whatever the
+    spread of lengths. ``pad_prefill`` pads an encoding to its longest prompt instead, as
     FasterTransformer does (the Static baseline)."""
 
     def __init__(
-        self, model: Transformer, *, slots: int, max_len: int, group_prefill: bool = True
+        self, model: Transformer, *, slots: int, max_len: int, pad_prefill: bool = False
     ) -> None:
         self.model = model
-        self.group_prefill = group_prefill
+        self.pad_prefill = pad_prefill
         self.config = model.config
         self.first, self.last = model.stage.first, model.stage.last
         self.slots, self.max_len = slots, max_len
@@ -82,6 +62,18 @@ class StageRunner:
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def packed_prefill(self) -> bool:
+        return self.model.packed and not self.pad_prefill
+
+    def hidden_shape(self, prefill: bool, new: Sequence[int]) -> tuple[int, int, int]:
+        """The shape of the hidden states this stage takes from the previous one."""
+        if not prefill:
+            return (len(new), 1, self.hidden_size)
+        if self.packed_prefill:
+            return (1, sum(new), self.hidden_size)
+        return (len(new), max(new), self.hidden_size)
+
     def release(self, seq_ids: Sequence[int]) -> None:
         for s in seq_ids:
             if s in self.cache:
@@ -93,7 +85,7 @@ class StageRunner:
         self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[Sequence[int]], new: Sequence[int]
     ) -> torch.Tensor:
         """Add the sequences and run their prompts: logits ``[B, vocab]`` of each one's
-        next token on the last stage, else hidden states ``[B, T, H]``."""
+        next token on the last stage, else hidden states (:meth:`hidden_shape`)."""
         if max(new) > self.max_len:
             raise RequestRejected("prompt", f"longer than the {self.max_len} tokens a slot holds")
         with torch.inference_mode():
@@ -101,41 +93,9 @@ class StageRunner:
                 return self._encode_decode(seq_ids, x, new)
             for s in seq_ids:
                 self.cache.add(s)
-            groups = length_groups(new) if self.group_prefill else [list(range(len(new)))]
-            if len(groups) == 1:
-                return self.model.forward_step(seq_ids, x, self.cache, new=list(new))
-            return self._grouped_prefill(seq_ids, x, new, groups)
-
-    def _grouped_prefill(
-        self,
-        seq_ids: Sequence[int],
-        x: torch.Tensor | Sequence[Sequence[int]],
-        new: Sequence[int],
-        groups: list[list[int]],
-    ) -> torch.Tensor:
-        """The prompts in groups of similar length (:func:`length_groups`), the outputs
-        put back in ``seq_ids``' order (hidden states padded to the longest prompt)."""
-        out: torch.Tensor | None = None
-        for rows in groups:
-            ids = [seq_ids[i] for i in rows]
-            lens = [new[i] for i in rows]
-            if isinstance(x, torch.Tensor):
-                xs: torch.Tensor | list[Sequence[int]] = x[rows, : max(lens)]
-            else:
-                xs = [x[i] for i in rows]
-            got = self.model.forward_step(ids, xs, self.cache, new=lens)
-            if out is None:
-                shape = (len(seq_ids),) + (
-                    tuple(got.shape[1:]) if self.last else (max(new), got.shape[2])
-                )
-                out = got.new_zeros(shape)
-            index = torch.tensor(rows, device=got.device)
-            if self.last:
-                out[index] = got
-            else:
-                out[index, : got.shape[1]] = got
-        assert out is not None
-        return out
+            return self.model.forward_step(
+                seq_ids, x, self.cache, new=list(new), packed=self.packed_prefill
+            )
 
     def _encode_decode(
         self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[Sequence[int]], new: Sequence[int]
@@ -153,7 +113,10 @@ class StageRunner:
     def decode(self, seq_ids: Sequence[int], x: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """One new token per sequence: ``x`` is the tokens (first stage) or hidden states
         ``[B, 1, H]``. The step runs in cache-slot order (so that the caches are read
-        in place rather than gathered); the output rows follow ``seq_ids``."""
+        in place rather than gathered, unless it is packed); the output rows follow
+        ``seq_ids``."""
+        if self.model.packed:
+            return self._decode(seq_ids, x)
         slots = self.cache.slots(seq_ids)
         order = sorted(range(len(seq_ids)), key=slots.__getitem__)
         if order == list(range(len(seq_ids))):

@@ -260,7 +260,8 @@ class Step:
     op: str  # "encode" or "decode"
     batch: int
     seconds: float
-    longest: int  # encode: the longest prompt (the batch is padded to it)
+    longest: int  # encode: the longest prompt (Static pads the batch to it)
+    tokens: int  # encode: the prompts' tokens
 
 
 class StepLog:
@@ -283,15 +284,15 @@ class StepLog:
                 op = cmds[0].op if cmds else None
                 if op in (Op.PREFILL, Op.DECODE):
                     batch = sum(c.batch for c in cmds)
-                    longest = max((n for c in cmds for n in c.new), default=0)
+                    new = [n for c in cmds for n in c.new]
                     name = "encode" if op == Op.PREFILL else "decode"
-                    self.steps.append(Step(at, name, batch, seconds, longest))
+                    self.steps.append(Step(at, name, batch, seconds, max(new, default=0), sum(new)))
                 return out
 
             setattr(chain, "run", timed)  # noqa: B010 (an instance attribute over the method)
 
     def summary(self, w: Window) -> dict[str, dict[str, float]]:
-        """Mean batch, seconds and longest prompt of the steps inside ``w``."""
+        """Mean batch, seconds, longest prompt and prompt of the steps inside ``w``."""
         out: dict[str, dict[str, float]] = {}
         for op in ("encode", "decode"):
             s = [x for x in self.steps if x.op == op and w.start <= x.at <= w.end]
@@ -301,6 +302,7 @@ class StepLog:
                     "mean_batch": statistics.fmean(x.batch for x in s),
                     "mean_seconds": statistics.fmean(x.seconds for x in s),
                     "mean_longest_prompt": statistics.fmean(x.longest for x in s),
+                    "mean_prompt": sum(x.tokens for x in s) / max(sum(x.batch for x in s), 1),
                 }
         return out
 
@@ -551,10 +553,10 @@ def _steps_check(
     predicted: Prediction,
 ) -> dict[str, Any]:
     """The steady window's steps as measured, beside the cost model's time for a step
-    of the same mean batch: decode at the workload's mean context, encode at the mean
-    longest prompt (the engine pads a batch to its longest prompt) and at the mean
-    input. Where a prediction misses, this says whether the steps or the batching
-    differ."""
+    of the same mean batch: decode at the workload's mean context; encode at the steps'
+    mean prompt (packed encodings cost their tokens) or, for Static, at their mean
+    longest prompt (it pads a batch to its longest). Where a prediction misses, this
+    says whether the steps or the batching differ."""
     k, m = sim.costs, sim.m
     if config.strategy == "WorkloadAware":
         enc, dec = sim.workload_aware_groups(config)
@@ -571,13 +573,14 @@ def _steps_check(
         }
     if "encode" in steps:
         e = steps["encode"]
-        model = k.encode_latency(enc, e["mean_batch"], e["mean_longest_prompt"])
+        padded = config.strategy == "Static"
+        length = e["mean_longest_prompt"] if padded else e["mean_prompt"]
+        model = k.encode_latency(enc, e["mean_batch"], length)
         out["encode"] = {
             **e,
+            "model_at": "mean longest prompt" if padded else "mean prompt",
             "model_seconds": model,
             "error_pct": error_pct(model, e["mean_seconds"]),
-            # what the simulator assumes but for Static (it takes the batch's longest)
-            "model_seconds_at_mean_input": k.encode_latency(enc, e["mean_batch"], m.mean_input),
         }
     return out
 
@@ -775,8 +778,7 @@ def _steps_line(steps: dict[str, Any]) -> str:
     if e:
         parts.append(
             f"encode {1e3 * e['mean_seconds']:.1f} ms at batch {e['mean_batch']:.1f} "
-            f"(model {1e3 * e['model_seconds']:.1f} ms at the longest prompt, "
-            f"{1e3 * e['model_seconds_at_mean_input']:.1f} ms at the mean input)"
+            f"(model {1e3 * e['model_seconds']:.1f} ms at the {e['model_at']})"
         )
     return "steps: " + "; ".join(parts)
 

@@ -124,16 +124,3 @@ def test_caches_that_do_not_fit_are_refused_at_start() -> None:
     check_kv_memory(2**30, 2**31, 64, 1024)
     with pytest.raises(RunnerError, match=r"need 2.00 GiB \(64 sequences of 1024 tokens\)"):
         check_kv_memory(2**31, 2**30, 64, 1024)
-
-
-def test_prefill_groups_keep_padding_small() -> None:
-    from exegpt.runner.stage import length_groups
-
-    assert length_groups([5, 5, 5]) == [[0, 1, 2]]
-    assert length_groups([100, 3, 98, 4]) == [[1, 3], [2, 0]]
-    lengths = [1, 7, 30, 31, 33, 90, 200, 8]
-    groups = length_groups(lengths)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:  # each group's padded size within 25 % of its tokens, or one row
-        padded = len(g) * max(lengths[i] for i in g)
-        assert len(g) == 1 or padded <= 1.25 * sum(lengths[i] for i in g)
