@@ -55,7 +55,7 @@ class Simulator:
                 f"profile is for {profile.architecture.name!r} but the request is for "
                 f"{request.architecture.name!r}"
             )
-        self.request = request
+        self.request, self.profile = request, profile
         self.costs = CostModel(profile, request.gpu, request.gpus_per_node, request.dtype)
         self.m = moments or Moments.of(request.workload, request.architecture)
         self.capacity = request.gpu.memory_bytes * request.memory_headroom

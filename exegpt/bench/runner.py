@@ -66,6 +66,7 @@ from exegpt.bench.paper import static_latency_percentiles, summarize_config
 from exegpt.bench.profile import CPU_MODELS
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.costs import Group
+from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, Prediction, StrategyChoice
 from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
@@ -89,6 +90,7 @@ BAND_FRACTION = 0.05  # p99-length band: within 5 % of the p99 length ...
 BAND_MIN_TOKENS = 2  # ... and at least 2 tokens
 BAND_MIN_REQUESTS = 5  # fewer in the band: the line fit instead
 MIN_CLOSED_PER_CONCURRENCY = 4  # a closed loop runs at least 4x its concurrency
+EVENTS_SEED = 0  # the discrete-event simulation's arrivals and lengths
 
 # A small OPT-like model: per-step compute well above the engine's Python overhead,
 # yet fast enough on one CPU thread.
@@ -508,10 +510,15 @@ def measure_config(
         "ttft_median_s": statistics.median(ttft),
         "ttft_p99_s": nearest_rank(ttft, 99),
     }
+    # the end-to-end p99 under the Poisson run's arrivals: the discrete-event mode at the
+    # same rate (the analytic figure is one admission cycle's worst case, kept beside it)
+    events = EventSimulator(sim.request, sim.profile).run(
+        config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate
+    )
     pred = {
         "throughput_qps": predicted.throughput_qps,
         "latency_s": predicted.latency_s,
-        "e2e_p99_s": predicted.e2e_p99_s,
+        "e2e_p99_s": events.e2e_p99_s,
     }
     return {
         "role": role,
@@ -519,7 +526,11 @@ def measure_config(
         "config": config.model_dump(exclude_defaults=True),
         "summary": summarize_config(config),
         "processes": spec.topology().world,
-        "predicted": {**pred, "decode_batch": predicted.decode_batch},
+        "predicted": {
+            **pred,
+            "decode_batch": predicted.decode_batch,
+            "e2e_p99_s_analytic": predicted.e2e_p99_s,
+        },
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
         "meets_bound": bool(latency.seconds <= bound),

@@ -124,3 +124,22 @@ def test_caches_that_do_not_fit_are_refused_at_start() -> None:
     check_kv_memory(2**30, 2**31, 64, 1024)
     with pytest.raises(RunnerError, match=r"need 2.00 GiB \(64 sequences of 1024 tokens\)"):
         check_kv_memory(2**31, 2**30, 64, 1024)
+
+
+def test_packed_step_puts_every_sequence_in_one_row() -> None:
+    c = _cache(compact=False)
+    for s in "abc":
+        c.add(s)
+    c.set_length("b", 2)
+    meta = c.step(["a", "b", "c"], [3, 1, 2], causal=True, packed=True)
+    assert meta.packed and meta.mask is None
+    assert meta.offsets == [0, 3, 4]
+    assert meta.positions.tolist() == [[0, 1, 2, 2, 0, 1]]  # "b" continues at 2
+    assert meta.token_slot.tolist() == [0, 0, 0, 1, 2, 2]
+    assert meta.last.tolist() == [2, 3, 5]  # each sequence's last token in the row
+    k = torch.arange(6, dtype=torch.float32).view(1, 1, 6, 1).expand(1, 2, 6, 4)
+    c.write(0, meta, k, k)
+    c.advance(meta)
+    key, _ = c.read_slot(0, 1, 3)
+    assert key.shape == (1, 2, 3, 4) and key[0, 0, 2, 0] == 3  # "b"'s token landed at 2
+    assert [c.length(s) for s in "abc"] == [3, 3, 2]

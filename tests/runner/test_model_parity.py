@@ -182,6 +182,36 @@ def test_random_weights_incremental_equals_recompute(family: str) -> None:
     assert int(whole.argmax()) == tokens[3]
 
 
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_packed_steps_equal_padded_steps(family: str) -> None:
+    """Packed steps (the tokens in one row, attention per sequence) give the logits and
+    caches of padded steps, for prompts of very different lengths, a chunk added to
+    cached sequences, and decode steps over contexts of different lengths."""
+    model = random_weights(Transformer(tiny_config(family)), seed=5, std=0.2)
+    assert model.packed
+    prompts = [[3] * 9, [4], [5, 6, 7], [8] * 5]
+    caches = {packed: model.new_cache(6, 32) for packed in (True, False)}
+    out: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    with torch.inference_mode():
+        for packed, cache in caches.items():
+            ids = list(range(len(prompts)))
+            for s in ids:
+                cache.add(s)
+            out[packed].append(model.forward_step(ids, prompts, cache, packed=packed))
+            chunk = [[9, 10], [11], [12, 13, 14], [15]]
+            out[packed].append(model.forward_step(ids, chunk, cache, packed=packed))
+            for tok in (16, 17, 18):
+                out[packed].append(model.decode([3, 0, 2], [tok] * 3, cache))
+    for a, b in zip(out[True], out[False], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    packed, padded = caches[True], caches[False]
+    for s in range(len(prompts)):
+        n = packed.length(s)
+        assert n == padded.length(s) == len(prompts[s]) + len(chunk[s]) + (3 if s != 1 else 0)
+        slot_a, slot_b = packed.slots([s])[0], padded.slots([s])[0]
+        torch.testing.assert_close(packed.k[1][slot_a, :, :n], padded.k[1][slot_b, :, :n])
+
+
 def test_sampling_is_seeded() -> None:
     model = random_weights(Transformer(tiny_config("llama")), seed=1, std=0.2)
     sampled = Sampling(greedy=False, temperature=0.8, top_k=20)

@@ -179,3 +179,22 @@ def test_gpu_profile() -> None:
     assert p.provenance.dtype == "float16"
     assert p.memory.activation_bytes_per_token > 0
     assert all(s > 0 for row in p.tables(1).decode.seconds for s in row)
+
+
+def test_decode_rows_become_lines_through_their_points() -> None:
+    from exegpt.planner.profile import Grid
+    from exegpt.runner.profiler import affine_in_length
+
+    lengths = [1, 16, 32, 64]
+    noisy = [1.0e-3, 1.3e-3, 1.2e-3, 1.8e-3]  # 1e-3 + 1e-5 * n, scattered
+    falling = [2.0, 1.8, 1.5, 1.0]
+    grid = Grid(batch=[1, 2, 4], length=lengths, seconds=[noisy, falling, [5.0] * 4])
+    measured = {(1, n): t for n, t in zip(lengths, noisy, strict=True)}
+    measured |= {(2, n): t for n, t in zip(lengths, falling, strict=True)}
+    measured |= {(4, 1): 5.0, (4, 16): 5.0}  # two points: too few for a line
+    out = affine_in_length(grid, measured)
+    row = out.seconds[0]
+    slopes = [(row[i + 1] - row[i]) / (lengths[i + 1] - lengths[i]) for i in range(3)]
+    assert slopes == pytest.approx([slopes[0]] * 3) and slopes[0] > 0
+    assert sum(row) == pytest.approx(sum(noisy))  # least squares keeps the mean
+    assert out.seconds[1] == falling and out.seconds[2] == [5.0] * 4
