@@ -22,7 +22,8 @@ model's layers of the phase, so that layers x per-layer time + head is a whole s
 
 Times are the median of repeated runs after warm-up (CUDA events on a GPU, a monotonic
 clock on the CPU); on the CPU every point is timed in several passes, each timing
-keeping its lowest median (a pass slowed by other load is discarded). Grid points are
+keeping its median over three or more passes, the lower of two (a pass slowed by other
+load is discarded). Grid points are
 measured coarse to fine within ``max_seconds``; points not measured (out of time, or
 beyond the memory and token caps) are interpolated from the finest complete level, or
 extrapolated linearly in batch. The TP
@@ -37,6 +38,7 @@ import math
 import os
 import platform
 import socket
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field, replace
@@ -107,9 +109,9 @@ class ProfileOptions:
     memory_fraction: float = 0.7  # of free memory one grid point may use
     seed: int = 0
     midpoints: bool = True  # refine the grid with 3*2^k points after the powers of two
-    # passes over the measured points, each point keeping its lowest median: a pass that
-    # other load on a shared machine slowed down is discarded (None: 2 on the CPU, 1 on
-    # a GPU, which a profiling Job has to itself)
+    # passes over the measured points, each timing keeping its median over three or more
+    # passes, the lower of two: a pass that other load on a shared machine slowed down is
+    # discarded (None: 2 on the CPU, 1 on a GPU, which a profiling Job has to itself)
     passes: int | None = None
 
 
@@ -128,9 +130,16 @@ class _Parts:
     head: float  # the LM head and sampling, for the batch
     project: float  # T5 encoding: the chain's cross-attention K/V projections
 
-    def lower(self, other: _Parts) -> _Parts:
-        """Each timing's lower value (of two passes)."""
-        return _Parts(*(min(x, y) for x, y in zip(astuple(self), astuple(other), strict=True)))
+
+def settle(passes: Sequence[float]) -> float:
+    """One timing over its passes: the median of three or more (a pass that other load
+    slowed down, or that ran unusually fast, is discarded), the lower of two."""
+    return float(statistics.median(passes) if len(passes) >= 3 else min(passes))
+
+
+def settle_parts(passes: Sequence[_Parts]) -> _Parts:
+    """Each timing of a point settled over its passes (:func:`settle`)."""
+    return _Parts(*(settle(c) for c in zip(*(astuple(p) for p in passes), strict=True)))
 
 
 @dataclass
@@ -138,7 +147,7 @@ class _PhaseGrid:
     batch: list[int]
     length: list[int]
     measured: dict[tuple[int, int], float] = field(default_factory=dict)
-    parts: dict[tuple[int, int], _Parts] = field(default_factory=dict)
+    parts: dict[tuple[int, int], list[_Parts]] = field(default_factory=dict)
 
 
 def _powers(lo: int, hi: int) -> list[int]:
@@ -518,7 +527,7 @@ class XProfiler:
                     continue
                 try:
                     parts = self._measure_point(bench, phase, b, n)
-                    grid.parts[(b, n)] = parts
+                    grid.parts[(b, n)] = [parts]
                     grid.measured[(b, n)] = self._layer_seconds(phase, parts)
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
@@ -540,9 +549,8 @@ class XProfiler:
             for b, n in order:
                 if time.monotonic() + self._cost(grid.measured[(b, n)]) > min(stop, self._deadline):
                     break
-                parts = grid.parts[(b, n)].lower(self._measure_point(bench, phase, b, n))
-                grid.parts[(b, n)] = parts
-                grid.measured[(b, n)] = self._layer_seconds(phase, parts)
+                grid.parts[(b, n)].append(self._measure_point(bench, phase, b, n))
+                grid.measured[(b, n)] = self._layer_seconds(phase, settle_parts(grid.parts[(b, n)]))
         result = self._fill(grid, complete)
         if phase == "decode":
             result = affine_in_length(result, grid.measured)
@@ -592,10 +600,10 @@ class XProfiler:
 
     def _measure_head(self, bench: Transformer, tokens_axis: Sequence[int]) -> Curve:
         passes = self.options.passes or (1 if self.device.type == "cuda" else 2)
-        seconds = [
-            min(self.timer.time(self._head_fn(bench, m)).median for _ in range(passes))
-            for m in tokens_axis
-        ]
+        seconds = []
+        for m in tokens_axis:
+            fn = self._head_fn(bench, m)
+            seconds.append(settle([self.timer.time(fn).median for _ in range(passes)]))
         return Curve(x=[float(m) for m in tokens_axis], seconds=seconds)
 
     # -- communication and memory ---------------------------------------------------------------
