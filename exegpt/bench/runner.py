@@ -88,7 +88,7 @@ WARMUP_FRACTION = 0.2  # of a closed loop's completions
 POISSON_WARMUP_FRACTION = 0.1  # of a Poisson run's arrivals
 BAND_FRACTION = 0.05  # p99-length band: within 5 % of the p99 length ...
 BAND_MIN_TOKENS = 2  # ... and at least 2 tokens
-BAND_MIN_REQUESTS = 5  # fewer in the band: the line fit instead
+BAND_MIN_REQUESTS = 20  # fewer in the band (the median of a few is noise): the line fit
 MIN_CLOSED_PER_CONCURRENCY = 4  # a closed loop runs at least 4x its concurrency
 EVENTS_SEED = 0  # the discrete-event simulation's arrivals and lengths
 
@@ -510,10 +510,14 @@ def measure_config(
         "ttft_median_s": statistics.median(ttft),
         "ttft_p99_s": nearest_rank(ttft, 99),
     }
-    # the end-to-end p99 under the Poisson run's arrivals: the discrete-event mode at the
-    # same rate (the analytic figure is one admission cycle's worst case, kept beside it)
+    # the end-to-end p99 under Poisson arrivals at LOAD of the capacity: measured at
+    # LOAD x the measured throughput, predicted by the discrete-event mode at LOAD x the
+    # predicted throughput (the analytic figure, one admission cycle's worst case, is
+    # kept beside it)
     events = EventSimulator(sim.request, sim.profile).run(
-        config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate
+        config,
+        np.random.default_rng(EVENTS_SEED),
+        arrival_rate=job.load * predicted.throughput_qps,
     )
     pred = {
         "throughput_qps": predicted.throughput_qps,
@@ -564,7 +568,8 @@ def _steps_check(
     predicted: Prediction,
 ) -> dict[str, Any]:
     """The steady window's steps as measured, beside the cost model's time for a step
-    of the same mean batch: decode at the workload's mean context; encode at the steps'
+    of the same mean batch: decode at the workload's mean context (Static: the mean
+    input plus half the batch's expected longest output); encode at the steps'
     mean prompt (packed encodings cost their tokens) or, for Static, at their mean
     longest prompt (it pads a batch to its longest). Where a prediction misses, this
     says whether the steps or the batching differ."""
@@ -576,7 +581,10 @@ def _steps_check(
     out: dict[str, Any] = {"predicted_decode_batch": predicted.decode_batch}
     if "decode" in steps:
         d = steps["decode"]
-        model = k.iteration(dec, d["mean_batch"], m.mean_context, config.micro_batches)
+        context = m.mean_context
+        if config.strategy == "Static":  # every slot decodes until the batch's longest ends
+            context = m.mean_input + m.expected_max_steps(config.encode_batch) / 2
+        model = k.iteration(dec, d["mean_batch"], context, config.micro_batches)
         out["decode"] = {
             **d,
             "model_seconds": model,
