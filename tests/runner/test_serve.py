@@ -276,3 +276,10 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.communicate()
+
+
+def test_the_operator_declares_the_port_the_workers_meet_on() -> None:
+    from exegpt.operator import podspec
+    from exegpt.runner import workerplan
+
+    assert podspec.RENDEZVOUS_PORT_OFFSET == workerplan.RENDEZVOUS_PORT_OFFSET

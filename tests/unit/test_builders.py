@@ -347,7 +347,10 @@ def test_roundrobin_one_statefulset_of_replicas_times_stages() -> None:
         "--port",
         "8080",
     ]
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "rendezvous", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     startup = c["startupProbe"]
@@ -463,7 +466,10 @@ def test_worker_pod_templates_agree_with_the_plan_document(config: ExecutionConf
         ]  # fmt: skip
         assert topology["planFile"] == PLAN_FILE
         assert gpus(c) == planned["gpusPerPod"], role
-        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert c["ports"] == [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            {"name": "rendezvous", "containerPort": port + 1, "protocol": "TCP"},
+        ]
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert c["startupProbe"]["httpGet"]["port"] == "http"
