@@ -464,17 +464,22 @@ class Transformer(nn.Module):
         self.rotary = (
             Rotary(config.head_dim, config.rope_theta, dev) if a.position == "rope" else None
         )
-        # decoder-only models run their steps packed (:class:`StepMeta`); T5's relative
-        # bias and cross-attention take the padded layout
-        self.packed = not config.encoder_decoder
+        # Decoder-only models encode packed (:class:`StepMeta`), and decode packed on the
+        # CPU. On a GPU a decode step pads attention to the batch's longest context: one
+        # kernel for the batch, where per-sequence kernels would cost more launches than
+        # the padding costs reads at GPU batch sizes. T5's relative bias and
+        # cross-attention take the padded layout.
+        self.packed_prefill = not config.encoder_decoder
+        self.packed_decode = self.packed_prefill and dev.type == "cpu"
 
     # -- caches ----------------------------------------------------------------------------
     def new_cache(self, max_seqs: int, max_len: int) -> SlotKVCache:
-        """A KV cache for this stage's decoder layers (packed steps read any slot in
-        place, so their caches are not compacted)."""
+        """A KV cache for this stage's decoder layers (packed decode steps read any slot
+        in place, so their caches are not compacted; padded ones read the batch as one
+        view when its slots are the lowest, which compaction keeps)."""
         return SlotKVCache(
             len(self.layers), len(self.kv_heads), self.config.head_dim, max_seqs, max_len,
-            dtype=self.dtype, device=self.device, compact=not self.packed,
+            dtype=self.dtype, device=self.device, compact=not self.packed_decode,
         )  # fmt: skip
 
     def new_cross_cache(self, max_seqs: int, max_len: int) -> SlotKVCache:
@@ -572,12 +577,14 @@ class Transformer(nn.Module):
 
         Returns the logits ``[B, vocab]`` of each sequence's last new token on the last
         stage, else the hidden states for the next stage: ``[B, T, H]``, or packed
-        (``packed``, the default for decoder-only models) ``[1, N, H]`` with ``N`` the
-        new tokens, ``[B, 1, H]`` when each sequence has one.
+        (``packed``; by default ``packed_prefill``, or ``packed_decode`` when every
+        sequence has one new token) ``[1, N, H]`` with ``N`` the new tokens, ``[B, 1, H]``
+        when each sequence has one.
         """
         if new is None:
             new = [x.shape[1]] * x.shape[0] if isinstance(x, torch.Tensor) else [len(s) for s in x]
-        packed = self.packed if packed is None else packed
+        if packed is None:
+            packed = self.packed_decode if max(new) == 1 else self.packed_prefill
         meta = cache.step(seq_ids, new, causal=True, packed=packed)
         h = self._input(x, meta)
         ctx = self.context(meta, cache, cross_cache=cross_cache)

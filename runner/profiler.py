@@ -365,9 +365,9 @@ class XProfiler:
             cache = bench.new_cache(b, n)
             for s in ids:
                 cache.add(s)
-            meta = cache.step(ids, [n] * b, causal=True, packed=bench.packed)
+            meta = cache.step(ids, [n] * b, causal=True, packed=bench.packed_prefill)
             ctx = bench.context(meta, cache)
-            if bench.packed:
+            if bench.packed_prefill:
                 x = x.view(1, b * n, h)
 
             def empty() -> None:
@@ -433,9 +433,9 @@ class XProfiler:
         for s in ids:
             cache.add(s)
             cache.set_length(s, own)
-        meta = cache.step(ids, [1] * b, causal=True, packed=bench.packed)
+        meta = cache.step(ids, [1] * b, causal=True, packed=bench.packed_decode)
         ctx = bench.context(meta, cache, cross_cache=cross)
-        if bench.packed:
+        if bench.packed_decode:
             x = x.view(1, b, h)
 
         def rewind() -> None:

@@ -34,8 +34,9 @@ class StageRunner:
 
     Decoder-only models run packed steps: the tokens of a step in one row, attention per
     sequence over its own context, so a step costs what its tokens cost whatever the
-    spread of lengths. ``pad_prefill`` pads an encoding to its longest prompt instead, as
-    FasterTransformer does (the Static baseline)."""
+    spread of lengths (decode steps on a GPU pad attention instead: ``Transformer``).
+    ``pad_prefill`` pads an encoding to its longest prompt instead, as FasterTransformer
+    does (the Static baseline)."""
 
     def __init__(
         self, model: Transformer, *, slots: int, max_len: int, pad_prefill: bool = False
@@ -64,7 +65,7 @@ class StageRunner:
 
     @property
     def packed_prefill(self) -> bool:
-        return self.model.packed and not self.pad_prefill
+        return self.model.packed_prefill and not self.pad_prefill
 
     def hidden_shape(self, prefill: bool, new: Sequence[int]) -> tuple[int, int, int]:
         """The shape of the hidden states this stage takes from the previous one."""
@@ -115,7 +116,7 @@ class StageRunner:
         ``[B, 1, H]``. The step runs in cache-slot order (so that the caches are read
         in place rather than gathered, unless it is packed); the output rows follow
         ``seq_ids``."""
-        if self.model.packed:
+        if self.model.packed_decode:
             return self._decode(seq_ids, x)
         slots = self.cache.slots(seq_ids)
         order = sorted(range(len(seq_ids)), key=slots.__getitem__)

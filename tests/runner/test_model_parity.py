@@ -186,9 +186,10 @@ def test_random_weights_incremental_equals_recompute(family: str) -> None:
 def test_packed_steps_equal_padded_steps(family: str) -> None:
     """Packed steps (the tokens in one row, attention per sequence) give the logits and
     caches of padded steps, for prompts of very different lengths, a chunk added to
-    cached sequences, and decode steps over contexts of different lengths."""
+    cached sequences, and decode steps over contexts of different lengths (packed on
+    the CPU, padded on a GPU)."""
     model = random_weights(Transformer(tiny_config(family)), seed=5, std=0.2)
-    assert model.packed
+    assert model.packed_prefill and model.packed_decode
     prompts = [[3] * 9, [4], [5, 6, 7], [8] * 5]
     caches = {packed: model.new_cache(6, 32) for packed in (True, False)}
     out: dict[bool, list[torch.Tensor]] = {True: [], False: []}
@@ -201,7 +202,8 @@ def test_packed_steps_equal_padded_steps(family: str) -> None:
             chunk = [[9, 10], [11], [12, 13, 14], [15]]
             out[packed].append(model.forward_step(ids, chunk, cache, packed=packed))
             for tok in (16, 17, 18):
-                out[packed].append(model.decode([3, 0, 2], [tok] * 3, cache))
+                step = model.forward_step([3, 0, 2], [[tok]] * 3, cache, packed=packed)
+                out[packed].append(step)
     for a, b in zip(out[True], out[False], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     packed, padded = caches[True], caches[False]
@@ -250,3 +252,25 @@ def test_sharded_safetensors_directory(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.safetensors"))) > 1
     model = load_directory(Transformer(ModelConfig.from_directory(tmp_path)), tmp_path)
     assert generate(model, PROMPTS, 4) == [hf_greedy(hf, p, 4) for p in PROMPTS]
+
+
+def test_gpu_decode_layout_gives_the_packed_outputs() -> None:
+    """Decode steps as a GPU runs them (padded attention, compacted slots, steps in slot
+    order) give the CPU's packed outputs, with sequences leaving mid-way."""
+    from exegpt.runner.stage import StageRunner
+
+    runners = []
+    for packed_decode in (True, False):
+        model = random_weights(Transformer(tiny_config("llama")), seed=7, std=0.2)
+        model.packed_decode = packed_decode
+        runners.append(StageRunner(model, slots=4, max_len=32))
+    prompts = [[3] * 6, [4], [5, 6, 7], [8] * 4]
+    outs: list[list[torch.Tensor]] = [[], []]
+    for runner, out in zip(runners, outs, strict=True):
+        out.append(runner.prefill([0, 1, 2, 3], prompts, [len(p) for p in prompts]))
+        runner.release([1])  # slot 1 frees: the padded layout moves slot 3 into it
+        for tok in (9, 10, 11):
+            out.append(runner.decode([3, 0, 2], [tok] * 3))
+    assert runners[1].cache.slots([0, 2, 3]) == [0, 2, 1]  # compacted
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
