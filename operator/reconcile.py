@@ -200,6 +200,11 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
     jobs = [] if configmap else await kube.list(JOB, ns)
+    if jobs and configmap is None:
+        # A Job writes the profile before it succeeds: read the ConfigMap again after the
+        # Jobs, or a Job that finished between the two reads looks like one that wrote
+        # nothing (and would be retried).
+        configmap = await kube.get(CONFIGMAP, ns, cm_name)
     d = decide(
         key, configmap, jobs, now=p.ctx.clock(), max_retries=spec.profiling.max_retries,
         timeout_seconds=spec.profiling.timeout, backoff_seconds=s.retry_backoff_seconds,

@@ -216,6 +216,36 @@ def test_measured_profiling_runs_one_job_then_plans(world: World) -> None:
     assert world.condition("Planned")["status"] == "True"
 
 
+def test_a_job_finishing_between_the_reads_is_not_retried(world: World) -> None:
+    """The Job writes its profile and succeeds after the pass read the ConfigMap but
+    before it listed the Jobs: the pass plans, rather than starting another Job."""
+    world.add(_measured("x"))
+    world.run()
+    key = world.status()["profile"]["key"]
+    kube = world.kube
+    listed = kube.list
+
+    async def finish_then_list(kind: Any, namespace: str) -> list[dict[str, Any]]:
+        if kind == JOB:
+            kube.objects[("configmaps", "default", names.profile_configmap(key))] = {
+                "metadata": {"name": names.profile_configmap(key)},
+                "data": {PROFILE_DATA_KEY: _profile_json()},
+            }
+            for (plural, _, _), obj in kube.objects.items():
+                if plural == "jobs":
+                    obj["status"] = {"succeeded": 1, "conditions": [
+                        {"type": "Complete", "status": "True",
+                         "lastTransitionTime": "2023-11-14T22:13:20Z"}]}  # fmt: skip
+        return await listed(kind, namespace)
+
+    kube.list = finish_then_list  # type: ignore[method-assign]
+    world.clock += 5
+    world.run()
+    assert len([k for k in kube.objects if k[0] == "jobs"]) == 1
+    assert world.condition("Profiled")["reason"] == "ProfileCached"
+    assert world.condition("Planned")["status"] == "True"
+
+
 def test_two_deployments_share_one_profiling_job(world: World) -> None:
     world.add(_measured("a"))
     world.add(_measured("b"))
