@@ -199,11 +199,11 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     cm_name = names.profile_configmap(key)
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
-    jobs = [] if configmap else await kube.list(JOB, ns)
-    if jobs and configmap is None:
-        # A Job writes the profile before it succeeds: read the ConfigMap again after the
-        # Jobs, or a Job that finished between the two reads looks like one that wrote
-        # nothing (and would be retried).
+    jobs: list[JSON] = []
+    if configmap is None:
+        jobs = await kube.list(JOB, ns)
+        # A Job writes the profile before it succeeds, so the ConfigMap is read after
+        # the Jobs: a Job that finished since the first read has its profile seen.
         configmap = await kube.get(CONFIGMAP, ns, cm_name)
     d = decide(
         key, configmap, jobs, now=p.ctx.clock(), max_retries=spec.profiling.max_retries,

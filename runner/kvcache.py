@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from itertools import accumulate
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -274,11 +275,62 @@ def make_step(
     uniform = min(new) == max_new
     same_past = min(past) == max(past)
     fresh = max(past) == 0
-    if packed:
-        return _packed_step(seq_ids, slots, slots_t, slot_slice, past, new, causal, fresh, dev)
-
     past_t = torch.tensor(past, dtype=torch.long, device=dev)
     new_t = torch.tensor(new, dtype=torch.long, device=dev)
+    if packed:
+        layout = _packed_layout(past_t, new_t, new, dev)
+    else:
+        plain = uniform and same_past and (fresh or not causal or max_new == 1)
+        layout = _padded_layout(past_t, new_t, max_new, max_total, causal, uniform, plain, dev)
+    return StepMeta(
+        seq_ids=list(seq_ids),
+        slots=slots_t,
+        slot_slice=slot_slice,
+        past=past,
+        new=new,
+        max_new=max_new,
+        max_total=max_total,
+        positions=layout.positions,
+        mask=layout.mask,
+        causal=causal,
+        fresh=fresh,
+        packed=packed,
+        offsets=layout.offsets,
+        slot_list=slots,
+        token_batch=layout.token_batch,
+        token_step=layout.token_step,
+        token_slot=slots_t[layout.token_batch],
+        token_pos=layout.token_pos,
+        uniform=uniform,
+        last=layout.last,
+    )
+
+
+class _Layout(NamedTuple):
+    """Where a step's tokens sit in its input: what differs between the padded and the
+    packed layout."""
+
+    positions: torch.Tensor
+    mask: torch.Tensor | None
+    offsets: list[int]
+    token_batch: torch.Tensor
+    token_step: torch.Tensor
+    token_pos: torch.Tensor
+    last: torch.Tensor
+
+
+def _padded_layout(
+    past_t: torch.Tensor,
+    new_t: torch.Tensor,
+    max_new: int,
+    max_total: int,
+    causal: bool,
+    uniform: bool,
+    plain: bool,
+    dev: torch.device,
+) -> _Layout:
+    """Rows ``[B, max_new]``, right-padded; a mask unless the step is ``plain``."""
+    b = new_t.shape[0]
     steps = torch.arange(max_new, device=dev)
     valid = steps[None, :] < new_t[:, None]  # [B, T]
     positions = past_t[:, None] + torch.minimum(steps[None, :], (new_t - 1).clamp(min=0)[:, None])
@@ -287,11 +339,7 @@ def make_step(
         token_step = steps.repeat(b)
     else:
         token_batch, token_step = valid.nonzero(as_tuple=True)
-    token_slot = slots_t[token_batch]
-    token_pos = past_t[token_batch] + token_step
-
     mask: torch.Tensor | None = None
-    plain = uniform and same_past and (fresh or not causal or max_new == 1)
     if not plain:
         keys = torch.arange(max_total, device=dev)
         total_t = past_t + new_t
@@ -303,71 +351,20 @@ def make_step(
                 ~valid[:, :, None] & (keys[None, None, :] < total_t[:, None, None])
             )
         mask = mask[:, None]
-    return StepMeta(
-        seq_ids=list(seq_ids),
-        slots=slots_t,
-        slot_slice=slot_slice,
-        past=past,
-        new=new,
-        max_new=max_new,
-        max_total=max_total,
-        positions=positions,
-        mask=mask,
-        causal=causal,
-        fresh=fresh,
-        packed=False,
-        offsets=[],
-        slot_list=slots,
-        token_batch=token_batch,
-        token_step=token_step,
-        token_slot=token_slot,
-        token_pos=token_pos,
-        uniform=uniform,
-        last=(new_t - 1).clamp(min=0),
-    )
+    token_pos = past_t[token_batch] + token_step
+    last = (new_t - 1).clamp(min=0)
+    return _Layout(positions, mask, [], token_batch, token_step, token_pos, last)
 
 
-def _packed_step(
-    seq_ids: Sequence[Hashable],
-    slots: list[int],
-    slots_t: torch.Tensor,
-    slot_slice: slice | None,
-    past: list[int],
-    new: list[int],
-    causal: bool,
-    fresh: bool,
-    dev: torch.device,
-) -> StepMeta:
-    """The metadata of a step whose tokens are packed into one row."""
-    offsets = [0]
-    for n in new[:-1]:
-        offsets.append(offsets[-1] + n)
-    total = offsets[-1] + new[-1]
-    new_t = torch.tensor(new, dtype=torch.long, device=dev)
+def _packed_layout(
+    past_t: torch.Tensor, new_t: torch.Tensor, new: list[int], dev: torch.device
+) -> _Layout:
+    """One row ``[1, N]``: sequence ``b``'s tokens from ``offsets[b]``; no mask."""
+    offsets = [0, *accumulate(new[:-1])]
     token_batch = torch.arange(len(new), device=dev).repeat_interleave(new_t)
     first = torch.tensor(offsets, dtype=torch.long, device=dev)
-    token_step = torch.arange(total, device=dev)
-    within = token_step - first[token_batch]
-    token_pos = torch.tensor(past, dtype=torch.long, device=dev)[token_batch] + within
-    return StepMeta(
-        seq_ids=list(seq_ids),
-        slots=slots_t,
-        slot_slice=slot_slice,
-        past=past,
-        new=new,
-        max_new=max(new),
-        max_total=max(p + n for p, n in zip(past, new, strict=True)),
-        positions=token_pos[None, :],
-        mask=None,
-        causal=causal,
-        fresh=fresh,
-        packed=True,
-        offsets=offsets,
-        slot_list=slots,
-        token_batch=token_batch,
-        token_step=token_step,
-        token_slot=slots_t[token_batch],
-        token_pos=token_pos,
-        uniform=min(new) == max(new),
-        last=first + new_t - 1,
+    token_step = torch.arange(sum(new), device=dev)
+    token_pos = past_t[token_batch] + token_step - first[token_batch]
+    return _Layout(
+        token_pos[None, :], None, offsets, token_batch, token_step, token_pos, first + new_t - 1
     )
