@@ -8,6 +8,10 @@ input length, output length and growing context; queries leave the decode batch
 when they finish and new ones take their place exactly as the strategy dictates; a
 static batch runs to its actual longest output. Deterministic for a given
 ``numpy.random.Generator``. Pure: no I/O.
+
+``replay`` runs given queries (their arrival times and lengths) instead of sampled
+ones: what a benchmark sets against a real replica that served the same queries, so
+that the comparison is free of the sampling noise of two independent draws.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from .costs import CostModel, Group
 from .moments import Moments
@@ -38,6 +42,21 @@ class EventResult:
     queries: int
     completed: int  # queries that finished (all of them, unless the model is broken)
     window_s: float
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Per query of a replay: when it arrived, was admitted (its encoding began) and
+    finished, in the replay's own seconds."""
+
+    arrival: FloatArray
+    admitted: FloatArray
+    done: FloatArray
+
+    @property
+    def e2e(self) -> FloatArray:
+        """Each query's end-to-end latency: finished - arrival."""
+        return self.done - self.arrival
 
 
 @dataclass
@@ -114,24 +133,61 @@ class EventSimulator:
         ``arrival_rate`` (queries/s over all replicas) draws Poisson arrivals; without
         it every query is waiting at time 0 (saturation, for throughput). The default
         query count scales with the decode batch so the steady state dominates."""
-        problem = self.analytic.check_shape(config)
-        if problem:
-            raise ValueError(f"configuration cannot run: {problem}")
+        self._check(config)
         expected = self.analytic.evaluate(config)
         n = queries or int(min(max(3000, 30 * expected.decode_batch), 60000))
         inputs, outputs = self.request.workload.sample(n, rng)
-        ed = self.m.encoder_decoder
-        steps = outputs.astype(np.float64) - (0.0 if ed else 1.0)
         if arrival_rate is None:
             arrival = np.zeros(n)
         else:
             per_replica = arrival_rate / config.replicas
             arrival = np.cumsum(rng.exponential(1.0 / per_replica, size=n))
+        run = self._simulate(config, arrival, inputs, outputs)
+        return self._measure(config, run, saturated=arrival_rate is None)
+
+    def replay(
+        self,
+        config: ExecutionConfig,
+        arrival: ArrayLike,
+        inputs: ArrayLike,
+        outputs: ArrayLike,
+    ) -> Timeline:
+        """Run the given queries through one replica of ``config``: query ``i``
+        arrives at ``arrival[i]`` seconds (non-decreasing) with ``inputs[i]`` prompt
+        tokens and generates ``outputs[i]`` tokens. Each query's simulated timeline,
+        to set against what a real replica did with the same queries."""
+        self._check(config)
+        a = np.asarray(arrival, dtype=np.float64)
+        ins = np.asarray(inputs, dtype=np.int64)
+        outs = np.asarray(outputs, dtype=np.int64)
+        if a.ndim != 1 or a.shape != ins.shape or a.shape != outs.shape or a.size == 0:
+            raise ValueError("arrival, inputs and outputs must be non-empty 1-D, one per query")
+        if not np.isfinite(a).all() or (np.diff(a) < 0).any():
+            raise ValueError("arrival times must be finite and non-decreasing")
+        if (ins < 1).any() or (outs < 1).any():
+            raise ValueError("input and output lengths must be >= 1")
+        run = self._simulate(config, a - a[0], ins, outs)
+        return Timeline(arrival=a.copy(), admitted=run.admitted + a[0], done=run.done + a[0])
+
+    def _check(self, config: ExecutionConfig) -> None:
+        problem = self.analytic.check_shape(config)
+        if problem:
+            raise ValueError(f"configuration cannot run: {problem}")
+
+    def _simulate(
+        self,
+        config: ExecutionConfig,
+        arrival: FloatArray,
+        inputs: NDArray[np.int64],
+        outputs: NDArray[np.int64],
+    ) -> _Run:
+        n = arrival.size
+        ed = self.m.encoder_decoder
         run = _Run(
             arrival=arrival,
             admitted=np.full(n, np.nan),
             done=np.full(n, np.nan),
-            steps=steps,
+            steps=outputs.astype(np.float64) - (0.0 if ed else 1.0),
             outputs=outputs.astype(np.float64),
             lag=np.zeros(n),
         )
@@ -144,7 +200,7 @@ class EventSimulator:
             self._static(config, ins, run)
         else:
             self._continuous(config, ins, run)
-        return self._measure(config, run, saturated=arrival_rate is None)
+        return run
 
     # -- measurement ---------------------------------------------------------------------
     def _measure(self, config: ExecutionConfig, run: _Run, saturated: bool) -> EventResult:

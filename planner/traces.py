@@ -73,13 +73,7 @@ class Trace:
     def workload(self, name: str | None = None) -> Workload:
         """Empirical marginals, the empirical joint pairs and the measured Pearson
         correlation."""
-        return Workload(
-            LengthDistribution.from_samples(self.inputs),
-            LengthDistribution.from_samples(self.outputs),
-            correlation=float(np.clip(self.pearson, -1.0, 1.0)),
-            name=name or Path(self.path).stem,
-            pairs=(self.inputs, self.outputs),
-        )
+        return Workload.from_pairs(self.inputs, self.outputs, name or Path(self.path).stem)
 
 
 def trace_data_dir() -> Path:

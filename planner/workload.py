@@ -534,6 +534,26 @@ class Workload:
         self.pairs = pairs
         self._cache: dict[str, float] = {}
 
+    @classmethod
+    def from_pairs(
+        cls, inputs: Sequence[int] | IntArray, outputs: Sequence[int] | IntArray, name: str
+    ) -> Workload:
+        """The empirical workload of given (input, output) length pairs: their
+        marginals, the pairs themselves and their Pearson correlation."""
+        a = np.asarray(inputs, dtype=np.int64)
+        b = np.asarray(outputs, dtype=np.int64)
+        if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+            raise ValueError("inputs and outputs must be non-empty 1-D, one per request")
+        x, y = a.astype(np.float64), b.astype(np.float64)
+        rho = 0.0 if a.size < 2 or x.std() == 0 or y.std() == 0 else np.corrcoef(x, y)[0, 1]
+        return cls(
+            LengthDistribution.from_samples(a),
+            LengthDistribution.from_samples(b),
+            correlation=float(np.clip(rho, -1.0, 1.0)),
+            name=name,
+            pairs=(a, b),
+        )
+
     # -- statistics the simulator asks for -------------------------------------------
     @property
     def mean_input(self) -> float:

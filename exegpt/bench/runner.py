@@ -474,7 +474,8 @@ def measure_config(
     rng: np.random.Generator,
     bound: float,
 ) -> dict[str, Any]:
-    """Run ``config`` and compare it with the simulator's prediction."""
+    """Run ``config`` and compare it with the simulator's predictions for the requests
+    it served (and, beside them, with the plan's for the workload)."""
     predicted = sim.evaluate(config)
     spec = ReplicaSpec(
         ModelConfig.from_architecture(sim.request.architecture),
@@ -498,8 +499,17 @@ def measure_config(
     start = time.monotonic()
     driven = run_replica(spec, job)
     seconds = time.monotonic() - start
-    p99 = workload.output_p99
-    latency = p99_length_latency(in_window(driven.closed, driven.window), p99)
+    # what the simulator is asked: the requests the engine served, not new draws
+    steady = served_in_window(driven.closed, driven.window)
+    served = Workload.from_pairs(
+        [r.input_tokens for r in steady], [r.output_tokens for r in steady],
+        f"the {len(steady)} requests of the steady window",
+    )  # fmt: skip
+    replayed = Simulator(sim.request.model_copy(update={"workload": served}), sim.profile)
+    predicted_served = replayed.evaluate(config)
+    window_records = in_window(driven.closed, driven.window)
+    latency = p99_length_latency(window_records, served.output_p99)
+    at_bound = p99_length_latency(window_records, workload.output_p99)
     open_loop = after_warmup(driven.poisson, POISSON_WARMUP_FRACTION)
     e2e = nearest_rank([r.e2e for r in open_loop], 99)
     ttft = [r.ttft for r in open_loop]
@@ -509,36 +519,53 @@ def measure_config(
         "e2e_p99_s": e2e,
         "ttft_median_s": statistics.median(ttft),
         "ttft_p99_s": nearest_rank(ttft, 99),
+        "latency_at_workload_p99_s": at_bound.seconds,
     }
-    # the end-to-end p99 under the Poisson run's arrivals: the discrete-event mode at the
-    # same rate (the analytic figure, one admission cycle's worst case, is kept beside it)
+    pred = {
+        "throughput_qps": predicted_served.throughput_qps,
+        "latency_s": predicted_served.latency_s,
+        "e2e_p99_s": replay_e2e_p99(EventSimulator(sim.request, sim.profile), config, driven),
+    }
+    # the plan's own figures, for the workload's distribution (new draws: sampling noise)
     events = EventSimulator(sim.request, sim.profile).run(
         config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate
     )
-    pred = {
+    pred_workload = {
         "throughput_qps": predicted.throughput_qps,
         "latency_s": predicted.latency_s,
         "e2e_p99_s": events.e2e_p99_s,
     }
+    measured_workload = {**measured, "latency_s": at_bound.seconds}
     return {
         "role": role,
         "strategy": config.strategy,
         "config": config.model_dump(exclude_defaults=True),
         "summary": summarize_config(config),
         "processes": spec.topology().world,
-        "predicted": {
-            **pred,
-            "decode_batch": predicted.decode_batch,
-            "e2e_p99_s_analytic": predicted.e2e_p99_s,
-        },
+        "predicted": {**pred, "decode_batch": predicted_served.decode_batch},
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
-        "meets_bound": bool(latency.seconds <= bound),
+        "workload_prediction": {
+            "predicted": {
+                **pred_workload,
+                "decode_batch": predicted.decode_batch,
+                "e2e_p99_s_analytic": predicted.e2e_p99_s,
+            },
+            "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
+        },
+        "meets_bound": bool(at_bound.seconds <= bound),
+        "served": {
+            "requests": len(steady),
+            "mean_input": served.mean_input,
+            "mean_output": served.mean_output,
+            "output_p99": served.output_p99,
+        },
         "latency_measurement": {
             "method": latency.method,
             "requests": latency.requests,
             "band_tokens": list(latency.band),
-            "p99_length": p99,
+            "p99_length": served.output_p99,
+            "workload_p99_length": workload.output_p99,
         },
         "closed_loop": {
             "requests": len(driven.closed),
@@ -552,9 +579,29 @@ def measure_config(
             "load": job.load,
             "counted": len(open_loop),
         },
-        "steps": _steps_check(driven.steps, config, sim, predicted),
+        "steps": _steps_check(driven.steps, config, replayed, predicted_served),
         "seconds": seconds,
     }
+
+
+def served_in_window(records: Sequence[Record], w: Window) -> list[Record]:
+    """The closed loop's requests that finished in the steady window: the work its
+    throughput counts."""
+    return [r for r in records if w.start < r.finished <= w.end]
+
+
+def replay_e2e_p99(events: EventSimulator, config: ExecutionConfig, driven: Driven) -> float:
+    """The simulator's p99 end-to-end latency for the Poisson run's own requests: each
+    arriving when it did, with its lengths, counted after the same warm-up."""
+    order = sorted(driven.poisson, key=lambda r: r.arrival)
+    timeline = events.replay(
+        config,
+        [r.arrival for r in order],
+        [r.input_tokens for r in order],
+        [r.output_tokens for r in order],
+    )
+    skip = math.ceil(POISSON_WARMUP_FRACTION * len(order))
+    return nearest_rank([float(v) for v in timeline.e2e[skip:]], 99)
 
 
 def _steps_check(
@@ -675,16 +722,21 @@ def summarize(configs: Sequence[dict[str, Any]], bound: float) -> dict[str, Any]
     overall = _stats(every)
     one = [c for c in configs if c.get("processes", 1) == 1]
     one_process = {m: _stats([c["error_pct"][m] for c in one]) for m in metrics}
+    # the plan's figures for the workload against the same measurements (sampling noise in)
+    of_workload = [c["workload_prediction"]["error_pct"] for c in one if "workload_prediction" in c]
+    workload_one_process = {m: _stats([e[m] for e in of_workload]) for m in metrics}
     by_role = {c["role"]: c for c in configs}
     ratio: dict[str, Any] = {"target": TARGET_RATIO, "bound_s": bound}
     plan, static = by_role.get("plan"), by_role.get("static")
     if plan is not None and static is not None:
         mp, ms = plan["measured"]["throughput_qps"], static["measured"]["throughput_qps"]
-        pp, ps = plan["predicted"]["throughput_qps"], static["predicted"]["throughput_qps"]
+        # the planner's ratio: its predictions for the workload
+        pp = plan["workload_prediction"]["predicted"]["throughput_qps"]
+        ps = static["workload_prediction"]["predicted"]["throughput_qps"]
         ratio.update(
             plan_qps=mp, static_qps=ms, measured=mp / ms, predicted=pp / ps,
-            plan_latency_s=plan["measured"]["latency_s"],
-            static_latency_s=static["measured"]["latency_s"],
+            plan_latency_s=plan["measured"]["latency_at_workload_p99_s"],
+            static_latency_s=static["measured"]["latency_at_workload_p99_s"],
             plan_meets_bound=plan["meets_bound"], static_meets_bound=static["meets_bound"],
         )  # fmt: skip
         ratio["target_met"] = bool(mp / ms >= TARGET_RATIO)
@@ -692,6 +744,7 @@ def summarize(configs: Sequence[dict[str, Any]], bound: float) -> dict[str, Any]
         "errors_pct": errors,
         "overall_pct": overall,
         "errors_pct_one_process": one_process,
+        "errors_pct_workload_one_process": workload_one_process,
         "target_error_pct": TARGET_ERROR_PCT,
         # the target is for the profile's setting: one process (one thread) per replica
         "error_target_met": {
@@ -820,12 +873,22 @@ def format_table(report: dict[str, Any]) -> str:
             )
         m = c["measured"]
         lat = c["latency_measurement"]
+        wp = c["workload_prediction"]
+        lines.append(
+            f"{'':{w}} for the workload (new draws): "
+            + ", ".join(
+                f"{_num(wp['predicted'][key], fmt)} ({_num(wp['error_pct'][key], '+.1f')} %)"
+                for key, _, fmt in names
+            )
+        )
         lines.append(
             f"{'':{w}} {'TTFT median/p99 s':17} {'':>10} "
             f"{_num(m['ttft_median_s'], '.3f')}/{_num(m['ttft_p99_s'], '.3f')}"
         )
         lines.append(
-            f"{'':{w}} latency: {lat['method']} of {lat['requests']} requests; "
+            f"{'':{w}} latency at {lat['p99_length']} tokens (the served p99): {lat['method']} "
+            f"of {lat['requests']} requests; at {lat['workload_p99_length']} tokens "
+            f"{_num(m['latency_at_workload_p99_s'], '.3f')} s "
             f"{'meets' if c['meets_bound'] else 'misses'} the bound; "
             f"{c['processes']} process(es)"
         )
@@ -839,7 +902,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_num(e['worst_abs_pct'], '.1f')} %; one-process configurations: median "
             f"{_num(one['median_abs_pct'], '.1f')} %, worst {_num(one['worst_abs_pct'], '.1f')} % "
             f"(target < {s['target_error_pct']:g} %: "
-            f"{'met' if s['error_target_met'][key] else 'missed'})"
+            f"{'met' if s['error_target_met'][key] else 'missed'}); "
+            f"the workload's prediction: worst "
+            f"{_num(s['errors_pct_workload_one_process'][key]['worst_abs_pct'], '.1f')} %"
         )
     r = s["ratio_over_static"]
     if "measured" in r:

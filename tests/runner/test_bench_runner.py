@@ -59,6 +59,9 @@ def test_steady_window_counts_whole_bursts() -> None:
     # 36th completion (the 9th burst, t=9): 28 completions in 7 s
     assert (w.start, w.end, w.completions) == (2.0, 9.0, 28)
     assert w.throughput == pytest.approx(4.0)
+    # the requests the simulator is asked about: the bursts at t=3..9
+    served = bench.served_in_window(records, w)
+    assert len(served) == 28 and {r.finished for r in served} == set(map(float, range(3, 10)))
     # warm-up is at least `concurrency` completions
     w = bench.steady_window([rec(1, finished=float(i)) for i in range(1, 41)], concurrency=10)
     assert (w.start, w.end, w.completions) == (10.0, 30.0, 20)
@@ -118,20 +121,30 @@ def test_requests_are_seeded_and_follow_the_workload() -> None:
     assert wl.output.std / wl.output.mean > 0.7  # the high-variance workload
 
 
-def _row(role: str, measured_qps: float, predicted_qps: float, latency: float) -> dict[str, Any]:
+def _row(
+    role: str, measured_qps: float, predicted_qps: float, latency: float, workload_qps: float = 0
+) -> dict[str, Any]:
     pred = {"throughput_qps": predicted_qps, "latency_s": 1.0, "e2e_p99_s": 2.0}
-    meas = {"throughput_qps": measured_qps, "latency_s": latency, "e2e_p99_s": 2.0}
+    meas = {
+        "throughput_qps": measured_qps, "latency_s": latency, "e2e_p99_s": 2.0,
+        "latency_at_workload_p99_s": latency,
+    }  # fmt: skip
+    of_workload = {**pred, "throughput_qps": workload_qps or predicted_qps}
     return {
         "role": role,
         "predicted": pred,
         "measured": meas,
         "error_pct": {k: bench.error_pct(v, meas[k]) for k, v in pred.items()},
+        "workload_prediction": {
+            "predicted": of_workload,
+            "error_pct": {k: bench.error_pct(v, meas[k]) for k, v in of_workload.items()},
+        },
         "meets_bound": latency <= 1.0,
     }
 
 
 def test_summary_errors_and_ratio() -> None:
-    rows = [_row("plan", 30.0, 33.0, 0.8), _row("static", 10.0, 9.0, 1.25)]
+    rows = [_row("plan", 30.0, 33.0, 0.8, 36.0), _row("static", 10.0, 9.0, 1.25, 12.0)]
     s = bench.summarize(rows, bound=1.0)
     assert s["errors_pct"]["throughput_qps"] == {
         "median_abs_pct": pytest.approx(10.0),
@@ -143,8 +156,13 @@ def test_summary_errors_and_ratio() -> None:
         "latency_s": False,
         "e2e_p99_s": True,
     }
+    # the plan's prediction for the workload, beside the one for the served requests
+    assert s["errors_pct_workload_one_process"]["throughput_qps"] == {
+        "median_abs_pct": pytest.approx(20.0),
+        "worst_abs_pct": pytest.approx(20.0),
+    }
     r = s["ratio_over_static"]
-    assert r["measured"] == pytest.approx(3.0) and r["predicted"] == pytest.approx(33 / 9)
+    assert r["measured"] == pytest.approx(3.0) and r["predicted"] == pytest.approx(36 / 12)
     assert r["target_met"] and r["plan_meets_bound"] and not r["static_meets_bound"]
     # a two-process replica counts in the errors, not in the one-process target
     waa = {**_row("workload-aware", 10.0, 30.0, 1.0), "processes": 2}
@@ -198,10 +216,17 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert c["poisson"]["requests"] == 40
         assert c["closed_loop"]["window_completions"] > 0
         assert c["poisson"]["rate_qps"] == pytest.approx(0.75 * c["measured"]["throughput_qps"])
-        assert c["meets_bound"] == (c["measured"]["latency_s"] <= bound)
+        assert c["meets_bound"] == (c["measured"]["latency_at_workload_p99_s"] <= bound)
+        served = c["served"]
+        assert served["requests"] == loop["window_completions"]
+        assert 1 <= served["output_p99"] <= 239 // 4 + 1
+        assert c["latency_measurement"]["p99_length"] == served["output_p99"]
+        wp = c["workload_prediction"]
+        for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
+            assert wp["predicted"][key] > 0 and math.isfinite(wp["error_pct"][key])
         assert c["steps"]["decode"]["steps"] > 0 and c["steps"]["encode"]["mean_batch"] >= 1
         enc = c["steps"]["encode"]
-        assert enc["model_seconds"] > 0 and c["predicted"]["e2e_p99_s_analytic"] > 0
+        assert enc["model_seconds"] > 0 and wp["predicted"]["e2e_p99_s_analytic"] > 0
         assert 1 <= enc["mean_prompt"] <= enc["mean_longest_prompt"] <= 194  # the longest input
         padded = c["strategy"] == "Static"
         assert enc["model_at"] == ("mean longest prompt" if padded else "mean prompt")

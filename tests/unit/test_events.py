@@ -130,3 +130,63 @@ def test_every_sampled_query_completes(
     assert result.completed == result.queries == 300
     assert result.throughput_qps > 0
     assert np.isfinite(result.latency_s)
+
+
+# -- replay: given queries instead of sampled ones ---------------------------------------
+
+
+def _continuous(batch: int = 8) -> ExecutionConfig:
+    return ExecutionConfig(strategy="Continuous", decode_batch=batch)
+
+
+def test_a_query_replayed_alone_takes_its_encoding_and_its_decode_steps() -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    timeline = sim.replay(_continuous(), arrival=[2.0], inputs=[100], outputs=[5])
+    k = sim.costs
+    g = sim.analytic.round_robin_groups(_continuous())[0]
+    # the prefill gives the first token; 4 decode steps at contexts 101..104 the rest
+    first = k.mixed_iteration(g, 0.0, 0.0, 1.0, 100.0, 1)
+    rest = sum(k.iteration(g, 1.0, 100.0 + j, 1) for j in range(1, 5))
+    assert timeline.admitted[0] == 2.0
+    assert timeline.done[0] == pytest.approx(2.0 + first + rest)
+    assert timeline.e2e[0] == pytest.approx(first + rest)
+
+
+def test_a_replay_shifted_in_time_is_the_same_replay() -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    rng = np.random.default_rng(4)
+    inputs, outputs = sim.request.workload.sample(200, rng)
+    arrival = np.cumsum(rng.exponential(0.05, size=200))
+    config = ExecutionConfig(strategy="RoundRobin", encode_batch=4, decode_steps_per_encode=8)
+    a = sim.replay(config, arrival, inputs, outputs)
+    b = sim.replay(config, arrival + 100.0, inputs, outputs)
+    assert np.allclose(b.done - 100.0, a.done)
+    assert np.allclose(b.e2e, a.e2e)
+    assert (a.admitted >= a.arrival).all() and (a.done > a.admitted).all()
+
+
+def test_queries_arriving_faster_wait_longer() -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    rng = np.random.default_rng(9)
+    inputs, outputs = sim.request.workload.sample(300, rng)
+    gaps = rng.exponential(1.0, size=300)
+    capacity = sim.analytic.evaluate(_continuous()).throughput_qps
+    slow = sim.replay(_continuous(), np.cumsum(gaps / (0.3 * capacity)), inputs, outputs)
+    fast = sim.replay(_continuous(), np.cumsum(gaps / (0.9 * capacity)), inputs, outputs)
+    assert np.percentile(fast.e2e, 99) > np.percentile(slow.e2e, 99)
+
+
+@pytest.mark.parametrize(
+    ("arrival", "inputs", "outputs", "match"),
+    [
+        ([1.0, 0.5], [10, 10], [10, 10], "non-decreasing"),
+        ([0.0, 1.0], [10], [10, 10], "one per query"),
+        ([0.0], [0], [10], ">= 1"),
+    ],
+)
+def test_a_replay_of_malformed_queries_says_what_is_wrong(
+    arrival: list[float], inputs: list[int], outputs: list[int], match: str
+) -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    with pytest.raises(ValueError, match=match):
+        sim.replay(_continuous(), arrival, inputs, outputs)
