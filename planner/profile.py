@@ -30,7 +30,7 @@ from .architecture import Architecture, Dtype
 SCHEMA_VERSION = 1
 # The version of the measured profiler (``exegpt profile``); part of a measured profile's
 # content key, so a new profiler invalidates cached profiles.
-MEASURED_PROFILER_VERSION = "xprofiler-1"
+MEASURED_PROFILER_VERSION = "xprofiler-2"
 Source = Literal["analytic", "measured"]
 
 

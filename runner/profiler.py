@@ -12,7 +12,8 @@ What is timed mirrors what the analytic profile computes (``exegpt.planner.analy
   each of ``batch`` sequences that have ``length`` tokens cached. Encoder-decoder: the
   context is split between the decoder's own tokens and the encoder output (half
   each), as the planner counts ``length`` = input + generated.
-- ``head`` over tokens: the final norm, the LM head (vocabulary shard) and sampling.
+- ``head`` over tokens: the final norm, the LM head (vocabulary shard) and choosing the
+  tokens as the engine does when every request samples (``choose_sampled``).
 
 Layers are timed in a chain of a few copies with distinct (random) weights, so that one
 layer's weights are not served from a cache the real model would have evicted. A whole
@@ -65,10 +66,10 @@ from exegpt.planner.profile import (
 
 from .config import ModelConfig
 from .errors import RunnerError
-from .generate import Sampling, select_tokens
 from .kvcache import SlotKVCache, make_step
 from .model import DTYPES, Layer, Transformer
 from .parallel import TensorParallel
+from .sampling import RowSampling, sample_rows
 from .timing import Timer
 from .weights import RandomSource, SafetensorsSource, canonical_shapes, load_weights
 
@@ -85,9 +86,14 @@ CPU_GPU_TYPE = GpuType(
     gpus_per_node=8,
     nvlink=False,
 )
-# How the head's tokens are chosen when it is timed: a sampled draw (softmax over the
-# vocabulary), the dearer of greedy and sampled selection.
-HEAD_SAMPLING = Sampling(greedy=False, temperature=1.0)
+
+
+def choose_sampled(logits: torch.Tensor) -> list[int]:
+    """How the head's tokens are chosen when it is timed: as the engine samples a step
+    whose requests all sample (temperature 1, the OpenAI default), the dearer of
+    greedy and sampled selection."""
+    rows = [RowSampling(temperature=1.0, seed=b) for b in range(logits.shape[0])]
+    return sample_rows(logits, rows)
 
 
 class ProfilerError(RunnerError):
@@ -350,7 +356,7 @@ class XProfiler:
 
     def _head_fn(self, bench: Transformer, m: int) -> Callable[[], object]:
         x = torch.randn(m, self.config.hidden_size, dtype=self.dtype, device=self.device)
-        return lambda: select_tokens(bench.logits(x), HEAD_SAMPLING)
+        return lambda: choose_sampled(bench.logits(x))
 
     def _encode_fns(self, bench: Transformer, b: int, n: int) -> dict[str, _Timed]:
         """What is timed for the encoding of ``b`` inputs of ``n`` tokens: ``layers``
@@ -376,7 +382,7 @@ class XProfiler:
 
             def step() -> object:
                 logits = bench.forward_step(ids, tokens, cache, new=[n] * b)
-                return select_tokens(logits, HEAD_SAMPLING)
+                return choose_sampled(logits)
 
             return {
                 "layers": _Timed(lambda: bench.run_layers(x, ctx)),
@@ -443,7 +449,7 @@ class XProfiler:
                 cache.set_length(s, own)
 
         def step() -> object:
-            return select_tokens(bench.decode(ids, tokens, cache, cross), HEAD_SAMPLING)
+            return choose_sampled(bench.decode(ids, tokens, cache, cross))
 
         return {
             "layers": _Timed(lambda: bench.run_layers(x, ctx)),

@@ -43,10 +43,9 @@ from exegpt.planner.costs import CostModel, Group
 from exegpt.planner.hardware import GpuType
 from exegpt.planner.profile import Profile
 from exegpt.runner.config import ModelConfig
-from exegpt.runner.generate import select_tokens
 from exegpt.runner.kvcache import SlotKVCache
 from exegpt.runner.model import DTYPES, Transformer
-from exegpt.runner.profiler import CPU_GPU_TYPE, HEAD_SAMPLING, ProfileOptions, XProfiler
+from exegpt.runner.profiler import CPU_GPU_TYPE, ProfileOptions, XProfiler, choose_sampled
 from exegpt.runner.timing import Timer
 from exegpt.runner.weights import random_weights
 
@@ -153,7 +152,7 @@ def _time_steps(
             def prefill(tokens: Any = tokens, cache: Any = cache, ids: list[int] = ids,
                         n: int = n) -> None:  # fmt: skip
                 logits = model.forward_step(ids, tokens, cache, new=[n] * len(ids))
-                select_tokens(logits, HEAD_SAMPLING)
+                choose_sampled(logits)
 
             t = timer.time(prefill, reset)
         out.append(("encode", b, n, 0, t.median))
@@ -180,7 +179,7 @@ def _time_steps(
         def decode(tokens: Any = tokens, cache: Any = cache, cross: Any = cross,
                    ids: list[int] = ids) -> None:  # fmt: skip
             logits = model.decode(ids, tokens, cache, cross)
-            select_tokens(logits, HEAD_SAMPLING)
+            choose_sampled(logits)
 
         t = timer.time(decode, reset_len)
         out.append(("decode", b, n, g, t.median))
