@@ -64,6 +64,8 @@ class CostModel:
         self._head = {tp: t.head.fn() for tp, t in profile.tensor_parallel.items()}
         self._ar = {tp: c.fn() for tp, c in profile.comm.all_reduce.items()}
         self._p2p = (profile.comm.send_recv_intra.fn(), profile.comm.send_recv_inter.fn())
+        engine = profile.engine
+        self._engine = engine.step.fn() if engine is not None else None
         self._memo: dict[tuple[object, ...], float] = {}
         self._boundaries: dict[Group, tuple[int, int]] = {}
 
@@ -95,6 +97,11 @@ class CostModel:
         t_inter = self._p2p[1](nbytes) if inter else 0.0
         return intra * t_intra + inter * t_inter, max(t_intra, t_inter)
 
+    def engine_step(self, sequences: float) -> float:
+        """The serving engine's own time for a step of ``sequences`` on one stage (the
+        profile's ``engine`` curve; 0 for a profile without one)."""
+        return self._engine(sequences) if self._engine is not None else 0.0
+
     # -- encode ----------------------------------------------------------------------------
     def encode_stage(self, group: Group, batch: float, length: float) -> float:
         """Busy time of the slowest stage encoding ``batch`` queries of ``length`` tokens."""
@@ -111,6 +118,7 @@ class CostModel:
             t += 2 * layers * self._ar[group.tp](b * length * self.hidden * self.elem)
         if not self.arch.encoder_decoder:
             t += self._head[group.tp](b)  # the first output token's logits
+        t += self.engine_step(b)
         self._memo[key] = t
         return t
 
@@ -138,6 +146,7 @@ class CostModel:
         if group.tp > 1:
             t += 2 * layers * self._ar[group.tp](b * self.hidden * self.elem)
         t += self._head[group.tp](b)
+        t += self.engine_step(b)
         self._memo[key] = t
         return t
 

@@ -253,6 +253,17 @@ class MemoryProfile(BaseModel):
     )
 
 
+class EngineOverhead(BaseModel):
+    """The serving engine's own time per step, beyond the model's step: choosing the
+    batch, building the step's command, handing every sequence its token. The cost
+    model charges it once per step to every pipeline stage (the driver runs the
+    engine's loop; another stage receives and unpacks the command)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: Curve = Field(description="seconds per step, by the sequences in the step")
+
+
 class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -275,6 +286,10 @@ class Profile(BaseModel):
     tensor_parallel: dict[int, PhaseTables]
     comm: Comm
     memory: MemoryProfile
+    engine: EngineOverhead | None = Field(
+        default=None,
+        description="the serving engine's time per step (measured profiles); none: zero",
+    )
 
     @field_validator("schema_version")
     @classmethod

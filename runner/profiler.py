@@ -57,6 +57,7 @@ from exegpt.planner.profile import (
     MEASURED_PROFILER_VERSION,
     Comm,
     Curve,
+    EngineOverhead,
     Grid,
     MemoryProfile,
     PhaseTables,
@@ -64,6 +65,7 @@ from exegpt.planner.profile import (
     Provenance,
 )
 
+from . import overhead
 from .config import ModelConfig
 from .errors import RunnerError
 from .kvcache import SlotKVCache, make_step
@@ -86,6 +88,8 @@ CPU_GPU_TYPE = GpuType(
     gpus_per_node=8,
     nvlink=False,
 )
+# Steps of each engine-overhead timing (one encode step, the rest decode steps).
+ENGINE_STEPS = 16
 
 
 def choose_sampled(logits: torch.Tensor) -> list[int]:
@@ -612,6 +616,31 @@ class XProfiler:
             seconds.append(settle([self.timer.time(fn).median for _ in range(passes)]))
         return Curve(x=[float(m) for m in tokens_axis], seconds=seconds)
 
+    def _measure_engine(self, bench: Transformer, batch_axis: Sequence[int]) -> EngineOverhead:
+        """The engine's own seconds per step by batch (``overhead.step_seconds``), its
+        steps doing a decode step of the bench model at that batch."""
+        passes = self.options.passes or (1 if self.device.type == "cuda" else 2)
+        context = max(min(64, self.max_length - 1), 1)
+        seconds = []
+        for b in batch_axis:
+            timed = self._decode_fns(bench, b, context)["step"]
+
+            def work(_batch: int, timed: _Timed = timed) -> None:
+                timed.fn()
+                if timed.reset is not None:
+                    timed.reset()
+
+            runs = [
+                overhead.step_seconds(b, ENGINE_STEPS, self.config.vocab_size, work)
+                for _ in range(max(passes, 3))
+            ]
+            seconds.append(statistics.median(runs))
+        self._notes.append(
+            f"engine {1e6 * seconds[0]:.0f} us per step at batch {batch_axis[0]}, "
+            f"{1e6 * seconds[-1]:.0f} us at {batch_axis[-1]}"
+        )
+        return EngineOverhead(step=Curve(x=[float(b) for b in batch_axis], seconds=seconds))
+
     # -- communication and memory ---------------------------------------------------------------
     def _comm(self) -> Comm:
         opts = self.options
@@ -729,6 +758,7 @@ class XProfiler:
         comm = self._comm()
         tables: dict[int, PhaseTables] = {}
         memory: MemoryProfile | None = None
+        engine: EngineOverhead | None = None
         head_axis = _powers(1, opts.max_batch)
         n_degrees = len(self.degrees)
         for index, tp in enumerate(self.degrees):
@@ -746,6 +776,9 @@ class XProfiler:
             share = max(self._budget_left(), 0.0) / (n_degrees - index)
             decode = self._measure_grid(tp, "decode", bench, share)
             tables[tp] = PhaseTables(encode=encode, decode=decode, head=head)
+            if tp == 1:  # after the grids, which the time budget is for
+                batches = _powers(1, opts.max_batch)
+                engine = self._measure_engine(bench, sorted({*batches[::2], batches[-1]}))
             del bench
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -765,7 +798,9 @@ class XProfiler:
             notes=f"XProfiler, {weights}, chains of {self.copies} layers; "
             + "; ".join(self._notes),
         )
-        return Profile(provenance=provenance, tensor_parallel=tables, comm=comm, memory=memory)
+        return Profile(
+            provenance=provenance, tensor_parallel=tables, comm=comm, memory=memory, engine=engine
+        )
 
     def _device_label(self) -> str:
         if self.device.type == "cuda":

@@ -75,6 +75,7 @@ from exegpt.planner.workload import Workload
 from exegpt.planner.workload_presets import get_workload
 from exegpt.runner.config import ModelConfig
 from exegpt.runner.engine import Engine, Finished
+from exegpt.runner.generate import Sampling
 from exegpt.runner.profiler import CPU_GPU_TYPE, ProfileOptions, XProfiler
 from exegpt.runner.replica import ReplicaSpec, run_rank
 from exegpt.runner.serving import GenerationRequest, TokenEvent
@@ -91,6 +92,7 @@ BAND_MIN_TOKENS = 2  # ... and at least 2 tokens
 BAND_MIN_REQUESTS = 20  # fewer in the band (the median of a few is noise): the line fit
 MIN_CLOSED_PER_CONCURRENCY = 4  # a closed loop runs at least 4x its concurrency
 EVENTS_SEED = 0  # the discrete-event simulation's arrivals and lengths
+SAMPLED = Sampling(greedy=False, temperature=1.0)  # every request's decoding
 
 # A small OPT-like model: per-step compute well above the engine's Python overhead,
 # yet fast enough on one CPU thread.
@@ -315,11 +317,16 @@ class StepLog:
 def make_requests(
     workload: Workload, n: int, rng: np.random.Generator, vocab_size: int
 ) -> list[GenerationRequest]:
-    """``n`` requests with lengths drawn from ``workload`` and random prompt tokens."""
+    """``n`` requests with lengths drawn from ``workload`` and random prompt tokens,
+    each sampling (temperature 1, the OpenAI default, and a seed of its own): the
+    tokens the profile's head prices."""
     inputs, outputs = workload.sample(n, rng)
+    seeds = rng.integers(0, 2**31, n)
     return [
-        GenerationRequest(tuple(int(t) for t in rng.integers(1, vocab_size, int(i))), int(o))
-        for i, o in zip(inputs, outputs, strict=True)
+        GenerationRequest(
+            tuple(int(t) for t in rng.integers(1, vocab_size, int(i))), int(o), SAMPLED, int(s)
+        )
+        for i, o, s in zip(inputs, outputs, seeds, strict=True)
     ]
 
 
@@ -579,7 +586,9 @@ def measure_config(
             "load": job.load,
             "counted": len(open_loop),
         },
-        "steps": _steps_check(driven.steps, config, replayed, predicted_served),
+        "steps": _steps_check(
+            driven.steps, config, replayed, predicted_served, driven.window.seconds
+        ),
         "seconds": seconds,
     }
 
@@ -609,25 +618,31 @@ def _steps_check(
     config: ExecutionConfig,
     sim: Simulator,
     predicted: Prediction,
+    window_s: float,
 ) -> dict[str, Any]:
     """The steady window's steps as measured, beside the cost model's time for a step
-    of the same mean batch: decode at the workload's mean context (Static: the mean
-    input plus half the batch's expected longest output); encode at the steps'
-    mean prompt (packed encodings cost their tokens) or, for Static, at their mean
-    longest prompt (it pads a batch to its longest). Where a prediction misses, this
-    says whether the steps or the batching differ."""
+    of the same mean batch, the engine's own time left out (it runs between the steps
+    the log times): decode at the workload's mean context (Static: the mean input plus
+    half the batch's expected longest output); encode at the steps' mean prompt (packed
+    encodings cost their tokens) or, for Static, at their mean longest prompt (it pads a
+    batch to its longest). Then the engine's time: the window's seconds outside the
+    steps, per step, beside the profile's. Where a prediction misses, this says whether
+    the steps, the engine or the batching differ."""
     k, m = sim.costs, sim.m
     if config.strategy == "WorkloadAware":
         enc, dec = sim.workload_aware_groups(config)
     else:
         enc = dec = Group(config.pipeline_stages, config.tensor_parallel)
     out: dict[str, Any] = {"predicted_decode_batch": predicted.decode_batch}
+    engine = 0.0  # the profile's engine seconds of the window's steps
     if "decode" in steps:
         d = steps["decode"]
         context = m.mean_context
         if config.strategy == "Static":  # every slot decodes until the batch's longest ends
             context = m.mean_input + m.expected_max_steps(config.encode_batch) / 2
-        model = k.iteration(dec, d["mean_batch"], context, config.micro_batches)
+        own = k.engine_step(d["mean_batch"])
+        model = k.iteration(dec, d["mean_batch"], context, config.micro_batches) - own
+        engine += own * d["steps"]
         out["decode"] = {
             **d,
             "model_seconds": model,
@@ -637,12 +652,23 @@ def _steps_check(
         e = steps["encode"]
         padded = config.strategy == "Static"
         length = e["mean_longest_prompt"] if padded else e["mean_prompt"]
-        model = k.encode_latency(enc, e["mean_batch"], length)
+        own = k.engine_step(e["mean_batch"])
+        model = k.encode_latency(enc, e["mean_batch"], length) - own * enc.stages
+        engine += own * e["steps"]
         out["encode"] = {
             **e,
-            "model_at": "mean longest prompt" if padded else "mean prompt",
             "model_seconds": model,
+            "model_at": "mean longest prompt" if padded else "mean prompt",
             "error_pct": error_pct(model, e["mean_seconds"]),
+        }
+    count = sum(steps[op]["steps"] for op in ("decode", "encode") if op in steps)
+    busy = sum(steps[op]["steps"] * steps[op]["mean_seconds"] for op in steps)
+    if count and config.strategy != "WorkloadAware":  # (two loops: their steps overlap)
+        between = (window_s - busy) / count
+        out["engine"] = {
+            "seconds_per_step": between,
+            "model_seconds": engine / count,
+            "error_pct": error_pct(engine / count, between),
         }
     return out
 
@@ -847,6 +873,12 @@ def _steps_line(steps: dict[str, Any]) -> str:
         parts.append(
             f"encode {1e3 * e['mean_seconds']:.1f} ms at batch {e['mean_batch']:.1f} "
             f"(model {1e3 * e['model_seconds']:.1f} ms at the {e['model_at']})"
+        )
+    g = steps.get("engine")
+    if g:
+        parts.append(
+            f"engine {1e6 * g['seconds_per_step']:.0f} us per step "
+            f"(profile {1e6 * g['model_seconds']:.0f} us)"
         )
     return "steps: " + "; ".join(parts)
 

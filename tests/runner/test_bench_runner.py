@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from exegpt.bench import runner as bench
 from exegpt.bench.profile import CPU_MODELS
@@ -188,6 +189,7 @@ SMALL = bench.Mode("test", 1.5, False, 1, 80, 40, ("plan", "static"))
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
+    torch.set_num_threads(1)  # as the command does (module fixtures run before autouse ones)
     wl = get_workload("chat").scaled(1 / 32, 1 / 16)
     return bench.bench(SMALL, seed=1, architecture=TINY, workload=wl)
 

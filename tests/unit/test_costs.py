@@ -11,7 +11,7 @@ from planner_builders import cost_model, profile_for
 from exegpt.planner.architecture import get_architecture
 from exegpt.planner.costs import CostModel, Group
 from exegpt.planner.hardware import get_gpu
-from exegpt.planner.profile import Curve
+from exegpt.planner.profile import Curve, EngineOverhead
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 LENGTHS = [1, 16, 64, 128, 256, 512, 1024, 2048]
@@ -225,3 +225,28 @@ def test_kv_transfer_grows_with_batch_and_input_and_shrinks_with_links() -> None
     assert k.kv_transfer(8, 512, 1, False) > k.kv_transfer(8, 128, 1, False)
     assert k.kv_transfer(8, 512, 4, False) < k.kv_transfer(8, 512, 1, False)
     assert k.kv_transfer(8, 512, 1, True) > k.kv_transfer(8, 512, 1, False)
+
+
+def test_the_engines_time_is_charged_once_per_step_and_stage() -> None:
+    profile = profile_for("opt-13b")
+    assert profile.engine is None  # an analytic profile: no engine time
+    engine = EngineOverhead(step=Curve(x=[1.0, 64.0], seconds=[1e-4, 8e-4]))
+    k = CostModel(profile, get_gpu("nvidia-a100-80gb"), 8)
+    with_engine = CostModel(
+        profile.model_copy(update={"engine": engine}), get_gpu("nvidia-a100-80gb"), 8
+    )
+    assert k.engine_step(8) == 0.0
+    assert with_engine.engine_step(1) == pytest.approx(1e-4)
+    assert with_engine.engine_step(32.5) == pytest.approx(4.5e-4)  # linear between points
+    one = Group(1, 1)
+    assert with_engine.decode_stage(one, 8, 512) == pytest.approx(
+        k.decode_stage(one, 8, 512) + with_engine.engine_step(8)
+    )
+    assert with_engine.encode_stage(one, 4, 128) == pytest.approx(
+        k.encode_stage(one, 4, 128) + with_engine.engine_step(4)
+    )
+    # every stage of a pipeline handles the step: a 4-stage encoding pays it 4 times
+    four = Group(4, 1)
+    assert with_engine.encode_latency(four, 4, 128) == pytest.approx(
+        k.encode_latency(four, 4, 128) + 4 * with_engine.engine_step(4)
+    )
