@@ -480,16 +480,20 @@ def measure_config(
     mode: Mode,
     rng: np.random.Generator,
     bound: float,
+    profile: Profile | None = None,
 ) -> dict[str, Any]:
-    """Run ``config`` and compare it with the simulator's predictions for the requests
-    it served (and, beside them, with the plan's for the workload)."""
+    """Run ``config`` (as ``sim``'s profile plans it) and compare it with the
+    simulator's predictions from ``profile`` (default: the same) for the requests it
+    served, and, beside them, for the workload."""
+    planned = sim.evaluate(config)
+    sim = Simulator(sim.request, profile) if profile is not None else sim
     predicted = sim.evaluate(config)
     spec = ReplicaSpec(
         ModelConfig.from_architecture(sim.request.architecture),
         config,
         max_input_tokens=workload.input.max,
         max_output_tokens=workload.output.max,
-        steady_decode_batch=predicted.decode_batch,
+        steady_decode_batch=planned.decode_batch,
         dtype="float32",
         seed=1,
     )
@@ -792,17 +796,26 @@ def bench(
     """Profile, plan, run every configuration; the report."""
     start = time.monotonic()
     workload = workload or bench_workload()
-    profile = measure_profile(architecture, mode, profile_seconds or mode.profile_seconds, log)
+    budget = profile_seconds or mode.profile_seconds
+    profile = measure_profile(architecture, mode, budget, log)
     profiled = time.monotonic() - start
     request = plan_request(architecture, workload)
     (bound,) = static_latency_percentiles(request, profile, (BOUND_PERCENTILE,))
     configs, notes = _configs(mode, architecture, workload, profile, bound)
     rng = np.random.default_rng(seed)
     rows = []
-    for role, config, sim in configs:
+    for index, (role, config, sim) in enumerate(configs):
+        # each configuration is predicted from a profile measured just before it runs (the
+        # first: the planning one): a shared machine's speed drifts over minutes
+        fresh, fresh_s = profile, profiled
+        if index > 0:
+            at = time.monotonic()
+            fresh = measure_profile(architecture, mode, budget, log)
+            fresh_s = time.monotonic() - at
         log(f"running {role}: {summarize_config(config)}")
         try:
-            rows.append(measure_config(role, config, sim, workload, mode, rng, bound))
+            row = measure_config(role, config, sim, workload, mode, rng, bound, fresh)
+            rows.append({**row, "profile_seconds": fresh_s})
         except Exception as exc:  # a multi-process replica that fails is reported, not fatal
             if config.strategy != "WorkloadAware":
                 raise
@@ -832,7 +845,7 @@ def bench(
             "python": platform.python_version(),
             "seed": seed,
         },
-        "profile_seconds": profiled,
+        "profile_seconds": profiled + sum(r["profile_seconds"] for r in rows[1:]),
         "seconds": time.monotonic() - start,
     }
 

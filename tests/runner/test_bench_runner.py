@@ -219,6 +219,7 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert c["closed_loop"]["window_completions"] > 0
         assert c["poisson"]["rate_qps"] == pytest.approx(0.75 * c["measured"]["throughput_qps"])
         assert c["meets_bound"] == (c["measured"]["latency_at_workload_p99_s"] <= bound)
+        assert c["profile_seconds"] > 0  # each predicted from a profile measured before it
         served = c["served"]
         assert served["requests"] == loop["window_completions"]
         assert 1 <= served["output_p99"] <= 239 // 4 + 1
