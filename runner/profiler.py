@@ -353,10 +353,23 @@ class XProfiler:
         act = analytic.activation_bytes_per_token(self.arch, self.dtype_name)
         heads = len(bench.q_heads)
         logits = b * self.config.vocab_size * 4 * 3
+        slot = self._slot_tokens(bench, b, n)
         if phase == "encode":
             scores = b * heads * n * n * 4  # an unfused attention's scores (worst case)
-            return self.copies * b * (n + 1) * kv_local + 3 * b * n * act + scores + logits
-        return self.copies * b * (n + 1) * kv_local * 2 + 3 * b * act + logits
+            return self.copies * b * slot * kv_local + 3 * b * n * act + scores + logits
+        return self.copies * b * slot * kv_local * 2 + 3 * b * act + logits
+
+    def _slot_tokens(self, bench: Transformer, b: int, tokens: int) -> int:
+        """The tokens a timed sequence's cache slot holds: as many as the model's longest
+        sequence, as the engine sizes its slots for the longest request it takes (the
+        strides between a sequence's heads and between sequences are then the engine's;
+        on the CPU the timings move by a few percent with them), unless such caches
+        would take more than a tenth of the free memory: then just ``tokens + 1``."""
+        kv_token = 2 * len(bench.kv_heads) * self.config.head_dim * self.elem
+        full = len(bench.layers) * b * self.max_length * kv_token  # the bench model's caches
+        if self.max_length > tokens and full <= self._free_bytes() // 10:
+            return self.max_length
+        return tokens + 1
 
     def _head_fn(self, bench: Transformer, m: int) -> Callable[[], object]:
         x = torch.randn(m, self.config.hidden_size, dtype=self.dtype, device=self.device)
@@ -372,7 +385,7 @@ class XProfiler:
         x = torch.randn(b, n, h, dtype=self.dtype, device=self.device)
         tokens = torch.randint(0, self.config.vocab_size, (b, n), device=self.device)
         if not self.config.encoder_decoder:
-            cache = bench.new_cache(b, n)
+            cache = bench.new_cache(b, self._slot_tokens(bench, b, n))
             for s in ids:
                 cache.add(s)
             meta = cache.step(ids, [n] * b, causal=True, packed=bench.packed_prefill)
@@ -439,7 +452,7 @@ class XProfiler:
             for s in ids:
                 cross.add(s)
                 cross.set_length(s, cross_len)
-        cache = bench.new_cache(b, own + 1)
+        cache = bench.new_cache(b, self._slot_tokens(bench, b, own))
         for s in ids:
             cache.add(s)
             cache.set_length(s, own)

@@ -5,43 +5,47 @@ hidden 256, random weights, float32, one torch thread); the XScheduler plans a
 high-variance workload on it under a latency bound, and the XRunner's engine runs the
 plan, the best static-batching and continuous-batching configurations under the same
 bound (the plan's ``baselines``) and, in the full run, the best WorkloadAware
-configuration of two processes. For each configuration the measured figures are set
-against what the analytic XSimulator predicts from the same profile:
+configuration of two processes. Each configuration after the first is predicted from a
+profile measured again just before it runs (a shared machine's speed drifts over
+minutes). The simulator is asked about the requests the engine served (not new draws
+from the workload, whose sampling noise would swamp its errors):
 
 - **throughput**: completed requests per second under a closed loop of clients that
   keeps the engine saturated (``concurrency`` requests in flight: the plan's KV slots
   plus one encode batch, so a full encode batch always waits), counted between two
   completions of the steady part (the first 20 % of the completions, and at least
   ``concurrency`` of them, are warm-up; the window ends at the last completion that
-  still had a successor submitted);
-- **latency**: the paper's, the time to generate an output of the workload's p99
+  still had a successor submitted); predicted by the analytic mode for the empirical
+  workload of the requests that finished in the window;
+- **latency**: the paper's, the time to generate an output of the served requests' p99
   length, queueing excluded: ``last_token - encoded`` of the closed loop's steady
   requests whose output length is within 5 % (at least 2 tokens) of the p99 length,
-  their median when there are at least 5; with fewer, a least-squares line of that
+  their median when there are at least 20; with fewer, a least-squares line of that
   time against the output length over the steady requests of the upper half of
   output lengths, evaluated at the p99 length (``latency_method`` says which);
 - **p99 end-to-end latency**: the nearest-rank p99 of ``finished - arrival`` under
   Poisson arrivals at 75 % of the throughput measured in the closed loop (the first
-  10 % of arrivals are warm-up). The simulator's figure is the p99-length latency plus
-  one admission cycle (the wait for the next encoding, queueing behind other requests
-  excluded); at 75 % load such queueing is rare but not absent;
+  10 % of arrivals are warm-up); predicted by the discrete-event mode replaying the
+  same requests at their arrival times;
 - **time to first token**: ``first_token - arrival`` in the same Poisson run, median
   and p99 (measured only: the simulator does not predict it).
 
 Prediction error is ``(predicted - measured) / measured`` per metric and configuration;
-the summary gives the median and worst absolute error per metric (target < 10 %).
-The ratio over static batching is the plan's measured throughput over the Static
-baseline's, both run in this one run (target >= 2x), with whether each measured
-latency meets the bound.
+the summary gives the median and worst absolute error per metric (target < 10 %), and
+the same for the simulator's predictions for the workload itself (new draws). The ratio
+over static batching is the plan's measured throughput over the Static baseline's, both
+run in this one run (target >= 2x), with whether each measured latency (at the
+workload's p99 length) meets the bound.
 
 The workload is the ``chat`` trace (Azure LLM inference 2023) with inputs scaled by
 1/32 and outputs by 1/4 (output mean 53, p99 149, max 239 tokens; coefficient of
 variation 0.77); the bound is the 30th percentile of the static-batching
-configurations' predicted latencies, as in ``exegpt bench paper``. Request lengths and
-prompt tokens come from a seeded ``numpy.random.Generator`` (``--seed``).
+configurations' predicted latencies, as in ``exegpt bench paper``. Request lengths,
+prompt tokens and sampling seeds come from a seeded ``numpy.random.Generator``
+(``--seed``); every request samples at temperature 1.
 
 ``--quick`` profiles a coarse grid and runs fewer requests of the plan and the Static
-baseline only (about 45 s on a 2-core machine); ``--json`` prints one JSON object
+baseline only (under a minute on a 2-core machine); ``--json`` prints one JSON object
 and nothing else. Also runnable as ``python -m exegpt.bench.runner``.
 """
 
