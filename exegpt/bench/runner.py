@@ -357,6 +357,7 @@ class Driven:
     poisson: list[Record]
     rate: float
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    poisson_steps: dict[str, dict[str, float]] = field(default_factory=dict)  # its run's
 
 
 def _finished_since(engine: Engine, start: int) -> list[Record]:
@@ -427,8 +428,10 @@ def drive(engine: Engine, job: Job) -> Driven:
     closed = closed_loop(engine, job.closed, job.concurrency, job.timeout_s)
     window = steady_window(closed, job.concurrency)
     rate = job.load * window.throughput
+    start = time.monotonic()
     poisson = poisson_run(engine, job.poisson, job.gaps, rate, job.timeout_s)
-    return Driven(closed, window, poisson, rate, log.summary(window))
+    during = Window(start, time.monotonic(), len(poisson))
+    return Driven(closed, window, poisson, rate, log.summary(window), log.summary(during))
 
 
 def _drive_rank(rank: int, world: int, spec: ReplicaSpec, job: Job) -> Driven | None:
@@ -597,6 +600,10 @@ def measure_config(
         "steps": _steps_check(
             driven.steps, config, replayed, predicted_served, driven.window.seconds
         ),
+        # the Poisson run's steps against the same profile: whether the machine kept pace
+        "poisson_steps": _steps_check(
+            driven.poisson_steps, config, replayed, predicted_served, math.nan
+        ),
         "seconds": seconds,
     }
 
@@ -671,7 +678,8 @@ def _steps_check(
         }
     count = sum(steps[op]["steps"] for op in ("decode", "encode") if op in steps)
     busy = sum(steps[op]["steps"] * steps[op]["mean_seconds"] for op in steps)
-    if count and config.strategy != "WorkloadAware":  # (two loops: their steps overlap)
+    if count and math.isfinite(window_s) and config.strategy != "WorkloadAware":
+        # (WorkloadAware: two loops, whose steps overlap)
         between = (window_s - busy) / count
         out["engine"] = {
             "seconds_per_step": between,
@@ -942,6 +950,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{c['processes']} process(es)"
         )
         lines.append(f"{'':{w}} {_steps_line(c['steps'])}")
+        lines.append(f"{'':{w}} Poisson run's {_steps_line(c['poisson_steps'])}")
     s = report["summary"]
     lines.append("")
     for key, label, _ in names:

@@ -203,7 +203,7 @@ def test_run_json(report: dict[str, Any]) -> None:
     assert roles == ["plan", "static"]
     plan, static = report["configs"]
     assert plan["strategy"] == "RoundRobin" and static["strategy"] == "Static"
-    assert plan["predicted"]["latency_s"] <= bound * (1 + 1e-9)
+    assert plan["workload_prediction"]["predicted"]["latency_s"] <= bound * (1 + 1e-9)
     for c in report["configs"]:
         assert c["processes"] == 1
         for key in ("throughput_qps", "latency_s", "e2e_p99_s", "ttft_median_s", "ttft_p99_s"):
@@ -228,6 +228,9 @@ def test_run_json(report: dict[str, Any]) -> None:
         for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
             assert wp["predicted"][key] > 0 and math.isfinite(wp["error_pct"][key])
         assert c["steps"]["decode"]["steps"] > 0 and c["steps"]["encode"]["mean_batch"] >= 1
+        assert c["steps"]["engine"]["seconds_per_step"] > 0
+        during = c["poisson_steps"]
+        assert during["decode"]["steps"] > 0 and "engine" not in during  # (idle gaps)
         enc = c["steps"]["encode"]
         assert enc["model_seconds"] > 0 and wp["predicted"]["e2e_p99_s_analytic"] > 0
         assert 1 <= enc["mean_prompt"] <= enc["mean_longest_prompt"] <= 194  # the longest input

@@ -117,6 +117,20 @@ def test_budget_cuts_the_grid_but_gives_a_full_one() -> None:
     assert 1 <= int(measured) < int(total)
 
 
+def test_timed_cache_slots_are_as_long_as_the_engines_when_memory_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    profiler = XProfiler(
+        tiny_config("opt"), gpu_type="cpu", dtype="float32", device="cpu", options=QUICK
+    )
+    bench = profiler._bench(1)
+    # a slot holds the longest sequence (the profile's 32 tokens), as the engine's do
+    assert profiler._slot_tokens(bench, 4, 10) == 32
+    assert profiler._slot_tokens(bench, 4, 40) == 41  # a longer point: its own length
+    monkeypatch.setattr(XProfiler, "_free_bytes", lambda self: 1024)
+    assert profiler._slot_tokens(bench, 4, 10) == 11  # no room: just the sequence
+
+
 def test_token_cap_extrapolates() -> None:
     p = _profile("opt", max_tokens=16)
     enc = p.tables(1).encode
