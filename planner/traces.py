@@ -22,6 +22,7 @@ from .workload import (
     LengthDistribution,
     Workload,
     copula_pearson,
+    pairs_pearson,
 )
 from .workload_presets import TraceHistogram, TracePreset
 
@@ -64,11 +65,7 @@ class Trace:
 
     @property
     def pearson(self) -> float:
-        a = self.inputs.astype(np.float64)
-        b = self.outputs.astype(np.float64)
-        if a.size < 2 or a.std() == 0 or b.std() == 0:
-            return 0.0
-        return float(np.corrcoef(a, b)[0, 1])
+        return pairs_pearson(self.inputs, self.outputs)
 
     def workload(self, name: str | None = None) -> Workload:
         """Empirical marginals, the empirical joint pairs and the measured Pearson

@@ -498,6 +498,14 @@ def copula_cross_moment(
     return independent + cov
 
 
+def pairs_pearson(inputs: IntArray, outputs: IntArray) -> float:
+    """The Pearson correlation of paired lengths (0 when either is constant)."""
+    a, b = inputs.astype(np.float64), outputs.astype(np.float64)
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 class Workload:
     """Input and output length distributions of a service's traffic.
 
@@ -544,12 +552,10 @@ class Workload:
         b = np.asarray(outputs, dtype=np.int64)
         if a.ndim != 1 or a.shape != b.shape or a.size == 0:
             raise ValueError("inputs and outputs must be non-empty 1-D, one per request")
-        x, y = a.astype(np.float64), b.astype(np.float64)
-        rho = 0.0 if a.size < 2 or x.std() == 0 or y.std() == 0 else np.corrcoef(x, y)[0, 1]
         return cls(
             LengthDistribution.from_samples(a),
             LengthDistribution.from_samples(b),
-            correlation=float(np.clip(rho, -1.0, 1.0)),
+            correlation=float(np.clip(pairs_pearson(a, b), -1.0, 1.0)),
             name=name,
             pairs=(a, b),
         )
@@ -576,9 +582,7 @@ class Workload:
         hit = self._cache.get("pearson")
         if hit is None:
             if self.pairs is not None:
-                a = self.pairs[0].astype(np.float64)
-                b = self.pairs[1].astype(np.float64)
-                hit = 0.0 if a.std() == 0 or b.std() == 0 else float(np.corrcoef(a, b)[0, 1])
+                hit = pairs_pearson(*self.pairs)
             else:
                 hit = copula_pearson(self.input, self.output, self.correlation)
             self._cache["pearson"] = hit
