@@ -51,9 +51,6 @@ class StandInChain(ChainClient):
         self.seconds += time.perf_counter() - start
         return out
 
-    def stop(self) -> None:
-        return None
-
 
 def step_seconds(
     batch: int,

@@ -271,6 +271,7 @@ class XProfiler:
         self.max_length = self.options.max_length or self.arch.max_positions
         self.copies = self.options.copies or self._default_copies()
         self._deadline = 0.0
+        self._slot_room = 0  # bytes: a tenth of the memory free beside the bench model
         self._notes: list[str] = []
 
     # -- set-up -------------------------------------------------------------------------------
@@ -327,6 +328,11 @@ class XProfiler:
             pass
         return 8 * GIB
 
+    @property
+    def _passes(self) -> int:
+        """Passes over each timing: ``options.passes``, else 2 on the CPU, 1 on a GPU."""
+        return self.options.passes or (1 if self.device.type == "cuda" else 2)
+
     def _budget_left(self) -> float:
         return self._deadline - time.monotonic()
 
@@ -343,8 +349,9 @@ class XProfiler:
         k = self.copies
         cfg = self.config.with_layers(k, k)
         shard = TensorParallel(tp, 0, communicate=False)
-        model = Transformer(cfg, tp=shard, dtype=self.dtype, device=self.device)
-        return self._load(model)
+        model = self._load(Transformer(cfg, tp=shard, dtype=self.dtype, device=self.device))
+        self._slot_room = self._free_bytes() // 10  # what long cache slots may take
+        return model
 
     # -- one grid point --------------------------------------------------------------------------
     def _point_bytes(self, bench: Transformer, phase: str, b: int, n: int) -> int:
@@ -367,7 +374,7 @@ class XProfiler:
         would take more than a tenth of the free memory: then just ``tokens + 1``."""
         kv_token = 2 * len(bench.kv_heads) * self.config.head_dim * self.elem
         full = len(bench.layers) * b * self.max_length * kv_token  # the bench model's caches
-        if self.max_length > tokens and full <= self._free_bytes() // 10:
+        if self.max_length > tokens and full <= self._slot_room:
             return self.max_length
         return tokens + 1
 
@@ -622,7 +629,7 @@ class XProfiler:
         return Grid(batch=list(bs), length=list(ns), seconds=arr.tolist())
 
     def _measure_head(self, bench: Transformer, tokens_axis: Sequence[int]) -> Curve:
-        passes = self.options.passes or (1 if self.device.type == "cuda" else 2)
+        passes = self._passes
         seconds = []
         for m in tokens_axis:
             fn = self._head_fn(bench, m)
@@ -632,7 +639,7 @@ class XProfiler:
     def _measure_engine(self, bench: Transformer, batch_axis: Sequence[int]) -> EngineOverhead:
         """The engine's own seconds per step by batch (``overhead.step_seconds``), its
         steps doing a decode step of the bench model at that batch."""
-        passes = self.options.passes or (1 if self.device.type == "cuda" else 2)
+        passes = self._passes
         context = max(min(64, self.max_length - 1), 1)
         seconds = []
         for b in batch_axis:
@@ -790,8 +797,7 @@ class XProfiler:
             decode = self._measure_grid(tp, "decode", bench, share)
             tables[tp] = PhaseTables(encode=encode, decode=decode, head=head)
             if tp == 1:  # after the grids, which the time budget is for
-                batches = _powers(1, opts.max_batch)
-                engine = self._measure_engine(bench, sorted({*batches[::2], batches[-1]}))
+                engine = self._measure_engine(bench, sorted({*head_axis[::2], head_axis[-1]}))
             del bench
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -128,6 +128,7 @@ def test_timed_cache_slots_are_as_long_as_the_engines_when_memory_allows(
     assert profiler._slot_tokens(bench, 4, 10) == 32
     assert profiler._slot_tokens(bench, 4, 40) == 41  # a longer point: its own length
     monkeypatch.setattr(XProfiler, "_free_bytes", lambda self: 1024)
+    bench = profiler._bench(1)  # (the room is read once per bench model)
     assert profiler._slot_tokens(bench, 4, 10) == 11  # no room: just the sequence
 
 
