@@ -533,6 +533,7 @@ def measure_config(
         f"the {len(steady)} requests of the steady window",
     )  # fmt: skip
     replayed = Simulator(sim.request.model_copy(update={"workload": served}), sim.profile)
+    events = EventSimulator(sim.request, sim.profile)
     predicted_served = replayed.evaluate(config)
     window_records = in_window(driven.closed, driven.window)
     latency = p99_length_latency(window_records, served.output_p99)
@@ -551,16 +552,14 @@ def measure_config(
     pred = {
         "throughput_qps": predicted_served.throughput_qps,
         "latency_s": predicted_served.latency_s,
-        "e2e_p99_s": replay_e2e_p99(EventSimulator(sim.request, sim.profile), config, driven),
+        "e2e_p99_s": replay_e2e_p99(events, config, driven),
     }
     # the plan's own figures, for the workload's distribution (new draws: sampling noise)
-    events = EventSimulator(sim.request, sim.profile).run(
-        config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate
-    )
+    drawn = events.run(config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate)
     pred_workload = {
         "throughput_qps": predicted.throughput_qps,
         "latency_s": predicted.latency_s,
-        "e2e_p99_s": events.e2e_p99_s,
+        "e2e_p99_s": drawn.e2e_p99_s,
     }
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     return {
@@ -612,7 +611,7 @@ def measure_config(
         ),
         # the Poisson run's steps against the same profile: whether the machine kept pace
         "poisson_steps": _steps_check(
-            driven.poisson_steps, config, replayed, predicted_served, math.nan
+            driven.poisson_steps, config, replayed, predicted_served, None
         ),
         "seconds": seconds,
     }
@@ -643,16 +642,16 @@ def _steps_check(
     config: ExecutionConfig,
     sim: Simulator,
     predicted: Prediction,
-    window_s: float,
+    window_s: float | None,
 ) -> dict[str, Any]:
     """The steady window's steps as measured, beside the cost model's time for a step
     of the same mean batch, the engine's own time left out (it runs between the steps
     the log times): decode at the workload's mean context (Static: the mean input plus
     half the batch's expected longest output); encode at the steps' mean prompt (packed
     encodings cost their tokens) or, for Static, at their mean longest prompt (it pads a
-    batch to its longest). Then the engine's time: the window's seconds outside the
-    steps, per step, beside the profile's. Where a prediction misses, this says whether
-    the steps, the engine or the batching differ."""
+    batch to its longest). Then, given the steady window (``window_s``), the engine's
+    time: its seconds outside the steps, per step, beside the profile's. Where a
+    prediction misses, this says whether the steps, the engine or the batching differ."""
     k, m = sim.costs, sim.m
     if config.strategy == "WorkloadAware":
         enc, dec = sim.workload_aware_groups(config)
@@ -686,9 +685,9 @@ def _steps_check(
             "model_at": "mean longest prompt" if padded else "mean prompt",
             "error_pct": error_pct(model, e["mean_seconds"]),
         }
-    count = sum(steps[op]["steps"] for op in ("decode", "encode") if op in steps)
-    busy = sum(steps[op]["steps"] * steps[op]["mean_seconds"] for op in steps)
-    if count and math.isfinite(window_s) and config.strategy != "WorkloadAware":
+    count = sum(x["steps"] for x in steps.values())
+    busy = sum(x["steps"] * x["mean_seconds"] for x in steps.values())
+    if count and window_s is not None and config.strategy != "WorkloadAware":
         # (WorkloadAware: two loops, whose steps overlap)
         between = (window_s - busy) / count
         out["engine"] = {
