@@ -6,8 +6,9 @@ It shares the per-stage cost model with the analytic mode (``costs.CostModel``) 
 none of its averaging: batches hold the actual sampled queries, each with its own
 input length, output length and growing context; queries leave the decode batch
 when they finish and new ones take their place exactly as the strategy dictates; a
-static batch runs to its actual longest output. Deterministic for a given
-``numpy.random.Generator``. Pure: no I/O.
+static batch runs to its actual longest output, and all its queries finish then (as
+static batching returns a batch). Deterministic for a given ``numpy.random.Generator``.
+Pure: no I/O.
 
 ``replay`` runs given queries (their arrival times and lengths) instead of sampled
 ones: what a benchmark sets against a real replica that served the same queries, so
@@ -369,11 +370,12 @@ class EventSimulator:
             it = np.array(
                 [k.iteration(g, float(b), context + j + 1.0, micro) for j in range(longest)]
             )
-            clock = t + np.concatenate(([0.0], np.cumsum(it)))
-            run.done[new] = clock[steps.astype(np.int64)]
+            t += float(it.sum())
+            # Static batching returns a batch when its longest output ends: every
+            # member finishes then (the engine reports them together).
+            run.done[new] = t
             if longest:
                 run.note_batch(b, float(it.sum()))
-            t = float(clock[-1])
             nxt = hi
 
     def _continuous(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:

@@ -152,6 +152,18 @@ def test_a_query_replayed_alone_takes_its_encoding_and_its_decode_steps() -> Non
     assert timeline.e2e[0] == pytest.approx(first + rest)
 
 
+def test_a_static_batch_returns_all_its_queries_when_its_longest_output_ends() -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    config = ExecutionConfig(strategy="Static", encode_batch=4)
+    # three queries waiting together form one batch; the fourth arrives during it
+    timeline = sim.replay(config, [0.0, 0.0, 0.0, 0.01], [50, 60, 40, 50], [3, 30, 8, 5])
+    first = timeline.done[:3]
+    assert (first == first[0]).all()  # the 3-token query waits for the 30-token one
+    alone = sim.replay(config, [0.0], [60], [30])
+    assert first[0] > alone.done[0]  # a batch of three computes more than one query
+    assert timeline.admitted[3] == pytest.approx(first[0])  # the next batch, then
+
+
 def test_a_replay_shifted_in_time_is_the_same_replay() -> None:
     sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
     rng = np.random.default_rng(4)
