@@ -30,7 +30,7 @@ from .architecture import Architecture, Dtype
 SCHEMA_VERSION = 1
 # The version of the measured profiler (``exegpt profile``); part of a measured profile's
 # content key, so a new profiler invalidates cached profiles.
-MEASURED_PROFILER_VERSION = "xprofiler-2"
+MEASURED_PROFILER_VERSION = "xprofiler-3"
 Source = Literal["analytic", "measured"]
 
 
@@ -254,10 +254,12 @@ class MemoryProfile(BaseModel):
 
 
 class EngineOverhead(BaseModel):
-    """The serving engine's own time per step, beyond the model's step: choosing the
-    batch, building the step's command, handing every sequence its token. The cost
-    model charges it once per step to every pipeline stage (the driver runs the
-    engine's loop; another stage receives and unpacks the command)."""
+    """What serving adds to a step, beyond the model's step as the tables price it: the
+    engine's loop choosing the batch, building the step's command and handing every
+    sequence its token; the chain's handling of the command; and what the model's step
+    loses to the caches all this leaves behind. The cost model charges it once per step
+    to every pipeline stage (the driver runs the engine's loop; another stage receives
+    and unpacks the command)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,43 +1,56 @@
-"""The serving engine's own time per step, for the XProfiler's profile (its ``engine``
-curve).
+"""What a step costs the serving engine beyond the model's work as the profile's tables
+price it (the profile's ``engine`` curve).
 
-The engine runs its steps through a chain that answers every sequence with a token and
-does, for each step, the work it is given (the profiler gives it a model step of the
-batch, so that the engine's loop runs with the caches a model step leaves behind, as it
-does when serving). The time outside the chain's steps is the engine's own work: its
-loop choosing the batch, building each step's command, handing every sequence its token
-(a sink that keeps the events, as a client does), settling finished requests and
-keeping its metrics. The model's steps and the head are what the rest of the profile
-prices.
+The real :class:`~exegpt.runner.engine.Engine` decodes a batch of requests through a
+chain whose every step does the work it is given. The XProfiler gives it a decode
+step of the bench model through a real one-stage chain (:func:`local_chain`): the
+command, the token tensors, the slot order and the sampling the workers run. The
+engine's wall clock per step, less the same model step timed alone, is what serving
+adds to a step: the engine's loop choosing the batch, building each command, handing
+every sequence its token (to a sink that keeps the events, as a client does),
+settling finished requests and keeping its metrics; the chain's handling of a
+command; and what the model's step loses to the caches that all this leaves behind.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from exegpt.planner.plan import ExecutionConfig
 
-from .chain import ChainClient
+from .chain import ChainClient, Member
 from .engine import Engine
+from .model import Transformer
+from .sampling import RowSampling
 from .serving import GenerationRequest, Limits, TokenEvent
-from .topology import MAIN, ChainSpec
+from .stage import StageRunner
+from .topology import MAIN, ChainSpec, Topology
 from .wire import Command, Op
 
-TOKEN = 1  # the token every idle step answers with (no request stops on it)
+TOKEN = 1  # the token every stand-in step answers with (no request stops on it)
+SAMPLED = RowSampling(temperature=1.0)  # every row samples, as the profile's head is timed
 
 
 class StandInChain(ChainClient):
     """A one-stage chain whose steps do ``work(batch)`` (nothing by default) and answer
-    every sequence with a token; it counts its steps and the seconds they took."""
+    every sequence with a token. It counts its steps and the seconds ``work`` took;
+    ``reset`` runs after each step's work (to restore what the work changed), its
+    seconds counted apart."""
 
-    def __init__(self, work: Callable[[int], object] | None = None) -> None:
+    def __init__(
+        self,
+        work: Callable[[int], object] | None = None,
+        reset: Callable[[], object] | None = None,
+    ) -> None:
         super().__init__(ChainSpec(MAIN, 1, 1), torch.device("cpu"))
-        self.work = work
+        self.work, self.reset = work, reset
         self.steps = 0
         self.seconds = 0.0
+        self.reset_seconds = 0.0
 
     def run(
         self, items: Sequence[tuple[Command, Sequence[Sequence[int]] | Sequence[int] | None]]
@@ -49,22 +62,46 @@ class StandInChain(ChainClient):
             if self.work is not None:
                 self.work(sum(len(o) for o in out))
         self.seconds += time.perf_counter() - start
+        if out and self.reset is not None:
+            start = time.perf_counter()
+            self.reset()
+            self.reset_seconds += time.perf_counter() - start
         return out
 
 
-def step_seconds(
+@dataclass(frozen=True)
+class EngineTiming:
+    """One engine run through a stand-in chain."""
+
+    steps: int
+    seconds: float  # the engine's wall clock, the chain's resets left out
+    work_seconds: float  # in the chain's work
+
+    @property
+    def per_step(self) -> float:
+        """Wall-clock seconds per step, the work included."""
+        return self.seconds / self.steps
+
+    @property
+    def outside(self) -> float:
+        """Seconds per step outside the chain's work: the engine's own loop."""
+        return max(self.seconds - self.work_seconds, 0.0) / self.steps
+
+
+def time_engine(
     batch: int,
     steps: int,
     vocab_size: int,
     work: Callable[[int], object] | None = None,
+    reset: Callable[[], object] | None = None,
     timeout_s: float = 60.0,
-) -> float:
-    """The engine's own seconds per step, outside the chain's steps, while it decodes
-    ``batch`` requests of ``steps`` tokens each (one encode step, then ``steps - 1``
-    decode steps of the whole batch), each step doing ``work(batch)``."""
+) -> EngineTiming:
+    """Time the engine decoding ``batch`` requests of ``steps`` tokens each (one encode
+    step, then ``steps - 1`` decode steps of the whole batch), each step doing
+    ``work(batch)`` and then ``reset()``."""
     if batch < 1 or steps < 2:
         raise ValueError("batch must be >= 1 and steps >= 2")
-    chain = StandInChain(work)
+    chain = StandInChain(work, reset)
     engine = Engine(
         ExecutionConfig(strategy="Continuous", decode_batch=batch),
         {MAIN: chain},
@@ -86,4 +123,48 @@ def step_seconds(
         engine.stop()
     if len(events) != batch * (steps + 1):  # every token, and each request's end
         raise RuntimeError(f"the engine emitted {len(events)} events for {batch}x{steps} tokens")
-    return max(elapsed - chain.seconds, 0.0) / chain.steps
+    return EngineTiming(chain.steps, elapsed - chain.reset_seconds, chain.seconds)
+
+
+def local_chain(model: Transformer, slots: int, max_len: int) -> ChainClient:
+    """A real one-stage chain over ``model`` (a whole model: embedding to head), run in
+    this process as a one-process replica's driver runs its chain."""
+    spec = ChainSpec(MAIN, 1, 1)
+    runner = StageRunner(model, slots=slots, max_len=max_len)
+    member = Member(Topology((spec,)), spec, 0, 0, runner, None, [])
+    return ChainClient(spec, model.device, member)
+
+
+@dataclass(frozen=True)
+class ChainDecode:
+    """A decode step of ``batch`` sequences with ``context`` prompt tokens through a real
+    chain (:func:`local_chain`): ``step`` runs it, ``rewind`` puts the caches back."""
+
+    chain: ChainClient
+    runner: StageRunner
+    context: int
+    lengths: tuple[int, ...]  # each sequence's cached tokens after its encoding
+
+    @classmethod
+    def prepared(cls, model: Transformer, batch: int, context: int, max_len: int) -> ChainDecode:
+        """The chain, with ``batch`` sequences of ``context`` prompt tokens encoded."""
+        chain = local_chain(model, batch, max_len)
+        assert chain.local is not None
+        runner = chain.local.runner
+        ids = list(range(batch))
+        prefill = Command(Op.PREFILL, ids, [context] * batch, [SAMPLED] * batch)
+        chain.run([(prefill, [[TOKEN] * context for _ in ids])])
+        return cls(chain, runner, context, tuple(runner.cache.length(s) for s in ids))
+
+    def step(self) -> None:
+        ids = list(range(len(self.lengths)))
+        rows = [RowSampling(1.0, 0, s, self.context) for s in ids]
+        self.chain.run([(Command(Op.DECODE, ids, [1] * len(ids), rows), [TOKEN] * len(ids))])
+
+    def work(self, _batch: int) -> None:
+        """The step, as a stand-in chain's work (its batch is this one's)."""
+        self.step()
+
+    def rewind(self) -> None:
+        for s, n in enumerate(self.lengths):
+            self.runner.cache.set_length(s, n)

@@ -89,7 +89,9 @@ CPU_GPU_TYPE = GpuType(
     nvlink=False,
 )
 # Steps of each engine-overhead timing (one encode step, the rest decode steps).
-ENGINE_STEPS = 16
+ENGINE_STEPS = 24
+ENGINE_PASSES = 5  # engine timings per batch, at least
+ENGINE_BATCH_SECONDS = 1.0  # more passes while they fit in this (up to 4 x ENGINE_PASSES)
 
 
 def choose_sampled(logits: torch.Tensor) -> list[int]:
@@ -211,6 +213,20 @@ def affine_in_length(grid: Grid, measured: dict[tuple[int, int], float]) -> Grid
                 row = [float(intercept + slope * n) for n in grid.length]
         rows.append(row)
     return Grid(batch=list(grid.batch), length=list(grid.length), seconds=rows)
+
+
+def affine_in_batch(
+    batch: Sequence[int], seconds: Sequence[float], weights: Sequence[float] | None = None
+) -> list[float]:
+    """The least-squares line through ``seconds`` by ``batch`` (each point's residual
+    weighted by ``weights``), at each batch and never below zero (two points or fewer:
+    the points themselves, never below zero)."""
+    if len(batch) < 3:
+        return [max(s, 0.0) for s in seconds]
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    x = np.asarray(batch, dtype=float)
+    slope, intercept = np.polyfit(x, np.asarray(seconds, dtype=float), 1, w=w)
+    return [max(float(intercept + slope * b), 0.0) for b in batch]
 
 
 def match_gpu(gpu_type: str, device_name: str, memory_bytes: int) -> bool:
@@ -637,24 +653,35 @@ class XProfiler:
         return Curve(x=[float(m) for m in tokens_axis], seconds=seconds)
 
     def _measure_engine(self, bench: Transformer, batch_axis: Sequence[int]) -> EngineOverhead:
-        """The engine's own seconds per step by batch (``overhead.step_seconds``), its
-        steps doing a decode step of the bench model at that batch."""
-        passes = self._passes
+        """What serving adds to a step, by batch (``overhead``): the engine decoding
+        through a real chain over the bench model, each step a decode of the batch at a
+        fixed context, its wall clock per step less the same decode step timed alone
+        (as the decode table times it) right before. Each batch keeps the median of
+        its differences over ``ENGINE_PASSES`` passes or more (as many as fit in
+        ``ENGINE_BATCH_SECONDS``), and the curve is the line through them weighted by
+        the inverse of the step's time: a difference of two timings varies with the
+        step's length, and the engine's work is per sequence."""
         context = max(min(64, self.max_length - 1), 1)
-        seconds = []
+        medians, steps = [], []
         for b in batch_axis:
-            timed = self._decode_fns(bench, b, context)["step"]
-
-            def work(_batch: int, timed: _Timed = timed) -> None:
-                timed.fn()
-                if timed.reset is not None:
-                    timed.reset()
-
-            runs = [
-                overhead.step_seconds(b, ENGINE_STEPS, self.config.vocab_size, work)
-                for _ in range(max(passes, 3))
-            ]
-            seconds.append(statistics.median(runs))
+            alone = self._decode_fns(bench, b, context)["step"]
+            served = overhead.ChainDecode.prepared(
+                bench, b, context, self._slot_tokens(bench, b, context)
+            )
+            runs: list[float] = []
+            solos: list[float] = []
+            start = time.perf_counter()
+            while len(runs) < ENGINE_PASSES or (
+                time.perf_counter() - start < ENGINE_BATCH_SECONDS and len(runs) < 4 * ENGINE_PASSES
+            ):
+                solos.append(self.timer.time(alone.fn, alone.reset).median)
+                engine = overhead.time_engine(
+                    b, ENGINE_STEPS, self.config.vocab_size, served.work, served.rewind
+                )
+                runs.append(engine.per_step - solos[-1])
+            medians.append(statistics.median(runs))
+            steps.append(statistics.median(solos))
+        seconds = affine_in_batch(batch_axis, medians, [1.0 / s for s in steps])
         self._notes.append(
             f"engine {1e6 * seconds[0]:.0f} us per step at batch {batch_axis[0]}, "
             f"{1e6 * seconds[-1]:.0f} us at {batch_axis[-1]}"

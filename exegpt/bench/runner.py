@@ -644,14 +644,17 @@ def _steps_check(
     predicted: Prediction,
     window_s: float | None,
 ) -> dict[str, Any]:
-    """The steady window's steps as measured, beside the cost model's time for a step
-    of the same mean batch, the engine's own time left out (it runs between the steps
-    the log times): decode at the workload's mean context (Static: the mean input plus
-    half the batch's expected longest output); encode at the steps' mean prompt (packed
-    encodings cost their tokens) or, for Static, at their mean longest prompt (it pads a
-    batch to its longest). Then, given the steady window (``window_s``), the engine's
-    time: its seconds outside the steps, per step, beside the profile's. Where a
-    prediction misses, this says whether the steps, the engine or the batching differ."""
+    """The steady window's steps as measured, beside the profile's tables for a step of
+    the same mean batch (the model's work, without what serving adds to a step): decode
+    at the workload's mean context (Static: the mean input plus half the batch's
+    expected longest output); encode at the steps' mean prompt (packed encodings cost
+    their tokens) or, for Static, at their mean longest prompt (it pads a batch to its
+    longest). Then, given the steady window (``window_s``), what serving added: the
+    window's seconds beyond the tables' steps, per step, beside the profile's
+    ``engine`` curve, and of it the seconds between the steps (the engine's loop; the
+    rest is the chain's handling of a command and the step's slowdown in the engine).
+    Where a prediction misses, this says whether the steps, the engine or the batching
+    differ."""
     k, m = sim.costs, sim.m
     if config.strategy == "WorkloadAware":
         enc, dec = sim.workload_aware_groups(config)
@@ -659,6 +662,7 @@ def _steps_check(
         enc = dec = Group(config.pipeline_stages, config.tensor_parallel)
     out: dict[str, Any] = {"predicted_decode_batch": predicted.decode_batch}
     engine = 0.0  # the profile's engine seconds of the window's steps
+    tables = 0.0  # the tables' seconds of the window's steps
     if "decode" in steps:
         d = steps["decode"]
         context = m.mean_context
@@ -667,6 +671,7 @@ def _steps_check(
         own = k.engine_step(d["mean_batch"])
         model = k.iteration(dec, d["mean_batch"], context, config.micro_batches) - own
         engine += own * d["steps"]
+        tables += model * d["steps"]
         out["decode"] = {
             **d,
             "model_seconds": model,
@@ -679,6 +684,7 @@ def _steps_check(
         own = k.engine_step(e["mean_batch"])
         model = k.encode_latency(enc, e["mean_batch"], length) - own * enc.stages
         engine += own * e["steps"]
+        tables += model * e["steps"]
         out["encode"] = {
             **e,
             "model_seconds": model,
@@ -689,11 +695,12 @@ def _steps_check(
     busy = sum(x["steps"] * x["mean_seconds"] for x in steps.values())
     if count and window_s is not None and config.strategy != "WorkloadAware":
         # (WorkloadAware: two loops, whose steps overlap)
-        between = (window_s - busy) / count
+        beyond = (window_s - tables) / count
         out["engine"] = {
-            "seconds_per_step": between,
+            "seconds_per_step": beyond,
+            "between_steps_s": (window_s - busy) / count,
             "model_seconds": engine / count,
-            "error_pct": error_pct(engine / count, between),
+            "error_pct": error_pct(engine / count, beyond),
         }
     return out
 
@@ -911,7 +918,8 @@ def _steps_line(steps: dict[str, Any]) -> str:
     g = steps.get("engine")
     if g:
         parts.append(
-            f"engine {1e6 * g['seconds_per_step']:.0f} us per step "
+            f"engine {1e6 * g['seconds_per_step']:.0f} us per step, "
+            f"{1e6 * g['between_steps_s']:.0f} between steps "
             f"(profile {1e6 * g['model_seconds']:.0f} us)"
         )
     return "steps: " + "; ".join(parts)
