@@ -257,11 +257,15 @@ class EventSimulator:
         n = ins.size
         t, nxt = 0.0, 0
         batch = _Running()
+        since = n_d  # decode iterations since the last encoding
         while nxt < n or batch.size:
-            # Encode up to B_E queries that have arrived.
+            # After N_D decode iterations (or with nothing decoding), encode up to B_E
+            # queries that have arrived; with none waiting, the next one to arrive is
+            # encoded after the iteration it arrives in (at saturation: every N_D).
             hi = nxt
-            while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
-                hi += 1
+            if since >= n_d or not batch.size:
+                while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
+                    hi += 1
             if hi == nxt and not batch.size:
                 t = max(t, float(run.arrival[nxt]))
                 continue
@@ -280,13 +284,13 @@ class EventSimulator:
                 batch.join(new[fresh], run, ins)
                 run.lag[new] = lag
                 nxt = hi
-            for _ in range(n_d):
-                if not batch.size:
-                    break
+                since = 0
+            if batch.size:
                 dt = k.iteration(dec, float(batch.size), batch.context(), micro)
                 run.note_batch(batch.size, dt)
                 t += dt
                 batch.step(t, run, lag=True)
+                since += 1
 
     def _workload_aware(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
         k, sim = self.costs, self.analytic

@@ -3,9 +3,11 @@
 Each policy answers one question before every step: how many waiting requests to
 encode now. Pure: no torch, no clock.
 
-- RoundRobin: an encoding of up to ``encode_batch`` waiting requests every
-  ``decode_steps_per_encode`` decode iterations (at once when nothing is decoding), as
-  long as KV slots are free; the decode batch refills as requests finish.
+- RoundRobin: an encoding of up to ``encode_batch`` waiting requests once
+  ``decode_steps_per_encode`` decode iterations have passed since the last one (at
+  the first iteration after that with a request waiting; at once when nothing is
+  decoding), as long as KV slots are free; the decode batch refills as requests
+  finish.
 - WorkloadAware (the encoders): encode up to ``encode_batch`` whenever the decoders
   have room for them; the decoders decode continuously.
 - Static: a batch of up to ``encode_batch`` requests, only when the previous batch has

@@ -164,6 +164,24 @@ def test_a_static_batch_returns_all_its_queries_when_its_longest_output_ends() -
     assert timeline.admitted[3] == pytest.approx(first[0])  # the next batch, then
 
 
+def test_round_robin_encodes_a_late_arrival_at_the_next_iteration_once_n_d_have_passed() -> None:
+    sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
+    config = ExecutionConfig(strategy="RoundRobin", encode_batch=1, decode_steps_per_encode=4)
+    enc, dec, _ = sim.analytic.round_robin_groups(config)
+    encoded = sim.costs.encode_latency(enc, 1, 50.0)  # the first query's decoding starts
+    step = sim.costs.iteration(dec, 1.0, 53.0, 1)
+    # the second query arrives 5.5 iterations into the first one's decoding: four
+    # iterations have passed since the last encoding, so it is encoded at the next one
+    # (not after the eighth, the next multiple of N_D)
+    late = encoded + 5.5 * step
+    both = sim.replay(config, [0.0, late], [50, 50], [100, 10])
+    assert 0.0 < both.admitted[1] - late < 1.0 * step
+    # arriving before N_D iterations have passed, it waits for the fourth
+    early = encoded + 1.5 * step
+    waits = sim.replay(config, [0.0, early], [50, 50], [100, 10])
+    assert waits.admitted[1] - early > 2.0 * step
+
+
 def test_a_replay_shifted_in_time_is_the_same_replay() -> None:
     sim = EventSimulator(_request("S", gpus=1), _profile("opt-13b", "nvidia-a100-80gb"))
     rng = np.random.default_rng(4)
