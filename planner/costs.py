@@ -98,8 +98,8 @@ class CostModel:
         return intra * t_intra + inter * t_inter, max(t_intra, t_inter)
 
     def engine_step(self, sequences: float) -> float:
-        """The serving engine's own time for a step of ``sequences`` on one stage (the
-        profile's ``engine`` curve; 0 for a profile without one)."""
+        """What serving adds to a step of ``sequences`` on one stage, beyond the model's
+        step (the profile's ``engine`` curve; 0 for a profile without one)."""
         return self._engine(sequences) if self._engine is not None else 0.0
 
     # -- encode ----------------------------------------------------------------------------

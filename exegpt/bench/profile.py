@@ -191,7 +191,7 @@ def _predict(
 ) -> float:
     costs = CostModel(profile, gpu, gpus_per_node=8, dtype=dtype)
     group = Group(stages=1, tp=1)
-    engine = costs.engine_step(b)  # the serving engine's own time: not in a bare model step
+    engine = costs.engine_step(b)  # what serving adds: not in a bare model step
     if phase == "encode":
         return costs.encode_stage(group, b, n) - engine
     # the planner's context: the input plus the tokens generated before this step

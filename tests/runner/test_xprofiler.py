@@ -64,7 +64,7 @@ def test_profile_is_valid_and_measured(opt_profile: Profile) -> None:
     # more work takes longer: a long prefill of a batch against one token
     assert p.encode_layer(1, 4, 32) > p.encode_layer(1, 1, 1)
     assert "measured" in prov.notes
-    # the engine's own time per step, by batch, beside the model's
+    # what serving adds to a step, by batch, beside the model's
     assert p.engine is not None and p.engine.step.x == [1.0, 4.0]
     assert all(0 < s < 0.05 for s in p.engine.step.seconds)
     assert "engine" in prov.notes
