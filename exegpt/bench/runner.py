@@ -88,9 +88,9 @@ from exegpt.runner.wire import Op
 TARGET_ERROR_PCT = 10.0
 TARGET_RATIO = 2.0
 BOUND_PERCENTILE = 30  # of the static-batching configurations' latencies
-# Poisson arrival rate, as a fraction of the measured (saturated) throughput. Below
-# saturation the batches are smaller and each request costs more steps, so at 50 % the
-# engine was busy 71 to 91 % of the time (``busy_fraction``, recorded run); at 75 %
+# Poisson arrival rate, as a fraction of the saturated throughput the fresh profile
+# predicts. Below saturation the batches are smaller and each request costs more steps,
+# so at 50 % the engine is busy 70 to 90 % of the time (``busy_fraction``); at 75 %
 # Continuous was 96 % busy, where the p99 of the waits multiplies any service-time error.
 LOAD = 0.5
 WARMUP_FRACTION = 0.2  # of a closed loop's completions
@@ -340,14 +340,14 @@ def make_requests(
 
 @dataclass(frozen=True)
 class Job:
-    """What to drive through one engine: the closed loop's requests and concurrency,
-    then the Poisson run's requests and unit-rate inter-arrival gaps."""
+    """What to drive through one engine: the Poisson run's requests, unit-rate
+    inter-arrival gaps and rate, then the closed loop's requests and concurrency."""
 
     closed: list[GenerationRequest]
     concurrency: int
     poisson: list[GenerationRequest]
     gaps: list[float]  # exponential(1): divided by the rate
-    load: float = LOAD
+    rate: float  # Poisson arrivals per second
     timeout_s: float = 600.0
 
 
@@ -427,18 +427,20 @@ def poisson_run(
 
 
 def drive(engine: Engine, job: Job) -> Driven:
-    """The closed loop, then Poisson arrivals at ``job.load`` of its throughput."""
+    """Poisson arrivals at ``job.rate``, then the closed loop. The Poisson run comes
+    first, nearest the profile measured before it: its p99 end-to-end latency is the
+    figure that drift in the machine's speed moves most (a p99 of waits multiplies a
+    service-time error)."""
     log = StepLog()
     log.attach(engine)
-    closed = closed_loop(engine, job.closed, job.concurrency, job.timeout_s)
-    window = steady_window(closed, job.concurrency)
-    rate = job.load * window.throughput
     start = time.monotonic()
-    poisson = poisson_run(engine, job.poisson, job.gaps, rate, job.timeout_s)
+    poisson = poisson_run(engine, job.poisson, job.gaps, job.rate, job.timeout_s)
     during = Window(start, time.monotonic(), len(poisson))
     busy = sum(x.seconds for x in log.steps if during.start <= x.at <= during.end)
+    closed = closed_loop(engine, job.closed, job.concurrency, job.timeout_s)
+    window = steady_window(closed, job.concurrency)
     return Driven(
-        closed, window, poisson, rate, log.summary(window), log.summary(during),
+        closed, window, poisson, job.rate, log.summary(window), log.summary(during),
         busy / during.seconds if during.seconds > 0 else math.nan,
     )  # fmt: skip
 
@@ -522,6 +524,7 @@ def measure_config(
         concurrency=concurrency,
         poisson=make_requests(workload, mode.poisson_requests, rng, vocab),
         gaps=[float(g) for g in rng.exponential(1.0, mode.poisson_requests)],
+        rate=LOAD * predicted.throughput_qps,
     )
     start = time.monotonic()
     driven = run_replica(spec, job)
@@ -602,7 +605,7 @@ def measure_config(
         "poisson": {
             "requests": len(driven.poisson),
             "rate_qps": driven.rate,
-            "load": job.load,
+            "load": LOAD,
             "busy_fraction": driven.busy_fraction,
             "counted": len(open_loop),
         },

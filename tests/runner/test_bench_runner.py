@@ -217,7 +217,9 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert loop["requests"] == max(80, 4 * loop["concurrency"])
         assert c["poisson"]["requests"] == 40
         assert c["closed_loop"]["window_completions"] > 0
-        assert c["poisson"]["rate_qps"] == pytest.approx(0.5 * c["measured"]["throughput_qps"])
+        # arrivals at half the saturated throughput the configuration's profile predicts
+        rate = 0.5 * c["workload_prediction"]["predicted"]["throughput_qps"]
+        assert c["poisson"]["rate_qps"] == pytest.approx(rate)
         assert 0 < c["poisson"]["busy_fraction"] <= 1
         assert c["meets_bound"] == (c["measured"]["latency_at_workload_p99_s"] <= bound)
         assert c["profile_seconds"] > 0  # each predicted from a profile measured before it
