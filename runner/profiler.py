@@ -90,8 +90,11 @@ CPU_GPU_TYPE = GpuType(
 )
 # Steps of each engine-overhead timing (one encode step, the rest decode steps).
 ENGINE_STEPS = 24
-ENGINE_PASSES = 5  # engine timings per batch, at least
-ENGINE_BATCH_SECONDS = 1.0  # more passes while they fit in this (up to 4 x ENGINE_PASSES)
+ENGINE_PASSES = 3  # engine timings per batch, at least
+# more passes while they fit in this, or in 1/20 of the profile's budget when that is
+# less (up to ENGINE_MAX_PASSES)
+ENGINE_BATCH_SECONDS = 1.0
+ENGINE_MAX_PASSES = 20
 
 
 def choose_sampled(logits: torch.Tensor) -> list[int]:
@@ -658,10 +661,12 @@ class XProfiler:
         fixed context, its wall clock per step less the same decode step timed alone
         (as the decode table times it) right before. Each batch keeps the median of
         its differences over ``ENGINE_PASSES`` passes or more (as many as fit in
-        ``ENGINE_BATCH_SECONDS``), and the curve is the line through them weighted by
-        the inverse of the step's time: a difference of two timings varies with the
-        step's length, and the engine's work is per sequence."""
+        ``ENGINE_BATCH_SECONDS``, or a twentieth of the budget when less), and the
+        curve is the line through them weighted by the inverse of the step's time: a
+        difference of two timings varies with the step's length, and the engine's work
+        is per sequence."""
         context = max(min(64, self.max_length - 1), 1)
+        budget = min(ENGINE_BATCH_SECONDS, self.options.max_seconds / 20)
         medians, steps = [], []
         for b in batch_axis:
             alone = self._decode_fns(bench, b, context)["step"]
@@ -672,7 +677,7 @@ class XProfiler:
             solos: list[float] = []
             start = time.perf_counter()
             while len(runs) < ENGINE_PASSES or (
-                time.perf_counter() - start < ENGINE_BATCH_SECONDS and len(runs) < 4 * ENGINE_PASSES
+                time.perf_counter() - start < budget and len(runs) < ENGINE_MAX_PASSES
             ):
                 solos.append(self.timer.time(alone.fn, alone.reset).median)
                 engine = overhead.time_engine(
