@@ -366,20 +366,20 @@ class EventSimulator:
             chain, _ = k.encode_p2p(g, b / micro, in_max)
             run.admitted[new] = t
             t += (micro + g.stages - 1) * stage + chain
-            steps = run.steps[new]
-            longest = int(steps.max())
+            longest = int(run.steps[new].max())
             # Every slot is computed until the longest output ends; attention reads each
             # sequence's own context.
             context = float(ins[new].mean())
             it = np.array(
                 [k.iteration(g, float(b), context + j + 1.0, micro) for j in range(longest)]
             )
-            t += float(it.sum())
+            decoding = float(it.sum())
+            t += decoding
             # Static batching returns a batch when its longest output ends: every
             # member finishes then (the engine reports them together).
             run.done[new] = t
             if longest:
-                run.note_batch(b, float(it.sum()))
+                run.note_batch(b, decoding)
             nxt = hi
 
     def _continuous(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:

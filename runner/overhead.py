@@ -137,34 +137,43 @@ def local_chain(model: Transformer, slots: int, max_len: int) -> ChainClient:
 
 @dataclass(frozen=True)
 class ChainDecode:
-    """A decode step of ``batch`` sequences with ``context`` prompt tokens through a real
-    chain (:func:`local_chain`): ``step`` runs it, ``rewind`` puts the caches back."""
+    """A decode step of a batch of sequences through a real chain (:func:`local_chain`):
+    ``step`` runs it, ``rewind`` puts the caches back. The step's command is built once,
+    as the engine builds it (outside the chain, where its time is the engine's)."""
 
     chain: ChainClient
-    runner: StageRunner
-    context: int
+    command: Command
     lengths: tuple[int, ...]  # each sequence's cached tokens after its encoding
 
     @classmethod
     def prepared(cls, model: Transformer, batch: int, context: int, max_len: int) -> ChainDecode:
         """The chain, with ``batch`` sequences of ``context`` prompt tokens encoded."""
         chain = local_chain(model, batch, max_len)
-        assert chain.local is not None
-        runner = chain.local.runner
         ids = list(range(batch))
         prefill = Command(Op.PREFILL, ids, [context] * batch, [SAMPLED] * batch)
         chain.run([(prefill, [[TOKEN] * context for _ in ids])])
-        return cls(chain, runner, context, tuple(runner.cache.length(s) for s in ids))
+        rows = [RowSampling(1.0, 0, s, context) for s in ids]
+        decode = Command(Op.DECODE, ids, [1] * batch, rows)
+        cache = cls._runner_of(chain).cache
+        return cls(chain, decode, tuple(cache.length(s) for s in ids))
+
+    @staticmethod
+    def _runner_of(chain: ChainClient) -> StageRunner:
+        assert chain.local is not None
+        return chain.local.runner
+
+    @property
+    def runner(self) -> StageRunner:
+        return self._runner_of(self.chain)
 
     def step(self) -> None:
-        ids = list(range(len(self.lengths)))
-        rows = [RowSampling(1.0, 0, s, self.context) for s in ids]
-        self.chain.run([(Command(Op.DECODE, ids, [1] * len(ids), rows), [TOKEN] * len(ids))])
+        self.chain.run([(self.command, [TOKEN] * self.command.batch)])
 
     def work(self, _batch: int) -> None:
         """The step, as a stand-in chain's work (its batch is this one's)."""
         self.step()
 
     def rewind(self) -> None:
+        cache = self.runner.cache
         for s, n in enumerate(self.lengths):
-            self.runner.cache.set_length(s, n)
+            cache.set_length(s, n)
