@@ -20,6 +20,7 @@ from .batching import max_encode_batch, slots_for
 from .chain import DRIVER, ChainClient, Groups, KVRoute, Member, kv_routes, serve_stage
 from .config import ModelConfig
 from .engine import Engine
+from .heap import freeze_heap
 from .metrics import ServingMetrics
 from .model import DTYPES, Transformer
 from .parallel import StageSpec, TensorParallel
@@ -130,16 +131,21 @@ def run_rank(
     metrics: ServingMetrics | None = None,
     keep_finished: bool = False,
     start: bool = True,
+    freeze: bool = False,
 ) -> Engine | None:
     """Build this rank's part; the driver returns its engine (started unless ``start``
     is false: requests submitted before :meth:`Engine.start` wait for it), the other
-    ranks serve until stopped and return None."""
+    ranks serve until stopped and return None. ``freeze``: once the part is built,
+    freeze the process's heap for the rest of its life (:func:`~.heap.freeze_heap`;
+    a serving process)."""
     topo = spec.topology()
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world != topo.world:
         raise ValueError(f"the plan's replica needs {topo.world} processes, the world has {world}")
     groups = Groups(topo)
     member = build_member(spec, topo, groups, rank, device)
+    if freeze:
+        freeze_heap()
     if rank != DRIVER:
         serve_stage(member, device)
         return None

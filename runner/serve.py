@@ -101,7 +101,7 @@ def _rank_process(
         torch.cuda.set_device(gpu)
     try:
         _join_world(init_method, rank, world, timeout_s)
-        run_rank(spec, rank, device_for(gpu))
+        run_rank(spec, rank, device_for(gpu), freeze=True)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -164,7 +164,9 @@ class Processes:
                 torch.set_num_threads(self.threads)
             _join_world(self.init_method, rank, self.world, self.timeout_s)
             self.joined.set()
-            engine = run_rank(self.spec, rank, device_for(0), metrics=self.front.metrics)
+            engine = run_rank(
+                self.spec, rank, device_for(0), metrics=self.front.metrics, freeze=True
+            )
             if engine is not None:
                 self.front.attach(engine)
         except Exception as exc:

@@ -80,6 +80,7 @@ from exegpt.planner.workload_presets import get_workload
 from exegpt.runner.config import ModelConfig
 from exegpt.runner.engine import Engine, Finished
 from exegpt.runner.generate import Sampling
+from exegpt.runner.heap import frozen_heap
 from exegpt.runner.profiler import CPU_GPU_TYPE, ProfileOptions, XProfiler
 from exegpt.runner.replica import ReplicaSpec, run_rank
 from exegpt.runner.serving import GenerationRequest, TokenEvent
@@ -126,10 +127,11 @@ class Mode:
     closed_requests: int
     poisson_requests: int
     roles: tuple[str, ...]
+    poisson_runs: int = 1  # the same requests at the same arrivals: the measurement's spread
 
 
 QUICK = Mode("quick", 7.0, False, 2, 140, 40, ("plan", "static"))
-FULL = Mode("full", 60.0, True, 3, 600, 1000, ("plan", "static", "continuous", "workload-aware"))
+FULL = Mode("full", 60.0, True, 3, 600, 1000, ("plan", "static", "continuous", "workload-aware"), 2)
 
 
 # -- measurement: pure functions of the engine's records ------------------------------------
@@ -349,6 +351,7 @@ class Job:
     gaps: list[float]  # exponential(1): divided by the rate
     rate: float  # Poisson arrivals per second
     timeout_s: float = 600.0
+    poisson_runs: int = 1  # the Poisson run, repeated as it was (same requests, same gaps)
 
 
 @dataclass
@@ -363,6 +366,7 @@ class Driven:
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
     poisson_steps: dict[str, dict[str, float]] = field(default_factory=dict)  # its run's
     busy_fraction: float = math.nan  # of the Poisson run's time, in steps
+    again: list[list[Record]] = field(default_factory=list)  # the Poisson run's repeats
 
 
 def _finished_since(engine: Engine, start: int) -> list[Record]:
@@ -427,27 +431,32 @@ def poisson_run(
 
 
 def drive(engine: Engine, job: Job) -> Driven:
-    """Poisson arrivals at ``job.rate``, then the closed loop. The Poisson run comes
-    first, nearest the profile measured before it: its p99 end-to-end latency is the
-    figure that drift in the machine's speed moves most (a p99 of waits multiplies a
-    service-time error)."""
+    """Poisson arrivals at ``job.rate`` (``job.poisson_runs`` times, the same requests
+    at the same gaps), then the closed loop. The Poisson run comes first, nearest the
+    profile measured before it: its p99 end-to-end latency is the figure that drift in
+    the machine's speed moves most (a p99 of waits multiplies a service-time error).
+    Its repeats say how far the measurement itself moves between two runs."""
     log = StepLog()
     log.attach(engine)
     start = time.monotonic()
     poisson = poisson_run(engine, job.poisson, job.gaps, job.rate, job.timeout_s)
     during = Window(start, time.monotonic(), len(poisson))
     busy = sum(x.seconds for x in log.steps if during.start <= x.at <= during.end)
+    again = [
+        poisson_run(engine, job.poisson, job.gaps, job.rate, job.timeout_s)
+        for _ in range(job.poisson_runs - 1)
+    ]
     closed = closed_loop(engine, job.closed, job.concurrency, job.timeout_s)
     window = steady_window(closed, job.concurrency)
     return Driven(
         closed, window, poisson, job.rate, log.summary(window), log.summary(during),
-        busy / during.seconds if during.seconds > 0 else math.nan,
+        busy / during.seconds if during.seconds > 0 else math.nan, again,
     )  # fmt: skip
 
 
 def _drive_rank(rank: int, world: int, spec: ReplicaSpec, job: Job) -> Driven | None:
     """One process of a multi-process replica (``launch``): rank 0 drives the job."""
-    engine = run_rank(spec, rank, torch.device("cpu"), keep_finished=True)
+    engine = run_rank(spec, rank, torch.device("cpu"), keep_finished=True, freeze=True)
     if engine is None:
         return None
     try:
@@ -461,12 +470,13 @@ def run_replica(spec: ReplicaSpec, job: Job) -> Driven:
     as the configuration needs (gloo, one torch thread each)."""
     world = spec.topology().world
     if world == 1:
-        engine = run_rank(spec, 0, torch.device("cpu"), keep_finished=True)
-        assert engine is not None
-        try:
-            return drive(engine, job)
-        finally:
-            engine.stop()
+        with frozen_heap():  # as a serving process: full collections scan only the run's objects
+            engine = run_rank(spec, 0, torch.device("cpu"), keep_finished=True)
+            assert engine is not None
+            try:
+                return drive(engine, job)
+            finally:
+                engine.stop()
     from exegpt.runner.distributed import launch
 
     result = launch(_drive_rank, world, spec, job, threads=1, timeout_s=job.timeout_s * 3)[0]
@@ -525,6 +535,7 @@ def measure_config(
         poisson=make_requests(workload, mode.poisson_requests, rng, vocab),
         gaps=[float(g) for g in rng.exponential(1.0, mode.poisson_requests)],
         rate=LOAD * predicted.throughput_qps,
+        poisson_runs=mode.poisson_runs,
     )
     start = time.monotonic()
     driven = run_replica(spec, job)
@@ -542,7 +553,7 @@ def measure_config(
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
     open_loop = after_warmup(driven.poisson, POISSON_WARMUP_FRACTION)
-    e2e = nearest_rank([r.e2e for r in open_loop], 99)
+    e2e = open_loop_e2e_p99(driven.poisson)
     ttft = [r.ttft for r in open_loop]
     measured = {
         "throughput_qps": driven.window.throughput,
@@ -555,7 +566,7 @@ def measure_config(
     pred = {
         "throughput_qps": predicted_served.throughput_qps,
         "latency_s": predicted_served.latency_s,
-        "e2e_p99_s": replay_e2e_p99(events, config, driven),
+        "e2e_p99_s": replay_e2e_p99(events, config, driven.poisson),
     }
     # the plan's own figures, for the workload's distribution (new draws: sampling noise)
     drawn = events.run(config, np.random.default_rng(EVENTS_SEED), arrival_rate=driven.rate)
@@ -609,6 +620,9 @@ def measure_config(
             "busy_fraction": driven.busy_fraction,
             "counted": len(open_loop),
         },
+        "poisson_again": [
+            repeat_row(events, config, again, e2e, pred["e2e_p99_s"]) for again in driven.again
+        ],
         "steps": _steps_check(
             driven.steps, config, replayed, predicted_served, driven.window.seconds
         ),
@@ -620,16 +634,44 @@ def measure_config(
     }
 
 
+def open_loop_e2e_p99(records: Sequence[Record]) -> float:
+    """A Poisson run's p99 end-to-end latency, after its warm-up."""
+    return nearest_rank([r.e2e for r in after_warmup(records, POISSON_WARMUP_FRACTION)], 99)
+
+
+def repeat_row(
+    events: EventSimulator,
+    config: ExecutionConfig,
+    records: Sequence[Record],
+    first_e2e: float,
+    first_predicted: float,
+) -> dict[str, float]:
+    """A repeat of the Poisson run (the same requests at the same gaps) beside the
+    first: how far its measured e2e p99 moved (``moved_pct``), and the replay's
+    error for it."""
+    measured = open_loop_e2e_p99(records)
+    predicted = replay_e2e_p99(events, config, records)
+    return {
+        "e2e_p99_s": measured,
+        "predicted_e2e_p99_s": predicted,
+        "error_pct": error_pct(predicted, measured),
+        "moved_pct": error_pct(measured, first_e2e),
+        "predicted_moved_pct": error_pct(predicted, first_predicted),
+    }
+
+
 def served_in_window(records: Sequence[Record], w: Window) -> list[Record]:
     """The closed loop's requests that finished in the steady window: the work its
     throughput counts."""
     return [r for r in records if w.start < r.finished <= w.end]
 
 
-def replay_e2e_p99(events: EventSimulator, config: ExecutionConfig, driven: Driven) -> float:
-    """The simulator's p99 end-to-end latency for the Poisson run's own requests: each
+def replay_e2e_p99(
+    events: EventSimulator, config: ExecutionConfig, records: Sequence[Record]
+) -> float:
+    """The simulator's p99 end-to-end latency for a Poisson run's own requests: each
     arriving when it did, with its lengths, counted after the same warm-up."""
-    order = sorted(driven.poisson, key=lambda r: r.arrival)
+    order = sorted(records, key=lambda r: r.arrival)
     timeline = events.replay(
         config,
         [r.arrival for r in order],
@@ -786,6 +828,13 @@ def summarize(configs: Sequence[dict[str, Any]], bound: float) -> dict[str, Any]
     # the plan's figures for the workload against the same measurements (sampling noise in)
     of_workload = [c["workload_prediction"]["error_pct"] for c in one if "workload_prediction" in c]
     workload_one_process = {m: _stats([e[m] for e in of_workload]) for m in metrics}
+    # the Poisson run repeated: how far its measured e2e p99 moved, and the replay's errors
+    again = [a for c in one for a in c.get("poisson_again", [])]
+    repeats = {
+        "runs": len(again),
+        "moved_pct": _stats([a["moved_pct"] for a in again]),
+        "error_pct": _stats([a["error_pct"] for a in again]),
+    }
     by_role = {c["role"]: c for c in configs}
     ratio: dict[str, Any] = {"target": TARGET_RATIO, "bound_s": bound}
     plan, static = by_role.get("plan"), by_role.get("static")
@@ -812,6 +861,7 @@ def summarize(configs: Sequence[dict[str, Any]], bound: float) -> dict[str, Any]
             m: bool(one_process[m]["worst_abs_pct"] < TARGET_ERROR_PCT) for m in metrics
         },
         "ratio_over_static": ratio,
+        "poisson_repeats_one_process": repeats,
     }
 
 
@@ -971,6 +1021,12 @@ def format_table(report: dict[str, Any]) -> str:
         )
         lines.append(f"{'':{w}} {_steps_line(c['steps'])}")
         lines.append(f"{'':{w}} Poisson run's {_steps_line(c['poisson_steps'])}")
+        for a in c.get("poisson_again", []):
+            lines.append(
+                f"{'':{w}} the Poisson run again: e2e p99 {_num(a['e2e_p99_s'], '.3f')} s "
+                f"({_num(a['moved_pct'], '+.1f')} % from the first), predicted "
+                f"{_num(a['predicted_e2e_p99_s'], '.3f')} s ({_num(a['error_pct'], '+.1f')} %)"
+            )
     s = report["summary"]
     lines.append("")
     for key, label, _ in names:
@@ -983,6 +1039,14 @@ def format_table(report: dict[str, Any]) -> str:
             f"{'met' if s['error_target_met'][key] else 'missed'}); "
             f"the workload's prediction: worst "
             f"{_num(s['errors_pct_workload_one_process'][key]['worst_abs_pct'], '.1f')} %"
+        )
+    rp = s["poisson_repeats_one_process"]
+    if rp["runs"]:
+        lines.append(
+            f"the Poisson runs repeated ({rp['runs']}): measured e2e p99 moved by "
+            f"{_num(rp['moved_pct']['median_abs_pct'], '.1f')} % (median), "
+            f"{_num(rp['moved_pct']['worst_abs_pct'], '.1f')} % (worst); their prediction "
+            f"error: worst {_num(rp['error_pct']['worst_abs_pct'], '.1f')} %"
         )
     r = s["ratio_over_static"]
     if "measured" in r:

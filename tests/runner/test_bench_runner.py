@@ -184,7 +184,7 @@ TINY = Architecture.model_validate(
     {**CPU_MODELS["opt-small"].model_dump(), "name": "opt-tiny", "num_layers": 2,
      "hidden_size": 64, "ffn_size": 256, "vocab_size": 512, "max_positions": 256}
 )  # fmt: skip
-SMALL = bench.Mode("test", 1.5, False, 1, 80, 40, ("plan", "static"))
+SMALL = bench.Mode("test", 1.5, False, 1, 80, 40, ("plan", "static"), poisson_runs=2)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +234,13 @@ def test_run_json(report: dict[str, Any]) -> None:
         engine = c["steps"]["engine"]
         assert engine["between_steps_s"] > 0  # the engine's loop runs between the steps
         assert math.isfinite(engine["seconds_per_step"]) and engine["model_seconds"] > 0
+        (again,) = c["poisson_again"]  # the Poisson run repeated once
+        assert again["e2e_p99_s"] > 0 and again["predicted_e2e_p99_s"] > 0
+        first = c["measured"]["e2e_p99_s"]
+        assert again["moved_pct"] == pytest.approx(100 * (again["e2e_p99_s"] - first) / first)
+        assert again["error_pct"] == pytest.approx(
+            bench.error_pct(again["predicted_e2e_p99_s"], again["e2e_p99_s"])
+        )
         during = c["poisson_steps"]
         assert during["decode"]["steps"] > 0 and "engine" not in during  # (idle gaps)
         enc = c["steps"]["encode"]
@@ -246,6 +253,11 @@ def test_run_json(report: dict[str, Any]) -> None:
         e = s["errors_pct"][key]
         assert 0 <= e["median_abs_pct"] <= e["worst_abs_pct"]
         assert s["errors_pct_one_process"][key] == e  # both configurations are one process
+    repeats = s["poisson_repeats_one_process"]
+    assert repeats["runs"] == 2
+    assert repeats["moved_pct"]["worst_abs_pct"] == pytest.approx(
+        max(abs(c["poisson_again"][0]["moved_pct"]) for c in report["configs"])
+    )
     r = s["ratio_over_static"]
     assert r["measured"] == pytest.approx(
         plan["measured"]["throughput_qps"] / static["measured"]["throughput_qps"]
