@@ -444,6 +444,56 @@ class RunnerSpec(BaseModel):
     )
 
 
+DriftMode = Literal["Replan", "Observe", "Off"]
+
+
+class DriftSpec(BaseModel):
+    """Replanning when the served traffic drifts from the planned workload.
+
+    Every ``intervalSeconds``, while the workers run their plan and are ready, the
+    operator reads the prompt- and output-length histograms of the replicas' drivers
+    and compares them with the workload the plan was made for (total-variation
+    distance per side over power-of-two buckets). ``Replan`` plans again for the
+    observed workload when either side is ``threshold`` or more away, at most once per
+    ``cooldownSeconds``; ``Observe`` only reports (condition ``WorkloadDrift``); ``Off``
+    reads nothing and plans from ``spec.workload``.
+    """
+
+    model_config = _BASE
+
+    mode: DriftMode = Field(
+        default="Replan",
+        description="Replan: plan again for the observed traffic when it drifts (default). "
+        "Observe: report drift in the WorkloadDrift condition only. Off: no checks.",
+    )
+    threshold: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Total-variation distance (0 < t <= 1) between the observed and the "
+        "planned bucket shares of input or output lengths at which the traffic has drifted.",
+    )
+    min_requests: int = Field(
+        default=1000,
+        ge=1,
+        alias="minRequests",
+        description="Requests the workers must have served since the plan started before "
+        "drift is judged.",
+    )
+    interval_seconds: int = Field(
+        default=300,
+        ge=30,
+        alias="intervalSeconds",
+        description="Seconds between two reads of the workers' metrics.",
+    )
+    cooldown_seconds: int = Field(
+        default=1800,
+        ge=0,
+        alias="cooldownSeconds",
+        description="Least seconds between two replans for drift.",
+    )
+
+
 class ExeGPTDeploymentSpec(BaseModel):
     """What to serve, on what, for which traffic, under which latency bound."""
 
@@ -466,6 +516,10 @@ class ExeGPTDeploymentSpec(BaseModel):
         default_factory=ProfilingSpec, description="Where the planner's layer times come from."
     )
     runner: RunnerSpec = Field(default_factory=RunnerSpec, description="Worker pods.")
+    drift: DriftSpec = Field(
+        default_factory=DriftSpec,
+        description="Replanning when the served traffic drifts from the planned workload.",
+    )
 
 
 class ExeGPTDeployment(BaseModel):

@@ -8,13 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ConditionType = Literal["Profiled", "Planned", "Available", "Progressing", "Degraded"]
+ConditionType = Literal[
+    "Profiled", "Planned", "Available", "Progressing", "Degraded", "WorkloadDrift"
+]
 CONDITION_TYPES: tuple[ConditionType, ...] = (
     "Profiled",
     "Planned",
     "Available",
     "Progressing",
     "Degraded",
+    "WorkloadDrift",
 )
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -98,6 +101,43 @@ class ReplicasStatus(_Model):
     ready: int = 0
 
 
+class ObservedSideStatus(_Model):
+    edges: list[int] = Field(
+        description="bin edges (tokens): the lengths in [edges[i], edges[i+1]) share counts[i]"
+    )
+    counts: list[int] = Field(description="requests counted per bin")
+
+
+class ObservedWorkloadStatus(_Model):
+    input: ObservedSideStatus = Field(description="prompt lengths of admitted requests")
+    output: ObservedSideStatus = Field(description="new tokens of finished requests")
+
+
+class WorkloadStatus(_Model):
+    source: Literal["Spec", "Observed"] = Field(
+        description="what the plan is made for: spec.workload, or the observed traffic"
+    )
+    spec_hash: str = Field(
+        alias="specHash", description="hash of the spec.workload this status refers to"
+    )
+    observed: ObservedWorkloadStatus | None = Field(
+        default=None, description="the observed workload planned for (source Observed)"
+    )
+    requests: int | None = Field(default=None, description="requests counted at the last check")
+    input_distance: float | None = Field(
+        default=None, alias="inputDistance", description="TV distance of prompt lengths"
+    )
+    output_distance: float | None = Field(
+        default=None, alias="outputDistance", description="TV distance of output lengths"
+    )
+    checked_at: str | None = Field(
+        default=None, alias="checkedAt", description="when the workers' metrics were last read"
+    )
+    replanned_at: str | None = Field(
+        default=None, alias="replannedAt", description="when drift last caused a replan"
+    )
+
+
 class ExeGPTDeploymentStatus(_Model):
     observed_generation: int = Field(default=0, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
@@ -106,6 +146,7 @@ class ExeGPTDeploymentStatus(_Model):
     infeasible: InfeasibleStatus | None = None
     endpoint: str | None = None
     pods: ReplicasStatus | None = None
+    workload: WorkloadStatus | None = None
 
 
 def now() -> str:
@@ -136,6 +177,10 @@ def set_condition(
     out = [c for c in conditions if c.type != type_] + [new]
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order[c.type])
+
+
+def remove_condition(conditions: list[Condition], type_: ConditionType) -> list[Condition]:
+    return [c for c in conditions if c.type != type_]
 
 
 def get_condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:

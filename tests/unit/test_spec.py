@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from exegpt.operator.request import SpecError, context_overflow, plan_request, request_warnings
 from exegpt.operator.spec import (
+    DriftSpec,
     ExeGPTDeployment,
     ExeGPTDeploymentSpec,
     HardwareSpec,
@@ -95,6 +96,9 @@ def test_defaults() -> None:
     assert s.profiling.max_retries == 3
     assert s.runner.port == 8000
     assert s.runner.image is None
+    assert s.drift.mode == "Replan"
+    assert (s.drift.threshold, s.drift.min_requests) == (0.2, 1000)
+    assert (s.drift.interval_seconds, s.drift.cooldown_seconds) == (300, 1800)
 
 
 def test_names_are_canonicalised() -> None:
@@ -209,6 +213,25 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {"hardware.tolerations": [{"key": "k", "effect": "Never"}]},
         "spec.hardware.tolerations[0].effect:",
     ),
+    ("bad drift mode", {"drift.mode": "Auto"}, "spec.drift.mode: Input should be 'Replan'"),
+    (
+        "zero drift threshold",
+        {"drift.threshold": 0},
+        "spec.drift.threshold: Input should be greater",
+    ),
+    (
+        "drift threshold past 1",
+        {"drift.threshold": 1.5},
+        "spec.drift.threshold: Input should be less",
+    ),
+    (
+        "zero min requests",
+        {"drift.minRequests": 0},
+        "spec.drift.minRequests: Input should be greater",
+    ),
+    ("short drift interval", {"drift.intervalSeconds": 5}, "spec.drift.intervalSeconds:"),
+    ("negative cooldown", {"drift.cooldownSeconds": -1}, "spec.drift.cooldownSeconds:"),
+    ("unknown drift field", {"drift.every": 3}, "spec.drift.every: unknown field"),
     (
         "non-string node selector",
         {"hardware.nodeSelector": {"a": 1}},
@@ -297,6 +320,7 @@ MODELS: list[type[BaseModel]] = [
     SloSpec,
     ProfilingSpec,
     RunnerSpec,
+    DriftSpec,
 ]
 
 
