@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
 
 from .kube import Kube, KubeError
+from .metrics import HttpMetricsReader
 from .reconcile import Context, reconcile
 from .settings import OperatorSettings
 from .spec import GROUP, PLURAL, VERSION
@@ -42,7 +44,10 @@ async def _pass(
     if skip_if_busy and lock.locked():
         return  # a change handler is on it; the next tick will follow up
     async with lock:
-        ctx = Context(kube=memo.kube, settings=config, events=_events(body))
+        ctx = Context(
+            kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
+            metrics=memo.metrics,
+        )  # fmt: skip
         try:
             await reconcile(body, ctx)
         except KubeError as exc:
@@ -70,6 +75,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
         if getattr(memo, "kube", None) is None:
             memo.kube = Kube.connect(config.kube_host)
+        if getattr(memo, "metrics", None) is None:
+            memo.metrics = HttpMetricsReader()
+        if getattr(memo, "clock", None) is None:
+            memo.clock = time.time
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -41,6 +41,7 @@ CONFIGMAP = Kind("", "v1", "configmaps")
 SERVICE = Kind("", "v1", "services")
 JOB = Kind("batch", "v1", "jobs")
 STATEFULSET = Kind("apps", "v1", "statefulsets")
+POD = Kind("", "v1", "pods")
 EXEGPT = Kind(GROUP, VERSION, PLURAL)
 
 
@@ -60,7 +61,9 @@ class Api(Protocol):
 
     async def get(self, kind: Kind, namespace: str, name: str) -> JSON | None: ...
 
-    async def list(self, kind: Kind, namespace: str) -> list[JSON]: ...
+    async def list(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[JSON]: ...
 
     async def create(self, kind: Kind, namespace: str, body: JSON) -> JSON: ...
 
@@ -95,12 +98,17 @@ class Kube:
 
     # -- transport ---------------------------------------------------------------------
     def _call(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
     ) -> JSON | None:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         m, url, hdrs, payload, post = self.api.param_serialize(
             method=method, resource_path=path, header_params=headers, body=body,
-            auth_settings=["BearerToken"],
+            auth_settings=["BearerToken"], query_params=query or None,
         )  # fmt: skip
         attempt = 0
         while True:
@@ -121,9 +129,14 @@ class Kube:
             time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
 
     async def _request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
     ) -> JSON | None:
-        return await asyncio.to_thread(self._call, method, path, body, content_type)
+        return await asyncio.to_thread(self._call, method, path, body, content_type, query)
 
     # -- verbs ---------------------------------------------------------------------------
     async def get(self, kind: Kind, namespace: str, name: str) -> JSON | None:
@@ -134,8 +147,11 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: Kind, namespace: str) -> list[JSON]:
-        out = await self._request("GET", kind.path(namespace))
+    async def list(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[JSON]:
+        query = [("labelSelector", label_selector)] if label_selector else None
+        out = await self._request("GET", kind.path(namespace), query=query)
         items = (out or {}).get("items") or []
         return [i for i in items if isinstance(i, dict)]
 

@@ -38,12 +38,19 @@ class MemoryKube:
         obj = self.objects.get(self._key(kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def list(self, kind: Kind, namespace: str) -> list[JSON]:
+    async def list(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[JSON]:
+        """The objects of ``kind`` in ``namespace``; ``label_selector`` takes equality
+        terms only (``a=b,c=d``)."""
         self.calls.append(("list", kind.plural, ""))
+        wanted = dict(t.split("=", 1) for t in (label_selector or "").split(",") if t)
         return [
             copy.deepcopy(o)
             for (plural, ns, _), o in sorted(self.objects.items())
-            if plural == kind.plural and ns == namespace
+            if plural == kind.plural
+            and ns == namespace
+            and wanted.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()
         ]
 
     async def create(self, kind: Kind, namespace: str, body: JSON) -> JSON:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.architecture import Architecture, Dtype
+from exegpt.planner.drift import judge, observed_workload
 from exegpt.planner.hardware import GpuType
 from exegpt.planner.plan import (
     ExecutionConfig,
@@ -39,8 +40,16 @@ from exegpt.planner.plan import (
 from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
 from exegpt.planner.scheduler import schedule
 
-from . import builders, names, plandoc
-from .kube import CONFIGMAP, EXEGPT, JOB, JSON, SERVICE, STATEFULSET, Api, Kind, KubeError
+from . import builders, drift, names, plandoc
+from .kube import CONFIGMAP, EXEGPT, JOB, JSON, POD, SERVICE, STATEFULSET, Api, Kind, KubeError
+from .metrics import (
+    HttpMetricsReader,
+    LengthHistograms,
+    MetricsError,
+    MetricsReader,
+    driver_pods,
+    parse_length_histograms,
+)
 from .profiling import ProfilingDecision, decide
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
@@ -56,6 +65,7 @@ from .status import (
     ProfileStatus,
     ReplicasStatus,
     get_condition,
+    remove_condition,
     set_condition,
 )
 
@@ -76,6 +86,7 @@ class Context:
     settings: OperatorSettings
     events: EventSink
     clock: Callable[[], float] = time.time
+    metrics: MetricsReader = field(default_factory=HttpMetricsReader)
 
 
 @dataclass
@@ -157,6 +168,7 @@ async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
         p.outcome.waiting = True
         await p.write_status()
         return p.outcome
+    spec, request = await _drift(p, spec, request, profile)
     plan = await _plan(p, spec, request, profile)
     if plan is not None:
         await _workers(p, spec, plan)
@@ -260,6 +272,104 @@ def _load_profile(p: _Pass, d: ProfilingDecision, cm_name: str) -> Profile | Non
     if p.transitioned("Profiled"):
         p.event(False, "ProfilingFinished", f"using the measured profile in {cm_name}")
     return profile
+
+
+# -- 2b. traffic drift -----------------------------------------------------------------------
+async def _drift(
+    p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest, profile: Profile
+) -> tuple[ExeGPTDeploymentSpec, PlanRequest]:
+    """The spec and request to plan with: ``spec.workload``, or the observed workload a
+    drift replan adopted. Reads the workers' metrics when a check is due and, in
+    ``Replan`` mode, adopts the observed workload when the traffic drifted."""
+    d = spec.drift
+    if d.mode == "Off":
+        p.status.workload = None
+        p.status.conditions = remove_condition(p.status.conditions, "WorkloadDrift")
+        return spec, request
+    state = drift.current_state(p.status.workload, spec)
+    if p.status.workload is None or state.spec_hash != p.status.workload.spec_hash:
+        p.status.conditions = remove_condition(p.status.conditions, "WorkloadDrift")
+    p.status.workload = state
+    planned, planned_request = spec, request
+    if state.observed is not None:
+        try:
+            planned = drift.with_workload(spec, drift.from_status(state.observed))
+            planned_request = plan_request(planned)
+        except (SpecError, ValueError):
+            # No longer plannable (e.g. the model changed): back to the declaration.
+            state.observed, state.source = None, "Spec"
+            planned, planned_request = spec, request
+    plan, available = p.status.plan, get_condition(p.old.conditions, "Available")
+    now = p.ctx.clock()
+    if (
+        plan is None
+        or p.status.infeasible is not None
+        or available is None
+        or available.status != "True"
+        or plan.inputs_hash != inputs_hash(planned, profile)
+        or not drift.check_due(
+            now, d.interval_seconds, state.checked_at, available.last_transition_time
+        )
+    ):
+        return planned, planned_request
+    state.checked_at = _rfc3339(now)
+    try:
+        seen = await _read_lengths(p, spec.runner.port)
+        report = judge(
+            planned_request.workload, seen.bounds, seen.input, seen.output,
+            threshold=d.threshold, min_requests=d.min_requests,
+        )  # fmt: skip
+    except (MetricsError, KubeError, ValueError) as exc:
+        message = f"cannot read the workers' request lengths: {str(exc)[:300]}"
+        p.condition("WorkloadDrift", "Unknown", "MetricsUnavailable", message)
+        if p.transitioned("WorkloadDrift"):
+            p.event(True, "MetricsUnavailable", message)
+        return planned, planned_request
+    state.requests = report.requests
+    state.input_distance = round(report.input_distance, 4)
+    state.output_distance = round(report.output_distance, 4)
+    v = drift.verdict(report, d, now, state.replanned_at)
+    if v.replan:
+        max_length = request.architecture.max_positions
+        try:
+            observed = observed_workload(seen.bounds, seen.input, seen.output, max_length)
+            candidate = drift.with_workload(spec, observed)
+            candidate_request = plan_request(candidate)
+        except (SpecError, ValueError) as exc:
+            v = drift.Verdict(
+                "True", "NotPlannable", f"{v.message}, which cannot be planned: {exc}"
+            )
+        else:
+            state.observed, state.source = drift.to_status(observed), "Observed"
+            state.replanned_at = _rfc3339(now)
+            p.condition("WorkloadDrift", v.status, v.reason, v.message)
+            p.event(False, "WorkloadDrifted", v.message)
+            return candidate, candidate_request
+    p.condition("WorkloadDrift", v.status, v.reason, v.message)
+    if v.status == "True" and p.transitioned("WorkloadDrift"):
+        p.event(True, "WorkloadDrifted", v.message)
+    return planned, planned_request
+
+
+async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
+    """The request-length histograms of the running plan's drivers, summed."""
+    plan = p.status.plan
+    assert plan is not None
+    round_robin = plan.strategy == "RoundRobin"
+    role = names.WORKER if round_robin else names.ENCODER
+    stages = plan.pipeline_stages if round_robin else plan.encode_stages
+    selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
+    pods = await p.ctx.kube.list(POD, p.namespace, selector)
+    drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
+    if len(drivers) < plan.replicas:
+        raise MetricsError(f"{len(drivers)} of {plan.replicas} replica driver pods are ready")
+    total: LengthHistograms | None = None
+    for pod in drivers:
+        text = await p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port)
+        seen = parse_length_histograms(text)
+        total = seen if total is None else total + seen
+    assert total is not None
+    return total
 
 
 # -- 3. plan -------------------------------------------------------------------------------

@@ -59,3 +59,60 @@ def set_path(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     else:
         node[leaf] = copy.deepcopy(value)
     return body
+
+
+# -- worker pods and their metrics, for drift checks ------------------------------------------
+
+
+def worker_pod(
+    deployment: str, role: str, ordinal: int, *, ip: str | None = None, ready: bool = True
+) -> dict[str, Any]:
+    """A Pod of the deployment's ``role`` StatefulSet as the API server shows it once
+    the kubelet runs it: labels, ``podIP`` and the Ready condition."""
+    from exegpt.operator import names
+
+    name = f"{names.statefulset(deployment, role)}-{ordinal}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": names.labels(deployment, role)},
+        "spec": {"containers": [{"name": role, "image": "registry.test/exegpt-runtime:test"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ip or f"10.0.0.{ordinal + 1}",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def metrics_text(inputs: dict[int, int], outputs: dict[int, int]) -> str:
+    """What a worker's ``GET /metrics`` answers after serving ``inputs`` ({prompt
+    length: requests}) and ``outputs`` ({output length: requests}), rendered by the
+    workers' own ``ServingMetrics``."""
+    from exegpt.runner.metrics import ServingMetrics
+
+    m = ServingMetrics()
+    for length, n in inputs.items():
+        for _ in range(n):
+            m.admitted(length)
+    for length, n in outputs.items():
+        for _ in range(n):
+            m.finished("length", length, 0.5)
+    return m.render()
+
+
+class FakeMetrics:
+    """A ``MetricsReader`` answering per pod name from ``texts``; a pod it has no text
+    for is unreachable. ``reads`` records the pods read."""
+
+    def __init__(self, texts: dict[str, str] | None = None) -> None:
+        self.texts: dict[str, str] = dict(texts or {})
+        self.reads: list[tuple[str, str, str, int]] = []
+
+    async def read(self, namespace: str, pod: str, ip: str, port: int) -> str:
+        from exegpt.operator.metrics import MetricsError
+
+        self.reads.append((namespace, pod, ip, port))
+        if pod not in self.texts:
+            raise MetricsError(f"GET http://{ip}:{port}/metrics: connection refused")
+        return self.texts[pod]

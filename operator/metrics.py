@@ -1,0 +1,192 @@
+"""Reading the workers' request-length histograms, for drift checks.
+
+Each replica's driver pod (stage 0 of the entry StatefulSet: ``worker`` for RoundRobin,
+``encoder`` for WorkloadAware) serves Prometheus text on ``GET /metrics`` of the
+runner port, with two histograms of power-of-two buckets: ``exegpt_input_tokens``
+(prompt lengths of admitted requests) and ``exegpt_output_tokens`` (new tokens of
+finished requests). The counters start at zero with the pod, and every new plan rolls
+the pods, so the counts are those served since the running plan started.
+
+The reading goes through :class:`MetricsReader` (``HttpMetricsReader`` in a cluster, a
+fake in tests); everything else here is pure: choosing the driver pods, parsing the
+text, summing the drivers' counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+INPUT_METRIC = "exegpt_input_tokens"
+OUTPUT_METRIC = "exegpt_output_tokens"
+READ_TIMEOUT_SECONDS = 5.0
+MAX_BYTES = 1 << 20  # a worker's whole exposition is a few kB
+
+
+class MetricsError(Exception):
+    """The metrics could not be read or do not hold the length histograms."""
+
+
+class MetricsReader(Protocol):
+    """What a drift check needs: the ``/metrics`` text of one pod."""
+
+    async def read(self, namespace: str, pod: str, ip: str, port: int) -> str:
+        """The Prometheus text of ``pod`` (at ``ip``:``port``); raises ``MetricsError``."""
+        ...
+
+
+class HttpMetricsReader:
+    """``GET http://<podIP>:<port>/metrics`` with a short timeout, off the event loop.
+
+    The operator needs network access to the worker pods' runner port (a NetworkPolicy
+    that isolates the workers must admit the operator's pod).
+    """
+
+    def __init__(self, timeout_seconds: float = READ_TIMEOUT_SECONDS) -> None:
+        self.timeout_seconds = timeout_seconds
+        # Straight to the pod: never through a proxy from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _get(self, url: str) -> str:
+        try:
+            with self._opener.open(url, timeout=self.timeout_seconds) as resp:
+                data: bytes = resp.read(MAX_BYTES + 1)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise MetricsError(f"GET {url}: {exc}") from exc
+        if len(data) > MAX_BYTES:
+            raise MetricsError(f"GET {url}: answer larger than {MAX_BYTES} bytes")
+        return data.decode("utf-8", errors="replace")
+
+    async def read(self, namespace: str, pod: str, ip: str, port: int) -> str:
+        host = f"[{ip}]" if ":" in ip else ip
+        return await asyncio.to_thread(self._get, f"http://{host}:{port}/metrics")
+
+
+# -- which pods ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriverPod:
+    name: str
+    ip: str
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def driver_pods(
+    pods: Iterable[Mapping[str, Any]], statefulset: str, stages: int
+) -> list[DriverPod]:
+    """The ready pods of ``statefulset`` that drive a replica, by name: pod ordinal
+    ``o`` is stage ``o % stages`` of replica ``o // stages``, and stage 0 drives."""
+    out: list[DriverPod] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        prefix, _, ordinal = name.rpartition("-")
+        if prefix != statefulset or not ordinal.isdigit() or int(ordinal) % max(stages, 1):
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        if meta.get("deletionTimestamp") or not ip or not _ready(pod):
+            continue
+        out.append(DriverPod(name, str(ip)))
+    return sorted(out, key=lambda p: p.name)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LengthHistograms:
+    """Both sides' per-bucket (not cumulative) counts over the same upper ``bounds``
+    (the last +Inf)."""
+
+    bounds: tuple[float, ...]
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+
+    def __add__(self, other: LengthHistograms) -> LengthHistograms:
+        if other.bounds != self.bounds:
+            raise MetricsError("the workers' length histograms have different buckets")
+        return LengthHistograms(
+            self.bounds,
+            tuple(a + b for a, b in zip(self.input, other.input, strict=True)),
+            tuple(a + b for a, b in zip(self.output, other.output, strict=True)),
+        )
+
+
+_SAMPLE_RE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<v>\S+)"
+)
+_LE_RE = re.compile(r'(?:^|,)\s*le\s*=\s*"(?P<le>[^"]*)"')
+
+
+def _bound(text: str) -> float:
+    if text in ("+Inf", "Inf", "inf", "+inf"):
+        return math.inf
+    return float(text)
+
+
+def _histogram(text: str, metric: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    cumulative: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(metric + "_bucket"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m is None or m["name"] != metric + "_bucket":
+            continue
+        le = _LE_RE.search(m["labels"] or "")
+        if le is None:
+            raise MetricsError(f"{metric}: a bucket without 'le': {line[:200]!r}")
+        try:
+            bound, value = _bound(le["le"]), float(m["v"])
+        except ValueError as exc:
+            raise MetricsError(f"{metric}: unreadable bucket line {line[:200]!r}") from exc
+        if not math.isfinite(value) or value < 0:
+            raise MetricsError(f"{metric}: bucket count {m['v']} is not a count")
+        # Series with other labels (none today) add up per bound.
+        cumulative[bound] = cumulative.get(bound, 0.0) + value
+    if not cumulative:
+        raise MetricsError(f"no {metric} histogram in the metrics")
+    bounds = tuple(sorted(cumulative))
+    if not math.isinf(bounds[-1]):
+        raise MetricsError(f"{metric}: no +Inf bucket")
+    counts: list[int] = []
+    previous = 0.0
+    for b in bounds:
+        step = cumulative[b] - previous
+        if step < 0:
+            raise MetricsError(f"{metric}: bucket counts are not cumulative")
+        counts.append(round(step))
+        previous = cumulative[b]
+    return bounds, tuple(counts)
+
+
+def parse_length_histograms(text: str) -> LengthHistograms:
+    """The input and output length histograms in Prometheus text (cumulative
+    ``_bucket{le=...}`` lines turned into per-bucket counts); ``MetricsError`` when
+    either is missing or malformed, or their buckets differ."""
+    bounds_in, counts_in = _histogram(text, INPUT_METRIC)
+    bounds_out, counts_out = _histogram(text, OUTPUT_METRIC)
+    if bounds_in != bounds_out:
+        raise MetricsError(f"{INPUT_METRIC} and {OUTPUT_METRIC} have different buckets")
+    return LengthHistograms(bounds_in, counts_in, counts_out)
+
+
+__all__ = [
+    "DriverPod",
+    "HttpMetricsReader",
+    "LengthHistograms",
+    "MetricsError",
+    "MetricsReader",
+    "driver_pods",
+    "parse_length_histograms",
+]
