@@ -1397,9 +1397,16 @@ def test_settings(**overrides: Any) -> Any:
     return OperatorSettings(**values)
 
 
-def exegpt_operator(cluster: Cluster, **settings: Any) -> Operator:
+def exegpt_operator(
+    cluster: Cluster,
+    *,
+    metrics: Any = None,
+    clock: Callable[[], float] | None = None,
+    **settings: Any,
+) -> Operator:
     """The ExeGPT operator (``exegpt.operator.app.create_registry``) against ``cluster``,
-    its API client preset in ``memo.kube``."""
+    its API client preset in ``memo.kube``; ``metrics`` (a ``MetricsReader``) and
+    ``clock`` replace the workers' HTTP metrics and the wall clock when given."""
     from exegpt.operator.app import create_registry
     from exegpt.operator.kube import Kube
 
@@ -1407,7 +1414,11 @@ def exegpt_operator(cluster: Cluster, **settings: Any) -> Operator:
 
     def memo() -> kopf.Memo:
         # The client's own retries of 5xx answers, with short waits between them.
-        return kopf.Memo(kube=Kube(cluster.api_client(), retries=4, backoff_seconds=0.005))
+        return kopf.Memo(
+            kube=Kube(cluster.api_client(), retries=4, backoff_seconds=0.005),
+            metrics=metrics,
+            clock=clock,
+        )
 
     def registry() -> kopf.OperatorRegistry:
         return create_registry(config)

@@ -37,6 +37,11 @@ or in each watched namespace (Role). */}}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "create", "get"]
+# Lists the entry StatefulSet's pods (by its label selector) to find each replica's
+# driver and its pod IP, whose /metrics the drift check reads (spec.drift).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # kopf and the reconciler post Events on the deployments (ProfilingStarted,
 # PlanChosen, Replanned, ...).
 - apiGroups: [""]
