@@ -363,18 +363,19 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
     if len(drivers) < plan.replicas:
         raise MetricsError(f"{len(drivers)} of {plan.replicas} replica driver pods are ready")
-    total: LengthHistograms | None = None
-    for pod in drivers:
-        text = await p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port)
-        seen = parse_length_histograms(text)
-        total = seen if total is None else total + seen
-    assert total is not None
+    texts = await asyncio.gather(
+        *(p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port) for pod in drivers)
+    )
+    total = parse_length_histograms(texts[0])
+    for text in texts[1:]:
+        total += parse_length_histograms(text)
     return total
 
 
 # -- 3. plan -------------------------------------------------------------------------------
 def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
-    """What planning depends on; an unchanged hash means the plan stands."""
+    """What planning depends on; an unchanged hash means the plan stands. ``spec`` is
+    the spec planned with: after a drift replan its workload is the observed one."""
     doc = {
         "planner": PLANNER_VERSION,
         "model": spec.model.model_dump(mode="json", exclude={"weights"}),
