@@ -145,3 +145,30 @@ async def test_observe_mode_only_reports(
     await operator.settle("x")
     assert status(cluster)["plan"] == before
     assert [c for c in cluster.writes_since(mark) if c.resource == "statefulsets"] == []
+
+
+async def test_a_spec_workload_edit_wins_over_the_observed_workload(
+    cluster: Cluster, start_operator: Callable[..., Awaitable[Operator]]
+) -> None:
+    _, metrics, clock, drivers = await started(cluster, start_operator)
+    declared = status(cluster)["plan"]["inputsHash"]
+    for pod in drivers:
+        metrics.texts[pod] = metrics_text(*DRIFTED)
+    clock.now += INTERVAL
+    await cluster.wait_for(lambda: status(cluster).get("workload", {}).get("source") == "Observed")
+    observed = await cluster.wait_for(
+        lambda: (h := status(cluster)["plan"]["inputsHash"]) != declared and h
+    )
+
+    await cluster.patch_deployment("x", {"spec": {"workload": {"preset": "translation"}}})
+
+    await cluster.wait_for(
+        lambda: (
+            status(cluster).get("observedGeneration") == 2
+            and status(cluster)["workload"]["source"] == "Spec"
+        )
+    )
+    x = cluster.deployment("x")
+    assert x is not None and "observed" not in x["status"]["workload"]
+    assert condition(x, "WorkloadDrift") is None
+    assert x["status"]["plan"]["inputsHash"] not in (declared, observed)
