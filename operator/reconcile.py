@@ -331,8 +331,10 @@ async def _drift(
     v = drift.verdict(report, d, now, state.replanned_at)
     if v.replan:
         max_length = request.architecture.max_positions
+        declared = request.workload  # spec.workload: the longest lengths it must serve
+        longest = (declared.input.max, declared.output.max)
         try:
-            observed = observed_workload(seen.bounds, seen.input, seen.output, max_length)
+            observed = observed_workload(seen.bounds, seen.input, seen.output, max_length, longest)
             candidate = drift.with_workload(spec, observed)
             candidate_request = plan_request(candidate)
         except (SpecError, ValueError) as exc:

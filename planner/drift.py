@@ -146,13 +146,22 @@ def judge(
 
 
 def observed_histogram(
-    bounds: Sequence[float], counts: Sequence[float], max_length: int, side: Side = "lengths"
+    bounds: Sequence[float],
+    counts: Sequence[float],
+    max_length: int,
+    side: Side = "lengths",
+    *,
+    reach: bool = False,
 ) -> HistogramSpec:
     """One side's bucket counts as a histogram of bins: the integers of bucket
     ``(lo, hi]`` are the bin ``[floor(lo) + 1, floor(hi) + 1)``, sharing its count
     uniformly. Lengths past ``max_length`` do not exist: the +Inf bucket ends there, and
     a bucket wholly past it adds its count to the last bucket below. Leading and
-    trailing empty buckets are dropped.
+    trailing empty buckets are dropped. ``reach``: the histogram still ends at
+    ``max_length`` when the counts stop short of it, with a one-length bin there
+    counting one request (the longest length a deployment declared it serves stays
+    its longest, so its request limits and KV caches are sized for it; one request in
+    the thousand or more a drift is judged on moves no percentile the planner uses).
 
     Raises ``ValueError`` when the side counted nothing.
     """
@@ -187,7 +196,14 @@ def observed_histogram(
     nonzero = [i for i, w in enumerate(weights) if w > 0]
     first, last = nonzero[0], nonzero[-1]
     edges = [*starts[first : last + 1], stops[last]]
-    return HistogramSpec(edges=edges, weights=weights[first : last + 1])
+    kept = weights[first : last + 1]
+    if reach and edges[-1] <= max_length:
+        if edges[-1] < max_length:  # the lengths between: none observed
+            edges.append(max_length)
+            kept.append(0.0)
+        edges.append(max_length + 1)
+        kept.append(1.0)
+    return HistogramSpec(edges=edges, weights=kept)
 
 
 def observed_workload(
@@ -195,14 +211,24 @@ def observed_workload(
     input_counts: Sequence[float],
     output_counts: Sequence[float],
     max_length: int,
+    longest: tuple[int, int] | None = None,
 ) -> WorkloadSpec:
     """The workload the observed bucket counts describe: each side a histogram of bins
     (``observed_histogram``), the sides independent (correlation 0: the histograms do
-    not pair a request's prompt with its output). ``.build()`` gives the ``Workload``."""
+    not pair a request's prompt with its output). ``longest``: the declared longest
+    input and output, which each side then ends at (capped at ``max_length``): the
+    workers refuse anything longer, and a plan for shorter traffic must still serve
+    them. ``.build()`` gives the ``Workload``."""
+    caps = (max_length, max_length) if longest is None else (
+        min(longest[0], max_length), min(longest[1], max_length)
+    )  # fmt: skip
+    reach = longest is not None
     return WorkloadSpec(
-        input=LengthSpec(histogram=observed_histogram(bounds, input_counts, max_length, "input")),
+        input=LengthSpec(
+            histogram=observed_histogram(bounds, input_counts, caps[0], "input", reach=reach)
+        ),
         output=LengthSpec(
-            histogram=observed_histogram(bounds, output_counts, max_length, "output")
+            histogram=observed_histogram(bounds, output_counts, caps[1], "output", reach=reach)
         ),
         correlation=0.0,
     )

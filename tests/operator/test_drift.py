@@ -18,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 
 INTERVAL = 300  # drift.intervalSeconds' default
 # Summarization plans prompts of at most 512 tokens and outputs of at most 80.
-DRIFTED = ({700: 1500}, {200: 1500})
+DRIFTED = ({100: 1500}, {10: 1500})  # short chat against summarization's plan
 
 
 class Clock:
@@ -83,8 +83,8 @@ async def test_drifted_traffic_replans_and_rolls_the_workers(
         lambda: (p := status(cluster)["plan"])["inputsHash"] != before["inputsHash"] and p
     )
     workload = status(cluster)["workload"]
-    assert workload["observed"]["input"]["edges"] == [513, 1025]
-    assert workload["observed"]["output"]["edges"] == [129, 257]
+    assert workload["observed"]["input"]["edges"] == [65, 129, 512, 513]
+    assert workload["observed"]["output"]["edges"] == [9, 17, 80, 81]
     drift = condition(cluster.deployment("x"), "WorkloadDrift")
     assert drift is not None and (drift["status"], drift["reason"]) == ("True", "Replanned")
     # The workers roll to the new plan: its hash is in their pod template.

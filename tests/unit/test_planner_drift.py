@@ -185,3 +185,34 @@ def test_the_observed_workload_is_deterministic() -> None:
     a = observed_workload(BOUNDS, counts(l100=3, l7=2), counts(l20=1), max_length=2048)
     b = observed_workload(BOUNDS, counts(l100=3, l7=2), counts(l20=1), max_length=2048)
     assert a.model_dump_json() == b.model_dump_json()
+
+
+def test_a_histogram_that_reaches_keeps_the_longest_length_with_one_request() -> None:
+    h = observed_histogram(BOUNDS, counts(l100=30), max_length=512, reach=True)
+    # (64, 128], nothing observed in [129, 512), one request at 512
+    assert h.edges == [65, 129, 512, 513] and h.weights == [30.0, 0.0, 1.0]
+    assert LengthDistribution.histogram(h.edges, h.weights).max == 512
+    # counts that already end at the longest length need no tail
+    h = observed_histogram(BOUNDS, counts(l300=5), max_length=300, reach=True)
+    assert h.edges == [257, 301] and h.weights == [5.0]
+
+
+def test_counts_all_past_the_longest_length_fill_the_bucket_that_ends_there() -> None:
+    h = observed_histogram(BOUNDS, counts(l700=4, l5000=1), max_length=512)
+    assert h.edges == [257, 513] and h.weights == [5.0]
+
+
+def test_the_observed_workload_keeps_the_declared_longest_lengths() -> None:
+    seen_in, seen_out = counts(l100=2000), counts(l10=1500, l20=500)
+    spec = observed_workload(BOUNDS, seen_in, seen_out, max_length=2048, longest=(512, 80))
+    workload = spec.build()
+    assert (workload.input.max, workload.output.max) == (512, 80)
+    # the one request at each longest length moves no percentile the planner uses
+    bare = observed_workload(BOUNDS, seen_in, seen_out, max_length=2048).build()
+    assert (bare.input.max, bare.output.max) == (128, 32)
+    assert workload.output_p99 == bare.output_p99
+    # and shifts the mean by one request's share: 2000 observed outputs, one of 80
+    assert workload.output.mean == pytest.approx((2000 * bare.output.mean + 80) / 2001)
+    # the model's context caps the declared lengths
+    capped = observed_workload(BOUNDS, seen_in, seen_out, max_length=256, longest=(512, 80))
+    assert capped.build().input.max == 256

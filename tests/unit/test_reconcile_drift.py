@@ -5,6 +5,7 @@ made again for the observed one (or only reported), and nothing else changes."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,22 @@ from exegpt.operator.memkube import MemoryKube
 from exegpt.operator.reconcile import Context, Outcome, reconcile
 from exegpt.operator.settings import OperatorSettings
 from exegpt.operator.spec import DriftSpec, parse_spec
-from exegpt.planner.drift import DriftReport, observed_workload
+from exegpt.planner.drift import DriftReport, bucket_masses, observed_workload
 from exegpt.planner.workload_presets import get_workload
 
 SETTINGS = OperatorSettings(retry_backoff_seconds=0.0, plan_time_limit_seconds=20.0)
 INTERVAL = 300  # drift.intervalSeconds' default
-# Summarization plans for prompts of at most 512 tokens and outputs of at most 80: this
-# traffic has longer prompts (700) and outputs (200), in buckets the plan gives no mass.
-DRIFTED = ({700: 1500}, {200: 1500})
+# Summarization plans for prompts of at most 512 tokens (about half of them in
+# (256, 512]) and outputs of at most 80 (mostly 17 to 64): this traffic is short chat,
+# prompts of 100 tokens and outputs of 10, in buckets the plan gives 12 and 9 % of its mass.
+DRIFTED = ({100: 1500}, {10: 1500})
+SUMMARIZATION = get_workload("summarization")
+BOUNDS = [float(2**i) for i in range(16)] + [float("inf")]
+
+
+def distance(masses: Any, bucket: int) -> float:
+    """The TV distance of traffic all in ``bucket`` from the planned ``masses``."""
+    return round(1.0 - float(masses[bucket]), 4)
 
 
 def planned_traffic(n: int = 2000) -> tuple[dict[int, int], dict[int, int]]:
@@ -134,14 +143,21 @@ def test_drifted_traffic_replans_for_the_observed_workload() -> None:
     workload = status["workload"]
     assert workload["source"] == "Observed"
     assert workload["requests"] == 1500
-    assert workload["inputDistance"] == 1.0 and workload["outputDistance"] == 1.0
+    d_in = distance(bucket_masses(SUMMARIZATION.input, BOUNDS), 7)  # (64, 128]
+    d_out = distance(bucket_masses(SUMMARIZATION.output, BOUNDS), 4)  # (8, 16]
+    assert workload["inputDistance"] == d_in and workload["outputDistance"] == d_out
+    assert min(d_in, d_out) > 0.85
     assert workload["checkedAt"] == workload["replannedAt"]
-    # One bin per observed bucket: (512, 1024] and (128, 256].
-    assert workload["observed"]["input"] == {"edges": [513, 1025], "counts": [1500]}
-    assert workload["observed"]["output"] == {"edges": [129, 257], "counts": [1500]}
+    # One bin per observed bucket, (64, 128] and (8, 16], then the declared longest
+    # lengths (512 and 80) kept by one request each, with nothing observed between.
+    assert workload["observed"]["input"] == {"edges": [65, 129, 512, 513], "counts": [1500, 0, 1]}
+    assert workload["observed"]["output"] == {"edges": [9, 17, 80, 81], "counts": [1500, 0, 1]}
     cond = w.condition("WorkloadDrift")
     assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Replanned")
-    assert "input distance 1.000" in cond["message"]
+    assert f"input distance {d_in:.3f}" in cond["message"]
+    # The workers still take the longest requests the deployment declared.
+    doc = json.loads(w.kube.objects[("configmaps", "default", "x-plan")]["data"]["plan.json"])
+    assert doc["limits"] == {"maxInputTokens": 512, "maxOutputTokens": 80}
     assert status["plan"]["inputsHash"] != before["inputsHash"]
     assert status["plan"]["hash"] != before["hash"]
     assert w.pod_template_hash() == status["plan"]["hash"] != template
@@ -330,11 +346,12 @@ def test_switching_to_observe_plans_for_the_declaration_again() -> None:
 def test_workload_aware_reads_the_encoder_drivers() -> None:
     w = ready_world(strategy="WorkloadAware")
     assert w.status()["plan"]["strategy"] == "WorkloadAware"
+    drivers = w.drivers()  # the running plan's (the new plan may run more replicas)
     w.serve(*DRIFTED)
     w.clock += INTERVAL
     w.run()
-    assert {r[1] for r in w.metrics.reads} == set(w.drivers())
-    assert all(pod.startswith("x-encoder-") for pod in w.drivers())
+    assert {r[1] for r in w.metrics.reads} == set(drivers)
+    assert drivers and all(pod.startswith("x-encoder-") for pod in drivers)
     assert w.status()["workload"]["source"] == "Observed"
     encoder = w.kube.objects[("statefulsets", "default", names.statefulset("x", "encoder"))]
     assert (
