@@ -46,7 +46,7 @@ async def _pass(
     async with lock:
         ctx = Context(
             kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
-            metrics=memo.metrics,
+            metrics=memo.metrics, written=memo.setdefault("written", {}),
         )  # fmt: skip
         try:
             await reconcile(body, ctx)

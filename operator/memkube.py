@@ -73,8 +73,11 @@ class MemoryKube:
         key = self._key(kind, namespace, name)
         if key not in self.objects:
             raise KubeError(404, "NotFound", "")
-        self.objects[key] = _merge(self.objects[key], patch)
-        return copy.deepcopy(self.objects[key])
+        self._version += 1
+        obj = _merge(self.objects[key], patch)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
         self.calls.append(("delete", kind.plural, name))

@@ -87,6 +87,9 @@ class Context:
     events: EventSink
     clock: Callable[[], float] = time.time
     metrics: MetricsReader = field(default_factory=HttpMetricsReader)
+    # Per deployment (uid), the resourceVersion of the body the last status-writing pass
+    # of this process started from: a body of that version predates the write.
+    written: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Outcome:
     writes: list[str] = field(default_factory=list)
     status_written: bool = False
     waiting: bool = False
+    stale: bool = False  # the body predated this process's last status write: skipped
 
 
 class _Pass:
@@ -107,6 +111,8 @@ class _Pass:
         self.ctx = ctx
         self.name = str(meta.get("name", ""))
         self.namespace = str(meta.get("namespace", "default"))
+        self.uid = str(meta.get("uid") or "")
+        self.version = str(meta.get("resourceVersion") or "")
         self.generation = int(meta.get("generation") or 0)
         self.owner = builders.owner_reference(meta)
         raw = dict(body.get("status") or {})
@@ -154,11 +160,24 @@ class _Pass:
         patch = {"status": patch}
         await self.ctx.kube.merge_patch(EXEGPT, self.namespace, self.name, patch, "status")
         self.outcome.status_written = True
+        if self.uid and self.version:
+            self.ctx.written[self.uid] = self.version
+
+    @property
+    def stale(self) -> bool:
+        """Whether this process already wrote the status over this very body (the newer
+        body is on its way). A pass over it would act on the status as it was before:
+        roll the workers back to the previous plan, or check for drift again."""
+        return bool(self.uid and self.version) and self.ctx.written.get(self.uid) == self.version
 
 
 async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
-    """Bring one deployment's children and status in line with its spec."""
+    """Bring one deployment's children and status in line with its spec (nothing, for
+    a body older than this process's last status write: the next pass gets the newer)."""
     p = _Pass(body, ctx)
+    if p.stale:
+        p.outcome.stale = True
+        return p.outcome
     spec, request = _parse(p)
     if spec is None or request is None:
         await p.write_status()
