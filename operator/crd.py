@@ -191,6 +191,16 @@ PRINTER_COLUMNS: Final[tuple[Schema, ...]] = (
         "description": "Status of the Available condition: the workers serve the plan",
     },
     {
+        "name": "Planned-For",
+        "type": "string",
+        "jsonPath": ".status.workload.source",
+        "description": (
+            "What the plan is made for: Spec (spec.workload) or Observed (the traffic the "
+            "workers served, after a drift replan)"
+        ),
+        "priority": 1,
+    },
+    {
         "name": "Age",
         "type": "date",
         "jsonPath": ".metadata.creationTimestamp",

@@ -488,7 +488,9 @@ def test_crd_shape() -> None:
 
 def test_printer_columns() -> None:
     columns = {c["name"]: c for c in VERSION["additionalPrinterColumns"]}
-    assert list(columns) == ["Strategy", "Throughput", "Bound", "Ready", "Age"]
+    assert list(columns) == ["Strategy", "Throughput", "Bound", "Ready", "Planned-For", "Age"]
+    # shown by `kubectl get -o wide` only
+    assert [c for c in columns if columns[c].get("priority")] == ["Planned-For"]
     assert columns["Age"] == {
         "name": "Age",
         "type": "date",
@@ -496,7 +498,7 @@ def test_printer_columns() -> None:
     }
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Available")].status'
     types = {"string": ("string", None), "number": ("number", "integer")}
-    for name in ("Strategy", "Throughput", "Bound"):
+    for name in ("Strategy", "Throughput", "Bound", "Planned-For"):
         column = columns[name]
         node = SCHEMA
         for part in column["jsonPath"].strip(".").split("."):
