@@ -233,7 +233,9 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert c["steps"]["decode"]["steps"] > 0 and c["steps"]["encode"]["mean_batch"] >= 1
         engine = c["steps"]["engine"]
         assert engine["between_steps_s"] > 0  # the engine's loop runs between the steps
-        assert math.isfinite(engine["seconds_per_step"]) and engine["model_seconds"] > 0
+        # (the profile's curve is a difference of two timings, clipped at zero: on this
+        # tiny model and a 1.5 s profile it can be zero at the steps' batch)
+        assert math.isfinite(engine["seconds_per_step"]) and engine["model_seconds"] >= 0
         (again,) = c["poisson_again"]  # the Poisson run repeated once
         assert again["e2e_p99_s"] > 0 and again["predicted_e2e_p99_s"] > 0
         first = c["measured"]["e2e_p99_s"]
