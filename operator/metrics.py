@@ -2,7 +2,7 @@
 
 Each replica's driver pod (stage 0 of the entry StatefulSet: ``worker`` for RoundRobin,
 ``encoder`` for WorkloadAware) serves Prometheus text on ``GET /metrics`` of the
-runner port, with two histograms of power-of-two buckets: ``exegpt_input_tokens``
+runner port, with two histograms of length buckets: ``exegpt_input_tokens``
 (prompt lengths of admitted requests) and ``exegpt_output_tokens`` (new tokens of
 finished requests). The counters start at zero with the pod, and every new plan rolls
 the pods, so the counts are those served since the running plan started.

@@ -453,7 +453,7 @@ class DriftSpec(BaseModel):
     Every ``intervalSeconds``, while the workers run their plan and are ready, the
     operator reads the prompt- and output-length histograms of the replicas' drivers
     and compares them with the workload the plan was made for (total-variation
-    distance per side over power-of-two buckets). ``Replan`` plans again for the
+    distance per side over the histograms' buckets). ``Replan`` plans again for the
     observed workload when either side is ``threshold`` or more away, at most once per
     ``cooldownSeconds``; ``Observe`` only reports (condition ``WorkloadDrift``); ``Off``
     reads nothing and plans from ``spec.workload``.

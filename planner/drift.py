@@ -14,10 +14,10 @@ starting at 0 and the last bound being +Inf). This module compares such counts w
 - :func:`observed_workload`: a ``WorkloadSpec`` of two histograms, one bin per bucket,
   lengths uniform inside each bin, the +Inf bucket ending at a given longest length.
 
-The buckets are coarse: with power-of-two bounds an observed length is only known to
-within a factor of two, and so is the observed workload. The two sides are counted
-separately (a request's prompt and output length are not paired in the histograms), so
-the observed workload treats them as independent (correlation 0).
+The buckets are coarse: an observed length is only known to within its bucket (the
+workers' have four per doubling, so about 19 %), and so is the observed workload. The
+two sides are counted separately (a request's prompt and output length are not paired
+in the histograms), so the observed workload treats them as independent (correlation 0).
 
 Pure: numpy and pydantic, no I/O.
 """

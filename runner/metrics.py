@@ -21,8 +21,13 @@ LabelValues = tuple[str, ...]
 POWERS_OF_TWO_1K: tuple[float, ...] = tuple(float(2**i) for i in range(11))
 """1, 2, 4, ..., 1024: batch sizes."""
 
-POWERS_OF_TWO_32K: tuple[float, ...] = tuple(float(2**i) for i in range(16))
-"""1, 2, 4, ..., 32768: token counts."""
+TOKEN_LENGTHS_32K: tuple[float, ...] = tuple(
+    float(b) for b in sorted({round(2 ** (k / 4)) for k in range(61)})
+)
+"""1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 19, ..., 32768: token counts, four buckets per
+doubling above 8 (each bound about 19 % above the last; every power of two is one).
+The request-length histograms are the observed workload the operator replans for, so
+a length is known to within a bucket of that width, not to within a factor of two."""
 
 LATENCY_SECONDS: tuple[float, ...] = (
     0.001,
@@ -285,7 +290,7 @@ class ServingMetrics:
         )
         self._input = reg(
             Histogram(
-                "exegpt_input_tokens", "Prompt length of admitted requests.", POWERS_OF_TWO_32K
+                "exegpt_input_tokens", "Prompt length of admitted requests.", TOKEN_LENGTHS_32K
             )
         )
         self._admitted = reg(
@@ -309,7 +314,7 @@ class ServingMetrics:
             Histogram(
                 "exegpt_output_tokens",
                 "New tokens of finished requests.",
-                POWERS_OF_TWO_32K,
+                TOKEN_LENGTHS_32K,
             )
         )
         self._latency = reg(

@@ -83,8 +83,8 @@ async def test_drifted_traffic_replans_and_rolls_the_workers(
         lambda: (p := status(cluster)["plan"])["inputsHash"] != before["inputsHash"] and p
     )
     workload = status(cluster)["workload"]
-    assert workload["observed"]["input"]["edges"] == [65, 129, 512, 513]
-    assert workload["observed"]["output"]["edges"] == [9, 17, 80, 81]
+    assert workload["observed"]["input"]["edges"] == [92, 109, 512, 513]
+    assert workload["observed"]["output"]["edges"] == [9, 11, 80, 81]
     drift = condition(cluster.deployment("x"), "WorkloadDrift")
     assert drift is not None and (drift["status"], drift["reason"]) == ("True", "Replanned")
     # The workers roll to the new plan: its hash is in their pod template.

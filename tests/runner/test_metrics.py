@@ -10,7 +10,7 @@ import pytest
 
 from exegpt.runner.metrics import (
     LATENCY_SECONDS,
-    POWERS_OF_TWO_32K,
+    TOKEN_LENGTHS_32K,
     Counter,
     Gauge,
     Histogram,
@@ -176,8 +176,8 @@ def test_length_histograms_are_per_bucket() -> None:
     metrics.finished("length", 16, 1.0)
     lengths = metrics.length_histograms()
     bounds, counts = lengths["input"]
-    assert bounds == [*POWERS_OF_TWO_32K, math.inf]
-    assert counts[:3] == [1, 1, 2]  # 1 | 2 | 3 and 4
+    assert bounds == [*TOKEN_LENGTHS_32K, math.inf]
+    assert counts[:4] == [1, 1, 1, 1]  # 1 | 2 | 3 | 4: a bucket per length up to 8
     assert counts[-1] == 1  # beyond 32768
     assert sum(counts) == 5
     out_bounds, out_counts = lengths["output"]

@@ -21,7 +21,7 @@ from exegpt.operator.metrics import (
     driver_pods,
     parse_length_histograms,
 )
-from exegpt.runner.metrics import ServingMetrics
+from exegpt.runner.metrics import TOKEN_LENGTHS_32K, ServingMetrics
 
 
 def test_the_parser_reads_what_serving_metrics_renders() -> None:
@@ -35,7 +35,7 @@ def test_the_parser_reads_what_serving_metrics_renders() -> None:
     assert list(seen.bounds) == expected["input"][0]
     assert list(seen.input) == expected["input"][1]
     assert list(seen.output) == expected["output"][1]
-    assert seen.bounds[-1] == math.inf and len(seen.bounds) == 17
+    assert seen.bounds[-1] == math.inf and len(seen.bounds) == len(TOKEN_LENGTHS_32K) + 1
     assert sum(seen.input) == 6 and seen.input[-1] == 1  # 40000 > 32768
 
 
@@ -44,7 +44,8 @@ def test_drivers_add_up_bucket_by_bucket() -> None:
     b = parse_length_histograms(metrics_text({100: 1, 300: 4}, {20: 2}))
     total = a + b
     assert sum(total.input) == 7 and sum(total.output) == 3
-    assert total.input[7] == 3 and total.input[9] == 4  # (64,128] and (256,512]
+    bucket = total.bounds.index
+    assert total.input[bucket(108)] == 3 and total.input[bucket(304)] == 4  # (91,108], (256,304]
 
 
 def test_buckets_that_differ_do_not_add_up() -> None:

@@ -22,15 +22,16 @@ from exegpt.operator.settings import OperatorSettings
 from exegpt.operator.spec import DriftSpec, parse_spec
 from exegpt.planner.drift import DriftReport, bucket_masses, observed_workload
 from exegpt.planner.workload_presets import get_workload
+from exegpt.runner.metrics import TOKEN_LENGTHS_32K
 
 SETTINGS = OperatorSettings(retry_backoff_seconds=0.0, plan_time_limit_seconds=20.0)
 INTERVAL = 300  # drift.intervalSeconds' default
 # Summarization plans for prompts of at most 512 tokens (about half of them in
 # (256, 512]) and outputs of at most 80 (mostly 17 to 64): this traffic is short chat,
-# prompts of 100 tokens and outputs of 10, in buckets the plan gives 12 and 9 % of its mass.
+# prompts of 100 tokens and outputs of 10, in buckets the plan gives little of its mass.
 DRIFTED = ({100: 1500}, {10: 1500})
 SUMMARIZATION = get_workload("summarization")
-BOUNDS = [float(2**i) for i in range(16)] + [float("inf")]
+BOUNDS = [*TOKEN_LENGTHS_32K, float("inf")]  # the workers' buckets
 
 
 def distance(masses: Any, bucket: int) -> float:
@@ -149,15 +150,15 @@ def test_drifted_traffic_replans_for_the_observed_workload() -> None:
     workload = status["workload"]
     assert workload["source"] == "Observed"
     assert workload["requests"] == 1500
-    d_in = distance(bucket_masses(SUMMARIZATION.input, BOUNDS), 7)  # (64, 128]
-    d_out = distance(bucket_masses(SUMMARIZATION.output, BOUNDS), 4)  # (8, 16]
+    d_in = distance(bucket_masses(SUMMARIZATION.input, BOUNDS), BOUNDS.index(108))  # (91, 108]
+    d_out = distance(bucket_masses(SUMMARIZATION.output, BOUNDS), BOUNDS.index(10))  # (8, 10]
     assert workload["inputDistance"] == d_in and workload["outputDistance"] == d_out
-    assert min(d_in, d_out) > 0.85
+    assert min(d_in, d_out) > 0.9
     assert workload["checkedAt"] == workload["replannedAt"]
-    # One bin per observed bucket, (64, 128] and (8, 16], then the declared longest
+    # One bin per observed bucket, (91, 108] and (8, 10], then the declared longest
     # lengths (512 and 80) kept by one request each, with nothing observed between.
-    assert workload["observed"]["input"] == {"edges": [65, 129, 512, 513], "counts": [1500, 0, 1]}
-    assert workload["observed"]["output"] == {"edges": [9, 17, 80, 81], "counts": [1500, 0, 1]}
+    assert workload["observed"]["input"] == {"edges": [92, 109, 512, 513], "counts": [1500, 0, 1]}
+    assert workload["observed"]["output"] == {"edges": [9, 11, 80, 81], "counts": [1500, 0, 1]}
     cond = w.condition("WorkloadDrift")
     assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Replanned")
     assert f"input distance {d_in:.3f}" in cond["message"]
@@ -227,7 +228,8 @@ def test_traffic_as_planned_is_no_drift_and_writes_only_status() -> None:
     workload = w.status()["workload"]
     assert workload["source"] == "Spec" and "observed" not in workload
     assert workload["requests"] == 2000
-    assert workload["inputDistance"] < 0.05 and workload["outputDistance"] < 0.05
+    # sampling noise over the workers' 56 buckets: about 0.05 at 2000 requests
+    assert workload["inputDistance"] < 0.1 and workload["outputDistance"] < 0.1
     assert w.status()["plan"] == before
     assert out.writes == []
     writes = [c for c in w.kube.calls[mark:] if c[0] in ("create", "patch", "delete")]
@@ -338,7 +340,7 @@ def test_a_second_drift_waits_for_the_cooldown() -> None:
     w.run()
     cond = w.condition("WorkloadDrift")
     assert cond is not None and cond["reason"] == "Replanned"
-    assert w.status()["workload"]["observed"]["input"]["edges"] == [257, 513]
+    assert w.status()["workload"]["observed"]["input"]["edges"] == [257, 305, 512, 513]
     assert w.status()["plan"]["inputsHash"] != first["inputsHash"]
 
 
