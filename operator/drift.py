@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 
 from exegpt.planner.drift import DriftReport
 from exegpt.planner.workload_spec import HistogramSpec, LengthSpec, WorkloadSpec
 
+from .plandoc import canonical_json
 from .spec import DriftSpec, ExeGPTDeploymentSpec
 from .status import ConditionStatus, ObservedSideStatus, ObservedWorkloadStatus, WorkloadStatus
 
 
 def workload_hash(workload: WorkloadSpec) -> str:
     """A content hash of a declared workload (``status.workload.specHash``)."""
-    doc = json.dumps(workload.model_dump(mode="json"), sort_keys=True)
+    doc = canonical_json(workload.model_dump(mode="json"))
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 

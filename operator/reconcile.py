@@ -376,9 +376,8 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     """The request-length histograms of the running plan's drivers, summed."""
     plan = p.status.plan
     assert plan is not None
-    round_robin = plan.strategy == "RoundRobin"
-    role = names.WORKER if round_robin else names.ENCODER
-    stages = plan.pipeline_stages if round_robin else plan.encode_stages
+    # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives
+    role, _, stages, _ = plandoc.roles(plan_from_status(plan))[0]
     selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
     pods = await p.ctx.kube.list(POD, p.namespace, selector)
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
