@@ -123,6 +123,11 @@ class World:
             share_out = {k: v // len(drivers) + (i < v % len(drivers)) for k, v in outputs.items()}
             self.metrics.texts[pod] = metrics_text(share_in, share_out)
 
+    def serve_drifted(self) -> None:
+        """The drivers served the drifted traffic, and a check is due."""
+        self.serve(*DRIFTED)
+        self.clock += INTERVAL
+
     def pod_template_hash(self) -> str:
         sts = self.kube.objects[("statefulsets", "default", names.statefulset("x", "worker"))]
         return str(sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_PLAN_HASH])
@@ -141,8 +146,7 @@ def ready_world(**overrides: Any) -> World:
 def test_drifted_traffic_replans_for_the_observed_workload() -> None:
     w = ready_world()
     before, template, drivers = w.status()["plan"], w.pod_template_hash(), w.drivers()
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
 
     w.run()
 
@@ -174,8 +178,7 @@ def test_drifted_traffic_replans_for_the_observed_workload() -> None:
 
 def test_a_drift_replan_is_kept_by_later_passes_and_a_restart() -> None:
     w = ready_world()
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     replanned = w.status()["plan"]
     events = len(w.events)
@@ -189,8 +192,7 @@ def test_a_drift_replan_is_kept_by_later_passes_and_a_restart() -> None:
 
 def test_a_pass_over_a_body_older_than_its_own_status_write_does_nothing() -> None:
     w = ready_world()
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     stale = copy.deepcopy(w.body())  # as a queued event that predates the next write
     written: dict[str, str] = {}
     w.run(written=written)
@@ -298,8 +300,7 @@ def test_a_check_waits_for_the_interval_after_the_workers_are_ready() -> None:
 def test_observe_mode_reports_drift_and_keeps_the_plan() -> None:
     w = ready_world(**{"drift.mode": "Observe"})
     before = w.status()["plan"]
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
 
     w.run()
 
@@ -313,8 +314,7 @@ def test_observe_mode_reports_drift_and_keeps_the_plan() -> None:
 
 def test_off_mode_reads_nothing_and_reports_nothing() -> None:
     w = ready_world(**{"drift.mode": "Off"})
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     assert w.metrics.reads == []
     assert "workload" not in w.status() and w.condition("WorkloadDrift") is None
@@ -323,8 +323,7 @@ def test_off_mode_reads_nothing_and_reports_nothing() -> None:
 
 def test_a_second_drift_waits_for_the_cooldown() -> None:
     w = ready_world(**{"drift.cooldownSeconds": 1000})
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     first = w.status()["plan"]
     w.make_ready()
@@ -347,8 +346,7 @@ def test_a_second_drift_waits_for_the_cooldown() -> None:
 def test_editing_the_spec_workload_goes_back_to_the_declaration() -> None:
     w = ready_world()
     declared = w.status()["plan"]["inputsHash"]
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     assert w.status()["workload"]["source"] == "Observed"
 
@@ -369,8 +367,7 @@ def test_editing_the_spec_workload_goes_back_to_the_declaration() -> None:
 def test_switching_to_observe_plans_for_the_declaration_again() -> None:
     w = ready_world()
     declared = w.status()["plan"]["inputsHash"]
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     w.edit("drift.mode", "Observe")
     w.run()
@@ -382,8 +379,7 @@ def test_workload_aware_reads_the_encoder_drivers() -> None:
     w = ready_world(strategy="WorkloadAware")
     assert w.status()["plan"]["strategy"] == "WorkloadAware"
     drivers = w.drivers()  # the running plan's (the new plan may run more replicas)
-    w.serve(*DRIFTED)
-    w.clock += INTERVAL
+    w.serve_drifted()
     w.run()
     assert {r[1] for r in w.metrics.reads} == set(drivers)
     assert drivers and all(pod.startswith("x-encoder-") for pod in drivers)
