@@ -292,6 +292,7 @@ class XProfiler:
         self._deadline = 0.0
         self._slot_room = 0  # bytes: a tenth of the memory free beside the bench model
         self._notes: list[str] = []
+        self._probe_model: Transformer | None = None  # time_decode_step's
 
     # -- set-up -------------------------------------------------------------------------------
     @staticmethod
@@ -692,6 +693,21 @@ class XProfiler:
             f"{1e6 * seconds[-1]:.0f} us at {batch_axis[-1]}"
         )
         return EngineOverhead(step=Curve(x=[float(b) for b in batch_axis], seconds=seconds))
+
+    def time_decode_step(self, batch: int, context: int) -> float:
+        """Seconds of a whole decode step of the bench model (its ``copies`` layers, the
+        head and the sampling) for ``batch`` sequences at ``context`` tokens, timed as
+        the decode table's points time it and settled over the same passes. It reads
+        the machine's speed at a later moment against the tables of a profile it
+        measured (the TP-1 bench model is built on the first call)."""
+        if batch < 1 or not 1 <= context < self.max_length:
+            raise ValueError(
+                f"a decode step needs batch >= 1 and context in [1, {self.max_length - 1}]"
+            )
+        if self._probe_model is None:
+            self._probe_model = self._bench(1)
+        step = self._decode_fns(self._probe_model, batch, context)["step"]
+        return settle([self.timer.time(step.fn, step.reset).median for _ in range(self._passes)])
 
     # -- communication and memory ---------------------------------------------------------------
     def _comm(self) -> Comm:

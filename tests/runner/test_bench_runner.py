@@ -243,6 +243,14 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert again["error_pct"] == pytest.approx(
             bench.error_pct(again["predicted_e2e_p99_s"], again["e2e_p99_s"])
         )
+        speed = c["machine_speed"]  # the probe, right before and right after the Poisson run
+        before, after = speed["probed_s"]
+        assert len(before) == len(after) == len(speed["priced_s"]) == len(speed["points"])
+        assert min(before + after) > 0
+        assert speed["factor"] == pytest.approx((speed["ratio_before"] + speed["ratio_after"]) / 2)
+        assert speed["error_pct"] == pytest.approx(
+            bench.error_pct(speed["predicted_e2e_p99_s"], c["measured"]["e2e_p99_s"])
+        )
         during = c["poisson_steps"]
         assert during["decode"]["steps"] > 0 and "engine" not in during  # (idle gaps)
         enc = c["steps"]["encode"]
@@ -259,6 +267,10 @@ def test_run_json(report: dict[str, Any]) -> None:
     assert repeats["runs"] == 2
     assert repeats["moved_pct"]["worst_abs_pct"] == pytest.approx(
         max(abs(c["poisson_again"][0]["moved_pct"]) for c in report["configs"])
+    )
+    at_speed = s["machine_speed_one_process"]["e2e_error_pct_at_probed_speed"]
+    assert at_speed["worst_abs_pct"] == pytest.approx(
+        max(abs(c["machine_speed"]["error_pct"]) for c in report["configs"])
     )
     r = s["ratio_over_static"]
     assert r["measured"] == pytest.approx(
