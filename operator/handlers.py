@@ -76,7 +76,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         if getattr(memo, "kube", None) is None:
             memo.kube = Kube.connect(config.kube_host)
         if getattr(memo, "metrics", None) is None:
-            memo.metrics = HttpMetricsReader()
+            memo.metrics = HttpMetricsReader(config.metrics_timeout_seconds)
         if getattr(memo, "clock", None) is None:
             memo.clock = time.time
 

@@ -40,6 +40,9 @@ class OperatorSettings(BaseModel):
         default=1.0, gt=0, description="wait before retrying a pass whose API request failed"
     )
     plan_time_limit_seconds: float = Field(default=30.0, gt=0, description="XScheduler budget")
+    metrics_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="how long a drift check waits for one worker's /metrics"
+    )
     runtime_image: str = Field(
         default="ghcr.io/exegpt/exegpt-runtime:0.1.0",
         description="image of the profiling Jobs and workers unless the spec names one",

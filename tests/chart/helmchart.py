@@ -43,7 +43,7 @@ VARIANTS: dict[str, Obj] = {
         "watchNamespaces": ["serving"],
         "profiler": {"serviceAccount": {"name": "gpu-profiler"}, "namespaces": ["serving"]},
         "serviceAccount": {"name": "exegpt-controller", "annotations": {"owner": "ml-platform"}},
-        "operator": {"resyncSeconds": 2.5, "planTimeLimitSeconds": 60},
+        "operator": {"resyncSeconds": 2.5, "planTimeLimitSeconds": 60, "metricsTimeoutSeconds": 2},
         "resources": {"requests": {"cpu": 1, "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system"}],

@@ -205,6 +205,7 @@ def test_settings_follow_the_values() -> None:
     assert settings.runtime_image == "registry.example/exegpt-runtime:0.1.0-cuda"
     assert settings.profiler_service_account == "gpu-profiler"
     assert (settings.resync_seconds, settings.plan_time_limit_seconds) == (2.5, 60.0)
+    assert settings.metrics_timeout_seconds == 2.0
     assert settings_of("namespaced").namespaces == ("team-a", "team-b")
 
 

@@ -17,13 +17,15 @@ def test_defaults_are_cluster_wide_without_peering() -> None:
 def test_environment_variables_set_fields() -> None:
     s = OperatorSettings.from_env(
         {"EXEGPT_NAMESPACES": "team-a, team-b", "EXEGPT_RESYNC_SECONDS": "2.5",
-         "EXEGPT_PEERING": "true", "EXEGPT_LIVENESS_ENDPOINT": ""}
+         "EXEGPT_PEERING": "true", "EXEGPT_LIVENESS_ENDPOINT": "",
+         "EXEGPT_METRICS_TIMEOUT_SECONDS": "1.5"}
     )  # fmt: skip
     assert s.namespaces == ("team-a", "team-b")
     assert not s.cluster_wide
     assert s.resync_seconds == 2.5
     assert s.peering
     assert s.liveness_endpoint is None
+    assert s.metrics_timeout_seconds == 1.5
 
 
 def test_flags_override_the_environment() -> None:
@@ -34,3 +36,5 @@ def test_flags_override_the_environment() -> None:
 def test_a_bad_value_names_the_variable() -> None:
     with pytest.raises(ValueError, match="EXEGPT_RESYNC_SECONDS"):
         OperatorSettings.from_env({"EXEGPT_RESYNC_SECONDS": "soon"})
+    with pytest.raises(ValueError, match="EXEGPT_METRICS_TIMEOUT_SECONDS"):
+        OperatorSettings.from_env({"EXEGPT_METRICS_TIMEOUT_SECONDS": "0"})
