@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from exegpt.bench.device import gpu_type_here
 from exegpt.planner.architecture import Architecture, Dtype, get_architecture
 from exegpt.planner.costs import CostModel, Group
 from exegpt.planner.hardware import GpuType
@@ -208,7 +209,7 @@ def bench_model(
     log: Any,
 ) -> dict[str, Any]:
     scale = _scale(device, quick)
-    gpu = CPU_GPU_TYPE if device == "cpu" else _gpu_type()
+    gpu = CPU_GPU_TYPE if device == "cpu" else gpu_type_here()
     config = ModelConfig.from_architecture(architecture)
     cpu = device == "cpu"
     options = ProfileOptions(
@@ -261,19 +262,6 @@ def bench_model(
         "median_abs_error_pct": statistics.median(errors),
         "worst_abs_error_pct": max(errors),
     }
-
-
-def _gpu_type() -> GpuType:
-    """The planner's GPU type of this CUDA device (its name when not a known type)."""
-    from exegpt.planner.hardware import PRESETS
-    from exegpt.runner.profiler import match_gpu
-
-    name = torch.cuda.get_device_name(0)
-    total = torch.cuda.get_device_properties(0).total_memory
-    for gpu in PRESETS.values():
-        if match_gpu(gpu.name, name, total):
-            return gpu
-    return CPU_GPU_TYPE.model_copy(update={"name": name.lower().replace(" ", "-")})
 
 
 def run(argv: list[str]) -> int:

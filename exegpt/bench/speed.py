@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.profile import Curve, EngineOverhead, Grid, PhaseTables, Profile
 from exegpt.runner.config import ModelConfig
-from exegpt.runner.profiler import CPU_GPU_TYPE, ProfileOptions, XProfiler
+from exegpt.runner.profiler import ProfileOptions, XProfiler
+
+from .device import BenchDevice
 
 PROBE_POINTS: tuple[tuple[int, int], ...] = ((1, 64), (4, 64), (8, 64))  # (batch, context)
 
@@ -37,15 +39,18 @@ def bench_profiler(
     midpoints: bool,
     passes: int,
     log: Callable[[str], None] = lambda _m: None,
+    device: BenchDevice | None = None,
 ) -> XProfiler:
-    """The XProfiler the bench runs on this CPU (one thread, float32, batches up to 64)."""
+    """The XProfiler the bench runs on ``device`` (default: this CPU, one thread,
+    float32), batches up to 64."""
+    device = device or BenchDevice.cpu()
     options = ProfileOptions(
         max_batch=64, max_length=architecture.max_positions, max_seconds=seconds, warmup=1,
         repeats=3, midpoints=midpoints, min_point_seconds=0.03, passes=passes,
     )  # fmt: skip
     return XProfiler(
-        ModelConfig.from_architecture(architecture), gpu_type=CPU_GPU_TYPE.name,
-        dtype="float32", device="cpu", options=options, log=log, check_gpu=False,
+        ModelConfig.from_architecture(architecture), gpu_type=device.gpu.name,
+        dtype=device.dtype, device=device.kind, options=options, log=log, check_gpu=False,
     )  # fmt: skip
 
 
@@ -58,12 +63,22 @@ class SpeedProbe:
     architecture: Architecture
     passes: int
     points: tuple[tuple[int, int], ...] = PROBE_POINTS
+    device: BenchDevice = field(default_factory=BenchDevice.cpu)
+
+    def _profiler(self) -> XProfiler:
+        return bench_profiler(
+            self.architecture, seconds=1.0, midpoints=False, passes=self.passes, device=self.device
+        )
+
+    @property
+    def whole_model(self) -> bool:
+        """Whether the profiler times the whole model (its chain of layers is every
+        layer): only then is its step the one the profile prices."""
+        return self._profiler().copies == self.architecture.decode_layers
 
     def measure(self) -> tuple[float, ...]:
         """Seconds of each point's step, now (about half a second for the bench model)."""
-        profiler = bench_profiler(
-            self.architecture, seconds=1.0, midpoints=False, passes=self.passes
-        )
+        profiler = self._profiler()
         if profiler.copies != self.architecture.decode_layers:
             raise ValueError(
                 f"the probe times the whole model, but the profiler times {profiler.copies} "

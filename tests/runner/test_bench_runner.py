@@ -146,7 +146,7 @@ def _row(
 
 def test_summary_errors_and_ratio() -> None:
     rows = [_row("plan", 30.0, 33.0, 0.8, 36.0), _row("static", 10.0, 9.0, 1.25, 12.0)]
-    s = bench.summarize(rows, bound=1.0)
+    s = bench.summarize(rows, bound=1.0, target_error_pct=10.0)
     assert s["errors_pct"]["throughput_qps"] == {
         "median_abs_pct": pytest.approx(10.0),
         "worst_abs_pct": pytest.approx(10.0),
@@ -157,6 +157,10 @@ def test_summary_errors_and_ratio() -> None:
         "latency_s": False,
         "e2e_p99_s": True,
     }
+    # the target is the device's (10 % on the CPU, 5 % on a GPU)
+    assert bench.summarize(rows, bound=1.0, target_error_pct=12.0)["error_target_met"][
+        "throughput_qps"
+    ]
     # the plan's prediction for the workload, beside the one for the served requests
     assert s["errors_pct_workload_one_process"]["throughput_qps"] == {
         "median_abs_pct": pytest.approx(20.0),
@@ -167,7 +171,7 @@ def test_summary_errors_and_ratio() -> None:
     assert r["target_met"] and r["plan_meets_bound"] and not r["static_meets_bound"]
     # a two-process replica counts in the errors, not in the one-process target
     waa = {**_row("workload-aware", 10.0, 30.0, 1.0), "processes": 2}
-    s = bench.summarize([*rows, waa], bound=1.0)
+    s = bench.summarize([*rows, waa], bound=1.0, target_error_pct=10.0)
     assert s["errors_pct"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(200.0)
     assert s["errors_pct_one_process"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(10.0)
     assert s["error_target_met"]["e2e_p99_s"]
