@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 import torch
+from planner_builders import DEFAULT_GPU, DEFAULT_MODEL, profile_for
+from tiny import tiny_architecture
 
 from exegpt.bench import runner as bench
 from exegpt.bench.device import BenchDevice, gpu_type_of
 from exegpt.cli import main
 from exegpt.planner.hardware import GIB, get_gpu
 from exegpt.planner.workload_presets import get_workload
-from tests.planner_builders import DEFAULT_GPU, DEFAULT_MODEL, profile_for
-from tests.runner.tiny import tiny_architecture
 
 
 def gpus(n: int, gpu: str = DEFAULT_GPU) -> BenchDevice:

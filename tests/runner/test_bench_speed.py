@@ -6,12 +6,12 @@ import pickle
 
 import numpy as np
 import pytest
+from planner_builders import config, profile_for, request
+from tiny import tiny_architecture
 
 from exegpt.bench.speed import SpeedProbe, at_speed, priced, speed_ratio
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.profile import Curve, EngineOverhead, Profile
-from tests.planner_builders import config, profile_for, request
-from tests.runner.tiny import tiny_architecture
 
 
 def with_engine(profile: Profile) -> Profile:
