@@ -30,6 +30,9 @@ from exegpt.runner.profiler import ProfileOptions, XProfiler
 from .device import BenchDevice
 
 PROBE_POINTS: tuple[tuple[int, int], ...] = ((1, 64), (4, 64), (8, 64))  # (batch, context)
+# The bench's requests hold at most 194 + 239 tokens: its profiles stop at 512 (a GPU
+# model's 4096 would spend the budget, and the memory, on lengths it never serves).
+BENCH_MAX_LENGTH = 512
 
 
 def bench_profiler(
@@ -45,8 +48,9 @@ def bench_profiler(
     float32), batches up to 64."""
     device = device or BenchDevice.cpu()
     options = ProfileOptions(
-        max_batch=64, max_length=architecture.max_positions, max_seconds=seconds, warmup=1,
-        repeats=3, midpoints=midpoints, min_point_seconds=0.03, passes=passes,
+        max_batch=64, max_length=min(architecture.max_positions, BENCH_MAX_LENGTH),
+        max_seconds=seconds, warmup=1, repeats=3, midpoints=midpoints, min_point_seconds=0.03,
+        passes=passes,
     )  # fmt: skip
     return XProfiler(
         ModelConfig.from_architecture(architecture), gpu_type=device.gpu.name,

@@ -11,6 +11,7 @@ from tiny import tiny_architecture
 
 from exegpt.bench import runner as bench
 from exegpt.bench.device import BenchDevice, gpu_type_of
+from exegpt.bench.speed import BENCH_MAX_LENGTH, bench_profiler
 from exegpt.cli import main
 from exegpt.planner.hardware import GIB, get_gpu
 from exegpt.planner.workload_presets import get_workload
@@ -46,6 +47,15 @@ def test_cpu_and_gpu_devices() -> None:
     assert (one.dtype, one.backend, one.target_error_pct) == ("float16", "nccl", 5.0)
     assert one.fits(1) and not one.fits(2) and gpus(2).fits(2)
     assert one.torch_device(1) == torch.device("cuda", 1)  # one process per GPU
+
+
+def test_profiles_stop_at_the_longest_request_the_bench_sends() -> None:
+    wl = bench.bench_workload()
+    assert wl.input.max + wl.output.max <= BENCH_MAX_LENGTH
+    big = bench_profiler(bench.GPU_ARCHITECTURE, seconds=1, midpoints=False, passes=1)
+    assert bench.GPU_ARCHITECTURE.max_positions > BENCH_MAX_LENGTH == big.max_length
+    small = bench_profiler(bench.ARCHITECTURE, seconds=1, midpoints=False, passes=1)
+    assert small.max_length == bench.ARCHITECTURE.max_positions <= BENCH_MAX_LENGTH
 
 
 def test_plan_request_is_for_the_device() -> None:
