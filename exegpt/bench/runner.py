@@ -55,20 +55,32 @@ import argparse
 import json
 import math
 import platform
-import queue
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from exegpt.bench.device import BenchDevice, NoDevice
+from exegpt.bench.load import Driven, Job, concurrency_for, make_requests, run_replica
 from exegpt.bench.paper import static_latency_percentiles, summarize_config
 from exegpt.bench.profile import CPU_MODELS
+from exegpt.bench.records import (
+    POISSON_WARMUP_FRACTION,
+    Record,
+    after_warmup,
+    error_pct,
+    in_window,
+    nearest_rank,
+    open_loop_e2e_p99,
+    p99_length_latency,
+    served_in_window,
+)
+from exegpt.bench.report import _jsonable, format_table, summarize
 from exegpt.bench.speed import SpeedProbe, at_speed, bench_profiler, priced, speed_ratio
 from exegpt.planner.architecture import Architecture, get_architecture
 from exegpt.planner.costs import Group
@@ -80,28 +92,16 @@ from exegpt.planner.simulator import Simulator
 from exegpt.planner.workload import Workload
 from exegpt.planner.workload_presets import get_workload
 from exegpt.runner.config import ModelConfig
-from exegpt.runner.engine import Engine, Finished
-from exegpt.runner.generate import Sampling
-from exegpt.runner.heap import frozen_heap
-from exegpt.runner.replica import ReplicaSpec, run_rank
-from exegpt.runner.serving import GenerationRequest, TokenEvent
-from exegpt.runner.wire import Op
+from exegpt.runner.replica import ReplicaSpec
 
-TARGET_RATIO = 2.0
 BOUND_PERCENTILE = 30  # of the static-batching configurations' latencies
 # Poisson arrival rate, as a fraction of the saturated throughput the fresh profile
 # predicts. Below saturation the batches are smaller and each request costs more steps,
 # so at 50 % the engine is busy 70 to 90 % of the time (``busy_fraction``); at 75 %
 # Continuous was 96 % busy, where the p99 of the waits multiplies any service-time error.
 LOAD = 0.5
-WARMUP_FRACTION = 0.2  # of a closed loop's completions
-POISSON_WARMUP_FRACTION = 0.1  # of a Poisson run's arrivals
-BAND_FRACTION = 0.05  # p99-length band: within 5 % of the p99 length ...
-BAND_MIN_TOKENS = 2  # ... and at least 2 tokens
-BAND_MIN_REQUESTS = 20  # fewer in the band (the median of a few is noise): the line fit
 MIN_CLOSED_PER_CONCURRENCY = 4  # a closed loop runs at least 4x its concurrency
 EVENTS_SEED = 0  # the discrete-event simulation's arrivals and lengths
-SAMPLED = Sampling(greedy=False, temperature=1.0)  # every request's decoding
 
 # A small OPT-like model: per-step compute well above the engine's Python overhead,
 # yet fast enough on one CPU thread.
@@ -141,380 +141,7 @@ QUICK = Mode("quick", 7.0, False, 2, 140, 40, ("plan", "static"))
 FULL = Mode("full", 60.0, True, 3, 600, 1000, ("plan", "static", "continuous", "workload-aware"), 2)
 
 
-# -- measurement: pure functions of the engine's records ------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """One finished request: its lengths and timings (monotonic seconds)."""
-
-    input_tokens: int
-    output_tokens: int
-    arrival: float
-    encoded: float
-    first_token: float
-    last_token: float
-    finished: float
-
-    @classmethod
-    def of(cls, f: Finished) -> Record:
-        t = f.timings
-        if t.encoded is None or t.first_token is None or t.last_token is None:
-            raise ValueError(f"request {f.id} finished ({f.reason}) without its timings")
-        if t.finished is None:
-            raise ValueError(f"request {f.id} has no finish time")
-        return cls(
-            f.input_tokens, f.output_tokens, t.arrival, t.encoded, t.first_token,
-            t.last_token, t.finished,
-        )  # fmt: skip
-
-    @property
-    def generation(self) -> float:
-        """From being encoded to the last token: the paper's latency, queueing excluded."""
-        return self.last_token - self.encoded
-
-    @property
-    def e2e(self) -> float:
-        return self.finished - self.arrival
-
-    @property
-    def ttft(self) -> float:
-        return self.first_token - self.arrival
-
-
-@dataclass(frozen=True)
-class Window:
-    """The steady part of a closed loop: completions in ``(start, end]``."""
-
-    start: float
-    end: float
-    completions: int
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-    @property
-    def throughput(self) -> float:
-        return self.completions / self.seconds if self.seconds > 0 else math.nan
-
-
-def steady_window(records: Sequence[Record], concurrency: int) -> Window:
-    """The steady window of a closed loop of ``len(records)`` requests with
-    ``concurrency`` in flight: from the completion that ends the warm-up (the first 20 %
-    of completions, at least ``concurrency``) to the last completion that was followed
-    by a new submission (the ``n - concurrency``-th); both ends are completion times,
-    so that a strategy finishing requests in bursts (Static) is counted in whole bursts."""
-    n = len(records)
-    done = sorted(r.finished for r in records)
-    first = max(math.ceil(WARMUP_FRACTION * n), concurrency)
-    last = n - concurrency
-    if last - first < 2:
-        raise ValueError(
-            f"{n} requests at concurrency {concurrency} leave no steady window; run more"
-        )
-    return Window(done[first - 1], done[last - 1], last - first)
-
-
-def in_window(records: Sequence[Record], w: Window) -> list[Record]:
-    """The requests encoded and finished inside the window."""
-    return [r for r in records if r.encoded >= w.start and r.finished <= w.end]
-
-
-@dataclass(frozen=True)
-class Latency:
-    seconds: float
-    method: str  # "band median" or "line fit"
-    requests: int  # the requests it is computed from
-    band: tuple[int, int]  # the output lengths of the band
-
-
-def p99_length_latency(records: Sequence[Record], p99_length: int) -> Latency:
-    """The generation time of an output of ``p99_length`` tokens: the median over the
-    requests within the band around it, or (fewer than ``BAND_MIN_REQUESTS`` there) a
-    least-squares line of generation time against output length over the upper half
-    of the output lengths, at ``p99_length``."""
-    half = max(BAND_MIN_TOKENS, round(BAND_FRACTION * p99_length))
-    band = (p99_length - half, p99_length + half)
-    near = [r.generation for r in records if band[0] <= r.output_tokens <= band[1]]
-    if len(near) >= BAND_MIN_REQUESTS:
-        return Latency(statistics.median(near), "band median", len(near), band)
-    if not records:
-        return Latency(math.nan, "none", 0, band)
-    median_length = statistics.median(r.output_tokens for r in records)
-    upper = [r for r in records if r.output_tokens >= median_length]
-    x = np.array([r.output_tokens for r in upper], dtype=np.float64)
-    y = np.array([r.generation for r in upper], dtype=np.float64)
-    if len(upper) < 3 or float(np.ptp(x)) == 0.0:
-        return Latency(math.nan, "none", len(upper), band)
-    slope, intercept = np.polyfit(x, y, 1)
-    return Latency(float(intercept + slope * p99_length), "line fit", len(upper), band)
-
-
-def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile of ``values``, nearest rank (a value that occurred)."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[max(math.ceil(q / 100.0 * len(s)), 1) - 1]
-
-
-def after_warmup(records: Sequence[Record], fraction: float) -> list[Record]:
-    """The requests of an open-loop run but the first ``fraction`` of the arrivals."""
-    s = sorted(records, key=lambda r: r.arrival)
-    return s[math.ceil(fraction * len(s)) :]
-
-
-def error_pct(predicted: float, measured: float) -> float:
-    """``(predicted - measured) / measured`` in percent (NaN without a measurement)."""
-    if not (measured > 0 and math.isfinite(measured) and math.isfinite(predicted)):
-        return math.nan
-    return 100.0 * (predicted - measured) / measured
-
-
-# -- steps, timed as the engine runs them ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    at: float  # monotonic start
-    op: str  # "encode" or "decode"
-    batch: int
-    seconds: float
-    longest: int  # encode: the longest prompt (Static pads the batch to it)
-    tokens: int  # encode: the prompts' tokens
-
-
-class StepLog:
-    """Times every encode and decode step the engine runs through its chains (a
-    wrapper around each ``ChainClient.run``)."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def attach(self, engine: Engine) -> None:
-        for chain in engine.chains.values():
-            run = chain.run
-
-            def timed(items: Any, run: Callable[[Any], list[list[int]]] = run) -> list[list[int]]:
-                at = time.monotonic()
-                start = time.perf_counter()
-                out = run(items)
-                seconds = time.perf_counter() - start
-                cmds = [c for c, _ in items]
-                op = cmds[0].op if cmds else None
-                if op in (Op.PREFILL, Op.DECODE):
-                    batch = sum(c.batch for c in cmds)
-                    new = [n for c in cmds for n in c.new]
-                    name = "encode" if op == Op.PREFILL else "decode"
-                    self.steps.append(Step(at, name, batch, seconds, max(new, default=0), sum(new)))
-                return out
-
-            setattr(chain, "run", timed)  # noqa: B010 (an instance attribute over the method)
-
-    def summary(self, w: Window) -> dict[str, dict[str, float]]:
-        """Mean batch, seconds, longest prompt and prompt of the steps inside ``w``."""
-        out: dict[str, dict[str, float]] = {}
-        for op in ("encode", "decode"):
-            s = [x for x in self.steps if x.op == op and w.start <= x.at <= w.end]
-            if s:
-                out[op] = {
-                    "steps": len(s),
-                    "mean_batch": statistics.fmean(x.batch for x in s),
-                    "mean_seconds": statistics.fmean(x.seconds for x in s),
-                    "mean_longest_prompt": statistics.fmean(x.longest for x in s),
-                    "mean_prompt": sum(x.tokens for x in s) / max(sum(x.batch for x in s), 1),
-                }
-        return out
-
-
-# -- load generation --------------------------------------------------------------------------
-
-
-def make_requests(
-    workload: Workload, n: int, rng: np.random.Generator, vocab_size: int
-) -> list[GenerationRequest]:
-    """``n`` requests with lengths drawn from ``workload`` and random prompt tokens,
-    each sampling (temperature 1, the OpenAI default, and a seed of its own): the
-    tokens the profile's head prices."""
-    inputs, outputs = workload.sample(n, rng)
-    seeds = rng.integers(0, 2**31, n)
-    return [
-        GenerationRequest(
-            tuple(int(t) for t in rng.integers(1, vocab_size, int(i))), int(o), SAMPLED, int(s)
-        )
-        for i, o, s in zip(inputs, outputs, seeds, strict=True)
-    ]
-
-
-@dataclass(frozen=True)
-class Job:
-    """What to drive through one engine: the Poisson run's requests, unit-rate
-    inter-arrival gaps and rate, then the closed loop's requests and concurrency."""
-
-    closed: list[GenerationRequest]
-    concurrency: int
-    poisson: list[GenerationRequest]
-    gaps: list[float]  # exponential(1): divided by the rate
-    rate: float  # Poisson arrivals per second
-    timeout_s: float = 600.0
-    poisson_runs: int = 1  # the Poisson run, repeated as it was (same requests, same gaps)
-    probe: SpeedProbe | None = None  # read right before and right after the (first) Poisson run
-    device: BenchDevice = field(default_factory=BenchDevice.cpu)
-
-
-@dataclass
-class Driven:
-    """What one engine did: the closed loop's and the Poisson run's records, the
-    steady window and the steps inside it."""
-
-    closed: list[Record]
-    window: Window
-    poisson: list[Record]
-    rate: float
-    steps: dict[str, dict[str, float]] = field(default_factory=dict)
-    poisson_steps: dict[str, dict[str, float]] = field(default_factory=dict)  # its run's
-    busy_fraction: float = math.nan  # of the Poisson run's time, in steps
-    again: list[list[Record]] = field(default_factory=list)  # the Poisson run's repeats
-    probed: tuple[tuple[float, ...], ...] = ()  # the probe's seconds: before, after the run
-
-
-def _finished_since(engine: Engine, start: int) -> list[Record]:
-    assert engine.finished is not None
-    got = engine.finished[start:]
-    bad = [f for f in got if f.reason != "length"]
-    if bad:
-        raise RuntimeError(f"request {bad[0].id} ended with {bad[0].reason!r}")
-    return [Record.of(f) for f in got]
-
-
-def _wait_idle(engine: Engine, timeout: float) -> None:
-    if not engine.wait_idle(timeout):
-        raise RuntimeError(f"the engine did not finish its requests in {timeout:g} s")
-
-
-def closed_loop(
-    engine: Engine, requests: Sequence[GenerationRequest], concurrency: int, timeout: float
-) -> list[Record]:
-    """Keep ``concurrency`` requests in flight: a new one as each finishes."""
-    assert engine.finished is not None
-    start = len(engine.finished)
-    done: queue.SimpleQueue[bool] = queue.SimpleQueue()
-
-    def sink(ev: TokenEvent) -> None:
-        if ev.finished is not None:
-            done.put(True)
-
-    sent = min(concurrency, len(requests))
-    for request in requests[:sent]:
-        engine.submit(request, sink)
-    while sent < len(requests):
-        try:
-            done.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"no request finished in {timeout:g} s") from None
-        engine.submit(requests[sent], sink)
-        sent += 1
-    _wait_idle(engine, timeout)
-    return _finished_since(engine, start)
-
-
-def poisson_run(
-    engine: Engine,
-    requests: Sequence[GenerationRequest],
-    gaps: Sequence[float],
-    rate: float,
-    timeout: float,
-) -> list[Record]:
-    """Submit ``requests`` at Poisson arrivals of ``rate`` per second."""
-    assert engine.finished is not None
-    start = len(engine.finished)
-    at = time.monotonic()
-    for request, gap in zip(requests, gaps, strict=True):
-        at += gap / rate
-        delay = at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        engine.submit(request, lambda _ev: None)
-    _wait_idle(engine, timeout)
-    return _finished_since(engine, start)
-
-
-def drive(engine: Engine, job: Job) -> Driven:
-    """Poisson arrivals at ``job.rate`` (``job.poisson_runs`` times, the same requests
-    at the same gaps), then the closed loop. The Poisson run comes first, nearest the
-    profile measured before it: its p99 end-to-end latency is the figure that drift in
-    the machine's speed moves most (a p99 of waits multiplies a service-time error).
-    Its repeats say how far the measurement itself moves between two runs; the
-    probe, read right before and right after it, how fast the machine ran then."""
-    log = StepLog()
-    log.attach(engine)
-    probed = [job.probe.measure()] if job.probe is not None else []
-    start = time.monotonic()
-    poisson = poisson_run(engine, job.poisson, job.gaps, job.rate, job.timeout_s)
-    during = Window(start, time.monotonic(), len(poisson))
-    if job.probe is not None:
-        probed.append(job.probe.measure())
-    busy = sum(x.seconds for x in log.steps if during.start <= x.at <= during.end)
-    again = [
-        poisson_run(engine, job.poisson, job.gaps, job.rate, job.timeout_s)
-        for _ in range(job.poisson_runs - 1)
-    ]
-    closed = closed_loop(engine, job.closed, job.concurrency, job.timeout_s)
-    window = steady_window(closed, job.concurrency)
-    return Driven(
-        closed, window, poisson, job.rate, log.summary(window), log.summary(during),
-        busy / during.seconds if during.seconds > 0 else math.nan, again, tuple(probed),
-    )  # fmt: skip
-
-
-def _drive_rank(rank: int, world: int, spec: ReplicaSpec, job: Job) -> Driven | None:
-    """One process of a multi-process replica (``launch``): rank 0 drives the job."""
-    engine = run_rank(spec, rank, job.device.torch_device(rank), keep_finished=True, freeze=True)
-    if engine is None:
-        return None
-    try:
-        return drive(engine, job)
-    finally:
-        engine.stop()
-
-
-def run_replica(spec: ReplicaSpec, job: Job) -> Driven:
-    """Run ``job`` on a replica of ``spec``: in this process, or in as many processes
-    as the configuration needs (gloo, one torch thread each)."""
-    world = spec.topology().world
-    if world == 1:
-        with frozen_heap():  # as a serving process: full collections scan only the run's objects
-            engine = run_rank(spec, 0, job.device.torch_device(), keep_finished=True)
-            assert engine is not None
-            try:
-                return drive(engine, job)
-            finally:
-                engine.stop()
-    from exegpt.runner.distributed import launch
-
-    result = launch(
-        _drive_rank, world, spec, job, backend=job.device.backend, threads=1,
-        timeout_s=job.timeout_s * 3,
-    )[0]  # fmt: skip
-    assert isinstance(result, Driven)
-    return result
-
-
 # -- one configuration ------------------------------------------------------------------------
-
-
-def concurrency_for(config: ExecutionConfig, spec: ReplicaSpec) -> int:
-    """Requests in flight that keep the engine saturated, so that whenever it admits
-    there are as many waiting as it can take: RoundRobin, its KV slots plus one encode
-    batch; Static and Continuous, twice their batch (a whole batch, or every request of
-    one that ended in the same iteration, can be replaced at once); WorkloadAware, the
-    decoders' batch plus two encodings on their way."""
-    if config.strategy == "WorkloadAware":
-        return int(config.decode_batch + 2 * config.encode_batch)
-    if config.strategy == "RoundRobin":
-        return int(spec.slots("main") + config.encode_batch)
-    return int(2 * spec.slots("main"))
 
 
 def measure_config(
@@ -688,11 +315,6 @@ def speed_row(
     }
 
 
-def open_loop_e2e_p99(records: Sequence[Record]) -> float:
-    """A Poisson run's p99 end-to-end latency, after its warm-up."""
-    return nearest_rank([r.e2e for r in after_warmup(records, POISSON_WARMUP_FRACTION)], 99)
-
-
 def repeat_row(
     events: EventSimulator,
     config: ExecutionConfig,
@@ -712,12 +334,6 @@ def repeat_row(
         "moved_pct": error_pct(measured, first_e2e),
         "predicted_moved_pct": error_pct(predicted, first_predicted),
     }
-
-
-def served_in_window(records: Sequence[Record], w: Window) -> list[Record]:
-    """The closed loop's requests that finished in the steady window: the work its
-    throughput counts."""
-    return [r for r in records if w.start < r.finished <= w.end]
 
 
 def replay_e2e_p99(
@@ -874,72 +490,6 @@ def _configs(
     return out, notes
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    finite = [abs(v) for v in values if math.isfinite(v)]
-    if not finite:
-        return {"median_abs_pct": math.nan, "worst_abs_pct": math.nan}
-    return {"median_abs_pct": statistics.median(finite), "worst_abs_pct": max(finite)}
-
-
-def summarize(
-    configs: Sequence[dict[str, Any]], bound: float, target_error_pct: float
-) -> dict[str, Any]:
-    """Errors per metric over the configurations (against ``target_error_pct``), and
-    the ratio over static batching."""
-    metrics = ("throughput_qps", "latency_s", "e2e_p99_s")
-    errors = {m: _stats([c["error_pct"][m] for c in configs]) for m in metrics}
-    every = [c["error_pct"][m] for c in configs for m in metrics]
-    overall = _stats(every)
-    one = [c for c in configs if c.get("processes", 1) == 1]
-    one_process = {m: _stats([c["error_pct"][m] for c in one]) for m in metrics}
-    # the plan's figures for the workload against the same measurements (sampling noise in)
-    of_workload = [c["workload_prediction"]["error_pct"] for c in one if "workload_prediction" in c]
-    workload_one_process = {m: _stats([e[m] for e in of_workload]) for m in metrics}
-    # the Poisson run repeated: how far its measured e2e p99 moved, and the replay's errors
-    again = [a for c in one for a in c.get("poisson_again", [])]
-    repeats = {
-        "runs": len(again),
-        "moved_pct": _stats([a["moved_pct"] for a in again]),
-        "error_pct": _stats([a["error_pct"] for a in again]),
-    }
-    # the machine around each Poisson run, and the e2e p99 replayed at that speed
-    probed = [c["machine_speed"] for c in one if c.get("machine_speed")]
-    speed = {
-        "ratio_before": _stats([100 * (p["ratio_before"] - 1) for p in probed]),
-        "ratio_after": _stats([100 * (p["ratio_after"] - 1) for p in probed]),
-        "e2e_error_pct_at_probed_speed": _stats([p["error_pct"] for p in probed]),
-    }
-    by_role = {c["role"]: c for c in configs}
-    ratio: dict[str, Any] = {"target": TARGET_RATIO, "bound_s": bound}
-    plan, static = by_role.get("plan"), by_role.get("static")
-    if plan is not None and static is not None:
-        mp, ms = plan["measured"]["throughput_qps"], static["measured"]["throughput_qps"]
-        # the planner's ratio: its predictions for the workload
-        pp = plan["workload_prediction"]["predicted"]["throughput_qps"]
-        ps = static["workload_prediction"]["predicted"]["throughput_qps"]
-        ratio.update(
-            plan_qps=mp, static_qps=ms, measured=mp / ms, predicted=pp / ps,
-            plan_latency_s=plan["measured"]["latency_at_workload_p99_s"],
-            static_latency_s=static["measured"]["latency_at_workload_p99_s"],
-            plan_meets_bound=plan["meets_bound"], static_meets_bound=static["meets_bound"],
-        )  # fmt: skip
-        ratio["target_met"] = bool(mp / ms >= TARGET_RATIO)
-    return {
-        "errors_pct": errors,
-        "overall_pct": overall,
-        "errors_pct_one_process": one_process,
-        "errors_pct_workload_one_process": workload_one_process,
-        "target_error_pct": target_error_pct,
-        # the target is for the profile's setting: one process (one thread) per replica
-        "error_target_met": {
-            m: bool(one_process[m]["worst_abs_pct"] < target_error_pct) for m in metrics
-        },
-        "ratio_over_static": ratio,
-        "poisson_repeats_one_process": repeats,
-        "machine_speed_one_process": speed,
-    }
-
-
 def bench(
     mode: Mode,
     *,
@@ -1016,150 +566,6 @@ def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def _jsonable(x: Any) -> Any:
-    """``x`` with NaN and infinities as null (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None or not math.isfinite(x) else format(x, fmt)
-
-
-def _steps_line(steps: dict[str, Any]) -> str:
-    parts = []
-    d, e = steps.get("decode"), steps.get("encode")
-    if d:
-        parts.append(
-            f"decode {1e3 * d['mean_seconds']:.2f} ms at batch {d['mean_batch']:.1f} "
-            f"(model {1e3 * d['model_seconds']:.2f} ms)"
-        )
-    if e:
-        parts.append(
-            f"encode {1e3 * e['mean_seconds']:.1f} ms at batch {e['mean_batch']:.1f} "
-            f"(model {1e3 * e['model_seconds']:.1f} ms at the {e['model_at']})"
-        )
-    g = steps.get("engine")
-    if g:
-        parts.append(
-            f"engine {1e6 * g['seconds_per_step']:.0f} us per step, "
-            f"{1e6 * g['between_steps_s']:.0f} between steps "
-            f"(profile {1e6 * g['model_seconds']:.0f} us)"
-        )
-    return "steps: " + "; ".join(parts)
-
-
-def format_table(report: dict[str, Any]) -> str:
-    w = 48
-    lines = [
-        f"{report['model']['name']} on {report['environment']['cpus']} CPU core(s), "
-        f"workload {report['workload']['name']}, bound {report['latency_bound_s']:.3f} s "
-        f"({report['bound_rule']})",
-        "",
-        f"{'role':15} {'configuration':{w - 16}} {'metric':17} {'predicted':>10} "
-        f"{'measured':>10} {'error %':>8}",
-    ]
-    names = (("throughput_qps", "throughput q/s", ".2f"), ("latency_s", "p99-len latency s",
-             ".3f"), ("e2e_p99_s", "e2e p99 s", ".3f"))  # fmt: skip
-    for c in report["configs"]:
-        summary = c["summary"] if len(c["summary"]) <= w - 16 else c["summary"][: w - 18] + ".."
-        for i, (key, label, fmt) in enumerate(names):
-            head = f"{c['role']:15} {summary:{w - 16}}" if i == 0 else " " * w
-            lines.append(
-                f"{head} {label:17} {_num(c['predicted'][key], fmt):>10} "
-                f"{_num(c['measured'][key], fmt):>10} {_num(c['error_pct'][key], '+.1f'):>8}"
-            )
-        m = c["measured"]
-        lat = c["latency_measurement"]
-        wp = c["workload_prediction"]
-        lines.append(
-            f"{'':{w}} for the workload (new draws): "
-            + ", ".join(
-                f"{_num(wp['predicted'][key], fmt)} ({_num(wp['error_pct'][key], '+.1f')} %)"
-                for key, _, fmt in names
-            )
-        )
-        lines.append(
-            f"{'':{w}} {'TTFT median/p99 s':17} {'':>10} "
-            f"{_num(m['ttft_median_s'], '.3f')}/{_num(m['ttft_p99_s'], '.3f')}"
-        )
-        lines.append(
-            f"{'':{w}} latency at {lat['p99_length']} tokens (the served p99): {lat['method']} "
-            f"of {lat['requests']} requests; at {lat['workload_p99_length']} tokens "
-            f"{_num(m['latency_at_workload_p99_s'], '.3f')} s "
-            f"{'meets' if c['meets_bound'] else 'misses'} the bound; "
-            f"{c['processes']} process(es)"
-        )
-        lines.append(f"{'':{w}} {_steps_line(c['steps'])}")
-        lines.append(f"{'':{w}} Poisson run's {_steps_line(c['poisson_steps'])}")
-        for a in c.get("poisson_again", []):
-            lines.append(
-                f"{'':{w}} the Poisson run again: e2e p99 {_num(a['e2e_p99_s'], '.3f')} s "
-                f"({_num(a['moved_pct'], '+.1f')} % from the first), predicted "
-                f"{_num(a['predicted_e2e_p99_s'], '.3f')} s ({_num(a['error_pct'], '+.1f')} %)"
-            )
-        speed = c.get("machine_speed")
-        if speed:
-            lines.append(
-                f"{'':{w}} the machine against the profile's steps: "
-                f"{_num(100 * (speed['ratio_before'] - 1), '+.1f')} % before the Poisson run, "
-                f"{_num(100 * (speed['ratio_after'] - 1), '+.1f')} % after; e2e p99 replayed "
-                f"at that speed {_num(speed['predicted_e2e_p99_s'], '.3f')} s "
-                f"({_num(speed['error_pct'], '+.1f')} %)"
-            )
-    s = report["summary"]
-    lines.append("")
-    for key, label, _ in names:
-        e, one = s["errors_pct"][key], s["errors_pct_one_process"][key]
-        lines.append(
-            f"{label:18} error: median {_num(e['median_abs_pct'], '.1f')} %, worst "
-            f"{_num(e['worst_abs_pct'], '.1f')} %; one-process configurations: median "
-            f"{_num(one['median_abs_pct'], '.1f')} %, worst {_num(one['worst_abs_pct'], '.1f')} % "
-            f"(target < {s['target_error_pct']:g} %: "
-            f"{'met' if s['error_target_met'][key] else 'missed'}); "
-            f"the workload's prediction: worst "
-            f"{_num(s['errors_pct_workload_one_process'][key]['worst_abs_pct'], '.1f')} %"
-        )
-    rp = s["poisson_repeats_one_process"]
-    if rp["runs"]:
-        lines.append(
-            f"the Poisson runs repeated ({rp['runs']}): measured e2e p99 moved by "
-            f"{_num(rp['moved_pct']['median_abs_pct'], '.1f')} % (median), "
-            f"{_num(rp['moved_pct']['worst_abs_pct'], '.1f')} % (worst); their prediction "
-            f"error: worst {_num(rp['error_pct']['worst_abs_pct'], '.1f')} %"
-        )
-    ms = s["machine_speed_one_process"]["e2e_error_pct_at_probed_speed"]
-    if math.isfinite(ms["worst_abs_pct"]):
-        lines.append(
-            f"e2e p99 replayed at the speed the probe read around each Poisson run: error "
-            f"median {_num(ms['median_abs_pct'], '.1f')} %, worst "
-            f"{_num(ms['worst_abs_pct'], '.1f')} % (a diagnostic; the target is judged above)"
-        )
-    r = s["ratio_over_static"]
-    if "measured" in r:
-        lines.append(
-            f"plan / static throughput: {r['measured']:.2f}x measured "
-            f"({r['plan_qps']:.2f} / {r['static_qps']:.2f} q/s), {r['predicted']:.2f}x "
-            f"predicted; target >= {r['target']:g}x: {'met' if r['target_met'] else 'missed'}; "
-            f"measured latency {r['plan_latency_s']:.3f} s (plan) and "
-            f"{r['static_latency_s']:.3f} s (static) against the {r['bound_s']:.3f} s bound"
-        )
-    for note in report["notes"]:
-        lines.append(f"note: {note}")
-    lines.append(
-        f"({report['seconds']:.0f} s, of which profiling {report['profile_seconds']:.0f} s)"
-    )
-    return "\n".join(lines)
 
 
 def run(argv: list[str]) -> int:

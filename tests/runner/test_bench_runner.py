@@ -14,8 +14,20 @@ import pytest
 import torch
 
 from exegpt.bench import runner as bench
+from exegpt.bench.load import make_requests
 from exegpt.bench.profile import CPU_MODELS
-from exegpt.bench.runner import Record, Window
+from exegpt.bench.records import (
+    Record,
+    Window,
+    after_warmup,
+    error_pct,
+    in_window,
+    nearest_rank,
+    p99_length_latency,
+    served_in_window,
+    steady_window,
+)
+from exegpt.bench.report import _jsonable, summarize
 from exegpt.cli import main
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.workload_presets import get_workload
@@ -55,19 +67,19 @@ def test_record_from_finished() -> None:
 def test_steady_window_counts_whole_bursts() -> None:
     # a closed loop of 40 requests at concurrency 4 finishing in bursts of 4 every second
     records = [rec(1, finished=float(1 + i // 4)) for i in range(40)]
-    w = bench.steady_window(records, concurrency=4)
+    w = steady_window(records, concurrency=4)
     # warm-up: the first 20 % (8 completions, the 2nd burst at t=2); the end: the
     # 36th completion (the 9th burst, t=9): 28 completions in 7 s
     assert (w.start, w.end, w.completions) == (2.0, 9.0, 28)
     assert w.throughput == pytest.approx(4.0)
     # the requests the simulator is asked about: the bursts at t=3..9
-    served = bench.served_in_window(records, w)
+    served = served_in_window(records, w)
     assert len(served) == 28 and {r.finished for r in served} == set(map(float, range(3, 10)))
     # warm-up is at least `concurrency` completions
-    w = bench.steady_window([rec(1, finished=float(i)) for i in range(1, 41)], concurrency=10)
+    w = steady_window([rec(1, finished=float(i)) for i in range(1, 41)], concurrency=10)
     assert (w.start, w.end, w.completions) == (10.0, 30.0, 20)
     with pytest.raises(ValueError, match="no steady window"):
-        bench.steady_window([rec(1, finished=float(i)) for i in range(8)], concurrency=4)
+        steady_window([rec(1, finished=float(i)) for i in range(8)], concurrency=4)
 
 
 def test_in_window_keeps_requests_encoded_and_finished_inside() -> None:
@@ -75,14 +87,14 @@ def test_in_window_keeps_requests_encoded_and_finished_inside() -> None:
     inside = rec(3, encoded=11.0)
     early = rec(3, encoded=9.0)
     late = rec(3, encoded=18.0)  # finishes at 21
-    assert bench.in_window([inside, early, late], w) == [inside]
+    assert in_window([inside, early, late], w) == [inside]
 
 
 def test_p99_latency_band_median() -> None:
     # generation time = 0.1 + 0.01 per token; p99 length 100: band 95..105
     lengths = [96, 98, 100, 102, 104] * 4 + [94, 106, 10, 20]
     records = [rec(o, last=0.1 + 0.01 * o) for o in lengths]
-    lat = bench.p99_length_latency(records, 100)
+    lat = p99_length_latency(records, 100)
     assert lat.method == "band median" and lat.requests == 20 and lat.band == (95, 105)
     assert lat.seconds == pytest.approx(1.1)
 
@@ -91,31 +103,31 @@ def test_p99_latency_line_fit_when_the_band_is_thin() -> None:
     # few requests near 60: the line over the upper half (lengths >= the median)
     records = [rec(o, last=0.2 + 0.02 * o) for o in range(5, 50, 3)]
     records.append(rec(10, last=99.0))  # below the median length: not in the fit
-    lat = bench.p99_length_latency(records, 60)
+    lat = p99_length_latency(records, 60)
     assert lat.method == "line fit"
     assert lat.seconds == pytest.approx(0.2 + 0.02 * 60)
     assert lat.band == (57, 63)  # 5 % of 60, rounded
-    assert math.isnan(bench.p99_length_latency([], 60).seconds)
+    assert math.isnan(p99_length_latency([], 60).seconds)
 
 
 def test_percentiles_warmup_and_errors() -> None:
     values = [float(v) for v in range(1, 201)]
-    assert bench.nearest_rank(values, 99) == 198.0
-    assert bench.nearest_rank(values, 50) == 100.0
-    assert bench.nearest_rank([3.0], 99) == 3.0
-    assert math.isnan(bench.nearest_rank([], 99))
+    assert nearest_rank(values, 99) == 198.0
+    assert nearest_rank(values, 50) == 100.0
+    assert nearest_rank([3.0], 99) == 3.0
+    assert math.isnan(nearest_rank([], 99))
     records = [rec(1, arrival=float(10 - i)) for i in range(10)]
-    kept = bench.after_warmup(records, 0.1)
+    kept = after_warmup(records, 0.1)
     assert sorted(r.arrival for r in kept) == [float(i) for i in range(2, 11)]
-    assert bench.error_pct(11.0, 10.0) == pytest.approx(10.0)
-    assert bench.error_pct(9.0, 10.0) == pytest.approx(-10.0)
-    assert math.isnan(bench.error_pct(1.0, 0.0)) and math.isnan(bench.error_pct(1.0, math.nan))
+    assert error_pct(11.0, 10.0) == pytest.approx(10.0)
+    assert error_pct(9.0, 10.0) == pytest.approx(-10.0)
+    assert math.isnan(error_pct(1.0, 0.0)) and math.isnan(error_pct(1.0, math.nan))
 
 
 def test_requests_are_seeded_and_follow_the_workload() -> None:
     wl = bench.bench_workload()
-    a = bench.make_requests(wl, 50, np.random.default_rng(3), 2048)
-    b = bench.make_requests(wl, 50, np.random.default_rng(3), 2048)
+    a = make_requests(wl, 50, np.random.default_rng(3), 2048)
+    b = make_requests(wl, 50, np.random.default_rng(3), 2048)
     assert a == b
     assert all(1 <= len(r.prompt) <= wl.input.max and 1 <= r.max_tokens <= wl.output.max for r in a)
     assert all(0 < t < 2048 for r in a for t in r.prompt)
@@ -135,10 +147,10 @@ def _row(
         "role": role,
         "predicted": pred,
         "measured": meas,
-        "error_pct": {k: bench.error_pct(v, meas[k]) for k, v in pred.items()},
+        "error_pct": {k: error_pct(v, meas[k]) for k, v in pred.items()},
         "workload_prediction": {
             "predicted": of_workload,
-            "error_pct": {k: bench.error_pct(v, meas[k]) for k, v in of_workload.items()},
+            "error_pct": {k: error_pct(v, meas[k]) for k, v in of_workload.items()},
         },
         "meets_bound": latency <= 1.0,
     }
@@ -146,7 +158,7 @@ def _row(
 
 def test_summary_errors_and_ratio() -> None:
     rows = [_row("plan", 30.0, 33.0, 0.8, 36.0), _row("static", 10.0, 9.0, 1.25, 12.0)]
-    s = bench.summarize(rows, bound=1.0, target_error_pct=10.0)
+    s = summarize(rows, bound=1.0, target_error_pct=10.0)
     assert s["errors_pct"]["throughput_qps"] == {
         "median_abs_pct": pytest.approx(10.0),
         "worst_abs_pct": pytest.approx(10.0),
@@ -158,9 +170,7 @@ def test_summary_errors_and_ratio() -> None:
         "e2e_p99_s": True,
     }
     # the target is the device's (10 % on the CPU, 5 % on a GPU)
-    assert bench.summarize(rows, bound=1.0, target_error_pct=12.0)["error_target_met"][
-        "throughput_qps"
-    ]
+    assert summarize(rows, bound=1.0, target_error_pct=12.0)["error_target_met"]["throughput_qps"]
     # the plan's prediction for the workload, beside the one for the served requests
     assert s["errors_pct_workload_one_process"]["throughput_qps"] == {
         "median_abs_pct": pytest.approx(20.0),
@@ -171,14 +181,14 @@ def test_summary_errors_and_ratio() -> None:
     assert r["target_met"] and r["plan_meets_bound"] and not r["static_meets_bound"]
     # a two-process replica counts in the errors, not in the one-process target
     waa = {**_row("workload-aware", 10.0, 30.0, 1.0), "processes": 2}
-    s = bench.summarize([*rows, waa], bound=1.0, target_error_pct=10.0)
+    s = summarize([*rows, waa], bound=1.0, target_error_pct=10.0)
     assert s["errors_pct"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(200.0)
     assert s["errors_pct_one_process"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(10.0)
     assert s["error_target_met"]["e2e_p99_s"]
 
 
 def test_jsonable_turns_nan_into_null() -> None:
-    doc = bench._jsonable({"a": math.nan, "b": [1.0, math.inf], "c": (2, "x")})
+    doc = _jsonable({"a": math.nan, "b": [1.0, math.inf], "c": (2, "x")})
     assert doc == {"a": None, "b": [1.0, None], "c": [2, "x"]}
     json.loads(json.dumps(doc, allow_nan=False))
 
@@ -245,7 +255,7 @@ def test_run_json(report: dict[str, Any]) -> None:
         first = c["measured"]["e2e_p99_s"]
         assert again["moved_pct"] == pytest.approx(100 * (again["e2e_p99_s"] - first) / first)
         assert again["error_pct"] == pytest.approx(
-            bench.error_pct(again["predicted_e2e_p99_s"], again["e2e_p99_s"])
+            error_pct(again["predicted_e2e_p99_s"], again["e2e_p99_s"])
         )
         speed = c["machine_speed"]  # the probe, right before and right after the Poisson run
         before, after = speed["probed_s"]
@@ -253,7 +263,7 @@ def test_run_json(report: dict[str, Any]) -> None:
         assert min(before + after) > 0
         assert speed["factor"] == pytest.approx((speed["ratio_before"] + speed["ratio_after"]) / 2)
         assert speed["error_pct"] == pytest.approx(
-            bench.error_pct(speed["predicted_e2e_p99_s"], c["measured"]["e2e_p99_s"])
+            error_pct(speed["predicted_e2e_p99_s"], c["measured"]["e2e_p99_s"])
         )
         during = c["poisson_steps"]
         assert during["decode"]["steps"] > 0 and "engine" not in during  # (idle gaps)
@@ -281,7 +291,7 @@ def test_run_json(report: dict[str, Any]) -> None:
         plan["measured"]["throughput_qps"] / static["measured"]["throughput_qps"]
     )
     assert isinstance(r["target_met"], bool) and r["target"] == 2.0
-    json.loads(json.dumps(bench._jsonable(report), allow_nan=False))
+    json.loads(json.dumps(_jsonable(report), allow_nan=False))
 
 
 def test_cli_prints_one_json_object_or_a_table(
