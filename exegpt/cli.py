@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import pkgutil
 import re
@@ -254,12 +255,23 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 # -- bench ---------------------------------------------------------------------------------
 
 
+_ENTRY_POINT = re.compile(r"^def run\(argv", re.MULTILINE)
+
+
 def _bench_names() -> list[str]:
+    """The benchmarks: the modules of ``exegpt.bench`` with a ``run(argv)`` entry point
+    (read from their source: importing them would load torch; the others are parts)."""
     import exegpt.bench
 
-    return sorted(
-        m.name for m in pkgutil.iter_modules(exegpt.bench.__path__) if not m.name.startswith("_")
-    )
+    names = []
+    for m in pkgutil.iter_modules(exegpt.bench.__path__):
+        spec = importlib.util.find_spec(f"exegpt.bench.{m.name}")
+        origin = spec.origin if spec is not None else None
+        if m.name.startswith("_") or m.ispkg or origin is None:
+            continue
+        if _ENTRY_POINT.search(Path(origin).read_text(encoding="utf-8")):
+            names.append(m.name)
+    return sorted(names)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
