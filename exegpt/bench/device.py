@@ -4,6 +4,7 @@ process group's backend and the prediction-error target."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +67,13 @@ class BenchDevice:
     def torch_device(self, rank: int = 0) -> torch.device:
         """The device of a replica's process ``rank``."""
         return torch.device("cuda", rank) if self.kind == "cuda" else torch.device("cpu")
+
+    def release(self) -> None:
+        """Hand back what a finished replica held, before the next profile and replica:
+        on a GPU its weights and caches (collected, and the CUDA cache emptied)."""
+        if self.kind == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def fits(self, processes: int) -> bool:
         """Whether a replica of ``processes`` processes can run here (on the CPU, any

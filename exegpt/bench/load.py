@@ -241,13 +241,16 @@ def run_replica(spec: ReplicaSpec, job: Job) -> Driven:
     as the configuration needs (gloo, one torch thread each)."""
     world = spec.topology().world
     if world == 1:
-        with frozen_heap():  # as a serving process: full collections scan only the run's objects
-            engine = run_rank(spec, 0, job.device.torch_device(), keep_finished=True)
-            assert engine is not None
-            try:
-                return drive(engine, job)
-            finally:
-                engine.stop()
+        try:
+            with frozen_heap():  # as a serving process: full collections scan only its objects
+                engine = run_rank(spec, 0, job.device.torch_device(), keep_finished=True)
+                assert engine is not None
+                try:
+                    return drive(engine, job)
+                finally:
+                    engine.stop()
+        finally:
+            job.device.release()
     from exegpt.runner.distributed import launch
 
     result = launch(
