@@ -265,11 +265,12 @@ def _bench_names() -> list[str]:
 
     names = []
     for m in pkgutil.iter_modules(exegpt.bench.__path__):
-        spec = importlib.util.find_spec(f"exegpt.bench.{m.name}")
-        origin = spec.origin if spec is not None else None
-        if m.name.startswith("_") or m.ispkg or origin is None:
+        if m.name.startswith("_") or m.ispkg:
             continue
-        if _ENTRY_POINT.search(Path(origin).read_text(encoding="utf-8")):
+        spec = importlib.util.find_spec(f"exegpt.bench.{m.name}")
+        if spec is None or spec.origin is None:
+            continue
+        if _ENTRY_POINT.search(Path(spec.origin).read_text(encoding="utf-8")):
             names.append(m.name)
     return sorted(names)
 

@@ -74,16 +74,19 @@ class SpeedProbe:
             self.architecture, seconds=1.0, midpoints=False, passes=self.passes, device=self.device
         )
 
+    def _times_whole(self, profiler: XProfiler) -> bool:
+        return profiler.copies == self.architecture.decode_layers
+
     @property
     def whole_model(self) -> bool:
         """Whether the profiler times the whole model (its chain of layers is every
         layer): only then is its step the one the profile prices."""
-        return self._profiler().copies == self.architecture.decode_layers
+        return self._times_whole(self._profiler())
 
     def measure(self) -> tuple[float, ...]:
         """Seconds of each point's step, now (about half a second for the bench model)."""
         profiler = self._profiler()
-        if profiler.copies != self.architecture.decode_layers:
+        if not self._times_whole(profiler):
             raise ValueError(
                 f"the probe times the whole model, but the profiler times {profiler.copies} "
                 f"of {self.architecture.name}'s {self.architecture.decode_layers} layers"
