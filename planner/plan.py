@@ -14,6 +14,9 @@ from .workload import Workload
 Strategy = Literal["RoundRobin", "WorkloadAware", "Static", "Continuous"]
 StrategyChoice = Literal["Auto", "RoundRobin", "WorkloadAware"]
 TpScope = Literal["all", "encode", "decode"]
+Engine = Literal["ExeGPT", "vLLM"]
+"""The engine that executes a plan: the project's own PyTorch engine, or vLLM."""
+EngineChoice = Literal["Auto", "ExeGPT", "vLLM"]
 
 
 class ExecutionConfig(BaseModel):
@@ -110,6 +113,9 @@ class PlanRequest(BaseModel):
     workload: Workload
     latency_bound_s: float | None = Field(default=None, gt=0)
     strategy: StrategyChoice = "Auto"
+    engine: EngineChoice = Field(
+        default="ExeGPT", description="the engine the plan is for; Auto: vLLM where it runs"
+    )
     memory_headroom: float = Field(
         default=0.9, gt=0, le=1, description="fraction of GPU memory a plan may use"
     )
@@ -126,6 +132,7 @@ class Plan(BaseModel):
 
     kind: Literal["Plan"] = "Plan"
     strategy: Strategy
+    engine: Engine = "ExeGPT"
     config: ExecutionConfig
     predicted: Prediction
     alternatives: list[Candidate] = Field(default_factory=list, description="next best 3")
