@@ -4,7 +4,8 @@
 ExeGPTDeployment CRD; ``exegpt profile`` measures a profile (the profiling Job's
 entrypoint); ``exegpt bench NAME`` runs a benchmark from ``exegpt.bench``. Exit codes: 0
 success, 1 a deployment whose latency bound no configuration meets (``plan``) or a
-profiling failure (``profile``), 2 bad input or usage.
+profiling failure (``profile``), 2 bad input or usage, or a ``plan --time-limit`` that ran
+out before any plan was found (the bound may still be met).
 """
 
 from __future__ import annotations
@@ -49,12 +50,19 @@ class CliError(Exception):
 
 
 def _read_text(file: str) -> str:
-    if file == "-":
-        return sys.stdin.read()
+    label = "<stdin>" if file == "-" else file
     try:
+        if file == "-":
+            raw = getattr(sys.stdin, "buffer", None)  # bytes, whatever the locale
+            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
         return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{label}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
+            "save the manifest as UTF-8"
+        ) from None
 
 
 def load_documents(file: str) -> list[tuple[str, object]]:
@@ -139,6 +147,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     given = _load_profile(args.profile) if args.profile else None
     profiles: dict[tuple[str, str, str], Profile] = {}
     results: list[tuple[ExeGPTDeployment, PlanRequest, Plan | Infeasible]] = []
+    unfinished: list[str] = []  # stopped at --time-limit before any plan was found
     for label, manifest, request in todo:
         if given is not None:
             _check_profile(given, request, label, args.profile)
@@ -157,6 +166,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         except (ValueError, KeyError) as exc:
             raise CliError(f"{label}: cannot plan: {str(exc).strip(chr(39))}") from None
         results.append((manifest, request, result))
+        if isinstance(result, Infeasible) and result.search.truncated:
+            unfinished.append(label)
 
     out: IO[str] = sys.stdout
     if args.json:
@@ -174,6 +185,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             if len(results) > 1:
                 out.write(("\n" if i else "") + f"== {KIND}/{manifest.name} ==\n")
             out.write(plan_to_table(result, request))
+    for label in unfinished:
+        print(
+            f"error: {label}: the search stopped at --time-limit {args.time_limit:g} s "
+            "before finding a plan, so whether the bound can be met is unknown: "
+            "raise --time-limit or leave it out",
+            file=sys.stderr,
+        )
+    if unfinished:
+        return EXIT_USAGE
     infeasible = any(isinstance(r, Infeasible) for _, _, r in results)
     return EXIT_INFEASIBLE if infeasible else EXIT_OK
 
@@ -370,7 +390,7 @@ def _local_plan_document(file: str) -> dict[str, object]:
     profile = analytic_profile(request.architecture, request.gpu, dtype=request.dtype)
     result = schedule(request, profile)
     if not isinstance(result, Plan):
-        raise CliError(f"{label}: no plan meets the bound: {result.reason}")
+        raise CliError(f"{label}: nothing to serve: {result.message}")
     name = str(manifest.metadata.get("name") or "local")
     doc = plan_document(name, manifest.spec, result)
     return dict(json.loads(json.dumps(doc)))
@@ -436,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan an ExeGPTDeployment offline",
         description="Plan the ExeGPTDeployment(s) in FILE (YAML; '-' reads stdin) and print "
         "the plan, its prediction and the Static and Continuous batching baselines. "
-        "Exit code: 0 planned, 1 the latency bound cannot be met, 2 invalid input.",
+        "Exit code: 0 planned, 1 the latency bound cannot be met, 2 invalid input or "
+        "--time-limit ran out before any plan was found.",
     )
     plan.add_argument(
         "file",

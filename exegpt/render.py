@@ -263,7 +263,12 @@ def plan_to_table(result: Plan | Infeasible, request: PlanRequest) -> str:
     prediction, the Static and Continuous baselines with their ratios, and the search."""
     lines = ["ExeGPT plan", *_header(request), ""]
     if isinstance(result, Infeasible):
-        lines.append("INFEASIBLE: no configuration meets the latency bound")
+        if result.search.truncated:
+            lines.append("NOT PLANNED: the search stopped at its time limit")
+        elif result.latency_bound_s is None or result.best_latency_s is None:
+            lines.append("INFEASIBLE: no configuration fits in memory")
+        else:
+            lines.append("INFEASIBLE: no configuration meets the latency bound")
         lines.append(f"  {result.message}")
         lines.append(f"  lowest reachable latency: {_seconds(result.best_latency_s)}")
         if result.best is not None:

@@ -522,6 +522,8 @@ def _reason(
     rival = search.best(other)
     bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
     if rival is None:
+        if request.latency_bound_s is None:
+            return f"{chosen}: no {other} configuration fits on {request.gpus} x {request.gpu.name}"
         return f"{chosen}: no {other} configuration meets {bound} within memory"
     ratio = best.predicted.throughput_qps / max(rival.predicted.throughput_qps, 1e-12)
     return f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"

@@ -80,7 +80,8 @@ async def _scenario(pair: Pair) -> list[dict[str, Any]]:
         seconds = time.perf_counter() - start
         status = kube.objects[KEY].get("status") or {}
         plan = status.get("plan") or {}
-        planned = next((c for c in status.get("conditions", []) if c["type"] == "Planned"), {})
+        conditions: list[dict[str, Any]] = status.get("conditions", [])
+        planned = next((c for c in conditions if c["type"] == "Planned"), {})
         rows.append(
             {
                 "scenario": pair.name,

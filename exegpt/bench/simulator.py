@@ -116,12 +116,12 @@ def run(argv: list[str]) -> int:
     print(f"{'task':4} {'bound':>6} {'role':8} {'strategy':13} {'analytic q/s':>12} "
           f"{'event q/s':>10} {'err%':>6} {'lat s':>8} {'event lat':>9} {'err%':>6}")  # fmt: skip
     for r in rows:
-        bound = "none" if r["bound_s"] is None else f"{r['bound_s']:g}s"
+        bound_text = "none" if r["bound_s"] is None else f"{r['bound_s']:g}s"
         if "infeasible" in r:
-            print(f"{r['task']:4} {bound:>6} infeasible: {r['infeasible']}")
+            print(f"{r['task']:4} {bound_text:>6} infeasible: {r['infeasible']}")
             continue
         print(
-            f"{r['task']:4} {bound:>6} {r['role']:8} {r['strategy']:13} "
+            f"{r['task']:4} {bound_text:>6} {r['role']:8} {r['strategy']:13} "
             f"{r['analytic_qps']:12.2f} {r['event_qps']:10.2f} {r['qps_err_pct']:+6.2f} "
             f"{r['analytic_latency_s']:8.3f} {r['event_latency_s']:9.3f} "
             f"{r['latency_err_pct']:+6.2f}"

@@ -3,6 +3,7 @@ commands of other builds, and the plan renderers."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -169,6 +170,24 @@ def test_unreadable_yaml(
     assert expected in err
 
 
+def test_non_utf8_file_exits_2_naming_the_fix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = yaml.safe_dump(deployment("café", **{"hardware.gpus": 2}), allow_unicode=True)
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    rc, out, err = run(capsys, "plan", str(path))
+    assert rc == 2 and out == ""
+    assert err.startswith(f"error: {path}: not UTF-8 text (byte ")
+    assert "is 0xe9" in err and "save the manifest as UTF-8" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("latin-1"))))
+    rc, out, err = run(capsys, "plan", "-")
+    assert rc == 2 and out == ""
+    assert err.startswith("error: <stdin>: not UTF-8 text")
+
+
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, _, err = run(capsys, "plan", str(tmp_path / "nope.yaml"))
     assert rc == 2
@@ -269,6 +288,25 @@ def test_search_options_reach_the_scheduler(
     rc, _, err = run(capsys, "plan", path, "--time-limit", "-1")
     assert rc == 2
     assert "must be positive" in err
+
+
+def test_time_limit_running_out_is_not_an_infeasible_bound(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # a bound that plans easily (exit 0 without a limit), and a limit no search meets
+    path = write(tmp_path, deployment(**{"hardware.gpus": 2}))
+    assert run(capsys, "plan", path)[0] == 0
+    rc, out, err = run(capsys, "plan", path, "--json", "--time-limit", "1e-9")
+    assert rc == 2, err
+    doc = json.loads(out)  # the result is still printed
+    assert doc["kind"] == "Infeasible" and doc["search"]["truncated"] is True
+    assert f"error: {path}: the search stopped at --time-limit 1e-09 s" in err
+    assert "raise --time-limit or leave it out" in err
+
+    rc, out, err = run(capsys, "plan", path, "--time-limit", "1e-9")
+    assert rc == 2
+    assert "NOT PLANNED: the search stopped at its time limit" in out
+    assert "INFEASIBLE" not in out
 
 
 # -- other commands --------------------------------------------------------------------------------
@@ -461,6 +499,9 @@ def test_infeasible_rendering() -> None:
     assert doc["best"]["latency_s"] == 0.8
     table = render.plan_to_table(result, req)
     assert "INFEASIBLE" in table and "loosen the bound" in table and "800 ms" in table
+    assert "no configuration meets the latency bound" in table
+    no_fit = result.model_copy(update={"latency_bound_s": None, "best_latency_s": None})
+    assert "INFEASIBLE: no configuration fits in memory" in render.plan_to_table(no_fit, req)
 
 
 def test_config_summary_per_strategy() -> None:

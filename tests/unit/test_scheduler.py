@@ -167,7 +167,21 @@ def test_auto_reason_compares_the_two_strategies() -> None:
     assert plan.reason.startswith(plan.strategy)
     assert rival in plan.reason
     assert "3 s bound" in plan.reason
-    assert "no bound" in _plan(_small(gpus=4, workload="S")).reason
+    unbounded = _plan(_small(gpus=4, workload="S")).reason
+    assert unbounded.startswith(("RoundRobin: ", "WorkloadAware: "))
+    assert "meets no bound" not in unbounded
+
+
+def test_reason_without_a_rival_says_why() -> None:
+    # WorkloadAware needs two GPUs: on one, RoundRobin is chosen with no rival
+    unbounded = _plan(_small(gpus=1))
+    assert unbounded.strategy == "RoundRobin"
+    assert unbounded.reason.startswith("RoundRobin: no WorkloadAware configuration fits on 1 x ")
+    assert "bound" not in unbounded.reason
+    bounded = _plan(_small(gpus=1, bound=3.0))
+    assert bounded.reason == (
+        "RoundRobin: no WorkloadAware configuration meets the 3 s bound within memory"
+    )
 
 
 def test_auto_is_at_least_as_good_as_either_strategy_alone() -> None:
