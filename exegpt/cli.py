@@ -296,6 +296,13 @@ def _bench_names() -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.name is None:
+        known = _bench_names()
+        raise CliError(
+            "name a benchmark: exegpt bench NAME [ARGS...]; available: "
+            + (", ".join(known) if known else "none is installed")
+            + " (exegpt bench NAME --help shows a benchmark's arguments)"
+        )
     name: str = args.name
     module_name = f"exegpt.bench.{name}"
 
@@ -566,7 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a benchmark",
         description="Run the benchmark exegpt.bench.NAME with the remaining arguments.",
     )
-    bench.add_argument("name", metavar="NAME", help="benchmark (e.g. paper, calibration)")
+    bench.add_argument(
+        "name", metavar="NAME", nargs="?", default=None,
+        help="benchmark (e.g. paper, calibration); without one, lists them",
+    )  # fmt: skip
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     bench.set_defaults(func=_cmd_bench)
 

@@ -320,6 +320,13 @@ def test_unknown_bench_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "available: calibration, paper, profile, replan, runner, simulator\n" in err
 
 
+def test_bench_without_a_name_lists_the_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "bench")
+    assert rc == 2 and out == ""
+    assert err.startswith("error: name a benchmark: exegpt bench NAME [ARGS...]; ")
+    assert "available: calibration, paper, profile, replan, runner, simulator " in err
+
+
 def test_bench_name_is_not_a_module_path(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "bench", "..cli")
     assert rc == 2
@@ -381,6 +388,16 @@ def test_serve_needs_a_plan_and_a_role_or_a_local_file(
     monkeypatch.delenv("POD_NAME", raising=False)
     rc, out, err = run(capsys, "serve", "--plan", "plan.json", "--role", "worker")
     assert rc == 2 and "POD_NAME is not set" in err
+
+
+def test_serve_local_deployment_without_a_plan_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, deployment(**{"hardware.gpus": 2, "slo.latency": "1ms"}))
+    rc, out, err = run(capsys, "serve", "--local", path)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"error: {path}: nothing to serve: no configuration meets the ")
+    assert "loosen spec.slo.latency" in err
 
 
 def test_profile_help_needs_no_torch(capsys: pytest.CaptureFixture[str]) -> None:
