@@ -351,7 +351,11 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    import kopf
+    import kubernetes
+
     from exegpt.operator.app import run
+    from exegpt.operator.kube import Kube
     from exegpt.operator.settings import OperatorSettings
 
     try:
@@ -363,7 +367,15 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    asyncio.run(run(settings))
+    try:  # reads the credentials only; kopf would retry a missing kubeconfig forever
+        kube = Kube.connect(settings.kube_host)
+    except (kubernetes.config.ConfigException, yaml.YAMLError) as exc:
+        raise CliError(
+            f"no cluster to run against ({str(exc).strip() or type(exc).__name__}): run "
+            "in a pod with a service account, point KUBECONFIG (or ~/.kube/config) at a "
+            "kubeconfig with a current context, or give --kube-host URL"
+        ) from None
+    asyncio.run(run(settings, memo=kopf.Memo(kube=kube)))
     return EXIT_OK
 
 

@@ -419,6 +419,32 @@ def test_operator_rejects_bad_settings_naming_the_variable(
     assert "EXEGPT_RESYNC_SECONDS" in err
 
 
+def test_operator_without_a_cluster_exits_2_naming_the_fix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exegpt.operator.app
+
+    started: list[object] = []
+
+    async def never(*args: object, **kwargs: object) -> None:
+        started.append(args)
+
+    monkeypatch.setattr(exegpt.operator.app, "run", never)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rc, out, err = run(capsys, "operator")
+    assert rc == 2 and out == ""
+    assert err.startswith("error: no cluster to run against (")
+    assert "KUBECONFIG" in err and "--kube-host URL" in err
+    assert "Traceback" not in err and started == []
+
+    # with an API server named, the operator starts (here: the stand-in returns)
+    rc, _, err = run(capsys, "operator", "--kube-host", "http://127.0.0.1:1")
+    assert rc == 0, err
+    assert len(started) == 1
+
+
 def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["--version"]) == 0
