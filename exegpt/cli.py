@@ -624,13 +624,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--local", metavar="FILE", help="run one replica of FILE on this machine")
     serve.add_argument("--host", default=None, help="listen address (local: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--port", type=_port, default=None, help="HTTP port, 1 to 65535 (default 8000)"
+    )
     serve.add_argument(
         "--threads", type=int, default=1, help="torch threads per local process (default 1)"
     )
     serve.add_argument(
-        "--max-slots", type=int, default=64,
-        help="local: at most this many sequences per KV cache (default 64)",
+        "--max-slots", type=_positive_int, default=64,
+        help="local: at most this many sequences per KV cache (default 64; at least 1)",
     )  # fmt: skip
     serve.add_argument(
         "--grace-seconds", type=_positive_float, default=60.0,
@@ -652,6 +654,26 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}: give one from 1 to 65535")
     return value
 
 

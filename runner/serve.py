@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from .engine import Engine
 from .errors import RunnerError
+from .listen import check_listen_address
 from .metrics import ServingMetrics
 from .replica import ReplicaSpec, device_for, run_rank
 from .serving import GenerationRequest, Limits, NotAccepting, Sink
@@ -234,6 +235,7 @@ def serve_pod(
     """One pod of a plan, until SIGTERM (the operator's worker containers)."""
     from .proxy import build_proxy_app
 
+    check_listen_address(host, port)
     wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
     plan = WorkerPlan.load(plan_file)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
@@ -266,14 +268,19 @@ def serve_pod(
     return 0
 
 
-def _stop_when_done(procs: Processes, poll_s: float = 1.0) -> None:
+def _stop_when_done(
+    procs: Processes, poll_s: float = 1.0, until: threading.Event | None = None
+) -> None:
     """Shut this pod down (as SIGTERM would) when its part of the replica has ended: a
     process failed, or (a stage pod) the driver stopped the replica. The container
-    then restarts and its processes meet their replica's again."""
+    then restarts and its processes meet their replica's again. Watching ends when
+    ``until`` is set (the server has stopped)."""
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
+            if until is not None and until.is_set():
+                return
             ended = procs.done.is_set() and not procs.driver
             if ended or not procs.healthy():
                 log.warning("this pod's part of the replica has ended: shutting down")
@@ -344,8 +351,14 @@ def serve_local(
     grace_seconds: float = 10.0, max_slots: int | None = 64,
 ) -> int:  # fmt: skip
     """One replica of ``plan``, every process on this machine (gloo on the CPU), its
-    API on ``host``:``port``, until SIGTERM or Ctrl-C."""
-
+    API on ``host``:``port``, until SIGTERM or Ctrl-C, or until a process of the
+    replica fails (then 1)."""
+    if max_slots is not None and max_slots < 1:
+        raise RunnerError(
+            f"--max-slots {max_slots}: give at least 1 sequence per KV cache, "
+            "or leave the option out for the default 64"
+        )
+    check_listen_address(host, port)
     spec = local_spec(plan, max_slots)
     world = spec.topology().world
     if torch.cuda.is_available() and torch.cuda.device_count() < world:
@@ -354,6 +367,12 @@ def serve_local(
         init = "file://" + os.path.join(tmp, "rendezvous")
         procs = Processes(spec, tuple(range(world)), world, init, threads=threads)
         procs.start()
+        served = threading.Event()
+        _stop_when_done(procs, until=served)  # a failed process ends the server
         procs.serve_api(plan.model.name, host, port, grace_seconds)
+        served.set()
         procs.stop(grace_seconds)
+    if procs.error is not None or not procs.healthy():
+        log.error("exiting: %s", procs.error or "a process of the replica failed")
+        return 1
     return 0

@@ -400,6 +400,62 @@ def test_serve_local_deployment_without_a_plan_exits_2(
     assert "loosen spec.slo.latency" in err
 
 
+TINY = str(ROOT / "examples" / "local-tiny.yaml")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--port", "99999"], "argument --port: not a TCP port: '99999': give one from 1 to 65535"),
+        (["--port", "-5"], "argument --port: not a TCP port: '-5'"),
+        (["--port", "http"], "argument --port: not a port number: 'http'"),
+        (["--max-slots", "0"], "argument --max-slots: must be at least 1: '0'"),
+        (["--max-slots", "-3"], "argument --max-slots: must be at least 1: '-3'"),
+    ],
+)
+def test_serve_options_out_of_range_exit_2(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    rc, out, err = run(capsys, "serve", "--local", TINY, *flags)
+    assert rc == 2 and out == ""
+    assert expected in err
+
+
+def test_serve_local_checks_where_it_listens_before_loading(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    rc, out, err = run(capsys, "serve", "--local", TINY, "--host", "999.1.1.1")
+    assert rc == 2 and out == ""
+    # (a note on the plan's replicas may come first)
+    assert "\nerror: --host 999.1.1.1: not an address or a host name that resolves (" in err
+    assert "127.0.0.1" in err and "Traceback" not in err
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out, err = run(capsys, "serve", "--local", TINY, "--port", str(port))
+    assert rc == 2 and out == ""
+    assert err.splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is in use (another server, or an earlier exegpt "
+        "serve still running): stop it, or choose another --port"
+    )
+
+
+def test_serve_local_refuses_a_slot_cap_below_one() -> None:
+    from exegpt.cli import _local_plan_document
+    from exegpt.runner.errors import RunnerError
+    from exegpt.runner.serve import serve_local
+    from exegpt.runner.workerplan import WorkerPlan
+
+    plan = WorkerPlan.parse(_local_plan_document(TINY))
+    for bad in (0, -3):
+        with pytest.raises(RunnerError, match=f"--max-slots {bad}: give at least 1"):
+            serve_local(plan, port=0, max_slots=bad)
+
+
 def test_profile_help_needs_no_torch(capsys: pytest.CaptureFixture[str]) -> None:
     # the profile command's options parse before the runner (and torch) is imported;
     # tests/runner/ runs the command itself
