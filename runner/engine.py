@@ -157,6 +157,7 @@ class Engine:
             for r in self._waiting:
                 if r.id == request_id:
                     self._waiting.remove(r)
+                    self.metrics.queue_length(len(self._waiting))  # it waits no more
                     self._report(r, "cancelled")
                     return
             r2 = self._active.get(request_id)
@@ -249,6 +250,8 @@ class Engine:
                 self._report(r, "error", message)
             self._waiting.clear()
             self._active.clear()
+            self.metrics.queue_length(0)
+            self.metrics.running(0)
             self._cond.notify_all()
 
     # -- reporting (under the lock) -----------------------------------------------------------

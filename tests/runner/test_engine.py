@@ -190,6 +190,30 @@ def test_cancelling_a_request_ends_it_and_not_the_others(models: Any) -> None:
     assert short == ref[2]
 
 
+def test_cancelled_waiting_requests_leave_the_queue_gauge(models: Any) -> None:
+    """A client that abandons a batch before it is admitted: the queue empties, and so
+    does exegpt_queue_length, with no further request to update it."""
+    directory, _ = models["opt"]
+    spec = spec_for(directory, ONE_PROCESS["continuous"])
+    engine = run_rank(spec, 0, torch.device("cpu"), start=False)
+    assert engine is not None
+    finished: list[str | None] = []
+    ids = [
+        engine.submit(GenerationRequest((1, 2, 3), 4), lambda ev: finished.append(ev.finished))
+        for _ in range(7)
+    ]
+    assert engine.metrics.snapshot()["exegpt_queue_length"] == 7
+    for n, rid in enumerate(ids[:5], start=1):
+        engine.cancel(rid)
+        assert engine.metrics.snapshot()["exegpt_queue_length"] == 7 - n
+    assert finished == ["cancelled"] * 5
+    engine.start()
+    assert engine.wait_idle(30)
+    engine.stop()
+    assert engine.metrics.snapshot()["exegpt_queue_length"] == 0
+    assert finished.count("length") == 2
+
+
 def test_metrics_record_what_the_engine_did(models: Any) -> None:
     directory, _ = models["opt"]
     spec = spec_for(directory, ONE_PROCESS["round-robin"])
