@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -614,6 +614,56 @@ class _Api:
 
 _API = web.AppKey("exegpt.api", _Api)
 
+ROUTES = "POST /v1/completions, GET /v1/models, /healthz, /readyz, /metrics"
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """What aiohttp raises outside the handlers' own errors (no route, a method the
+    route does not take, a body over the size limit), as OpenAI's error body."""
+    where = f"{request.method} {request.path}"
+    if exc.status == 404:
+        if request.path.rstrip("/") == "/v1/chat/completions":
+            message = (
+                "chat completions are not served by this engine: send the conversation "
+                "as a prompt to POST /v1/completions"
+            )
+        else:
+            message = f"no route {where}: this server answers {ROUTES}"
+        return ApiError(message, status=404, code="not_found")
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return ApiError(
+            f"{request.method} is not allowed on {request.path}: use {allowed or 'another method'}",
+            status=405,
+            code="method_not_allowed",
+        )
+    if exc.status == 413:
+        return ApiError(
+            f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB: send fewer or "
+            "shorter prompts per request",
+            status=413,
+            code="request_too_large",
+        )
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return ApiError(f"{where}: {exc.reason}", status=exc.status, kind=kind)
+
+
+@web.middleware
+async def openai_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer aiohttp's own 4xx and 5xx with OpenAI's error body (docs/serving.md); a
+    405 keeps its ``Allow`` header."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _http_error(request, exc).response()
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
 
 def build_app(
     engine: Engine,
@@ -627,7 +677,7 @@ def build_app(
     ``engine.ready`` and ``ready()`` (when given) are both true; ``/healthz`` 500 when
     ``healthy()`` (when given) is false."""
     api = _Api(engine, model_name, tokenizer, ready, healthy)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
     app[_API] = api
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_get("/v1/models", api.models)

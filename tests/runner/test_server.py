@@ -25,7 +25,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
 from exegpt.runner.metrics import ServingMetrics
-from exegpt.runner.server import Server, build_app, run_server
+from exegpt.runner.server import MAX_BODY_BYTES, Server, build_app, run_server
 from exegpt.runner.serving import (
     GenerationRequest,
     Limits,
@@ -404,6 +404,45 @@ async def test_unknown_model_is_404() -> None:
     assert error["param"] == "model"
     assert error["code"] == "model_not_found"
     assert "gpt-9" in error["message"] and MODEL in error["message"]
+
+
+@pytest.mark.asyncio
+async def test_unknown_routes_and_methods_answer_openai_errors() -> None:
+    engine = FakeEngine()
+    async with serve(engine) as client:
+        resp = await client.get("/v2/nothing")
+        assert resp.status == 404 and resp.content_type == "application/json"
+        error = error_of(await resp.json())
+        assert error["type"] == "invalid_request_error" and error["code"] == "not_found"
+        assert error["message"].startswith("no route GET /v2/nothing: this server answers ")
+        assert "POST /v1/completions" in error["message"]
+
+        resp = await client.post("/v1/chat/completions", json={"messages": []})
+        assert resp.status == 404
+        error = error_of(await resp.json())
+        assert error["message"].startswith("chat completions are not served by this engine")
+
+        resp = await client.get("/v1/completions")
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        error = error_of(await resp.json())
+        assert error["code"] == "method_not_allowed"
+        assert error["message"] == "GET is not allowed on /v1/completions: use POST"
+    assert engine.submitted == []
+
+
+@pytest.mark.asyncio
+async def test_a_body_over_the_limit_is_413_with_an_openai_error() -> None:
+    engine = FakeEngine()
+    big = b'{"prompt": [' + b"1," * (MAX_BODY_BYTES // 2) + b"1]}"
+    async with serve(engine) as client:
+        resp = await client.post(
+            "/v1/completions", data=big, headers={"Content-Type": "application/json"}
+        )
+        assert resp.status == 413
+        error = error_of(await resp.json())
+    assert error["code"] == "request_too_large"
+    assert "larger than 32 MiB: send fewer or shorter prompts" in error["message"]
+    assert engine.submitted == []
 
 
 @pytest.mark.asyncio
