@@ -9,7 +9,7 @@ import pytest
 from builders import deployment
 
 from exegpt.operator import names
-from exegpt.operator.kube import CONFIGMAP, EXEGPT, JOB, SERVICE, STATEFULSET, KubeError
+from exegpt.operator.kube import CONFIGMAP, JOB, SERVICE, STATEFULSET, KubeError
 from exegpt.operator.memkube import MemoryKube
 from exegpt.operator.profiling import PROFILE_DATA_KEY
 from exegpt.operator.reconcile import Context, Outcome, reconcile
@@ -117,17 +117,40 @@ def test_a_converged_deployment_costs_no_writes(world: World) -> None:
 
 
 def test_an_slo_edit_replans_and_rolls_only_when_the_plan_changes(world: World) -> None:
-    world.add(deployment("x"))
+    world.add(deployment("x"))  # bound 3.1 s
+    world.run()
+    world.make_ready()
     world.run()
     first = world.status()["plan"]
-    world.edit(slo__latency="1.5s")
+    reached = first["predicted"]["latencySeconds"]
+    assert reached < 3.1
+
+    # Tighter, but still above what the plan reaches: the best plan under the old bound
+    # meets the new one, so it is still the best: a new plan search, no rollout.
+    kept = round((reached + 3.1) / 2, 4)
+    assert reached <= kept < 3.1
+    mark, seen = len(world.kube.calls), len(world.events)
+    world.edit(slo__latency=f"{kept}s")
+    world.run()
+    same = world.status()["plan"]
+    assert same["inputsHash"] != first["inputsHash"]
+    assert same["latencyBoundSeconds"] == kept
+    assert same["hash"] == first["hash"]
+    assert [e[1] for e in world.events[seen:]] == ["Replanned"]
+    workers = [c for c in world.kube.calls[mark:] if c[1] == STATEFULSET.plural]
+    assert workers and all(c[0] == "get" for c in workers)  # looked at, not written
+
+    # Below what the plan reaches: it no longer meets the bound, so another plan runs.
+    tight = round(reached * 0.9, 4)
+    mark, seen = len(world.kube.calls), len(world.events)
+    world.edit(slo__latency=f"{tight}s")
     world.run()
     second = world.status()["plan"]
-    assert second["inputsHash"] != first["inputsHash"]
-    assert second["latencyBoundSeconds"] == 1.5
-    assert second["predicted"]["latencySeconds"] <= 1.5
-    if second["hash"] != first["hash"]:
-        assert any(e[1] == "RolloutStarted" for e in world.events)
+    assert second["latencyBoundSeconds"] == tight
+    assert second["predicted"]["latencySeconds"] <= tight
+    assert second["hash"] != first["hash"]
+    assert [e[1] for e in world.events[seen:]] == ["Replanned", "RolloutStarted"]
+    assert ("patch", STATEFULSET.plural) in {c[:2] for c in world.kube.calls[mark:]}
     # A no-op edit elsewhere (same planning inputs) neither replans nor writes children.
     mark = len(world.kube.calls)
     world.body()["metadata"]["generation"] += 1
@@ -287,14 +310,47 @@ def test_a_write_error_fails_the_pass_and_the_next_pass_converges(world: World) 
     assert world.run().writes == []
 
 
+class RacingKube(MemoryKube):
+    """A MemoryKube where another writer creates each object of ``racers`` just after
+    this pass has looked for it (its GET finds nothing), so the pass's create meets 409
+    AlreadyExists."""
+
+    def __init__(self, racers: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        super().__init__()
+        self.racers = dict(racers)
+
+    async def get(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        found = await super().get(kind, namespace, name)
+        racer = self.racers.pop((kind.plural, namespace, name), None)
+        if racer is not None:
+            assert found is None, f"{kind.plural}/{name} existed before the race"
+            self.objects[(kind.plural, namespace, name)] = racer
+        return found
+
+
 def test_a_child_created_concurrently_is_taken_as_created(world: World) -> None:
     world.add(deployment("x"))
     world.run()
-    cm = world.get(CONFIGMAP, names.plan_configmap("x"))
-    assert cm is not None
-    # Forget the status: the next pass re-creates everything and meets 409s.
-    world.body().pop("status")
-    world.run()
-    assert world.condition("Planned")["status"] == "True"
-    assert not [w for w in world.kube.writes() if w[0] == "create" and w[1] == JOB.plural]
-    assert EXEGPT.plural == "exegptdeployments"
+    # what a concurrent pass over the same deployment creates: the same children
+    children = {
+        key: obj for key, obj in world.kube.objects.items() if key[0] != "exegptdeployments"
+    }
+    assert {k[0] for k in children} >= {CONFIGMAP.plural, STATEFULSET.plural, SERVICE.plural}
+    for obj in children.values():
+        obj["metadata"]["resourceVersion"] = "racer"
+
+    racing = World()
+    racing.kube = RacingKube(children)
+    racing.add(deployment("x"))
+    out = racing.run()
+    assert racing.kube.racers == {}  # every child was raced
+    conflicts = {(c[1], c[2]) for c in racing.kube.calls if c[0] == "create"}
+    assert conflicts >= {(k[0], k[2]) for k in children}  # each create met its 409
+    for key in children:  # taken as created: neither re-created nor written over
+        assert racing.kube.objects[key]["metadata"]["resourceVersion"] == "racer"
+    assert not [w for w in out.writes if w.startswith("create ")]
+    assert racing.condition("Planned")["status"] == "True"
+    assert racing.status()["plan"]["hash"] == world.status()["plan"]["hash"]
+    racing.make_ready()
+    racing.run()
+    assert racing.run().writes == []
