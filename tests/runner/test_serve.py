@@ -183,6 +183,26 @@ def test_serve_local_runs_a_plan_and_drains_on_sigterm(tmp_path: Path) -> None:
             proc.communicate()
 
 
+@pytest.mark.slow
+def test_serve_local_exits_1_when_its_replica_fails(tmp_path: Path) -> None:
+    """A replica that cannot load its model stops the server, instead of answering 503
+    "starting" for ever."""
+    doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
+    doc["model"]["weights"] = {"directory": str(tmp_path / "no-weights")}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(doc))
+    with socket_port() as port:
+        pass
+    proc = subprocess.run(
+        [sys.executable, "-m", "exegpt", "serve", "--local", str(plan_file), "--port", str(port)],
+        capture_output=True, text=True, timeout=120, start_new_session=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert f"exiting: rank 0 failed: {tmp_path / 'no-weights'}: no *.safetensors files" in (
+        proc.stderr
+    )
+
+
 class socket_port:  # noqa: N801 (a context manager used like a function)
     """A free TCP port on the loopback interface."""
 
