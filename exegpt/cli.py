@@ -628,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=None, help="HTTP port, 1 to 65535 (default 8000)"
     )
     serve.add_argument(
-        "--threads", type=int, default=1, help="torch threads per local process (default 1)"
-    )
+        "--threads", type=_positive_int, default=1,
+        help="torch threads per local process (default 1)",
+    )  # fmt: skip
     serve.add_argument(
         "--max-slots", type=_positive_int, default=64,
         help="local: at most this many sequences per KV cache (default 64; at least 1)",

@@ -252,6 +252,8 @@ def _comparison(rows: Sequence[tuple[str, Candidate | None]]) -> list[str]:
 def _search(result: Plan | Infeasible) -> str:
     s = result.search
     how = "exhaustive search" if s.exhaustive else "branch and bound"
+    if s.truncated:
+        how += "; stopped at the time limit, the rest unsearched"
     return (
         f"search: {s.seconds:.2f} s, {s.evaluated:,} configurations simulated "
         f"of {s.space:,} ({how})"

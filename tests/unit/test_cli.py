@@ -306,6 +306,7 @@ def test_time_limit_running_out_is_not_an_infeasible_bound(
     rc, out, err = run(capsys, "plan", path, "--time-limit", "1e-9")
     assert rc == 2
     assert "NOT PLANNED: the search stopped at its time limit" in out
+    assert "(branch and bound; stopped at the time limit, the rest unsearched)" in out
     assert "INFEASIBLE" not in out
 
 
@@ -411,6 +412,7 @@ TINY = str(ROOT / "examples" / "local-tiny.yaml")
         (["--port", "http"], "argument --port: not a port number: 'http'"),
         (["--max-slots", "0"], "argument --max-slots: must be at least 1: '0'"),
         (["--max-slots", "-3"], "argument --max-slots: must be at least 1: '-3'"),
+        (["--threads", "0"], "argument --threads: must be at least 1: '0'"),
     ],
 )
 def test_serve_options_out_of_range_exit_2(
