@@ -371,8 +371,9 @@ def serve_local(
         _stop_when_done(procs, until=served)  # a failed process ends the server
         procs.serve_api(plan.model.name, host, port, grace_seconds)
         served.set()
+        failed = procs.error or (None if procs.healthy() else "a process of the replica failed")
         procs.stop(grace_seconds)
-    if procs.error is not None or not procs.healthy():
-        log.error("exiting: %s", procs.error or "a process of the replica failed")
+    if failed is not None:
+        log.error("exiting: %s", failed)
         return 1
     return 0
