@@ -39,8 +39,7 @@ VOLUME_SHM = "dshm"
 CACHE_SIZE = "20Gi"
 SHM_SIZE = "16Gi"
 HTTP = "http"  # the name of the container port, probes and Services use it
-RENDEZVOUS = "rendezvous"  # the port after it: a replica's processes meet at its driver
-RENDEZVOUS_PORT_OFFSET = 1  # the workers' rendezvous port is the HTTP port plus this
+RENDEZVOUS = "rendezvous"  # HTTP + workerplan.RENDEZVOUS_PORT_OFFSET: where a replica meets
 
 # -- security contexts ---------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from exegpt.planner.hardware import ALIASES as GPU_ALIASES
 from exegpt.planner.hardware import PRESETS as GPU_PRESETS
 from exegpt.planner.hardware import get_gpu
 from exegpt.planner.plan import StrategyChoice
-from exegpt.planner.profilekeys import GROUP
+from exegpt.planner.profilekeys import GROUP as GROUP
 from exegpt.planner.workload_spec import WorkloadSpec
 
 VERSION = "v1alpha1"

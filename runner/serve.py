@@ -25,13 +25,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan
+
 from .engine import Engine
 from .errors import RunnerError
 from .metrics import ServingMetrics
 from .replica import ReplicaSpec, device_for, run_rank
 from .serving import GenerationRequest, Limits, NotAccepting, Sink
 from .tokenizer import load_tokenizer
-from .workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, placement, pod_ordinal
+from .workerplan import load_plan, placement, pod_ordinal, replica_spec
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +237,9 @@ def serve_pod(
     from .proxy import build_proxy_app
 
     wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
-    plan = WorkerPlan.load(plan_file)
+    plan = load_plan(plan_file)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
-    spec = plan.replica_spec()
+    spec = replica_spec(plan)
     driver_host, driver_port = place.driver_host, port
     override = os.environ.get("EXEGPT_DRIVER_ADDRESS")  # outside Kubernetes: host:port
     if override:
@@ -333,7 +335,7 @@ def local_spec(plan: WorkerPlan, max_slots: int | None = None) -> ReplicaSpec:
     """The replica of ``plan`` as this machine runs it: float32 on the CPU, and at most
     ``max_slots`` sequences per cache (a plan for GPUs may batch more than a laptop
     holds)."""
-    spec = replace(plan.replica_spec(), max_slots=max_slots)
+    spec = replace(replica_spec(plan), max_slots=max_slots)
     if not torch.cuda.is_available():
         spec = replace(spec, dtype="float32")
     return spec

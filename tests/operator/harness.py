@@ -1473,3 +1473,60 @@ def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         "encoder": (replicas * plan["encodeStages"], plan["encodeTensorParallel"]),
         "decoder": (replicas * plan["pipelineStages"], plan["tensorParallel"]),
     }
+
+
+# -- what the operator deploys for one manifest ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What the operator wrote for one ExeGPTDeployment once it planned and rendered
+    its workers: the deployment's status, the plan ConfigMap's data as stored
+    (``plan.json`` and ``plan-hash``) and the worker StatefulSets."""
+
+    status: JSON
+    plan_json: str
+    plan_hash: str
+    statefulsets: list[JSON]
+
+    def statefulset(self, role: str) -> JSON:
+        for sts in self.statefulsets:
+            component = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+            if component == role:
+                return sts
+        raise KeyError(role)
+
+
+async def deploy(manifest: Mapping[str, Any], *, timeout: float = 120.0) -> Deployed:
+    """Apply ``manifest`` to a fresh emulated cluster with the operator running, and
+    wait until it has planned and written the plan ConfigMap and every worker
+    StatefulSet of its plan; what it wrote."""
+    body = copy.deepcopy(dict(manifest))
+    body.setdefault("metadata", {})["namespace"] = NAMESPACE
+    name = str(body["metadata"]["name"])
+    async with running_cluster() as cluster:
+        operator = exegpt_operator(cluster)
+        await operator.start()
+        try:
+            await cluster.create(body)
+
+            def written() -> Deployed | None:
+                status = (cluster.deployment(name) or {}).get("status") or {}
+                plan = status.get("plan")
+                cm = cluster.stored(CORE, "configmaps", NAMESPACE, f"{name}-plan")
+                sets = cluster.statefulsets()
+                if not plan or cm is None or len(sets) != len(expected_roles(plan)):
+                    return None
+                data = cm["data"]
+                if not plan.get("hash") or data["plan-hash"] != plan["hash"]:
+                    return None
+                return Deployed(status, data["plan.json"], data["plan-hash"], sets)
+
+            return await cluster.wait_for(written, timeout=timeout, what=f"{name} deployed")
+        finally:
+            await operator.stop()
+
+
+def deployed(manifest: Mapping[str, Any], *, timeout: float = 120.0) -> Deployed:
+    """:func:`deploy` for a test outside an event loop."""
+    return asyncio.run(deploy(manifest, timeout=timeout))
