@@ -1460,6 +1460,16 @@ def is_condition(body: Mapping[str, Any] | None, type_: str, status: str = "True
     return cond is not None and cond.get("status") == status
 
 
+def rendered(cluster: Cluster, name: str = "x") -> bool:
+    """Whether the operator has written every worker StatefulSet of the plan recorded in
+    the deployment's status (as many as ``expected_roles`` says, whatever the planner
+    chose) and both Services."""
+    plan = ((cluster.deployment(name) or {}).get("status") or {}).get("plan")
+    if not plan:
+        return False
+    return len(cluster.statefulsets()) == len(expected_roles(plan)) and len(cluster.services()) == 2
+
+
 def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
     from the plan's own fields: RoundRobin runs ``worker`` pods, one per pipeline stage of
