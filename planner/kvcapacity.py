@@ -74,6 +74,25 @@ def _paged_tokens(config: ExecutionConfig, moments: Moments, steady_decode_batch
     return reserved_tokens(config.decode_batch, m)
 
 
+def encoder_kv_capacity(config: ExecutionConfig, moments: Moments, engine: Engine) -> KvCapacity:
+    """The KV cache of a WorkloadAware replica's encoders (decoder-only models): the own
+    engine's encoder caches hold one encoding, ``encode_batch`` slots of the longest
+    request; vLLM's prefill instances page the batch being encoded and the one whose
+    KV is on its way to the decoders (mean input each)."""
+    if engine == "ExeGPT":
+        slot = moments.max_input + moments.max_output
+        n = config.encode_batch
+        return KvCapacity(engine=engine, sequences=n, tokens=n * slot, block_size=slot, blocks=n)
+    if engine == "vLLM":
+        n = 2 * config.encode_batch
+        blocks = math.ceil(n * moments.mean_input / VLLM_BLOCK_SIZE) + n
+        tokens = blocks * VLLM_BLOCK_SIZE
+        return KvCapacity(
+            engine=engine, sequences=n, tokens=tokens, block_size=VLLM_BLOCK_SIZE, blocks=blocks
+        )
+    raise ValueError(f"engine must be ExeGPT or vLLM, not {engine!r}")
+
+
 def kv_capacity(
     config: ExecutionConfig,
     moments: Moments,

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .costs import CostModel, Group
-from .kvcapacity import KvCapacity, kv_capacity, reserved_tokens
+from .kvcapacity import KvCapacity, encoder_kv_capacity, kv_capacity, reserved_tokens
 from .moments import Moments
 from .plan import Engine, ExecutionConfig, PlanRequest, Prediction
 from .profile import Profile
@@ -208,9 +208,10 @@ class Simulator:
         if self.costs.arch.encoder_decoder:
             enc_mem = k.weights_per_gpu(enc, "encode") + k.activations_per_gpu(enc, enc_tokens)
         else:
+            enc_kv = encoder_kv_capacity(c, m, self.engine).tokens
             enc_mem = (
                 k.weights_per_gpu(enc, "encode")
-                + k.kv_per_gpu(enc, enc_tokens, "encode")
+                + k.kv_per_gpu(enc, enc_kv, "encode")
                 + k.activations_per_gpu(enc, enc_tokens / 2)
             )
         dec_mem = (

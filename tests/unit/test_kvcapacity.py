@@ -10,6 +10,7 @@ from planner_builders import config, preset, profile_for, request, simulator
 from exegpt.planner.architecture import get_architecture
 from exegpt.planner.kvcapacity import (
     VLLM_BLOCK_SIZE,
+    encoder_kv_capacity,
     kv_capacity,
     reserved_tokens,
     steady_sequences,
@@ -61,9 +62,19 @@ def test_vllm_pages_the_reserved_tokens_plus_a_block_per_sequence() -> None:
     assert kv.tokens < kv_capacity(RR, MOMENTS, "ExeGPT", 20.0).tokens / 2
 
 
+def test_workload_aware_encoders_hold_one_encoding() -> None:
+    own = encoder_kv_capacity(WAA, MOMENTS, "ExeGPT")
+    assert (own.sequences, own.block_size, own.tokens) == (4, SLOT, 4 * SLOT)
+    paged = encoder_kv_capacity(WAA, MOMENTS, "vLLM")  # encoding + one in transfer
+    assert paged.sequences == 8 and paged.block_size == VLLM_BLOCK_SIZE
+    assert paged.blocks == math.ceil(8 * MOMENTS.mean_input / VLLM_BLOCK_SIZE) + 8
+
+
 def test_unknown_engine_is_refused() -> None:
     with pytest.raises(ValueError, match="engine must be ExeGPT or vLLM"):
         kv_capacity(RR, MOMENTS, "TGI", 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="engine must be ExeGPT or vLLM"):
+        encoder_kv_capacity(WAA, MOMENTS, "TGI")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("cfg", [RR, WAA, STATIC, CONTINUOUS], ids=lambda c: c.strategy)
