@@ -14,6 +14,7 @@ from exegpt.operator import names, reconcile
 from exegpt.operator.memkube import MemoryKube
 from exegpt.operator.reconcile import Context, Outcome
 from exegpt.operator.settings import OperatorSettings
+from exegpt.planner.describe import config_summary, plan_summary
 from exegpt.planner.kvcapacity import steady_sequences
 from exegpt.planner.plan import PlanRequest, PlanResult
 from exegpt.planner.profile import Profile
@@ -105,3 +106,13 @@ def test_a_new_image_keeps_the_plan_and_moves_the_hash(passes: Passes) -> None:
     assert {k: getattr(after, k) for k in planned} == {k: getattr(before, k) for k in planned}
     assert after.hash() != before.hash()
     assert passes.status()["plan"]["hash"] == after.hash()
+
+
+def test_status_describes_the_plan_as_the_cli_does(passes: Passes) -> None:
+    passes.run()
+    doc = WorkerPlan.from_json(passes.text())
+    planned = next(c for c in passes.status()["conditions"] if c["type"] == "Planned")
+    summary = plan_summary(doc.config, doc.predicted)
+    assert planned["message"].startswith(summary + "; ")
+    assert summary.startswith(f"RoundRobin: {config_summary(doc.config, doc.predicted)}: ")
+    assert f"B_D~{doc.predicted.decode_batch:.0f}" in summary
