@@ -42,6 +42,10 @@ from .workload import Workload
 
 API_VERSION = f"{GROUP}/v1alpha1"
 KIND = "WorkerPlan"
+PLAN_KEY = "plan.json"
+"""The plan ConfigMap's data key (and the mounted file) that holds the canonical JSON."""
+PLAN_HASH_KEY = "plan-hash"
+"""The plan ConfigMap's data key (and file beside ``PLAN_KEY``) that holds its hash."""
 RENDEZVOUS_PORT_OFFSET = 1
 """A replica's processes meet at its driver pod's HTTP port plus this."""
 HASHED_FIELDS = (

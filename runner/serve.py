@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan
+from exegpt.planner.workerplan import PLAN_HASH_KEY, RENDEZVOUS_PORT_OFFSET, WorkerPlan
 
 from .engine import Engine
 from .errors import RunnerError
@@ -294,7 +294,7 @@ def wait_for_own_plan(
     a plan its peers do not run."""
     if not expected:
         return
-    path = os.path.join(os.path.dirname(plan_file), "plan-hash")
+    path = os.path.join(os.path.dirname(plan_file), PLAN_HASH_KEY)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
