@@ -411,8 +411,7 @@ def _local_plan_document(file: str) -> dict[str, object]:
     if not isinstance(result, Plan):
         raise CliError(f"{label}: nothing to serve: {result.message}")
     name = str(manifest.metadata.get("name") or "local")
-    doc = plan_document(name, manifest.spec, result)
-    return dict(json.loads(json.dumps(doc)))
+    return plan_document(name, manifest.spec, result).document()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -423,7 +422,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from exegpt.runner.errors import RunnerError
         from exegpt.runner.serve import serve_local, serve_pod
         from exegpt.runner.topology import UnsupportedPlan
-        from exegpt.runner.workerplan import WorkerPlan
+        from exegpt.runner.workerplan import parse_plan
     except ModuleNotFoundError as exc:
         raise CliError(
             f"exegpt serve needs PyTorch (module {exc.name!r} is missing): "
@@ -434,7 +433,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         if args.local:
-            plan = WorkerPlan.parse(_local_plan_document(args.local), args.local)
+            plan = parse_plan(_local_plan_document(args.local), args.local)
             if plan.config.replicas > 1:
                 print(
                     f"note: the plan has {plan.config.replicas} replicas; --local runs one",

@@ -25,17 +25,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from exegpt.planner.plan import Plan
+from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, canonical_json
 
 from . import names
-from .plandoc import canonical_json, roles
+from .plandoc import Planned, roles
 from .podspec import (
     HTTP,
     PLAN_FILE,
     PLAN_HASH_KEY,
     PLAN_KEY,
     RENDEZVOUS,
-    RENDEZVOUS_PORT_OFFSET,
     base_env,
     gpu_resources,
     http_probes,
@@ -98,16 +97,16 @@ def _metadata(
 
 
 def build_plan_configmap(
-    name: str, namespace: str, owner: Mapping[str, Any], doc: Mapping[str, Any], plan_hash: str
+    name: str, namespace: str, owner: Mapping[str, Any], doc: WorkerPlan, plan_hash: str
 ) -> Obj:
     """ConfigMap ``<deployment>-plan``: ``plan.json`` (the canonical JSON of ``doc``) and
     ``plan-hash``, which the workers compare with ``$EXEGPT_PLAN_HASH`` to know the
     mounted file is the plan their pod was made for.
 
     ``name`` is the deployment's name, or the ConfigMap's (``names.plan_configmap``);
-    either way it must match ``doc["deployment"]``, and the ConfigMap is named after it.
+    either way it must match ``doc.deployment``, and the ConfigMap is named after it.
     """
-    deployment = str(doc.get("deployment", ""))
+    deployment = doc.deployment
     if name not in (deployment, names.plan_configmap(deployment)):
         raise ValueError(f"plan document of deployment {deployment!r} given for {name!r}")
     return {
@@ -120,7 +119,7 @@ def build_plan_configmap(
             owner,
             {names.ANNOTATION_PLAN_HASH: plan_hash},
         ),
-        "data": {PLAN_KEY: canonical_json(doc), PLAN_HASH_KEY: plan_hash},
+        "data": {PLAN_KEY: doc.canonical_json(), PLAN_HASH_KEY: plan_hash},
     }
 
 
@@ -240,7 +239,7 @@ def build_workers(
     namespace: str,
     owner: Mapping[str, Any],
     spec: ExeGPTDeploymentSpec,
-    plan: Plan,
+    plan: Planned,
     plan_hash: str,
     image: str,
 ) -> list[Obj]:
@@ -357,13 +356,17 @@ def _instance_selector(name: str) -> dict[str, str]:
     return dict(sorted({names.LABEL_INSTANCE: name, names.LABEL_DEPLOYMENT: name}.items()))
 
 
-def entry_role(plan: Plan) -> str:
+def entry_role(plan: Planned) -> str:
     """The role that takes client requests: worker (RoundRobin), encoder (WorkloadAware)."""
     return roles(plan)[0][0]
 
 
 def build_client_service(
-    name: str, namespace: str, owner: Mapping[str, Any], spec: ExeGPTDeploymentSpec, plan: Plan
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    spec: ExeGPTDeploymentSpec,
+    plan: Planned,
 ) -> Obj:
     """ClusterIP Service ``<name>`` on ``spec.runner.port`` (named http) over the pods
     that take requests (``entry_role``); ``status.endpoint`` is its URL."""

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 from exegpt.planner.drift import DriftReport
+from exegpt.planner.workerplan import canonical_json
 from exegpt.planner.workload_spec import HistogramSpec, LengthSpec, WorkloadSpec
 
-from .plandoc import canonical_json
 from .spec import DriftSpec, ExeGPTDeploymentSpec
 from .status import ConditionStatus, ObservedSideStatus, ObservedWorkloadStatus, WorkloadStatus
 

@@ -7,32 +7,32 @@ creating it again.
 
 from __future__ import annotations
 
-import hashlib
-import re
+from exegpt.planner.profilekeys import (
+    ANNOTATION_PROFILE_KEY as ANNOTATION_PROFILE_KEY,
+)
+from exegpt.planner.profilekeys import APP as APP
+from exegpt.planner.profilekeys import GROUP as GROUP
+from exegpt.planner.profilekeys import LABEL_COMPONENT as LABEL_COMPONENT
+from exegpt.planner.profilekeys import LABEL_MANAGED_BY as LABEL_MANAGED_BY
+from exegpt.planner.profilekeys import LABEL_NAME as LABEL_NAME
+from exegpt.planner.profilekeys import LABEL_PROFILE as LABEL_PROFILE
+from exegpt.planner.profilekeys import MANAGER as MANAGER
+from exegpt.planner.profilekeys import PROFILER as PROFILER
+from exegpt.planner.profilekeys import profile_digest as profile_digest
+from exegpt.planner.profilekeys import profile_labels as profile_labels
 
-from .spec import GROUP as GROUP
-
-# Labels (values <= 63 characters).
-LABEL_NAME = "app.kubernetes.io/name"
+# Labels (values <= 63 characters); the profile's are shared with the profiling Job.
 LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"
-LABEL_PROFILE = f"{GROUP}/profile"  # the profile key's digest
 LABEL_ATTEMPT = f"{GROUP}/attempt"
-
-APP = "exegpt"
-MANAGER = "exegpt-operator"
 
 # Annotations.
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
-ANNOTATION_PROFILE_KEY = f"{GROUP}/profile-key"
 
 # Components.
 WORKER = "worker"  # RoundRobin: one StatefulSet, a pod per pipeline stage
 ENCODER = "encoder"  # WorkloadAware
 DECODER = "decoder"  # WorkloadAware
-PROFILER = "profiler"
 PLAN = "plan"
 PEERS = "peers"  # the headless Service the pods find each other by
 API = "api"  # the Service clients send requests to
@@ -41,16 +41,6 @@ API = "api"  # the Service clients send requests to
 # StatefulSet pods add "-<ordinal>" and a controller-revision-hash label of the
 # StatefulSet's name plus 11 characters must fit in 63.
 MAX_DEPLOYMENT_NAME = 40
-
-
-def _digest(text: str, n: int = 12) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def profile_digest(profile_key: str) -> str:
-    """The last 12 hex digits of a profile key (its content hash)."""
-    tail = profile_key.rsplit("-", 1)[-1]
-    return tail if re.fullmatch(r"[0-9a-f]{12}", tail) else _digest(profile_key)
 
 
 def profile_configmap(profile_key: str) -> str:
@@ -99,12 +89,3 @@ def labels(deployment: str, component: str) -> dict[str, str]:
 def selector(deployment: str, component: str) -> dict[str, str]:
     """The immutable selector of a StatefulSet or Service (a subset of ``labels``)."""
     return {LABEL_INSTANCE: deployment, LABEL_COMPONENT: component}
-
-
-def profile_labels(profile_key: str) -> dict[str, str]:
-    return {
-        LABEL_NAME: APP,
-        LABEL_COMPONENT: PROFILER,
-        LABEL_MANAGED_BY: MANAGER,
-        LABEL_PROFILE: profile_digest(profile_key),
-    }

@@ -1,115 +1,97 @@
-"""The plan document the workers read (``kind: WorkerPlan``), its canonical JSON, and
-its hash.
+"""The worker plan of a deployment (``exegpt.planner.workerplan.WorkerPlan``): what the
+operator writes into the plan ConfigMap for the workers, made from the spec and either
+a new plan or the document the ConfigMap already holds.
 
-The operator writes the document into the deployment's plan ConfigMap as ``plan.json``;
-every worker pod mounts it at ``/etc/exegpt/plan`` and starts from it
-(``exegpt serve --plan /etc/exegpt/plan/plan.json``). The workers import only the
-planner, so ``config`` and ``predicted`` use the planner's own field names:
-``ExecutionConfig.model_validate(doc["config"])`` and
-``Architecture.model_validate(doc["model"]["architecture"])`` read them back.
-
-``limits`` holds ``maxInputTokens`` and ``maxOutputTokens``: the longest input and output
-of the deployment's workload, resolved as the planner resolves it
-(``WorkloadSpec.build``, as in ``request.plan_request``). The workers size their
-KV-cache slots from them and reject longer requests with a 400.
-
-``plan_hash`` covers the fields in ``HASHED_FIELDS`` only: everything that decides what
-the workers run (deployment, model with dtype and weights, strategy, execution config,
-topology, request limits, runner image and port). ``predicted`` and
-``latencyBoundSeconds`` are informational: a replan that only changes them keeps the
-hash, so the pods keep running (the mounted file still updates in place).
+The deployment's part (model with dtype and weights, topology, runner image and port)
+comes from the spec on every pass; the plan's part (strategy, engine, config,
+prediction, limits, KV capacity, bound) is the planner's, carried over unchanged from
+the previous document when the operator did not plan again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
+from typing import Protocol
 
-from exegpt.planner.plan import Plan
+from exegpt.planner.plan import ExecutionConfig, Plan
+from exegpt.planner.workerplan import (
+    ModelDoc,
+    RoleDoc,
+    RunnerDoc,
+    TopologyDoc,
+    WeightsDoc,
+    WorkerPlan,
+    worker_plan,
+)
 
 from . import names
 from .podspec import PLAN_FILE, weights_directory
-from .spec import API_VERSION, ExeGPTDeploymentSpec
+from .spec import ExeGPTDeploymentSpec
 
-KIND = "WorkerPlan"
-HASHED_FIELDS = (
-    "apiVersion",
-    "kind",
-    "deployment",
-    "model",
-    "strategy",
-    "config",
-    "topology",
-    "limits",
-    "runner",
-)
-"""The fields of a plan document that ``plan_hash`` covers."""
-
-Doc = dict[str, Any]
+OPERATOR_STRATEGIES = ("RoundRobin", "WorkloadAware")
 
 
-def canonical_json(obj: object) -> str:
-    """Compact JSON with sorted keys: one text per value (NaN and infinities rejected)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+class Planned(Protocol):
+    """A plan or a worker plan: what the workers' objects are built from."""
 
-
-def plan_hash(doc: Doc) -> str:
-    """16 hex digits of the SHA-256 of the canonical JSON of ``doc``'s hashed fields."""
-    stable = {k: doc[k] for k in HASHED_FIELDS if k in doc}
-    return hashlib.sha256(canonical_json(stable).encode()).hexdigest()[:16]
+    @property
+    def config(self) -> ExecutionConfig: ...
 
 
 def plan_document(
-    deployment: str, spec: ExeGPTDeploymentSpec, plan: Plan, image: str | None = None
-) -> Doc:
-    """What the workers of ``deployment`` need to run ``plan``.
+    deployment: str,
+    spec: ExeGPTDeploymentSpec,
+    plan: Plan | WorkerPlan,
+    image: str | None = None,
+) -> WorkerPlan:
+    """What the workers of ``deployment`` need to run ``plan``: a new plan, or the
+    worker plan the ConfigMap holds (its planned part is kept byte for byte).
 
     ``image`` is the worker image the operator runs (``spec.runner.image`` when not
-    given), recorded so that a new image changes the hash.
+    given), recorded so that a new image changes the hash. ``spec`` is the spec planned
+    with (after a drift replan, its workload is the observed one).
     """
-    if plan.strategy not in ("RoundRobin", "WorkloadAware"):
-        raise ValueError(
-            f"the operator runs RoundRobin or WorkloadAware plans, not {plan.strategy}"
-        )
+    strategy = plan.config.strategy
+    if strategy not in OPERATOR_STRATEGIES:
+        raise ValueError(f"the operator runs RoundRobin or WorkloadAware plans, not {strategy}")
+    model, topo = model_doc(spec), topology(deployment, plan)
+    runner = RunnerDoc(image=image or spec.runner.image, port=spec.runner.port)
+    if isinstance(plan, WorkerPlan):
+        update = {"deployment": deployment, "model": model, "topology": topo, "runner": runner}
+        return WorkerPlan.model_validate({**dict(plan), **update})
+    return worker_plan(
+        deployment=deployment,
+        model=model,
+        plan=plan,
+        workload=spec.workload.build(),
+        topology=topo,
+        runner=runner,
+    )
+
+
+def model_doc(spec: ExeGPTDeploymentSpec) -> ModelDoc:
     model = spec.model
     architecture = model.resolved_architecture()
     weights = None
     if model.weights is not None:
-        weights = {
-            "pvc": model.weights.pvc,
-            "path": model.weights.path,
-            "directory": weights_directory(model.weights),
-        }
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "deployment": deployment,
-        "model": {
-            "name": model.name or architecture.name,
-            "architecture": architecture.model_dump(mode="json", by_alias=True),
-            "dtype": model.dtype,
-            "weights": weights,
-        },
-        "strategy": plan.strategy,
-        "config": plan.config.model_dump(mode="json"),
-        "topology": topology(deployment, plan),
-        "limits": limits(spec),
-        "predicted": plan.predicted.model_dump(mode="json"),
-        "latencyBoundSeconds": plan.latency_bound_s,
-        "runner": {"image": image or spec.runner.image, "port": spec.runner.port},
-    }
+        weights = WeightsDoc(
+            pvc=model.weights.pvc,
+            path=model.weights.path,
+            directory=weights_directory(model.weights),
+        )
+    return ModelDoc(
+        name=model.name or architecture.name,
+        architecture=architecture,
+        dtype=model.dtype,
+        weights=weights,
+    )
 
 
-def limits(spec: ExeGPTDeploymentSpec) -> Doc:
-    """The longest input and output (tokens) of ``spec``'s workload: the maxima of the
-    length distributions the planner plans with (``spec.workload.build()``, the call
-    ``request.plan_request`` makes)."""
-    workload = spec.workload.build()
-    return {"maxInputTokens": workload.input.max, "maxOutputTokens": workload.output.max}
+def plan_hash(doc: WorkerPlan) -> str:
+    """The worker plan's hash (``WorkerPlan.hash``)."""
+    return doc.hash()
 
 
-def roles(plan: Plan) -> list[tuple[str, int, int, int]]:
+def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
     """``(role, pods, stages per replica, GPUs per pod)`` of each StatefulSet ``plan`` runs.
 
     RoundRobin: ``worker``, ``replicas x pipeline_stages`` pods of ``tensor_parallel``
@@ -118,32 +100,32 @@ def roles(plan: Plan) -> list[tuple[str, int, int, int]]:
     In each, pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
     """
     c = plan.config
-    if plan.strategy == "RoundRobin":
+    if c.strategy == "RoundRobin":
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)
         ]
-    if plan.strategy == "WorkloadAware":
+    if c.strategy == "WorkloadAware":
         return [
             (names.ENCODER, c.replicas * c.encode_stages, c.encode_stages, c.encode_tp),
             (names.DECODER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel),
         ]
-    raise ValueError(f"the operator runs RoundRobin or WorkloadAware plans, not {plan.strategy}")
+    raise ValueError(f"the operator runs RoundRobin or WorkloadAware plans, not {c.strategy}")
 
 
-def topology(deployment: str, plan: Plan) -> Doc:
+def topology(deployment: str, plan: Planned) -> TopologyDoc:
     """Where each role's pods are: StatefulSet, pod count, stages per replica, GPUs per
     pod, and the headless Service (pod ``<statefulSet>-<o>`` is reachable at
     ``<statefulSet>-<o>.<service>``)."""
-    return {
-        "service": names.headless_service(deployment),
-        "planFile": PLAN_FILE,
-        "roles": {
-            role: {
-                "statefulSet": names.statefulset(deployment, role),
-                "pods": pods,
-                "stages": stages,
-                "gpusPerPod": gpus,
-            }
+    return TopologyDoc(
+        service=names.headless_service(deployment),
+        planFile=PLAN_FILE,
+        roles={
+            role: RoleDoc(
+                statefulSet=names.statefulset(deployment, role),
+                pods=pods,
+                stages=stages,
+                gpusPerPod=gpus,
+            )
             for role, pods, stages, gpus in roles(plan)
         },
-    }
+    )

@@ -13,6 +13,9 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from exegpt.planner.workerplan import PLAN_HASH_KEY as PLAN_HASH_KEY
+from exegpt.planner.workerplan import PLAN_KEY as PLAN_KEY
+
 from .spec import HardwareSpec, WeightsSpec
 
 Obj = dict[str, Any]
@@ -23,8 +26,6 @@ RUN_AS = 10001
 
 # Paths inside the containers.
 PLAN_DIR = "/etc/exegpt/plan"
-PLAN_KEY = "plan.json"  # the plan document, canonical JSON
-PLAN_HASH_KEY = "plan-hash"  # its hash, to compare with $EXEGPT_PLAN_HASH
 PLAN_FILE = posixpath.join(PLAN_DIR, PLAN_KEY)
 WEIGHTS_DIR = "/weights"  # the weights PVC's root, read-only
 CACHE_DIR = "/tmp"  # writable: $HOME and every cache live here
@@ -39,8 +40,7 @@ VOLUME_SHM = "dshm"
 CACHE_SIZE = "20Gi"
 SHM_SIZE = "16Gi"
 HTTP = "http"  # the name of the container port, probes and Services use it
-RENDEZVOUS = "rendezvous"  # the port after it: a replica's processes meet at its driver
-RENDEZVOUS_PORT_OFFSET = 1  # the workers' rendezvous port is the HTTP port plus this
+RENDEZVOUS = "rendezvous"  # HTTP + workerplan.RENDEZVOUS_PORT_OFFSET: where a replica meets
 
 # -- security contexts ---------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from . import names
+from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 
-PROFILE_DATA_KEY = "profile.json"
+from . import names
 
 Action = Literal["ready", "create", "wait", "failed"]
 

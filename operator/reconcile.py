@@ -27,18 +27,13 @@ from pydantic import ValidationError
 
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.architecture import Architecture, Dtype
+from exegpt.planner.describe import plan_summary
 from exegpt.planner.drift import judge, observed_workload
 from exegpt.planner.hardware import GpuType
-from exegpt.planner.plan import (
-    ExecutionConfig,
-    Infeasible,
-    Plan,
-    PlanRequest,
-    Prediction,
-    SearchStats,
-)
+from exegpt.planner.plan import Infeasible, Plan, PlanRequest, Prediction
 from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
 from exegpt.planner.scheduler import schedule
+from exegpt.planner.workerplan import WorkerPlan, WorkerPlanError
 
 from . import builders, drift, names, plandoc
 from .kube import CONFIGMAP, EXEGPT, JOB, JSON, POD, SERVICE, STATEFULSET, Api, Kind, KubeError
@@ -50,6 +45,7 @@ from .metrics import (
     driver_pods,
     parse_length_histograms,
 )
+from .podspec import PLAN_KEY
 from .profiling import ProfilingDecision, decide
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
@@ -377,7 +373,10 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     plan = p.status.plan
     assert plan is not None
     # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives
-    role, _, stages, _ = plandoc.roles(plan_from_status(plan))[0]
+    if plan.strategy == "WorkloadAware":
+        role, stages = names.ENCODER, plan.encode_stages
+    else:
+        role, stages = names.WORKER, plan.pipeline_stages
     selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
     pods = await p.ctx.kube.list(POD, p.namespace, selector)
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
@@ -410,23 +409,30 @@ def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+Planned = Plan | WorkerPlan
+"""What a pass runs: a new plan, or the worker plan the plan ConfigMap holds."""
+
+
 async def _plan(
     p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest, profile: Profile
-) -> Plan | None:
+) -> Planned | None:
+    """The plan the workers run: the running one (read back from the plan ConfigMap)
+    while the planning inputs are unchanged, else a new one. A running plan whose
+    document is missing or unreadable is planned again, never rebuilt from status."""
     digest = inputs_hash(spec, profile)
     old = p.status.plan
     if p.status.infeasible is not None and p.status.infeasible.inputs_hash == digest:
-        return plan_from_status(old) if old else None
-    if old is not None and old.inputs_hash == digest:
+        return await _running(p) if old else None
+    running = await _running(p) if old is not None and old.inputs_hash == digest else None
+    if old is not None and running is not None:
         if p.status.infeasible is not None:
             # Back to the inputs of the running plan (e.g. an infeasible SLO reverted).
             p.status.infeasible = None
-            plan = plan_from_status(old)
-            p.condition("Planned", "True", "Planned", f"{_summary(plan)}; {old.reason}")
+            summary = plan_summary(running.config, running.predicted)
+            p.condition("Planned", "True", "Planned", f"{summary}; {old.reason}")
             p.condition("Degraded", "False", "AsExpected", "")
-            p.event(False, "Replanned", f"back to the running plan: {_summary(plan)}")
-            return plan
-        return plan_from_status(old)
+            p.event(False, "Replanned", f"back to the running plan: {summary}")
+        return running
     p.condition("Progressing", "True", "Planning", "searching for the best plan")
     result = await asyncio.to_thread(
         schedule, request, profile, time_limit_s=p.ctx.settings.plan_time_limit_seconds
@@ -443,25 +449,33 @@ async def _plan(
         kept = " (the workers keep the previous plan)" if old else ""
         p.condition("Progressing", "False", "Infeasible", result.message + kept)
         p.event(True, "Infeasible", result.message + kept)
-        return plan_from_status(old) if old else None
+        return await _running(p) if old else None
     p.status.infeasible = None
     previous_hash = old.hash if old else ""
     p.status.plan = plan_status(result, digest, previous_hash, names.plan_configmap(p.name))
-    summary = _summary(result)
+    summary = plan_summary(result.config, result.predicted)
     p.condition("Planned", "True", "Planned", f"{summary}; {result.reason}")
     p.condition("Degraded", "False", "AsExpected", "")
     p.event(False, "Replanned" if old else "PlanChosen", f"{summary}; {result.reason}")
-    # The workers' plan document is rendered from the recorded plan, so a later pass that
-    # rebuilds it from status renders the same bytes.
-    return plan_from_status(p.status.plan)
+    return result
 
 
-def _summary(plan: Plan) -> str:
-    c, q = plan.config, plan.predicted
-    return (
-        f"{plan.strategy} x{c.replicas} (TP {c.tensor_parallel}, {c.pipeline_stages} stage(s)): "
-        f"{q.throughput_qps:.2f} queries/s at {q.latency_s:.2f} s"
-    )
+async def _running(p: _Pass) -> WorkerPlan | None:
+    """The worker plan in the plan ConfigMap, if it is the one status records (its hash);
+    None when the ConfigMap is missing, unreadable, or holds another plan."""
+    recorded = p.status.plan
+    if recorded is None:
+        return None
+    name = names.plan_configmap(p.name)
+    configmap = await p.ctx.kube.get(CONFIGMAP, p.namespace, name)
+    text = ((configmap or {}).get("data") or {}).get(PLAN_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        doc = WorkerPlan.from_json(text, f"ConfigMap {name}")
+    except WorkerPlanError:
+        return None
+    return doc if doc.hash() == recorded.hash else None
 
 
 def _predicted(q: Prediction) -> PredictedStatus:
@@ -498,14 +512,7 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
                 strategy=a.config.strategy,
                 throughput_qps=round(a.predicted.throughput_qps, 4),
                 latency_seconds=round(a.predicted.latency_s, 4),
-                summary=_summary(
-                    Plan(
-                        strategy=a.config.strategy,
-                        config=a.config,
-                        predicted=a.predicted,
-                        search=plan.search,
-                    )
-                ),
+                summary=plan_summary(a.config, a.predicted),
             )
             for a in plan.alternatives
         ],
@@ -518,35 +525,12 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
     )
 
 
-def plan_from_status(s: PlanStatus) -> Plan:
-    """The plan recorded in status, rebuilt without searching again."""
-    config = ExecutionConfig(
-        strategy=s.strategy, replicas=s.replicas, tensor_parallel=s.tensor_parallel,
-        tp_scope=s.tp_scope, pipeline_stages=s.pipeline_stages, micro_batches=s.micro_batches,
-        encode_batch=s.encode_batch, decode_batch=s.decode_batch,
-        decode_steps_per_encode=s.decode_steps_per_encode, encode_gpus=s.encode_gpus,
-        encode_tp=s.encode_tensor_parallel, encode_stages=s.encode_stages,
-        decode_gpus=s.decode_gpus,
-    )  # fmt: skip
-    q = s.predicted
-    predicted = Prediction(
-        throughput_qps=q.throughput_qps, throughput_tps=q.throughput_tps,
-        latency_s=q.latency_seconds, e2e_p99_s=q.e2e_p99_seconds,
-        memory_per_gpu_bytes=int(q.memory_per_gpu_gib * 2**30), decode_batch=0.0, feasible=True,
-    )  # fmt: skip
-    return Plan(
-        strategy=s.strategy, config=config, predicted=predicted,
-        latency_bound_s=s.latency_bound_seconds, reason=s.reason,
-        search=SearchStats(seconds=s.search_seconds, evaluated=s.evaluated, space=s.evaluated),
-    )  # fmt: skip
-
-
 # -- 4. workers ----------------------------------------------------------------------------
-async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Plan) -> None:
+async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Planned) -> None:
     s = p.ctx.settings
     image = spec.runner.image or s.runtime_image
     doc = plandoc.plan_document(p.name, spec, plan, image)
-    digest = plandoc.plan_hash(doc)
+    digest = doc.hash()
     workers = builders.build_workers(p.name, p.namespace, p.owner, spec, plan, digest, image)
     desired = [
         builders.build_plan_configmap(

@@ -39,9 +39,9 @@ from exegpt.planner.hardware import ALIASES as GPU_ALIASES
 from exegpt.planner.hardware import PRESETS as GPU_PRESETS
 from exegpt.planner.hardware import get_gpu
 from exegpt.planner.plan import StrategyChoice
+from exegpt.planner.profilekeys import GROUP as GROUP
 from exegpt.planner.workload_spec import WorkloadSpec
 
-GROUP = "exegpt.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ExeGPTDeployment"

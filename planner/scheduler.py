@@ -268,7 +268,8 @@ def _encode_time_per_query(
         kv_phase = "encode" if phase == "encode" else "decode"
         memory = (
             fixed
-            + k.kv_per_gpu(enc, kv_copies * tokens, kv_phase)
+            # at most what any engine reserves (the own engine: a slot per query)
+            + k.kv_per_gpu(enc, min(kv_copies * tokens, b * m.max_input), kv_phase)
             + k.activations_per_gpu(enc, tokens)
         )
         if memory > sim.capacity:

@@ -29,16 +29,14 @@ length, queueing excluded. ``e2e_p99_s`` adds the wait for the next admission sl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from .costs import CostModel, Group
+from .kvcapacity import KvCapacity, encoder_kv_capacity, kv_capacity, reserved_tokens
 from .moments import Moments
-from .plan import ExecutionConfig, PlanRequest, Prediction
+from .plan import Engine, ExecutionConfig, PlanRequest, Prediction
 from .profile import Profile
 from .runnable import worker_limitation
-
-KV_SAFETY_SIGMAS = 3.0
 
 
 def _pass_time(stage: float, chain: float, micro: int, stages: int) -> float:
@@ -59,6 +57,9 @@ class Simulator:
         self.costs = CostModel(profile, request.gpu, request.gpus_per_node, request.dtype)
         self.m = moments or Moments.of(request.workload, request.architecture)
         self.capacity = request.gpu.memory_bytes * request.memory_headroom
+        # The engine whose KV cache is priced ("Auto" is priced as the own engine, the
+        # larger reservation of the two).
+        self.engine: Engine = "vLLM" if request.engine == "vLLM" else "ExeGPT"
         self.tp_degrees = set(profile.tp_degrees)
 
     # -- public -----------------------------------------------------------------------
@@ -100,11 +101,15 @@ class Simulator:
 
     # -- memory ------------------------------------------------------------------------
     def _kv_tokens(self, batch: float) -> float:
-        """KV tokens to reserve for a steady decode batch: mean plus a safety margin."""
-        if batch <= 0:
-            return 0.0
-        m = self.m
-        return batch * m.mean_context + KV_SAFETY_SIGMAS * math.sqrt(batch) * m.std_context
+        """A lower bound on the KV tokens the engine reserves for a steady decode batch of
+        ``batch`` (the scheduler's upper bounds use it)."""
+        if self.engine == "ExeGPT":
+            return max(batch, 0.0) * (self.m.max_input + self.m.max_output)
+        return reserved_tokens(batch, self.m)
+
+    def kv(self, c: ExecutionConfig, steady_decode_batch: float) -> KvCapacity:
+        """The KV cache the engine allocates per replica for ``c`` (what it is priced at)."""
+        return kv_capacity(c, self.m, self.engine, steady_decode_batch)
 
     def _finish(
         self,
@@ -163,7 +168,7 @@ class Simulator:
         latency = enc_lat + d99 * t_iter + (d99 / n_d) * t_enc
         memory = (
             k.weights_per_gpu(mem_group, "both")
-            + k.kv_per_gpu(dec, self._kv_tokens(b_d) + b_e * m.mean_input)
+            + k.kv_per_gpu(dec, self.kv(c, b_d).tokens)
             + k.activations_per_gpu(enc, b_e * m.mean_input)
         )
         return self._finish(c, qps, latency, latency + t_cycle, memory, b_d)
@@ -203,14 +208,15 @@ class Simulator:
         if self.costs.arch.encoder_decoder:
             enc_mem = k.weights_per_gpu(enc, "encode") + k.activations_per_gpu(enc, enc_tokens)
         else:
+            enc_kv = encoder_kv_capacity(c, m, self.engine).tokens
             enc_mem = (
                 k.weights_per_gpu(enc, "encode")
-                + k.kv_per_gpu(enc, enc_tokens, "encode")
+                + k.kv_per_gpu(enc, enc_kv, "encode")
                 + k.activations_per_gpu(enc, enc_tokens / 2)
             )
         dec_mem = (
             k.weights_per_gpu(dec, "decode")
-            + k.kv_per_gpu(dec, self._kv_tokens(float(c.decode_batch)) + b_e * m.mean_input)
+            + k.kv_per_gpu(dec, self.kv(c, float(c.decode_batch)).tokens)
             + k.activations_per_gpu(dec, c.decode_batch)
         )
         return self._finish(c, qps, latency, latency + enc_stage, max(enc_mem, dec_mem), batch)
@@ -229,7 +235,7 @@ class Simulator:
         latency = t_enc + m.steps_p99 * t_iter
         memory = (
             k.weights_per_gpu(g, "both")
-            + k.kv_per_gpu(g, b * (in_max + m.max_output))
+            + k.kv_per_gpu(g, self.kv(c, float(b)).tokens)
             + k.activations_per_gpu(g, b / micro * in_max)
         )
         # A caller waits for the batch in flight, then for its own batch to end (static
@@ -248,7 +254,7 @@ class Simulator:
         latency = (m.steps_p99 + 1.0) * t_iter
         memory = (
             k.weights_per_gpu(g, "both")
-            + k.kv_per_gpu(g, self._kv_tokens(b))
+            + k.kv_per_gpu(g, self.kv(c, b).tokens)
             + k.activations_per_gpu(g, joins / micro * m.mean_input + b / micro)
         )
         return self._finish(c, qps, latency, latency + t_iter, memory, b)

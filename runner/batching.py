@@ -24,7 +24,8 @@ from exegpt.planner.plan import ExecutionConfig
 
 @dataclass
 class Admission:
-    """The admission rule of ``strategy``; ``slots``: requests the KV caches hold."""
+    """The admission rule of ``strategy``; ``slots``: requests the KV caches hold (the
+    plan's KV capacity, ``exegpt.planner.kvcapacity``)."""
 
     strategy: str
     encode_batch: int
@@ -66,21 +67,6 @@ class Admission:
 
     def decoded(self) -> None:
         self.since_encode += 1
-
-
-def slots_for(config: ExecutionConfig, steady_decode_batch: float) -> int:
-    """KV slots of a replica's decoding caches: RoundRobin keeps its steady decode batch
-    (``steady_decode_batch``, the plan's prediction) with three standard deviations of
-    room for its variation, plus one encoding; WorkloadAware decoders hold
-    ``decode_batch`` requests; Static a batch; Continuous ``decode_batch``."""
-    if config.strategy == "RoundRobin":
-        b = max(steady_decode_batch, 1.0)
-        return int(b + 3.0 * b**0.5 + 0.999) + config.encode_batch
-    if config.strategy == "WorkloadAware":
-        return config.decode_batch
-    if config.strategy == "Static":
-        return config.encode_batch
-    return config.decode_batch
 
 
 def split(n: int, parts: int) -> list[int]:

@@ -8,24 +8,18 @@ replaced when it exists (a profile measured again).
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any, Protocol
+
+from exegpt.planner.profilekeys import (
+    ANNOTATION_PROFILE_KEY,
+    PROFILE_DATA_KEY,
+    profile_labels,
+)
 
 from .errors import RunnerError
 
-# The data key the operator reads (exegpt.operator.profiling.PROFILE_DATA_KEY).
-PROFILE_DATA_KEY = "profile.json"
 # A ConfigMap holds at most 1 MiB, metadata included.
 MAX_DATA_BYTES = 1_000_000
-
-LABELS = {
-    "app.kubernetes.io/name": "exegpt",
-    "app.kubernetes.io/component": "profiler",
-    "app.kubernetes.io/managed-by": "exegpt-operator",
-}
-LABEL_PROFILE = "exegpt.dev/profile"
-ANNOTATION_PROFILE_KEY = "exegpt.dev/profile-key"
 
 
 class ConfigMapError(RunnerError):
@@ -42,14 +36,6 @@ class ConfigMapApi(Protocol):
     def replace_namespaced_config_map(self, name: str, namespace: str, body: Any) -> Any: ...
 
 
-def profile_digest(profile_key: str) -> str:
-    """The 12 hex digits that end a profile key (a hash of it otherwise)."""
-    tail = profile_key.rsplit("-", 1)[-1]
-    if re.fullmatch(r"[0-9a-f]{12}", tail):
-        return tail
-    return hashlib.sha256(profile_key.encode()).hexdigest()[:12]
-
-
 def configmap_body(
     name: str, namespace: str, profile_json: str, profile_key: str
 ) -> dict[str, Any]:
@@ -59,7 +45,7 @@ def configmap_body(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**LABELS, LABEL_PROFILE: profile_digest(profile_key)},
+            "labels": profile_labels(profile_key),
             "annotations": {ANNOTATION_PROFILE_KEY: profile_key},
         },
         "data": {PROFILE_DATA_KEY: profile_json},

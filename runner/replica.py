@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from exegpt.planner.kvcapacity import KvCapacity, steady_sequences
 from exegpt.planner.plan import ExecutionConfig
 
-from .batching import max_encode_batch, slots_for
+from .batching import max_encode_batch
 from .chain import DRIVER, ChainClient, Groups, KVRoute, Member, kv_routes, serve_stage
 from .config import ModelConfig
 from .engine import Engine
@@ -32,7 +33,13 @@ from .weights import load_directory, random_weights
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """What every process of a replica needs to know."""
+    """What every process of a replica needs to know.
+
+    ``capacity`` is the plan's KV capacity (the worker plan document's): the decoding
+    caches hold ``capacity.sequences`` slots of ``capacity.block_size`` tokens, the
+    longest input plus the longest output. Without it (a plan made here) the same rule
+    sizes them from ``steady_decode_batch``.
+    """
 
     model: ModelConfig
     config: ExecutionConfig
@@ -43,6 +50,19 @@ class ReplicaSpec:
     weights: str | None = None  # a Hugging Face directory; None: random weights
     seed: int = 0
     max_slots: int | None = None  # a cap on every cache's sequences (local runs)
+    capacity: KvCapacity | None = None
+
+    def __post_init__(self) -> None:
+        kv = self.capacity
+        if kv is None:
+            return
+        if kv.engine != "ExeGPT":
+            raise ValueError(f"the plan's KV capacity is for {kv.engine}, not this engine")
+        if kv.block_size != self.max_total_tokens:
+            raise ValueError(
+                f"the plan's KV slots hold {kv.block_size} tokens, but its limits allow "
+                f"{self.max_total_tokens} (max input + max output): plan again"
+            )
 
     @property
     def max_total_tokens(self) -> int:
@@ -64,8 +84,10 @@ class ReplicaSpec:
             n = self.config.encode_batch
         elif chain == DECODER:
             n = self.config.decode_batch
+        elif self.capacity is not None:
+            n = self.capacity.sequences
         else:
-            n = slots_for(self.config, self.steady_decode_batch)
+            n = steady_sequences(self.config, self.steady_decode_batch)
         return min(n, self.max_slots) if self.max_slots else n
 
 

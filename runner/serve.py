@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from exegpt.planner.workerplan import PLAN_HASH_KEY, RENDEZVOUS_PORT_OFFSET, WorkerPlan
+
 from .engine import Engine
 from .errors import RunnerError
 from .listen import check_listen_address
@@ -32,7 +34,7 @@ from .metrics import ServingMetrics
 from .replica import ReplicaSpec, device_for, run_rank
 from .serving import GenerationRequest, Limits, NotAccepting, Sink
 from .tokenizer import load_tokenizer
-from .workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, placement, pod_ordinal
+from .workerplan import load_plan, placement, pod_ordinal, replica_spec
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +239,9 @@ def serve_pod(
 
     check_listen_address(host, port)
     wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
-    plan = WorkerPlan.load(plan_file)
+    plan = load_plan(plan_file)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
-    spec = plan.replica_spec()
+    spec = replica_spec(plan)
     driver_host, driver_port = place.driver_host, port
     override = os.environ.get("EXEGPT_DRIVER_ADDRESS")  # outside Kubernetes: host:port
     if override:
@@ -299,7 +301,7 @@ def wait_for_own_plan(
     a plan its peers do not run."""
     if not expected:
         return
-    path = os.path.join(os.path.dirname(plan_file), "plan-hash")
+    path = os.path.join(os.path.dirname(plan_file), PLAN_HASH_KEY)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -340,7 +342,7 @@ def local_spec(plan: WorkerPlan, max_slots: int | None = None) -> ReplicaSpec:
     """The replica of ``plan`` as this machine runs it: float32 on the CPU, and at most
     ``max_slots`` sequences per cache (a plan for GPUs may batch more than a laptop
     holds)."""
-    spec = replace(plan.replica_spec(), max_slots=max_slots)
+    spec = replace(replica_spec(plan), max_slots=max_slots)
     if not torch.cuda.is_available():
         spec = replace(spec, dtype="float32")
     return spec

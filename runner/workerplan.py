@@ -1,5 +1,6 @@
-"""The plan document a worker starts from (``kind: WorkerPlan``, written by the operator
-into the ``<name>-plan`` ConfigMap), and where one pod stands in it.
+"""A worker's side of the worker plan (``exegpt.planner.workerplan.WorkerPlan``, written
+by the operator into the ``<name>-plan`` ConfigMap): reading it, the replica it
+describes, and where one pod stands in it.
 
 A pod of role ``worker`` (RoundRobin), ``encoder`` or ``decoder`` (WorkloadAware) with
 StatefulSet ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``; it runs one
@@ -10,24 +11,15 @@ meet at the driver's pod through the headless Service.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from exegpt.planner.architecture import Architecture
-from exegpt.planner.plan import ExecutionConfig
+from exegpt.planner.workerplan import WorkerPlan, WorkerPlanError
 
 from .errors import RunnerError
 from .profiler import resolve_config
 from .replica import ReplicaSpec
 from .topology import DECODER, ENCODER, MAIN, topology
-
-RENDEZVOUS_PORT_OFFSET = 1
-"""The driver's rendezvous port is the HTTP port plus this."""
 
 ROLE_CHAIN = {"worker": MAIN, "encoder": ENCODER, "decoder": DECODER}
 
@@ -36,91 +28,41 @@ class PlanError(RunnerError):
     """A plan document the worker cannot run."""
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def load_plan(path: str | Path) -> WorkerPlan:
+    """The worker plan in the file ``path`` (raises :class:`PlanError`)."""
+    try:
+        return WorkerPlan.load(path)
+    except WorkerPlanError as exc:
+        raise PlanError(str(exc)) from None
 
 
-class WeightsDoc(_Loose):
-    directory: str
+def parse_plan(doc: object, source: str = "plan") -> WorkerPlan:
+    """The worker plan in ``doc``, parsed JSON (raises :class:`PlanError`)."""
+    try:
+        return WorkerPlan.parse(doc, source)
+    except WorkerPlanError as exc:
+        raise PlanError(str(exc)) from None
 
 
-class ModelDoc(_Loose):
-    name: str
-    architecture: Architecture
-    dtype: str = "float16"
-    weights: WeightsDoc | None = None
-
-
-class RoleDoc(_Loose):
-    statefulSet: str  # noqa: N815 (the document's field names)
-    pods: int = Field(ge=1)
-    stages: int = Field(ge=1)
-    gpusPerPod: int = Field(ge=1)  # noqa: N815
-
-
-class TopologyDoc(_Loose):
-    service: str
-    roles: dict[str, RoleDoc]
-
-
-class LimitsDoc(_Loose):
-    maxInputTokens: int = Field(ge=1)  # noqa: N815
-    maxOutputTokens: int = Field(ge=1)  # noqa: N815
-
-
-class RunnerDoc(_Loose):
-    port: int = 8000
-
-
-class WorkerPlan(_Loose):
-    """The fields of the plan document a worker reads."""
-
-    kind: str
-    deployment: str
-    model: ModelDoc
-    strategy: str
-    config: ExecutionConfig
-    topology: TopologyDoc
-    limits: LimitsDoc
-    predicted: dict[str, Any] = Field(default_factory=dict)
-    runner: RunnerDoc = RunnerDoc()
-
-    @classmethod
-    def load(cls, path: str | Path) -> WorkerPlan:
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise PlanError(f"{path}: cannot read the plan: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{path}: not JSON: {exc}") from None
-        return cls.parse(doc, str(path))
-
-    @classmethod
-    def parse(cls, doc: object, source: str = "plan") -> WorkerPlan:
-        try:
-            plan = cls.model_validate(doc)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PlanError(f"{source}: {where}: {first['msg']}") from None
-        if plan.kind != "WorkerPlan":
-            raise PlanError(f"{source}: kind is {plan.kind!r}, expected WorkerPlan")
-        return plan
-
-    def replica_spec(self, *, dtype: str | None = None, weights: str | None = None) -> ReplicaSpec:
-        """What every process of a replica builds (``dtype``/``weights`` override the
-        document's: the local mode runs float32 on the CPU)."""
-        directory = weights or (self.model.weights.directory if self.model.weights else None)
-        steady = float(self.predicted.get("decode_batch", 0.0) or 0.0)
-        return ReplicaSpec(
-            model=resolve_config(self.model.architecture, directory),
-            config=self.config,
-            max_input_tokens=self.limits.maxInputTokens,
-            max_output_tokens=self.limits.maxOutputTokens,
-            steady_decode_batch=steady if math.isfinite(steady) else 0.0,
-            dtype=dtype or self.model.dtype,
-            weights=directory,
-        )
+def replica_spec(
+    plan: WorkerPlan, *, dtype: str | None = None, weights: str | None = None
+) -> ReplicaSpec:
+    """What every process of a replica of ``plan`` builds (``dtype``/``weights``
+    override the document's: the local mode runs float32 on the CPU). The decoding
+    caches are the plan's KV capacity: its slots of its limits' longest request."""
+    if plan.engine != "ExeGPT":
+        raise PlanError(f"the plan is for the {plan.engine} engine, not this one")
+    directory = weights or (plan.model.weights.directory if plan.model.weights else None)
+    return ReplicaSpec(
+        model=resolve_config(plan.model.architecture, directory),
+        config=plan.config,
+        max_input_tokens=plan.limits.maxInputTokens,
+        max_output_tokens=plan.limits.maxOutputTokens,
+        steady_decode_batch=plan.predicted.decode_batch,
+        dtype=dtype or plan.model.dtype,
+        weights=directory,
+        capacity=plan.capacity,
+    )
 
 
 @dataclass(frozen=True)

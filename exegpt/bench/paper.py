@@ -257,6 +257,7 @@ def _request(pair: Pair, bound_s: float | None) -> PlanRequest:
         gpus_per_node=pair.cluster.gpus_per_node,
         workload=get_workload(pair.task),
         latency_bound_s=bound_s,
+        executable_only=True,  # only what the engine deploys
     )
 
 

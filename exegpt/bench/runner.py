@@ -451,6 +451,7 @@ def plan_request(
     return PlanRequest(
         architecture=architecture, gpu=device.gpu, gpus=gpus, gpus_per_node=gpus,
         dtype=device.dtype, workload=workload, latency_bound_s=bound, strategy=strategy,
+        executable_only=True,
     )  # fmt: skip
 
 

@@ -80,7 +80,7 @@ def run(argv: list[str]) -> int:
         for bound in (None, TIGHT_BOUNDS[task]):
             request = PlanRequest(
                 architecture=arch, gpu=gpu, gpus=16, workload=get_workload(task),
-                latency_bound_s=bound,
+                latency_bound_s=bound, executable_only=True,
             )  # fmt: skip
             result = schedule(request, profile)
             if not isinstance(result, Plan):

@@ -1460,6 +1460,16 @@ def is_condition(body: Mapping[str, Any] | None, type_: str, status: str = "True
     return cond is not None and cond.get("status") == status
 
 
+def rendered(cluster: Cluster, name: str = "x") -> bool:
+    """Whether the operator has written every worker StatefulSet of the plan recorded in
+    the deployment's status (as many as ``expected_roles`` says, whatever the planner
+    chose) and both Services."""
+    plan = ((cluster.deployment(name) or {}).get("status") or {}).get("plan")
+    if not plan:
+        return False
+    return len(cluster.statefulsets()) == len(expected_roles(plan)) and len(cluster.services()) == 2
+
+
 def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
     from the plan's own fields: RoundRobin runs ``worker`` pods, one per pipeline stage of
@@ -1473,3 +1483,60 @@ def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         "encoder": (replicas * plan["encodeStages"], plan["encodeTensorParallel"]),
         "decoder": (replicas * plan["pipelineStages"], plan["tensorParallel"]),
     }
+
+
+# -- what the operator deploys for one manifest ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What the operator wrote for one ExeGPTDeployment once it planned and rendered
+    its workers: the deployment's status, the plan ConfigMap's data as stored
+    (``plan.json`` and ``plan-hash``) and the worker StatefulSets."""
+
+    status: JSON
+    plan_json: str
+    plan_hash: str
+    statefulsets: list[JSON]
+
+    def statefulset(self, role: str) -> JSON:
+        for sts in self.statefulsets:
+            component = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+            if component == role:
+                return sts
+        raise KeyError(role)
+
+
+async def deploy(manifest: Mapping[str, Any], *, timeout: float = 120.0) -> Deployed:
+    """Apply ``manifest`` to a fresh emulated cluster with the operator running, and
+    wait until it has planned and written the plan ConfigMap and every worker
+    StatefulSet of its plan; what it wrote."""
+    body = copy.deepcopy(dict(manifest))
+    body.setdefault("metadata", {})["namespace"] = NAMESPACE
+    name = str(body["metadata"]["name"])
+    async with running_cluster() as cluster:
+        operator = exegpt_operator(cluster)
+        await operator.start()
+        try:
+            await cluster.create(body)
+
+            def written() -> Deployed | None:
+                status = (cluster.deployment(name) or {}).get("status") or {}
+                plan = status.get("plan")
+                cm = cluster.stored(CORE, "configmaps", NAMESPACE, f"{name}-plan")
+                sets = cluster.statefulsets()
+                if not plan or cm is None or len(sets) != len(expected_roles(plan)):
+                    return None
+                data = cm["data"]
+                if not plan.get("hash") or data["plan-hash"] != plan["hash"]:
+                    return None
+                return Deployed(status, data["plan.json"], data["plan-hash"], sets)
+
+            return await cluster.wait_for(written, timeout=timeout, what=f"{name} deployed")
+        finally:
+            await operator.stop()
+
+
+def deployed(manifest: Mapping[str, Any], *, timeout: float = 120.0) -> Deployed:
+    """:func:`deploy` for a test outside an event loop."""
+    return asyncio.run(deploy(manifest, timeout=timeout))

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 from builders import deployment
-from harness import NAMESPACE, Cluster, Operator, condition, is_condition, measured_profile
+from harness import (
+    NAMESPACE,
+    Cluster,
+    Operator,
+    condition,
+    is_condition,
+    measured_profile,
+    rendered,
+)
 
 from exegpt.operator import names
 
@@ -46,9 +54,7 @@ async def test_killing_the_operator_mid_rollout_creates_no_duplicates(
     await operator.kill()
     await operator.start()
 
-    await cluster.wait_for(
-        lambda: len(cluster.statefulsets()) == 2 and len(cluster.services()) == 2
-    )
+    await cluster.wait_for(lambda: rendered(cluster))
     await operator.settle("x")
     created = [c for c in cluster.writes_since() if c.verb == "create" and c.ok]
     by_name = [
@@ -61,7 +67,7 @@ async def test_restarting_a_converged_deployment_writes_nothing(
     cluster: Cluster, operator: Operator
 ) -> None:
     await cluster.create(deployment("x"))
-    await cluster.wait_for(lambda: len(cluster.statefulsets()) == 2)
+    await cluster.wait_for(lambda: rendered(cluster))
     for sts in cluster.statefulsets():
         await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
     await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 from builders import deployment
-from harness import NAMESPACE, Cluster, Operator, is_condition
+from harness import NAMESPACE, Cluster, Operator, is_condition, rendered
 
 pytestmark = pytest.mark.asyncio
 
 
 async def converged(cluster: Cluster, operator: Operator, name: str = "x") -> None:
-    """Wait for the plan and both worker StatefulSets, make them ready, wait for
+    """Wait for the plan and its worker StatefulSets, make them ready, wait for
     Available, and for the operator to stop writing."""
     await cluster.wait_for(lambda: is_condition(cluster.deployment(name), "Planned"))
-    await cluster.wait_for(
-        lambda: len(cluster.statefulsets()) == 2 and len(cluster.services()) == 2
-    )
+    await cluster.wait_for(lambda: rendered(cluster, name))
     for sts in cluster.statefulsets():
         await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
     await cluster.wait_for(lambda: is_condition(cluster.deployment(name), "Available"))
@@ -52,7 +50,7 @@ async def test_a_lost_response_to_a_create_converges(cluster: Cluster, operator:
 
     await converged(cluster, operator)
     assert fault.exhausted
-    assert len(cluster.statefulsets()) == 2
+    assert rendered(cluster)
 
 
 async def test_a_conflict_on_updating_a_worker_is_retried(

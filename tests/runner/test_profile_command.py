@@ -13,8 +13,8 @@ from kubernetes.client import ApiException
 import exegpt.runner.configmap as configmap_module
 from exegpt.cli import main
 from exegpt.operator import names
-from exegpt.operator.profiling import PROFILE_DATA_KEY
 from exegpt.planner.profile import Profile
+from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 from exegpt.runner.configmap import ConfigMapError, check_access, configmap_body, write_profile
 
 TINY = json.dumps(

@@ -1,9 +1,11 @@
-"""``exegpt serve``: the plan document the operator writes, read by the workers (every
-pod's place in its replica), the pass-through of a non-driver pod, and a whole local
-replica answering over HTTP and shutting down cleanly."""
+"""``exegpt serve``: the plan document the operator writes (taken from the operator run
+on the emulated API), read by the workers (every pod's place in its replica), the
+pass-through of a non-driver pod, and a whole local replica answering over HTTP and
+shutting down cleanly."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -19,37 +21,51 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from harness import deployed
 
-from exegpt.operator.plandoc import plan_document
-from exegpt.operator.request import plan_request
-from exegpt.operator.spec import parse_manifest
-from exegpt.planner.analytic import analytic_profile
-from exegpt.planner.plan import Plan
-from exegpt.planner.scheduler import schedule
+from exegpt.planner.kvcapacity import steady_sequences
+from exegpt.planner.plan import ExecutionConfig
+from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET
 from exegpt.runner.proxy import build_proxy_app
-from exegpt.runner.workerplan import PlanError, WorkerPlan, placement, pod_ordinal
+from exegpt.runner.workerplan import (
+    PlanError,
+    parse_plan,
+    placement,
+    pod_ordinal,
+    replica_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
+@functools.cache
+def _operator_plan_json(path: Path) -> str:
+    return deployed(yaml.safe_load(path.read_text())).plan_json
+
+
 def operator_document(path: Path) -> dict[str, Any]:
-    """The plan document the operator writes for an example (analytic profile)."""
-    manifest = parse_manifest(yaml.safe_load(path.read_text()))
-    request = plan_request(manifest.spec)
-    plan = schedule(request, analytic_profile(request.architecture, request.gpu,
-                                              dtype=request.dtype))  # fmt: skip
-    assert isinstance(plan, Plan)
-    doc = plan_document(str(manifest.metadata["name"]), manifest.spec, plan, "img:1")
-    return dict(json.loads(json.dumps(doc)))
+    """The plan document the operator writes for an example: ``plan.json`` of the plan
+    ConfigMap, as the operator wrote it on the emulated API."""
+    doc: dict[str, Any] = json.loads(_operator_plan_json(path))
+    return doc
+
+
+def with_config(doc: dict[str, Any], config: dict[str, Any], roles: dict[str, Any]) -> None:
+    """Make ``doc`` run ``config`` on ``roles`` (its KV capacity follows the config)."""
+    c = ExecutionConfig.model_validate(config)
+    held = steady_sequences(c, doc["predicted"]["decode_batch"])
+    kv = doc["capacity"]
+    doc["capacity"] = {**kv, "sequences": held, "blocks": held, "tokens": held * kv["block_size"]}
+    doc["strategy"], doc["config"], doc["topology"]["roles"] = c.strategy, config, roles
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_pod_of_an_example_plan_has_one_place(path: Path) -> None:
     """Each replica's ranks are covered once by its pods; one driver pod per replica,
     the one its pods meet at."""
-    plan = WorkerPlan.parse(operator_document(path))
-    spec = plan.replica_spec()
+    plan = parse_plan(operator_document(path))
+    spec = replica_spec(plan)
     world = spec.topology().world
     seen: dict[int, list[int]] = {}
     drivers: dict[int, str] = {}
@@ -76,14 +92,15 @@ def test_every_pod_of_an_example_plan_has_one_place(path: Path) -> None:
 def test_bad_documents_and_pods_are_named() -> None:
     doc = operator_document(ROOT / "examples" / "opt-13b-summarization.yaml")
     with pytest.raises(PlanError, match="limits"):
-        WorkerPlan.parse({k: v for k, v in doc.items() if k != "limits"})
+        parse_plan({k: v for k, v in doc.items() if k != "limits"})
     with pytest.raises(PlanError, match="expected WorkerPlan"):
-        WorkerPlan.parse({**doc, "kind": "Plan"})
-    plan = WorkerPlan.parse(doc)
-    with pytest.raises(PlanError, match="--role worker: the plan's roles are decoder, encoder"):
-        placement(plan, "worker", 0)
+        parse_plan({**doc, "kind": "Plan"})
+    plan = parse_plan(doc)
+    roles = sorted(plan.topology.roles)
+    with pytest.raises(PlanError, match=f"--role router: the plan's roles are {', '.join(roles)}"):
+        placement(plan, "router", 0)
     with pytest.raises(PlanError, match="outside the"):
-        placement(plan, "encoder", 99)
+        placement(plan, roles[0], 99)
     assert pod_ordinal("chat-decoder-12") == 12
     with pytest.raises(PlanError, match="not a StatefulSet pod name"):
         pod_ordinal("chat")
@@ -141,13 +158,13 @@ def test_serve_local_runs_a_plan_and_drains_on_sigterm(tmp_path: Path) -> None:
     """``exegpt serve --local`` on a two-process plan (one encoder, one decoder): ready,
     completions, a clear 400, then SIGTERM ends every process with exit code 0."""
     doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
-    doc["strategy"] = "WorkloadAware"
-    doc["config"] = {"strategy": "WorkloadAware", "encode_gpus": 1, "decode_gpus": 1,
-                     "encode_batch": 2, "decode_batch": 4}  # fmt: skip
-    doc["topology"]["roles"] = {
-        "encoder": {"statefulSet": "tiny-local-encoder", "pods": 1, "stages": 1, "gpusPerPod": 1},
-        "decoder": {"statefulSet": "tiny-local-decoder", "pods": 1, "stages": 1, "gpusPerPod": 1},
-    }
+    with_config(
+        doc,
+        {"strategy": "WorkloadAware", "encode_gpus": 1, "decode_gpus": 1, "encode_batch": 2,
+         "decode_batch": 4},
+        {"encoder": {"statefulSet": "tiny-local-encoder", "pods": 1, "stages": 1, "gpusPerPod": 1},
+         "decoder": {"statefulSet": "tiny-local-decoder", "pods": 1, "stages": 1, "gpusPerPod": 1}},
+    )  # fmt: skip
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(doc))
     with socket_port() as port:
@@ -251,11 +268,12 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
     become ready, the stage pod passes requests on to the driver, and when the driver
     is stopped the stage pod ends too."""
     doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
-    doc["config"] = {"strategy": "RoundRobin", "pipeline_stages": 2, "encode_batch": 2,
-                     "decode_steps_per_encode": 2, "micro_batches": 2}  # fmt: skip
-    doc["topology"]["roles"] = {
-        "worker": {"statefulSet": "tiny-worker", "pods": 2, "stages": 2, "gpusPerPod": 1}
-    }
+    with_config(
+        doc,
+        {"strategy": "RoundRobin", "pipeline_stages": 2, "encode_batch": 2,
+         "decode_steps_per_encode": 2, "micro_batches": 2},
+        {"worker": {"statefulSet": "tiny-worker", "pods": 2, "stages": 2, "gpusPerPod": 1}},
+    )  # fmt: skip
     (tmp_path / "plan.json").write_text(json.dumps(doc))
     (tmp_path / "plan-hash").write_text("h1")
     with socket_port() as driver_port, socket_port() as stage_port:
@@ -299,7 +317,9 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
 
 
 def test_the_operator_declares_the_port_the_workers_meet_on() -> None:
-    from exegpt.operator import podspec
-    from exegpt.runner import workerplan
-
-    assert podspec.RENDEZVOUS_PORT_OFFSET == workerplan.RENDEZVOUS_PORT_OFFSET
+    sts = deployed(yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text()))
+    for s in sts.statefulsets:
+        [c] = s["spec"]["template"]["spec"]["containers"]
+        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+        meet = next(p["containerPort"] for p in c["ports"] if p["name"] == "rendezvous")
+        assert meet == http + RENDEZVOUS_PORT_OFFSET

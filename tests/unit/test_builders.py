@@ -29,9 +29,12 @@ from exegpt.operator.request import plan_request
 from exegpt.operator.spec import ExeGPTDeploymentSpec, parse_manifest, parse_spec
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.architecture import Architecture
+from exegpt.planner.kvcapacity import KvCapacity, kv_capacity
+from exegpt.planner.moments import Moments
 from exegpt.planner.plan import ExecutionConfig, Plan, Prediction, SearchStats
 from exegpt.planner.profile import MEASURED_PROFILER_VERSION, profile_key
 from exegpt.planner.scheduler import schedule
+from exegpt.planner.workerplan import HASHED_FIELDS, WorkerPlan, canonical_json
 from exegpt.planner.workload_presets import get_workload
 from exegpt.planner.workload_spec import workload_spec_example
 
@@ -180,7 +183,7 @@ def test_every_child_of_a_deployment_is_owned_by_it() -> None:
 def test_plan_document_holds_what_the_workers_need() -> None:
     spec = make_spec(**{"model.weights": {"pvc": "models", "path": "/opt-13b"}})
     plan = make_plan(RR)
-    doc = plandoc.plan_document(NAME, spec, plan)
+    doc = plandoc.plan_document(NAME, spec, plan).document()
     assert doc["apiVersion"] == "exegpt.dev/v1alpha1"
     assert doc["kind"] == "WorkerPlan"
     assert doc["deployment"] == NAME
@@ -197,7 +200,12 @@ def test_plan_document_holds_what_the_workers_need() -> None:
     )
     assert ExecutionConfig.model_validate(doc["config"]) == RR
     assert doc["strategy"] == "RoundRobin"
+    assert doc["engine"] == "ExeGPT"
+    moments = Moments.of(plan_request(spec).workload, spec.model.resolved_architecture())
+    capacity = kv_capacity(RR, moments, "ExeGPT", plan.predicted.decode_batch)
+    assert KvCapacity.model_validate(doc["capacity"]) == capacity
     assert doc["predicted"]["throughput_qps"] == 10.0
+    assert doc["predicted"]["decode_batch"] == 128.0  # the steady batch, as predicted
     assert doc["latencyBoundSeconds"] == 3.1
     assert doc["runner"] == {"image": None, "port": 8000}
     worker = doc["topology"]["roles"]["worker"]
@@ -213,7 +221,7 @@ def test_plan_document_holds_what_the_workers_need() -> None:
 
 def test_plan_document_of_an_explicit_architecture() -> None:
     spec = parse_manifest(yaml.safe_load((EXAMPLES / "custom-architecture.yaml").read_text())).spec
-    doc = plandoc.plan_document(NAME, spec, make_plan(RR))
+    doc = plandoc.plan_document(NAME, spec, make_plan(RR)).document()
     assert doc["model"]["name"] == "mistral-7b"
     assert doc["model"]["architecture"]["numKvHeads"] == 8
     assert doc["model"]["weights"] is None
@@ -251,7 +259,7 @@ def test_plan_document_limits_are_the_workloads_maxima() -> None:
     for what, (workload, max_in, max_out) in cases.items():
         spec = make_spec(workload=workload)
         resolved = plan_request(spec).workload  # what the planner plans with
-        limits = plandoc.plan_document(NAME, spec, make_plan(RR))["limits"]
+        limits = plandoc.plan_document(NAME, spec, make_plan(RR)).document()["limits"]
         assert limits == {
             "maxInputTokens": resolved.input.max,
             "maxOutputTokens": resolved.output.max,
@@ -287,7 +295,40 @@ def test_plan_hash_ignores_predictions_bound_and_search() -> None:
     other = other.model_copy(update={"search": SearchStats(seconds=9, evaluated=1, space=2)})
     doc = plandoc.plan_document(NAME, spec, other)
     assert plandoc.plan_hash(doc) == base
-    assert set(plandoc.HASHED_FIELDS) | {"predicted", "latencyBoundSeconds"} == set(doc)
+    assert set(HASHED_FIELDS) | {"predicted", "latencyBoundSeconds"} == set(doc.document())
+
+
+def test_a_document_read_back_keeps_the_plan_and_takes_the_deployments_part() -> None:
+    """A pass that does not plan again renders from the ConfigMap's document: the
+    planner's part stays as it is, the spec's part (image, weights, port) follows it."""
+    spec, plan = make_spec(), make_plan(WAA)
+    doc = plandoc.plan_document(NAME, spec, plan, IMAGE)
+    read = WorkerPlan.from_json(doc.canonical_json())
+    assert plandoc.plan_document(NAME, spec, read, IMAGE).canonical_json() == doc.canonical_json()
+    moved = make_spec(**{"runner.port": 9000, "model.weights": {"pvc": "models"}})
+    again = plandoc.plan_document(NAME, moved, read, "other:2")
+    planned = ("strategy", "engine", "config", "limits", "capacity", "predicted")
+    assert {k: getattr(again, k) for k in planned} == {k: getattr(doc, k) for k in planned}
+    assert again.latencyBoundSeconds == doc.latencyBoundSeconds
+    assert (again.runner.port, again.runner.image) == (9000, "other:2")
+    assert again.model.weights is not None and again.hash() != doc.hash()
+
+
+def test_worker_plan_errors_name_the_field() -> None:
+    doc = plandoc.plan_document(NAME, make_spec(), make_plan(RR)).document()
+    with pytest.raises(ValueError, match="limits"):
+        WorkerPlan.parse({k: v for k, v in doc.items() if k != "limits"})
+    with pytest.raises(ValueError, match="expected WorkerPlan"):
+        WorkerPlan.parse({**doc, "kind": "Plan"})
+    with pytest.raises(ValueError, match="not JSON"):
+        WorkerPlan.from_json(b"\xff{")
+    kv = doc["capacity"]
+    wrong = {**doc, "capacity": {**kv, "block_size": 7, "tokens": 7 * kv["blocks"]}}
+    with pytest.raises(ValueError, match=r"capacity\.block_size 7 is not maxInputTokens"):
+        WorkerPlan.parse(wrong)
+    fewer = {**doc, "capacity": {**kv, "sequences": kv["sequences"] - 1}}
+    with pytest.raises(ValueError, match=r"capacity\.sequences .* is not the .* sequences"):
+        WorkerPlan.parse(fewer)
 
 
 def test_operator_runs_only_roundrobin_and_workload_aware() -> None:
@@ -310,8 +351,11 @@ def test_plan_configmap() -> None:
     assert cm["metadata"]["name"] == names.plan_configmap(NAME)
     assert cm["metadata"]["labels"] == names.labels(NAME, names.PLAN)
     assert cm["metadata"]["annotations"] == {names.ANNOTATION_PLAN_HASH: digest}
-    assert json.loads(cm["data"]["plan.json"]) == doc
-    assert cm["data"]["plan.json"] == plandoc.canonical_json(doc)
+    assert json.loads(cm["data"]["plan.json"]) == doc.document()
+    assert cm["data"]["plan.json"] == canonical_json(doc.document()) == doc.canonical_json()
+    # what a worker reads back is the document, byte for byte
+    assert WorkerPlan.from_json(cm["data"]["plan.json"]) == doc
+    assert WorkerPlan.from_json(cm["data"]["plan.json"]).canonical_json() == cm["data"]["plan.json"]
     assert cm["data"]["plan-hash"] == digest
     # the ConfigMap's own name is accepted for the deployment's; a mismatch is not
     named = builders.build_plan_configmap(names.plan_configmap(NAME), NS, OWNER, doc, digest)
@@ -444,9 +488,9 @@ def test_worker_pod_templates_agree_with_the_plan_document(config: ExecutionConf
         }
         == {"maxInputTokens": 512, "maxOutputTokens": 160}
     )
-    assert cm["data"]["plan-hash"] == digest == plandoc.plan_hash(rendered)
+    assert cm["data"]["plan-hash"] == digest == WorkerPlan.parse(rendered).hash()
 
-    topology = doc["topology"]
+    topology = doc.document()["topology"]
     expected_roles = ["worker"] if plan.strategy == "RoundRobin" else ["encoder", "decoder"]
     assert list(topology["roles"]) == expected_roles
     assert [s["metadata"]["name"] for s in sets] == [
@@ -459,7 +503,7 @@ def test_worker_pod_templates_agree_with_the_plan_document(config: ExecutionConf
         pod = sts["spec"]["template"]["spec"]
         c = container(sts)
         assert c["name"] == role
-        assert c["image"] == doc["runner"]["image"] == IMAGE
+        assert c["image"] == doc.runner.image == IMAGE
         assert c["command"] == ["exegpt"]
         assert c["args"] == [
             "serve", "--plan", PLAN_FILE, "--role", role, "--port", str(port)

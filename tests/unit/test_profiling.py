@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from exegpt.operator import names
-from exegpt.operator.profiling import PROFILE_DATA_KEY, ProfilingDecision, decide, job_state
+from exegpt.operator.profiling import ProfilingDecision, decide, job_state
+from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 
 KEY = "opt-13b-nvidia-a100-80gb-0123456789ab"
 T0 = 1_700_000_000.0

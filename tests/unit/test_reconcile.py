@@ -11,12 +11,12 @@ from builders import deployment
 from exegpt.operator import names
 from exegpt.operator.kube import CONFIGMAP, JOB, SERVICE, STATEFULSET, KubeError
 from exegpt.operator.memkube import MemoryKube
-from exegpt.operator.profiling import PROFILE_DATA_KEY
 from exegpt.operator.reconcile import Context, Outcome, reconcile
 from exegpt.operator.settings import OperatorSettings
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.architecture import get_architecture
 from exegpt.planner.hardware import get_gpu
+from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 
 SETTINGS = OperatorSettings(retry_backoff_seconds=0.0, plan_time_limit_seconds=20.0)
 

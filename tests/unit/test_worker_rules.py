@@ -14,7 +14,7 @@ from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.runnable import worker_limitation
 from exegpt.planner.scheduler import schedule
-from exegpt.runner.batching import Admission, max_encode_batch, slots_for, split
+from exegpt.runner.batching import Admission, max_encode_batch, split
 from exegpt.runner.topology import DECODER, ENCODER, MAIN, UnsupportedPlan, topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +49,7 @@ def test_static_waits_for_its_batch_and_continuous_refills() -> None:
     assert waa.admit(waiting=10, running=0) == 4
 
 
-def test_slots_and_micro_batches() -> None:
-    rr = cfg("RoundRobin", encode_batch=8)
-    assert slots_for(rr, 16.0) == 16 + 12 + 8  # steady batch, 3 sigma of room, an encoding
-    assert slots_for(cfg("Static", encode_batch=5), 0.0) == 5
-    assert slots_for(cfg("Continuous", decode_batch=7), 0.0) == 7
+def test_encode_batches_and_micro_batches() -> None:
     assert max_encode_batch(cfg("Continuous", decode_batch=7, encode_batch=2)) == 7
     assert split(7, 3) == [3, 2, 2] and split(2, 4) == [1, 1] and split(0, 2) == [0]
 
