@@ -304,7 +304,7 @@ def _worker_pod(
         "image": image,
         "command": ["exegpt"],
         "args": serve_args(role, port),
-        "env": base_env(env),
+        "env": base_env(env) + api_token_env(spec),
         "ports": [
             {"name": HTTP, "containerPort": port, "protocol": "TCP"},
             {
@@ -381,3 +381,72 @@ def build_client_service(
             "ports": [{"name": HTTP, "port": port, "targetPort": HTTP, "protocol": "TCP"}],
         },
     }
+
+
+# -- network policy and API token -----------------------------------------------------------
+
+
+def _peer(pod_labels: Mapping[str, str] | None, namespace_labels: Mapping[str, str] | None) -> Obj:
+    peer: Obj = {"podSelector": {"matchLabels": dict(sorted((pod_labels or {}).items()))}}
+    if namespace_labels is not None:
+        peer["namespaceSelector"] = {"matchLabels": dict(sorted(namespace_labels.items()))}
+    return peer
+
+
+def build_network_policy(
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    spec: ExeGPTDeploymentSpec,
+    operator_namespace: str | None = None,
+    operator_labels: Mapping[str, str] | None = None,
+) -> Obj:
+    """NetworkPolicy ``<name>-workers`` over every worker pod of the deployment:
+
+    - from the deployment's own worker pods, every port (the rendezvous port, API port
+      + 1, and the collective library's connections between a replica's processes);
+    - to the API port, only from ``spec.runner.allowFrom`` (absent: the namespace's
+      pods) and the operator's pods (``operator_namespace`` and ``operator_labels``, when
+      given: the drift check reads ``/metrics``);
+    - nothing else. An ingress rule with no peers would admit every source, so with no
+      peer at all the API rule is left out.
+    """
+    own = {"matchLabels": dict(sorted({names.LABEL_DEPLOYMENT: name}.items()))}
+    peers: list[Obj] = []
+    if spec.runner.allow_from is None:
+        peers.append(_peer({}, None))
+    else:
+        peers += [_peer(p.pod_labels, p.namespace_labels) for p in spec.runner.allow_from]
+    if operator_namespace and operator_labels:
+        peers.append(_peer(operator_labels, {"kubernetes.io/metadata.name": operator_namespace}))
+    ingress: list[Obj] = [{"from": [{"podSelector": own}]}]
+    if peers:
+        api_port = {"port": spec.runner.port, "protocol": "TCP"}
+        ingress.append({"from": peers, "ports": [api_port]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(
+            names.network_policy(name), namespace, names.labels(name, names.API), owner
+        ),
+        "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+API_TOKEN_ENV = "EXEGPT_API_TOKEN"
+"""The workers' variable holding the bearer token /v1/* requires (runner/auth.py)."""
+
+
+def api_token_env(spec: ExeGPTDeploymentSpec) -> list[Obj]:
+    """The container ``env`` entries that hand the workers ``spec.runner.apiKeySecret``
+    (none without one). A missing Secret keeps the pods from starting
+    (CreateContainerConfigError) rather than serving without the token."""
+    ref = spec.runner.api_key_secret
+    if ref is None:
+        return []
+    return [
+        {
+            "name": API_TOKEN_ENV,
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
+        }
+    ]

@@ -79,7 +79,9 @@ class MemoryKube:
         self.objects[key] = obj
         return copy.deepcopy(obj)
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+    async def delete(
+        self, kind: Kind, namespace: str, name: str, propagation: str | None = None
+    ) -> None:
         self.calls.append(("delete", kind.plural, name))
         self._maybe_fail()
         self.objects.pop(self._key(kind, namespace, name), None)

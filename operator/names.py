@@ -27,6 +27,7 @@ MANAGER = "exegpt-operator"
 # Annotations.
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
 ANNOTATION_PROFILE_KEY = f"{GROUP}/profile-key"
+ANNOTATION_PROFILING_FAILED = f"{GROUP}/profiling-failed"  # on a profile ConfigMap
 
 # Components.
 WORKER = "worker"  # RoundRobin: one StatefulSet, a pod per pipeline stage
@@ -75,6 +76,11 @@ def statefulset(deployment: str, component: str) -> str:
 def headless_service(deployment: str) -> str:
     """The headless Service pipeline stages and encoder/decoder pods find each other by."""
     return f"{deployment}-stages"
+
+
+def network_policy(deployment: str) -> str:
+    """The NetworkPolicy that admits traffic to the deployment's worker pods."""
+    return f"{deployment}-workers"
 
 
 def client_service(deployment: str) -> str:
