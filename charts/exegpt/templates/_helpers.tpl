@@ -77,3 +77,8 @@ privileged: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
 {{- end -}}
+
+{{/* The operator pods' selector labels as key=value,... (EXEGPT_OPERATOR_POD_SELECTOR). */}}
+{{- define "exegpt.operatorPodSelector" -}}
+app.kubernetes.io/name={{ .Chart.Name }},app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=operator
+{{- end -}}

@@ -17,6 +17,12 @@ or in each watched namespace (Role). */}}
 - apiGroups: ["exegpt.dev"]
   resources: ["exegptdeployments/status"]
   verbs: ["patch"]
+# Every child's ownerReference sets blockOwnerDeletion: true; where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift's default),
+# setting it needs update on the owner's finalizers subresource. No request uses it.
+- apiGroups: ["exegpt.dev"]
+  resources: ["exegptdeployments/finalizers"]
+  verbs: ["update"]
 # Reads the cached profile ConfigMap exegpt-profile-<key>; creates each deployment's
 # plan ConfigMap <name>-plan and patches it when the plan changes.
 - apiGroups: [""]
@@ -32,11 +38,17 @@ or in each watched namespace (Role). */}}
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "create", "patch", "delete"]
-# Lists profiling Jobs to follow attempts and failures, creates one per attempt, and
-# reads one back when a concurrent pass created it first (409 AlreadyExists).
+# Lists profiling Jobs to follow attempts and failures, creates one per attempt, reads
+# one back when a concurrent pass created it first (409 AlreadyExists), and deletes the
+# failed ones (with their pods) once retries are exhausted and the failure is recorded.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "create", "get"]
+  verbs: ["list", "create", "get", "delete"]
+# Each deployment's NetworkPolicy <name>-workers (who may reach the workers' ports):
+# created, and patched when spec.runner.allowFrom or the port changes.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
 # Lists the entry StatefulSet's pods (by its label selector) to find each replica's
 # driver and its pod IP, whose /metrics the drift check reads (spec.drift).
 - apiGroups: [""]
@@ -47,6 +59,13 @@ or in each watched namespace (Role). */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if and (gt (int .Values.replicaCount) 1) .Values.watchNamespaces }}
+# Leader election (replicaCount > 1): kopf lists and watches the KopfPeering object of
+# each watched namespace and patches its own keep-alive into it.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- end -}}
 
 {{/* The operator's rules on cluster-scoped resources (always a ClusterRole). kopf uses
@@ -58,6 +77,13 @@ at start. */}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.watchNamespaces) }}
+# Leader election (replicaCount > 1), cluster-wide: kopf lists and watches the
+# ClusterKopfPeering object and patches its own keep-alive into it.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- if .Values.watchNamespaces }}
 # With a list of namespaces to watch, kopf lists and watches Namespaces to start and
 # stop watching each one as it appears or goes (cluster-wide it needs no Namespaces).
