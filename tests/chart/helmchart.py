@@ -65,6 +65,17 @@ VARIANTS: dict[str, Obj] = {
         "podLabels": {"team": "ml-platform"},
         "podAnnotations": {"example.com/scrape": "false"},
     },
+    "leader-election": {
+        "replicaCount": 2,
+        "operator": {"logFormat": "json"},
+        "metrics": {"port": 9100, "podAnnotations": False, "service": True},
+        "profiler": {"allowedImages": ["registry.example/exegpt-runtime:*"]},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
+    },
+    "leader-election-namespaced": {"replicaCount": 3, "watchNamespaces": ["team-a", "team-b"]},
     "bring-your-own-rbac": {
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing-operator"},

@@ -100,7 +100,7 @@ def test_retries_are_bounded_by_max_retries() -> None:
 def test_a_recorded_failure_outlives_the_deleted_jobs() -> None:
     jobs = [job(i, "failed", at=T0 + i) for i in (1, 2, 3)]
     first = _decide(None, jobs, now=T0 + 10_000, max_retries=2)
-    record = failure_record(KEY, "ns", first.message)
+    record = failure_record(KEY, "ns", first)
     assert record["metadata"]["name"] == names.profile_configmap(KEY)
     assert "data" not in record
     assert recorded_failure(record) is not None and not has_profile(record)
@@ -108,7 +108,7 @@ def test_a_recorded_failure_outlives_the_deleted_jobs() -> None:
     # message (no status rewrite), instead of starting attempt 1 again.
     later = _decide(record, [], now=T0 + 20_000, max_retries=2)
     assert (later.action, later.reason) == ("failed", "ProfilingFailed")
-    assert later.message == first.message
+    assert (later.message, later.attempts, later.job) == (first.message, 3, first.job)
     # A profile written since wins over the record.
     written = {**record, "data": {PROFILE_DATA_KEY: '{"x": 1}'}}
     assert _decide(written, []).action == "ready"
