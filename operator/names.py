@@ -27,7 +27,10 @@ MANAGER = "exegpt-operator"
 # Annotations.
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
 ANNOTATION_PROFILE_KEY = f"{GROUP}/profile-key"
-ANNOTATION_PROFILING_FAILED = f"{GROUP}/profiling-failed"  # on a profile ConfigMap
+# On a profile ConfigMap once profiling gave up: the failure, attempts and last Job.
+ANNOTATION_PROFILING_FAILED = f"{GROUP}/profiling-failed"
+ANNOTATION_PROFILING_ATTEMPTS = f"{GROUP}/profiling-attempts"
+ANNOTATION_PROFILING_LAST_JOB = f"{GROUP}/profiling-last-job"
 
 # Components.
 WORKER = "worker"  # RoundRobin: one StatefulSet, a pod per pipeline stage

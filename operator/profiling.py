@@ -94,11 +94,30 @@ def recorded_failure(configmap: Mapping[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
-def failure_record(profile_key: str, namespace: str, message: str) -> dict[str, Any]:
+def _recorded_job(configmap: Mapping[str, Any] | None) -> tuple[int, str | None]:
+    annotations = ((configmap or {}).get("metadata") or {}).get("annotations") or {}
+    job = annotations.get(names.ANNOTATION_PROFILING_LAST_JOB)
+    try:
+        attempts = int(annotations.get(names.ANNOTATION_PROFILING_ATTEMPTS) or 0)
+    except ValueError:
+        attempts = 0
+    return attempts, str(job) if job else None
+
+
+def failure_record(
+    profile_key: str, namespace: str, decision: ProfilingDecision
+) -> dict[str, Any]:
     """The profile ConfigMap holding no profile but the failure that ended profiling
-    (``decide``'s message without the advice): it outlives the failed Jobs, which are
-    then deleted."""
-    core = message.split(_RETRY_ADVICE_SEPARATOR, 1)[0]
+    (``decision``'s message without the advice, its attempts and last Job): it outlives
+    the failed Jobs, which are then deleted."""
+    core = decision.message.split(_RETRY_ADVICE_SEPARATOR, 1)[0]
+    annotations = {
+        names.ANNOTATION_PROFILE_KEY: profile_key,
+        names.ANNOTATION_PROFILING_FAILED: core[:1000],
+        names.ANNOTATION_PROFILING_ATTEMPTS: str(decision.attempts),
+    }
+    if decision.job:
+        annotations[names.ANNOTATION_PROFILING_LAST_JOB] = decision.job
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -106,10 +125,7 @@ def failure_record(profile_key: str, namespace: str, message: str) -> dict[str, 
             "name": names.profile_configmap(profile_key),
             "namespace": namespace,
             "labels": dict(sorted(names.profile_labels(profile_key).items())),
-            "annotations": {
-                names.ANNOTATION_PROFILE_KEY: profile_key,
-                names.ANNOTATION_PROFILING_FAILED: core[:1000],
-            },
+            "annotations": dict(sorted(annotations.items())),
         },
     }
 
@@ -153,9 +169,11 @@ def decide(
         return ProfilingDecision("ready", "ProfileCached", "", attempts, profile_text=text)
     failure = recorded_failure(configmap)
     if failure is not None:
+        recorded_attempts, last_job = _recorded_job(configmap)
         return ProfilingDecision(
-            "failed", "ProfilingFailed", failure + _retry_advice(profile_key), attempts
-        )
+            "failed", "ProfilingFailed", failure + _retry_advice(profile_key),
+            max(attempts, recorded_attempts), job=last_job,
+        )  # fmt: skip
     active = [s for s in mine if s.state == "active"]
     if active:
         job = active[-1]

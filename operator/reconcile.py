@@ -309,7 +309,7 @@ async def _clean_up_failed_jobs(
     starts profiling again."""
     cm_name = names.profile_configmap(key)
     if recorded_failure(configmap) is None:
-        record = failure_record(key, p.namespace, d.message)
+        record = failure_record(key, p.namespace, d)
         if configmap is None:
             await _create(p, record)
         else:
