@@ -104,9 +104,7 @@ def _recorded_job(configmap: Mapping[str, Any] | None) -> tuple[int, str | None]
     return attempts, str(job) if job else None
 
 
-def failure_record(
-    profile_key: str, namespace: str, decision: ProfilingDecision
-) -> dict[str, Any]:
+def failure_record(profile_key: str, namespace: str, decision: ProfilingDecision) -> dict[str, Any]:
     """The profile ConfigMap holding no profile but the failure that ended profiling
     (``decision``'s message without the advice, its attempts and last Job): it outlives
     the failed Jobs, which are then deleted."""
