@@ -26,6 +26,7 @@ from exegpt.operator.spec import parse_manifest
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.plan import Plan
 from exegpt.planner.scheduler import schedule
+from exegpt.runner.planhash import document_hash
 from exegpt.runner.proxy import build_proxy_app
 from exegpt.runner.workerplan import PlanError, WorkerPlan, placement, pod_ordinal
 
@@ -237,7 +238,8 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
         "worker": {"statefulSet": "tiny-worker", "pods": 2, "stages": 2, "gpusPerPod": 1}
     }
     (tmp_path / "plan.json").write_text(json.dumps(doc))
-    (tmp_path / "plan-hash").write_text("h1")
+    plan_hash = document_hash(doc)  # the workers check the document against it
+    (tmp_path / "plan-hash").write_text(plan_hash)
     with socket_port() as driver_port, socket_port() as stage_port:
         pass
     procs = []
@@ -245,7 +247,7 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
         env = {
             **os.environ,
             "POD_NAME": f"tiny-worker-{ordinal}",
-            "EXEGPT_PLAN_HASH": "h1",
+            "EXEGPT_PLAN_HASH": plan_hash,
             "EXEGPT_DRIVER_ADDRESS": f"127.0.0.1:{driver_port}",
             "PYTHONUNBUFFERED": "1",
         }
