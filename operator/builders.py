@@ -437,16 +437,17 @@ API_TOKEN_ENV = "EXEGPT_API_TOKEN"
 """The workers' variable holding the bearer token /v1/* requires (runner/auth.py)."""
 
 
-def api_token_env(spec: ExeGPTDeploymentSpec) -> list[Obj]:
+def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> list[Obj]:
     """The container ``env`` entries that hand the workers ``spec.runner.apiKeySecret``
-    (none without one). A missing Secret keeps the pods from starting
-    (CreateContainerConfigError) rather than serving without the token."""
+    in ``variable`` (``VLLM_API_KEY`` for a vLLM server; none without a Secret). A
+    missing Secret keeps the pods from starting (CreateContainerConfigError) rather than
+    serving without the token."""
     ref = spec.runner.api_key_secret
     if ref is None:
         return []
     return [
         {
-            "name": API_TOKEN_ENV,
+            "name": variable,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
         }
     ]
