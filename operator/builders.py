@@ -451,3 +451,65 @@ def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> 
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
         }
     ]
+
+
+# -- the profiling Job's own access ------------------------------------------------------------
+
+
+def build_profile_configmap(namespace: str, profile_key: str) -> Obj:
+    """The profile ConfigMap, empty, as the operator creates it before the first Job: the
+    Job may update this one ConfigMap only (``build_profiler_access``), and an RBAC rule
+    cannot restrict ``create`` to a name, so the Job never creates it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            names.profile_configmap(profile_key),
+            namespace,
+            names.profile_labels(profile_key),
+            None,
+            {names.ANNOTATION_PROFILE_KEY: profile_key},
+        ),
+    }
+
+
+def build_profiler_access(
+    namespace: str, profile_key: str, job: str, job_uid: str | None
+) -> list[Obj]:
+    """ServiceAccount, Role and RoleBinding ``<job>``: the profiling Job's pod may get,
+    update and patch its profile ConfigMap and nothing else (``resourceNames``), so an
+    image run by whoever may create a deployment cannot rewrite another profile or a
+    plan. Owned by the Job (``job_uid``), so they go with it."""
+    labels = names.profile_labels(profile_key)
+    owner: list[Obj] = []
+    if job_uid:
+        owner = [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": job_uid}]
+
+    def meta() -> Obj:
+        out = _metadata(job, namespace, labels, None)
+        if owner:
+            out["ownerReferences"] = [dict(o) for o in owner]
+        return out
+
+    rule = {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [names.profile_configmap(profile_key)],
+        "verbs": ["get", "update", "patch"],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(),
+            "rules": [rule],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": job},
+            "subjects": [{"kind": "ServiceAccount", "name": job, "namespace": namespace}],
+        },
+    ]

@@ -43,6 +43,9 @@ JOB = Kind("batch", "v1", "jobs")
 STATEFULSET = Kind("apps", "v1", "statefulsets")
 POD = Kind("", "v1", "pods")
 NETWORKPOLICY = Kind("networking.k8s.io", "v1", "networkpolicies")
+SERVICEACCOUNT = Kind("", "v1", "serviceaccounts")
+ROLE = Kind("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDING = Kind("rbac.authorization.k8s.io", "v1", "rolebindings")
 EXEGPT = Kind(GROUP, VERSION, PLURAL)
 
 

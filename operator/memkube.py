@@ -62,6 +62,7 @@ class MemoryKube:
         self._version += 1
         obj = copy.deepcopy(body)
         obj["metadata"]["resourceVersion"] = str(self._version)
+        obj["metadata"].setdefault("uid", f"uid-{self._version}")
         self.objects[key] = obj
         return copy.deepcopy(obj)
 

@@ -48,7 +48,10 @@ from .kube import (
     JSON,
     NETWORKPOLICY,
     POD,
+    ROLE,
+    ROLEBINDING,
     SERVICE,
+    SERVICEACCOUNT,
     STATEFULSET,
     Api,
     Kind,
@@ -89,6 +92,9 @@ KINDS: dict[str, Kind] = {
     "StatefulSet": STATEFULSET,
     "Job": JOB,
     "NetworkPolicy": NETWORKPOLICY,
+    "ServiceAccount": SERVICEACCOUNT,
+    "Role": ROLE,
+    "RoleBinding": ROLEBINDING,
 }
 WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
 PLANNER_VERSION = "1"
@@ -280,13 +286,21 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     if d.action == "ready":
         return _load_profile(p, d, cm_name)
     if d.action == "create":
+        if configmap is None:
+            await _create(p, builders.build_profile_configmap(ns, key))
+        job_name = names.profile_job(key, d.attempts + 1)
         job = builders.build_profile_job(
-            ns, spec, key, d.attempts + 1, image, s.profiler_service_account,
-            spec.profiling.timeout,
-        )  # fmt: skip
-        await _create(p, job)
+            ns, spec, key, d.attempts + 1, image, job_name, spec.profiling.timeout
+        )
+        created = await _create(p, job)
+        await _profiler_access(p, key, created)
         p.status.profile.attempts = d.attempts + 1
         p.ctx.telemetry.profiling_jobs.inc("created")
+    elif d.action == "wait" and d.reason == "Profiling":
+        # The running Job's access, in case a crash came between creating the two.
+        running = [j for j in jobs if (j.get("metadata") or {}).get("name") == d.job]
+        if running:
+            await _profiler_access(p, key, running[0])
     failed = d.action == "failed"
     if failed and d.reason == "ProfilingFailed":
         await _clean_up_failed_jobs(p, key, configmap, jobs, d)
@@ -298,6 +312,15 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         reason = {"create": "ProfilingStarted", "failed": d.reason}.get(d.action, d.reason)
         p.event(failed, reason, d.message)
     return None
+
+
+async def _profiler_access(p: _Pass, key: str, job: JSON) -> None:
+    meta = job.get("metadata") or {}
+    uid = meta.get("uid")
+    for obj in builders.build_profiler_access(
+        p.namespace, key, str(meta.get("name")), str(uid) if uid else None
+    ):
+        await _apply(p, obj)
 
 
 async def _clean_up_failed_jobs(

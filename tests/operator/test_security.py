@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from builders import deployment
-from harness import NAMESPACE, Cluster, Operator, condition, is_condition
+from harness import NAMESPACE, Cluster, Operator, condition, is_condition, measured_profile
 
 from exegpt.operator import names
 from exegpt.operator.podspec import restricted_violations
@@ -135,3 +135,46 @@ async def test_a_profiler_image_outside_the_allow_list_gets_no_job(
     (job,) = cluster.jobs()
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.test/exegpt-runtime:2"
+
+
+async def test_a_profiling_job_may_write_only_its_own_configmap(
+    cluster: Cluster, operator: Operator
+) -> None:
+    body = deployment("x", **{"profiling.mode": "Measured"})
+    await cluster.create(body)
+    [job] = await cluster.wait_for(cluster.jobs)
+    job_name = job["metadata"]["name"]
+    key, _ = measured_profile(body["spec"])
+    cm_name = names.profile_configmap(key)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == job_name  # an account of its own
+
+    rbac = "rbac.authorization.k8s.io/v1"
+    await cluster.wait_for(lambda: cluster.stored(rbac, "rolebindings", NAMESPACE, job_name))
+    role = cluster.stored(rbac, "roles", NAMESPACE, job_name)
+    binding = cluster.stored(rbac, "rolebindings", NAMESPACE, job_name)
+    account = cluster.stored("v1", "serviceaccounts", NAMESPACE, job_name)
+    assert role is not None and binding is not None and account is not None
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [cm_name],
+            "verbs": ["get", "update", "patch"],
+        }
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": job_name,
+    }  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": job_name, "namespace": NAMESPACE}
+    ]
+    for obj in (role, binding, account):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "Job", job_name, job["metadata"]["uid"],
+        )  # fmt: skip
+    # The ConfigMap the Job may update exists before it runs (RBAC cannot limit create
+    # to a name), empty until the profile is written.
+    cm = cluster.stored("v1", "configmaps", NAMESPACE, cm_name)
+    assert cm is not None and not (cm.get("data") or {})
