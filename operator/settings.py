@@ -55,9 +55,6 @@ class OperatorSettings(BaseModel):
         default="ghcr.io/exegpt/exegpt-runtime:0.1.0",
         description="image of the profiling Jobs and workers unless the spec names one",
     )
-    profiler_service_account: str = Field(
-        default="exegpt-profiler", description="service account of profiling Jobs"
-    )
     kube_host: str | None = Field(
         default=None,
         description="test only: an API server URL reached with no authentication and no TLS "

@@ -69,13 +69,10 @@ def test_default_renders_cluster_wide() -> None:
     assert kinds("default") == sorted(
         [
             ("ClusterRole", None),  # the operator's
-            ("ClusterRole", None),  # the profiler's
             ("ClusterRoleBinding", None),
             ("Deployment", NAMESPACE),
             ("NetworkPolicy", NAMESPACE),  # the operator's pod: metrics scrapes only
-            ("RoleBinding", NAMESPACE),  # the profiler's, in the release namespace
             ("ServiceAccount", NAMESPACE),  # the operator's
-            ("ServiceAccount", NAMESPACE),  # the profiler's
         ]
     )
 
@@ -87,7 +84,6 @@ def test_namespaced_renders_a_role_per_watched_namespace() -> None:
     expected += [("NetworkPolicy", NAMESPACE)]
     for ns in ("team-a", "team-b"):
         expected += [("Role", ns), ("RoleBinding", ns)]  # the operator's
-        expected += [("ServiceAccount", ns), ("Role", ns), ("RoleBinding", ns)]  # profiler
     assert kinds("namespaced") == sorted(expected)
 
 
@@ -106,7 +102,7 @@ def test_objects_are_labelled_and_placed(variant: str) -> None:
         labels = m.body["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE, m
         assert labels["app.kubernetes.io/managed-by"] == "Helm", m
-        assert labels["app.kubernetes.io/component"] in ("operator", "profiler"), m
+        assert labels["app.kubernetes.io/component"] == "operator", m
         assert (m.namespace is None) == (m.kind in CLUSTER_SCOPED), m
 
 
@@ -120,7 +116,7 @@ def test_notes_say_where_it_watches() -> None:
     assert "watching every namespace" in notes("default")
     assert "the namespaces team-a, team-b" in notes("namespaced")
     assert "kubectl apply --server-side -f crds/" in notes("default")
-    assert "created in: ml, research" in notes("cluster-wide-profilers")
+    assert "registry.example/exegpt-runtime:0.1.0-cuda" in notes("pinned")
 
 
 # -- official schemas ----------------------------------------------------------------------
@@ -286,7 +282,7 @@ def test_settings_follow_the_values() -> None:
     settings = settings_of("pinned")
     assert settings.namespaces == ("serving",)
     assert settings.runtime_image == "registry.example/exegpt-runtime:0.1.0-cuda"
-    assert settings.profiler_service_account == "gpu-profiler"
+    assert settings.allowed_profiler_images == ("registry.example/exegpt-runtime:0.1.0-cuda",)
     assert (settings.resync_seconds, settings.plan_time_limit_seconds) == (2.5, 60.0)
     assert settings.metrics_timeout_seconds == 2.0
     assert settings_of("namespaced").namespaces == ("team-a", "team-b")

@@ -13,7 +13,7 @@ holds it; at most 63 characters. */}}
 {{- end -}}
 
 {{/* Labels every object of the chart carries; each adds its
-app.kubernetes.io/component (operator or profiler). */}}
+app.kubernetes.io/component (operator). */}}
 {{- define "exegpt.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/name: {{ .Chart.Name }}
@@ -41,15 +41,6 @@ else the chart's appVersion. Called with (dict "image" ... "appVersion" ...). */
 {{- printf "%s@%s" .image.repository .image.digest -}}
 {{- else -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .appVersion | toString) -}}
-{{- end -}}
-{{- end -}}
-
-{{/* Namespaces that get the profiler's service account and Role: profiler.namespaces,
-else the watched namespaces, else (cluster-wide) the release namespace. One per line. */}}
-{{- define "exegpt.profilerNamespaces" -}}
-{{- $namespaces := .Values.profiler.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) -}}
-{{- range $namespaces }}
-{{ . }}
 {{- end -}}
 {{- end -}}
 

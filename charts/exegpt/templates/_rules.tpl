@@ -1,5 +1,5 @@
 {{/*
-RBAC rules: only the verbs the operator and the profiler use, never `*`.
+RBAC rules: only the verbs the operator uses, never `*`.
 tests/chart/test_rbac.py checks them against tests/operator/api_usage.json, the
 (apiGroup, resource, verb) set the operator's tests record. The comments end up in the
 rendered manifests, so `helm template` shows why each rule exists.
@@ -23,11 +23,24 @@ or in each watched namespace (Role). */}}
 - apiGroups: ["exegpt.dev"]
   resources: ["exegptdeployments/finalizers"]
   verbs: ["update"]
-# Reads the cached profile ConfigMap exegpt-profile-<key>; creates each deployment's
-# plan ConfigMap <name>-plan and patches it when the plan changes.
+# Reads the cached profile ConfigMap exegpt-profile-<key>, creates it empty before the
+# first profiling Job and records a failure on it; creates each deployment's plan
+# ConfigMap <name>-plan and patches it when the plan changes. update: no request uses
+# it, but a Role may only grant what its creator holds, and each profiling Job's Role
+# grants get, update and patch on its one ConfigMap.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "update"]
+# Each profiling Job runs under a service account of its own, <job>, bound to a Role
+# <job> that allows only its profile ConfigMap (resourceNames); all three are owned by
+# the Job and go with it.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+# The Job's Role and RoleBinding (see above).
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create"]
 # Creates the client Service <name> and the headless Service <name>-stages; patches
 # the client Service when the port or the entry role of the plan changes.
 - apiGroups: [""]
@@ -91,17 +104,4 @@ at start. */}}
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
-{{- end -}}
-
-{{/* The profiler's rules: write its profile ConfigMap, nothing else. The ConfigMap's
-name, exegpt-profile-<key>, derives from a content hash (model, GPU type, dtype,
-profiler version) known only when the profiling Job starts, so `resourceNames`
-cannot narrow the rule. */}}
-{{- define "exegpt.profilerRules" -}}
-# The profiling Job writes its measured profile into the ConfigMap
-# exegpt-profile-<key>: created, or read and updated when it exists. The name derives
-# from the profile's content key at run time, so resourceNames cannot restrict it.
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["create", "get", "update", "patch"]
 {{- end -}}
