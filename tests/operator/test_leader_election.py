@@ -1,5 +1,6 @@
 """Two operators at once (``replicaCount: 2``): with peering (leader election) only one
-handles deployments, so no write is doubled; when it stops, the other takes over.
+handles deployments, so no write is doubled; when it stops, the other takes over and
+handles the next edit.
 Without peering both act on every deployment (the control case)."""
 
 from __future__ import annotations
@@ -90,11 +91,20 @@ async def test_with_peering_one_operator_acts_and_the_other_takes_over(
     assert passes(standby) == 0
 
     # The leader stops (an upgrade, a drained node): it removes itself from the peering
-    # object, and the standby resumes and runs its passes.
+    # object, and the standby resumes and handles the next SLO edit.
     await leader.stop()
     await cluster.wait_for(
         lambda: passes(standby) > 0, timeout=15, what="the standby to resume after the leader"
     )
+    # (The leader has stopped: only the standby can plan it.)
+    await cluster.patch_deployment("x", {"spec": {"slo": {"latency": "1.5s"}}})
+    await cluster.wait_for(
+        lambda: (cluster.deployment("x") or {}).get("status", {}).get("observedGeneration") == 2,
+        timeout=30,
+        what="the standby to plan the edit",
+    )
+    plan = (cluster.deployment("x") or {})["status"]["plan"]
+    assert plan["latencyBoundSeconds"] == 1.5
 
 
 async def test_without_peering_both_operators_act(
