@@ -356,6 +356,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     from exegpt.operator.app import run
     from exegpt.operator.kube import Kube
+    from exegpt.operator.logs import configure_logging
     from exegpt.operator.settings import OperatorSettings
 
     try:
@@ -363,7 +364,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             os.environ,
             namespaces=tuple(args.namespace) if args.namespace else None,
             kube_host=args.kube_host,
+            kube_insecure=True if args.kube_insecure else None,
             liveness_endpoint=args.liveness,
+            log_format=args.log_format,
+            metrics_port=args.metrics_port,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -375,6 +379,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             "in a pod with a service account, point KUBECONFIG (or ~/.kube/config) at a "
             "kubeconfig with a current context, or give --kube-host URL"
         ) from None
+    configure_logging(settings.log_format, settings.log_level)
     asyncio.run(run(settings, memo=kopf.Memo(kube=kube)))
     return EXIT_OK
 
@@ -602,7 +607,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", "-n", action="append", metavar="NS",
         help="watch this namespace (repeatable); default: every namespace",
     )  # fmt: skip
-    op.add_argument("--kube-host", metavar="URL", help="API server URL (skip kubeconfig)")
+    op.add_argument(
+        "--kube-host", metavar="URL",
+        help="test only: an API server reached with no authentication and no TLS "
+        "verification (needs --kube-insecure)",
+    )  # fmt: skip
+    op.add_argument(
+        "--kube-insecure", action="store_true",
+        help="test only: allow --kube-host / EXEGPT_KUBE_HOST",
+    )  # fmt: skip
+    op.add_argument(
+        "--log-format", choices=("text", "json"), default=None,
+        help="log lines as text (default) or JSON objects (EXEGPT_LOG_FORMAT)",
+    )  # fmt: skip
+    op.add_argument(
+        "--metrics-port", type=int, metavar="PORT", default=None,
+        help="serve the operator's Prometheus /metrics on PORT; 0: none (EXEGPT_METRICS_PORT)",
+    )  # fmt: skip
     op.add_argument(
         "--liveness", metavar="URL", default=None,
         help="health endpoint (default http://0.0.0.0:8080/healthz)",

@@ -303,7 +303,7 @@ def _worker_pod(
         "image": image,
         "command": ["exegpt"],
         "args": serve_args(role, port),
-        "env": base_env(env),
+        "env": base_env(env) + api_token_env(spec),
         "ports": [
             {"name": HTTP, "containerPort": port, "protocol": "TCP"},
             {
@@ -384,3 +384,135 @@ def build_client_service(
             "ports": [{"name": HTTP, "port": port, "targetPort": HTTP, "protocol": "TCP"}],
         },
     }
+
+
+# -- network policy and API token -----------------------------------------------------------
+
+
+def _peer(pod_labels: Mapping[str, str] | None, namespace_labels: Mapping[str, str] | None) -> Obj:
+    peer: Obj = {"podSelector": {"matchLabels": dict(sorted((pod_labels or {}).items()))}}
+    if namespace_labels is not None:
+        peer["namespaceSelector"] = {"matchLabels": dict(sorted(namespace_labels.items()))}
+    return peer
+
+
+def build_network_policy(
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    spec: ExeGPTDeploymentSpec,
+    operator_namespace: str | None = None,
+    operator_labels: Mapping[str, str] | None = None,
+) -> Obj:
+    """NetworkPolicy ``<name>-workers`` over every worker pod of the deployment:
+
+    - from the deployment's own worker pods, every port (the rendezvous port, API port
+      + 1, and the collective library's connections between a replica's processes);
+    - to the API port, only from ``spec.runner.allowFrom`` (absent: the namespace's
+      pods) and the operator's pods (``operator_namespace`` and ``operator_labels``, when
+      given: the drift check reads ``/metrics``);
+    - nothing else. An ingress rule with no peers would admit every source, so with no
+      peer at all the API rule is left out.
+    """
+    own = {"matchLabels": dict(sorted({names.LABEL_DEPLOYMENT: name}.items()))}
+    peers: list[Obj] = []
+    if spec.runner.allow_from is None:
+        peers.append(_peer({}, None))
+    else:
+        peers += [_peer(p.pod_labels, p.namespace_labels) for p in spec.runner.allow_from]
+    if operator_namespace and operator_labels:
+        peers.append(_peer(operator_labels, {"kubernetes.io/metadata.name": operator_namespace}))
+    ingress: list[Obj] = [{"from": [{"podSelector": own}]}]
+    if peers:
+        api_port = {"port": spec.runner.port, "protocol": "TCP"}
+        ingress.append({"from": peers, "ports": [api_port]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(
+            names.network_policy(name), namespace, names.labels(name, names.API), owner
+        ),
+        "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+API_TOKEN_ENV = "EXEGPT_API_TOKEN"
+"""The workers' variable holding the bearer token /v1/* requires (runner/auth.py)."""
+
+
+def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> list[Obj]:
+    """The container ``env`` entries that hand the workers ``spec.runner.apiKeySecret``
+    in ``variable`` (``VLLM_API_KEY`` for a vLLM server; none without a Secret). A
+    missing Secret keeps the pods from starting (CreateContainerConfigError) rather than
+    serving without the token."""
+    ref = spec.runner.api_key_secret
+    if ref is None:
+        return []
+    return [
+        {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
+        }
+    ]
+
+
+# -- the profiling Job's own access ------------------------------------------------------------
+
+
+def build_profile_configmap(namespace: str, profile_key: str) -> Obj:
+    """The profile ConfigMap, empty, as the operator creates it before the first Job: the
+    Job may update this one ConfigMap only (``build_profiler_access``), and an RBAC rule
+    cannot restrict ``create`` to a name, so the Job never creates it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            names.profile_configmap(profile_key),
+            namespace,
+            names.profile_labels(profile_key),
+            None,
+            {names.ANNOTATION_PROFILE_KEY: profile_key},
+        ),
+    }
+
+
+def build_profiler_access(
+    namespace: str, profile_key: str, job: str, job_uid: str | None
+) -> list[Obj]:
+    """ServiceAccount, Role and RoleBinding ``<job>``: the profiling Job's pod may get,
+    update and patch its profile ConfigMap and nothing else (``resourceNames``), so an
+    image run by whoever may create a deployment cannot rewrite another profile or a
+    plan. Owned by the Job (``job_uid``), so they go with it."""
+    labels = names.profile_labels(profile_key)
+    owner: list[Obj] = []
+    if job_uid:
+        owner = [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": job_uid}]
+
+    def meta() -> Obj:
+        out = _metadata(job, namespace, labels, None)
+        if owner:
+            out["ownerReferences"] = [dict(o) for o in owner]
+        return out
+
+    rule = {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [names.profile_configmap(profile_key)],
+        "verbs": ["get", "update", "patch"],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(),
+            "rules": [rule],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": job},
+            "subjects": [{"kind": "ServiceAccount", "name": job, "namespace": namespace}],
+        },
+    ]

@@ -42,6 +42,10 @@ SERVICE = Kind("", "v1", "services")
 JOB = Kind("batch", "v1", "jobs")
 STATEFULSET = Kind("apps", "v1", "statefulsets")
 POD = Kind("", "v1", "pods")
+NETWORKPOLICY = Kind("networking.k8s.io", "v1", "networkpolicies")
+SERVICEACCOUNT = Kind("", "v1", "serviceaccounts")
+ROLE = Kind("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDING = Kind("rbac.authorization.k8s.io", "v1", "rolebindings")
 EXEGPT = Kind(GROUP, VERSION, PLURAL)
 
 
@@ -71,7 +75,9 @@ class Api(Protocol):
         self, kind: Kind, namespace: str, name: str, patch: JSON, subresource: str | None = None
     ) -> JSON: ...
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
+    async def delete(
+        self, kind: Kind, namespace: str, name: str, propagation: str | None = None
+    ) -> None: ...
 
 
 class Kube:
@@ -170,9 +176,14 @@ class Kube:
         )  # fmt: skip
         return out or {}
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+    async def delete(
+        self, kind: Kind, namespace: str, name: str, propagation: str | None = None
+    ) -> None:
+        """Delete ``name``; ``propagation`` (Background, Foreground, Orphan) says what
+        becomes of its dependents (a Job's pods)."""
+        query = [("propagationPolicy", propagation)] if propagation else None
         try:
-            await self._request("DELETE", kind.path(namespace, name))
+            await self._request("DELETE", kind.path(namespace, name), query=query)
         except KubeError as exc:
             if exc.status != 404:
                 raise

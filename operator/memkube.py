@@ -62,6 +62,7 @@ class MemoryKube:
         self._version += 1
         obj = copy.deepcopy(body)
         obj["metadata"]["resourceVersion"] = str(self._version)
+        obj["metadata"].setdefault("uid", f"uid-{self._version}")
         self.objects[key] = obj
         return copy.deepcopy(obj)
 
@@ -79,7 +80,9 @@ class MemoryKube:
         self.objects[key] = obj
         return copy.deepcopy(obj)
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+    async def delete(
+        self, kind: Kind, namespace: str, name: str, propagation: str | None = None
+    ) -> None:
         self.calls.append(("delete", kind.plural, name))
         self._maybe_fail()
         self.objects.pop(self._key(kind, namespace, name), None)

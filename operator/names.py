@@ -28,6 +28,10 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 
 # Annotations.
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
+# On a profile ConfigMap once profiling gave up: the failure, attempts and last Job.
+ANNOTATION_PROFILING_FAILED = f"{GROUP}/profiling-failed"
+ANNOTATION_PROFILING_ATTEMPTS = f"{GROUP}/profiling-attempts"
+ANNOTATION_PROFILING_LAST_JOB = f"{GROUP}/profiling-last-job"
 
 # Components.
 WORKER = "worker"  # RoundRobin: one StatefulSet, a pod per pipeline stage
@@ -65,6 +69,11 @@ def statefulset(deployment: str, component: str) -> str:
 def headless_service(deployment: str) -> str:
     """The headless Service pipeline stages and encoder/decoder pods find each other by."""
     return f"{deployment}-stages"
+
+
+def network_policy(deployment: str) -> str:
+    """The NetworkPolicy that admits traffic to the deployment's worker pods."""
+    return f"{deployment}-workers"
 
 
 def client_service(deployment: str) -> str:

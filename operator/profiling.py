@@ -81,6 +81,63 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     return JobState(name, attempt, state, message, finished, started)
 
 
+def has_profile(configmap: Mapping[str, Any] | None) -> bool:
+    """Whether a profile ConfigMap holds a profile (not only a recorded failure)."""
+    text = ((configmap or {}).get("data") or {}).get(PROFILE_DATA_KEY)
+    return isinstance(text, str) and bool(text)
+
+
+def recorded_failure(configmap: Mapping[str, Any] | None) -> str | None:
+    """The failure recorded on a profile ConfigMap once retries were exhausted."""
+    annotations = ((configmap or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(names.ANNOTATION_PROFILING_FAILED)
+    return str(value) if value else None
+
+
+def _recorded_job(configmap: Mapping[str, Any] | None) -> tuple[int, str | None]:
+    annotations = ((configmap or {}).get("metadata") or {}).get("annotations") or {}
+    job = annotations.get(names.ANNOTATION_PROFILING_LAST_JOB)
+    try:
+        attempts = int(annotations.get(names.ANNOTATION_PROFILING_ATTEMPTS) or 0)
+    except ValueError:
+        attempts = 0
+    return attempts, str(job) if job else None
+
+
+def failure_record(profile_key: str, namespace: str, decision: ProfilingDecision) -> dict[str, Any]:
+    """The profile ConfigMap holding no profile but the failure that ended profiling
+    (``decision``'s message without the advice, its attempts and last Job): it outlives
+    the failed Jobs, which are then deleted."""
+    core = decision.message.split(_RETRY_ADVICE_SEPARATOR, 1)[0]
+    annotations = {
+        names.ANNOTATION_PROFILE_KEY: profile_key,
+        names.ANNOTATION_PROFILING_FAILED: core[:1000],
+        names.ANNOTATION_PROFILING_ATTEMPTS: str(decision.attempts),
+    }
+    if decision.job:
+        annotations[names.ANNOTATION_PROFILING_LAST_JOB] = decision.job
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.profile_configmap(profile_key),
+            "namespace": namespace,
+            "labels": dict(sorted(names.profile_labels(profile_key).items())),
+            "annotations": dict(sorted(annotations.items())),
+        },
+    }
+
+
+_RETRY_ADVICE_SEPARATOR = ". Delete ConfigMap "
+
+
+def _retry_advice(profile_key: str) -> str:
+    return (
+        f"{_RETRY_ADVICE_SEPARATOR}{names.profile_configmap(profile_key)} (it records the "
+        "failure; the failed Jobs are deleted) to profile again"
+    )
+
+
 def decide(
     profile_key: str,
     configmap: Mapping[str, Any] | None,
@@ -108,6 +165,13 @@ def decide(
     text = ((configmap or {}).get("data") or {}).get(PROFILE_DATA_KEY)
     if isinstance(text, str) and text:
         return ProfilingDecision("ready", "ProfileCached", "", attempts, profile_text=text)
+    failure = recorded_failure(configmap)
+    if failure is not None:
+        recorded_attempts, last_job = _recorded_job(configmap)
+        return ProfilingDecision(
+            "failed", "ProfilingFailed", failure + _retry_advice(profile_key),
+            max(attempts, recorded_attempts), job=last_job,
+        )  # fmt: skip
     active = [s for s in mine if s.state == "active"]
     if active:
         job = active[-1]
@@ -132,8 +196,7 @@ def decide(
         return ProfilingDecision(
             "failed", "ProfilingFailed",
             f"{len(failed)} profiling Jobs failed (spec.profiling.maxRetries is {max_retries}); "
-            f"last: {last.name}: {message or 'failed'}. Delete the Jobs labelled "
-            f"{names.LABEL_PROFILE}={digest} to try again",
+            f"last: {last.name}: {message or 'failed'}" + _retry_advice(profile_key),
             attempts, job=last.name,
         )  # fmt: skip
     nxt = attempts + 1

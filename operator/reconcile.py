@@ -36,7 +36,22 @@ from exegpt.planner.scheduler import schedule
 from exegpt.planner.workerplan import WorkerPlan, WorkerPlanError
 
 from . import builders, drift, names, plandoc
-from .kube import CONFIGMAP, EXEGPT, JOB, JSON, POD, SERVICE, STATEFULSET, Api, Kind, KubeError
+from .kube import (
+    CONFIGMAP,
+    EXEGPT,
+    JOB,
+    JSON,
+    NETWORKPOLICY,
+    POD,
+    ROLE,
+    ROLEBINDING,
+    SERVICE,
+    SERVICEACCOUNT,
+    STATEFULSET,
+    Api,
+    Kind,
+    KubeError,
+)  # fmt: skip
 from .metrics import (
     HttpMetricsReader,
     LengthHistograms,
@@ -46,7 +61,7 @@ from .metrics import (
     parse_length_histograms,
 )
 from .podspec import PLAN_KEY
-from .profiling import ProfilingDecision, decide
+from .profiling import ProfilingDecision, decide, failure_record, has_profile, recorded_failure
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
 from .spec import ExeGPTDeploymentSpec, format_errors, parse_spec
@@ -64,6 +79,7 @@ from .status import (
     remove_condition,
     set_condition,
 )
+from .telemetry import OperatorMetrics
 
 EventSink = Callable[[str, str, str], None]  # (type: Normal|Warning, reason, message)
 KINDS: dict[str, Kind] = {
@@ -71,6 +87,10 @@ KINDS: dict[str, Kind] = {
     "Service": SERVICE,
     "StatefulSet": STATEFULSET,
     "Job": JOB,
+    "NetworkPolicy": NETWORKPOLICY,
+    "ServiceAccount": SERVICEACCOUNT,
+    "Role": ROLE,
+    "RoleBinding": ROLEBINDING,
 }
 WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
 PLANNER_VERSION = "1"
@@ -86,6 +106,7 @@ class Context:
     # Per deployment (uid), the resourceVersion of the body the last status-writing pass
     # of this process started from: a body of that version predates the write.
     written: dict[str, str] = field(default_factory=dict)
+    telemetry: OperatorMetrics = field(default_factory=OperatorMetrics)
 
 
 @dataclass
@@ -225,9 +246,26 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     key = profile_key(arch, gpu.name, request.dtype, MEASURED_PROFILER_VERSION)
     cm_name = names.profile_configmap(key)
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
+    image = spec.profiling.image or s.runtime_image
+    if not s.profiler_image_allowed(image):
+        message = (
+            f"profiler image {image!r} is not allowed by the operator (allowed: "
+            f"{', '.join(s.allowed_profiler_images)}); set spec.profiling.image to an "
+            "allowed image, or ask the operator's admin to allow it (chart value "
+            "profiler.allowedImages)"
+        )
+        p.status.profile = ProfileStatus(
+            key=key, source="measured", gpu_type=gpu.name, config_map=cm_name
+        )
+        p.condition("Profiled", "False", "ImageNotAllowed", message)
+        p.condition("Progressing", "False", "ImageNotAllowed", message)
+        p.condition("Degraded", "True", "ImageNotAllowed", message)
+        if p.transitioned("Profiled"):
+            p.event(True, "ImageNotAllowed", message)
+        return None
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
     jobs: list[JSON] = []
-    if configmap is None:
+    if not has_profile(configmap):
         jobs = await kube.list(JOB, ns)
         # A Job writes the profile before it succeeds, so the ConfigMap is read after
         # the Jobs: a Job that finished since the first read has its profile seen.
@@ -244,13 +282,24 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     if d.action == "ready":
         return _load_profile(p, d, cm_name)
     if d.action == "create":
+        if configmap is None:
+            await _create(p, builders.build_profile_configmap(ns, key))
+        job_name = names.profile_job(key, d.attempts + 1)
         job = builders.build_profile_job(
-            ns, spec, key, d.attempts + 1, spec.profiling.image or s.runtime_image,
-            s.profiler_service_account, spec.profiling.timeout,
-        )  # fmt: skip
-        await _create(p, job)
+            ns, spec, key, d.attempts + 1, image, job_name, spec.profiling.timeout
+        )
+        created = await _create(p, job)
+        await _profiler_access(p, key, created)
         p.status.profile.attempts = d.attempts + 1
+        p.ctx.telemetry.profiling_jobs.inc("created")
+    elif d.action == "wait" and d.reason == "Profiling":
+        # The running Job's access, in case a crash came between creating the two.
+        running = [j for j in jobs if (j.get("metadata") or {}).get("name") == d.job]
+        if running:
+            await _profiler_access(p, key, running[0])
     failed = d.action == "failed"
+    if failed and d.reason == "ProfilingFailed":
+        await _clean_up_failed_jobs(p, key, configmap, jobs, d)
     p.condition("Profiled", "False", d.reason, d.message)
     p.condition("Progressing", "False" if failed else "True", d.reason, d.message)
     p.condition("Degraded", "True" if failed else "False", d.reason if failed else "AsExpected",
@@ -259,6 +308,42 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         reason = {"create": "ProfilingStarted", "failed": d.reason}.get(d.action, d.reason)
         p.event(failed, reason, d.message)
     return None
+
+
+async def _profiler_access(p: _Pass, key: str, job: JSON) -> None:
+    meta = job.get("metadata") or {}
+    uid = meta.get("uid")
+    for obj in builders.build_profiler_access(
+        p.namespace, key, str(meta.get("name")), str(uid) if uid else None
+    ):
+        await _apply(p, obj)
+
+
+async def _clean_up_failed_jobs(
+    p: _Pass, key: str, configmap: JSON | None, jobs: list[JSON], d: ProfilingDecision
+) -> None:
+    """Retries are exhausted: record the failure on the profile's ConfigMap (so it
+    outlives the Jobs: every deployment sharing the profile, and a restarted operator,
+    see it), then delete the failed Jobs with their pods. Deleting the ConfigMap
+    starts profiling again."""
+    cm_name = names.profile_configmap(key)
+    if recorded_failure(configmap) is None:
+        record = failure_record(key, p.namespace, d)
+        if configmap is None:
+            await _create(p, record)
+        else:
+            meta = {"annotations": record["metadata"]["annotations"]}
+            await p.ctx.kube.merge_patch(CONFIGMAP, p.namespace, cm_name, {"metadata": meta})
+            p.outcome.writes.append(f"patch ConfigMap/{cm_name}")
+        p.ctx.telemetry.profiling_jobs.inc("failed")
+    digest = names.profile_digest(key)
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        if (meta.get("labels") or {}).get(names.LABEL_PROFILE) != digest:
+            continue
+        await p.ctx.kube.delete(JOB, p.namespace, str(meta.get("name")), propagation="Background")
+        p.outcome.writes.append(f"delete Job/{meta.get('name')}")
+        p.ctx.telemetry.profiling_jobs.inc("deleted")
 
 
 @functools.lru_cache(maxsize=64)
@@ -434,9 +519,11 @@ async def _plan(
             p.event(False, "Replanned", f"back to the running plan: {summary}")
         return running
     p.condition("Progressing", "True", "Planning", "searching for the best plan")
+    started = time.monotonic()
     result = await asyncio.to_thread(
         schedule, request, profile, time_limit_s=p.ctx.settings.plan_time_limit_seconds
     )
+    p.ctx.telemetry.plan_seconds.observe(time.monotonic() - started, "replan" if old else "plan")
     if isinstance(result, Infeasible):
         p.status.infeasible = InfeasibleStatus(
             latency_bound_seconds=result.latency_bound_s,
@@ -539,6 +626,9 @@ async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Planned) -> None:
         *workers,
         builders.build_headless_service(p.name, p.namespace, p.owner),
         builders.build_client_service(p.name, p.namespace, p.owner, spec, plan),
+        builders.build_network_policy(
+            p.name, p.namespace, p.owner, spec, s.operator_namespace, s.operator_pod_labels
+        ),
     ]
     observed: list[JSON] = []
     for obj in desired:

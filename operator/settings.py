@@ -5,9 +5,9 @@ startup."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "EXEGPT_"
 
@@ -23,9 +23,17 @@ class OperatorSettings(BaseModel):
     )
     peering: bool = Field(
         default=False,
-        description="kopf peering between operator replicas; off: run one replica (the chart's "
-        "Deployment has replicas: 1 and strategy Recreate)",
+        description="leader election between operator replicas (kopf peering): one replica "
+        "handles deployments, the others stand by; off: run exactly one replica",
     )
+    peering_name: str = Field(
+        default="exegpt", min_length=1, description="name of the KopfPeering object replicas share"
+    )
+    peering_priority: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="this replica's peering priority (the highest live one leads); absent: "
+        "drawn at random at startup, so no two replicas tie (tied replicas all pause)",
+    )  # fmt: skip
     watch_server_timeout: int = Field(default=300, gt=0, description="seconds per watch call")
     watch_client_timeout: int = Field(default=330, gt=0)
     resync_seconds: float = Field(
@@ -47,17 +55,69 @@ class OperatorSettings(BaseModel):
         default="ghcr.io/exegpt/exegpt-runtime:0.1.0",
         description="image of the profiling Jobs and workers unless the spec names one",
     )
-    profiler_service_account: str = Field(
-        default="exegpt-profiler", description="service account of profiling Jobs"
-    )
     kube_host: str | None = Field(
         default=None,
-        description="API server URL to use instead of the kubeconfig / in-cluster config",
+        description="test only: an API server URL reached with no authentication and no TLS "
+        "verification; refused unless kube_insecure is also set",
     )
+    kube_insecure: bool = Field(
+        default=False,
+        description="test only: allow kube_host (an unauthenticated, unverified API server)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or one JSON object per line"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="port of the operator's own Prometheus /metrics (the chart: 9090); 0: none",
+    )  # fmt: skip
+    allowed_profiler_images: tuple[str, ...] = Field(
+        default=(),
+        description="images profiling Jobs may run (an entry ending in '*' is a prefix); "
+        "empty: any",
+    )
+    operator_namespace: str | None = Field(
+        default=None,
+        description="the operator's namespace: the workers' NetworkPolicy admits the "
+        "operator's pods (operator_pod_selector there) to read /metrics",
+    )
+    operator_pod_selector: tuple[str, ...] = Field(
+        default=(), description="labels of the operator's pods, as key=value"
+    )
+
+    @model_validator(mode="after")
+    def _kube_host_is_for_tests(self) -> OperatorSettings:
+        if self.kube_host and not self.kube_insecure:
+            raise ValueError(
+                "kube_host connects with no authentication and no TLS verification, for "
+                "tests only; unset it to use the in-cluster service account or the "
+                "kubeconfig, or set EXEGPT_KUBE_INSECURE=true (--kube-insecure) as well"
+            )
+        for item in self.operator_pod_selector:
+            if "=" not in item:
+                raise ValueError(
+                    f"operator_pod_selector: {item!r} is not key=value "
+                    "(e.g. app.kubernetes.io/name=exegpt)"
+                )
+        return self
 
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def operator_pod_labels(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.operator_pod_selector)
+
+    def profiler_image_allowed(self, image: str) -> bool:
+        """Whether profiling Jobs may run ``image`` (any, with no allow-list)."""
+        if not self.allowed_profiler_images:
+            return True
+        return any(
+            image.startswith(entry[:-1]) if entry.endswith("*") else image == entry
+            for entry in self.allowed_profiler_images
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorSettings:
@@ -68,9 +128,9 @@ class OperatorSettings(BaseModel):
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "namespaces":
+            if name in ("namespaces", "allowed_profiler_images", "operator_pod_selector"):
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
-            elif name in ("liveness_endpoint", "kube_host"):
+            elif name in ("liveness_endpoint", "kube_host", "operator_namespace"):
                 values[name] = raw or None
             else:
                 values[name] = raw
@@ -80,6 +140,8 @@ class OperatorSettings(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(
                 f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                if e["loc"]
+                else str(e["msg"]).removeprefix("Value error, ")
                 for e in exc.errors()
             )
             raise ValueError(f"invalid operator settings: {problems}") from None

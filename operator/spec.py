@@ -429,6 +429,45 @@ class ProfilingSpec(BaseModel):
     )
 
 
+class AllowFromPeer(BaseModel):
+    """Pods admitted to the workers' API port (a NetworkPolicy peer): pods with all of
+    ``podLabels`` in namespaces with all of ``namespaceLabels``. Absent ``podLabels``:
+    every pod of those namespaces; absent ``namespaceLabels``: the deployment's own
+    namespace. ``{}`` alone admits every pod of the deployment's namespace."""
+
+    model_config = _BASE
+
+    pod_labels: dict[str, str] | None = Field(
+        default=None, alias="podLabels", description="Labels the client pods carry."
+    )
+    namespace_labels: dict[str, str] | None = Field(
+        default=None,
+        alias="namespaceLabels",
+        description="Labels of the client pods' namespaces (e.g. "
+        "kubernetes.io/metadata.name: gateway); absent: this namespace.",
+    )
+
+
+class SecretKey(BaseModel):
+    """One key of a Secret in the deployment's namespace."""
+
+    model_config = _BASE
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the Secret.",
+    )
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the Secret whose value is the token.",
+    )
+
+
 class RunnerSpec(BaseModel):
     """The worker pods that run the chosen plan."""
 
@@ -441,6 +480,22 @@ class RunnerSpec(BaseModel):
     )
     port: int = Field(
         default=8000, ge=1, le=65535, description="HTTP port of the inference Service."
+    )
+    allow_from: list[AllowFromPeer] | None = Field(
+        default=None,
+        alias="allowFrom",
+        max_length=32,
+        description="Who may call the API port (the workers' NetworkPolicy): these peers, "
+        "plus the operator (which reads /metrics). Absent: every pod of the deployment's "
+        "namespace; []: none but the operator. The rendezvous port (port + 1) admits only "
+        "the deployment's own worker pods, whatever this says.",
+    )
+    api_key_secret: SecretKey | None = Field(
+        default=None,
+        alias="apiKeySecret",
+        description="A Secret key holding a bearer token the API requires on /v1/* "
+        "(Authorization: Bearer <token>); absent: no token. /healthz, /readyz and "
+        "/metrics stay open.",
     )
 
 

@@ -1,9 +1,9 @@
 """Write a measured profile into its ConfigMap, from inside the cluster.
 
-The profiling Job runs under a service account allowed to create, get and update
-ConfigMaps in its namespace. The ConfigMap ``exegpt-profile-<key>`` is the operator's
-profile cache: data key ``profile.json`` holds the profile's JSON. It is created, or
-replaced when it exists (a profile measured again).
+The profiling Job runs under a service account of its own, which the operator allows
+to get, update and patch its one ConfigMap ``exegpt-profile-<key>`` (created empty by the
+operator before the Job), the operator's profile cache: data key ``profile.json`` holds
+the profile's JSON. It is created when missing and allowed (run by hand), or replaced.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def _explain(exc: Exception, action: str, namespace: str, name: str) -> ConfigMa
     if status == 403:
         return ConfigMapError(
             f"forbidden to {action} ConfigMap {namespace}/{name}: the Job's service account "
-            f"needs create, get and update on configmaps in namespace {namespace} "
-            "(the chart's profiler Role grants them)"
+            f"needs get and update on configmaps/{name} in namespace {namespace} (the "
+            "operator creates the ConfigMap and a Role granting them for each Job; run by "
+            "hand, create as well)"
         )
     if status == 404 and action == "create":
         return ConfigMapError(f"namespace {namespace} does not exist")
@@ -131,12 +132,15 @@ def write_profile(
         )
     body = configmap_body(name, namespace, profile_json, profile_key)
     api = api or in_cluster_api()
+    refused: Exception | None = None
     try:
         api.create_namespaced_config_map(namespace, body)
         return "created"
     except Exception as exc:  # kubernetes.client.ApiException, or a transport error
-        if _status(exc) != 409:
+        # 409: it exists; 403: this account may only update it (the operator made it).
+        if _status(exc) not in (403, 409):
             raise _explain(exc, "create", namespace, name) from None
+        refused = exc if _status(exc) == 403 else None
     try:
         existing = api.read_namespaced_config_map(name, namespace)
         version = _resource_version(existing)
@@ -144,5 +148,7 @@ def write_profile(
             body["metadata"]["resourceVersion"] = version
         api.replace_namespaced_config_map(name, namespace, body)
     except Exception as exc:
+        if refused is not None and _status(exc) == 404:
+            raise _explain(refused, "create", namespace, name) from None
         raise _explain(exc, "update", namespace, name) from None
     return "replaced"

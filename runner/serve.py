@@ -27,14 +27,16 @@ import torch.multiprocessing as mp
 
 from exegpt.planner.workerplan import PLAN_HASH_KEY, RENDEZVOUS_PORT_OFFSET, WorkerPlan
 
+from .auth import api_token_from_env
 from .engine import Engine
 from .errors import RunnerError
 from .listen import check_listen_address
 from .metrics import ServingMetrics
+from .planhash import verify_plan_file
 from .replica import ReplicaSpec, device_for, run_rank
 from .serving import GenerationRequest, Limits, NotAccepting, Sink
 from .tokenizer import load_tokenizer
-from .workerplan import load_plan, placement, pod_ordinal, replica_spec
+from .workerplan import placement, pod_ordinal, replica_spec
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,10 @@ class Processes:
     def driver(self) -> bool:
         return 0 in self.ranks
 
-    def serve_api(self, model_name: str, host: str, port: int, grace_seconds: float) -> None:
+    def serve_api(
+        self, model_name: str, host: str, port: int, grace_seconds: float,
+        api_token: str | None = None,
+    ) -> None:  # fmt: skip
         """The driver's HTTP server over the engine, until SIGTERM or SIGINT."""
         from .server import run_server
 
@@ -196,7 +201,7 @@ class Processes:
             run_server(
                 self.front, host=host, port=port, model_name=model_name,
                 tokenizer=load_tokenizer(self.spec.weights), grace_seconds=grace_seconds,
-                ready=self.ready, healthy=self.healthy,
+                ready=self.ready, healthy=self.healthy, api_token=api_token,
             )
         )  # fmt: skip
 
@@ -239,7 +244,8 @@ def serve_pod(
 
     check_listen_address(host, port)
     wait_for_own_plan(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
-    plan = load_plan(plan_file)
+    plan = verify_plan_file(plan_file, os.environ.get("EXEGPT_PLAN_HASH"))
+    api_token = api_token_from_env(os.environ)
     place = placement(plan, role, pod_ordinal(pod_name), namespace)
     spec = replica_spec(plan)
     driver_host, driver_port = place.driver_host, port
@@ -258,7 +264,7 @@ def serve_pod(
     procs.start()
     _stop_when_done(procs)
     if place.driver_pod:
-        procs.serve_api(plan.model.name, host, port, grace_seconds)
+        procs.serve_api(plan.model.name, host, port, grace_seconds, api_token)
     else:
         target = f"http://{driver_host}:{driver_port}"
         app = build_proxy_app(target, ready=procs.ready, healthy=procs.healthy)

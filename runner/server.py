@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from .auth import bearer_middleware
 from .generate import GREEDY, Sampling
 from .metrics import CONTENT_TYPE
 from .serving import (
@@ -672,12 +674,17 @@ def build_app(
     tokenizer: Tokenizer | None,
     ready: Callable[[], bool] | None = None,
     healthy: Callable[[], bool] | None = None,
+    api_token: str | None = None,
 ) -> web.Application:
     """The HTTP application over ``engine``. ``/readyz`` answers 200 only while
     ``engine.ready`` and ``ready()`` (when given) are both true; ``/healthz`` 500 when
-    ``healthy()`` (when given) is false."""
+    ``healthy()`` (when given) is false. With ``api_token``, ``/v1/*`` requires
+    ``Authorization: Bearer <api_token>`` (runner/auth.py)."""
     api = _Api(engine, model_name, tokenizer, ready, healthy)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
+    middlewares: list[Middleware] = [openai_errors]
+    if api_token:
+        middlewares.append(bearer_middleware(api_token))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[_API] = api
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_get("/v1/models", api.models)
@@ -710,6 +717,7 @@ class Server:
         shutdown_timeout: float = 5.0,
         ready: Callable[[], bool] | None = None,
         healthy: Callable[[], bool] | None = None,
+        api_token: str | None = None,
     ) -> None:
         self.engine = engine
         self.host = host
@@ -727,6 +735,7 @@ class Server:
             tokenizer=tokenizer,
             ready=self._accepting,
             healthy=healthy,
+            api_token=api_token,
         )
 
     def _accepting(self) -> bool:
@@ -838,6 +847,7 @@ async def run_server(
     grace_seconds: float = 60.0,
     ready: Callable[[], bool] | None = None,
     healthy: Callable[[], bool] | None = None,
+    api_token: str | None = None,
 ) -> bool:
     """Serve until SIGTERM or SIGINT, then drain (:meth:`Server.stop`); a second signal
     stops without waiting further. Returns whether every request finished in time."""
@@ -850,6 +860,7 @@ async def run_server(
         grace_seconds=grace_seconds,
         ready=ready,
         healthy=healthy,
+        api_token=api_token,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

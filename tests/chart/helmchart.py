@@ -26,12 +26,11 @@ NAMESPACE = "exegpt-system"
 Obj = dict[str, Any]
 
 # Values to render with: the defaults and variants that exercise every branch of the
-# templates (cluster-wide and namespaced RBAC, profiler namespaces, pinned images,
+# templates (cluster-wide and namespaced RBAC, leader election, pinned images,
 # scheduling, and RBAC and service accounts left to the user).
 VARIANTS: dict[str, Obj] = {
     "default": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
-    "cluster-wide-profilers": {"profiler": {"namespaces": ["ml", "research"]}},
     "pinned": {
         "image": {
             "repository": "registry.example/exegpt-operator",
@@ -41,7 +40,7 @@ VARIANTS: dict[str, Obj] = {
         "runtime": {"repository": "registry.example/exegpt-runtime", "tag": "0.1.0-cuda"},
         "imagePullSecrets": [{"name": "registry"}],
         "watchNamespaces": ["serving"],
-        "profiler": {"serviceAccount": {"name": "gpu-profiler"}, "namespaces": ["serving"]},
+        "profiler": {"allowedImages": ["registry.example/exegpt-runtime:0.1.0-cuda"]},
         "serviceAccount": {"name": "exegpt-controller", "annotations": {"owner": "ml-platform"}},
         "operator": {"resyncSeconds": 2.5, "planTimeLimitSeconds": 60, "metricsTimeoutSeconds": 2},
         "resources": {"requests": {"cpu": 1, "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
@@ -65,10 +64,20 @@ VARIANTS: dict[str, Obj] = {
         "podLabels": {"team": "ml-platform"},
         "podAnnotations": {"example.com/scrape": "false"},
     },
+    "leader-election": {
+        "replicaCount": 2,
+        "operator": {"logFormat": "json"},
+        "metrics": {"port": 9100, "podAnnotations": False, "service": True},
+        "profiler": {"allowedImages": ["registry.example/exegpt-runtime:*"]},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
+    },
+    "leader-election-namespaced": {"replicaCount": 3, "watchNamespaces": ["team-a", "team-b"]},
     "bring-your-own-rbac": {
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing-operator"},
-        "profiler": {"serviceAccount": {"create": False}},
     },
 }
 

@@ -1,7 +1,8 @@
-"""The chart's RBAC grants the operator exactly what it uses and the profiler only the
-writing of its ConfigMap: evaluated from the rendered Roles, ClusterRoles and bindings
-(as the API server would), and checked against ``tests/operator/api_usage.json``, the
-(apiGroup, resource, verb) triples the operator's tests record."""
+"""The chart's RBAC grants the operator exactly what it uses, and nothing to anyone else
+(profiling Jobs get a Role per Job from the operator): evaluated from the rendered Roles,
+ClusterRoles and bindings (as the API server would), and checked against
+``tests/operator/api_usage.json``, the (apiGroup, resource, verb) triples the operator's
+tests record."""
 
 from __future__ import annotations
 
@@ -20,17 +21,41 @@ API_USAGE = Path(__file__).resolve().parents[1] / "operator" / "api_usage.json"
 
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
 
-# Calls the chart grants that no operator test makes, with the reason (none today: every
-# rule is exercised by tests/operator and recorded in api_usage.json).
-UNRECORDED: dict[Triple, str] = {}
+# Calls the chart grants that no operator test makes, with the reason.
+UNRECORDED: dict[Triple, str] = {
+    ("exegpt.dev", "exegptdeployments/finalizers", "update"): "no request uses it: the "
+    "OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) requires "
+    "it of whoever sets blockOwnerDeletion: true in an ownerReference to a deployment",
+    ("", "configmaps", "update"): "no request uses it: each profiling Job's Role grants "
+    "update on its ConfigMap, and RBAC lets the operator grant only what it holds",
+    **{
+        ("kopf.dev", "clusterkopfpeerings", verb): "leader election cluster-wide; the "
+        "operator's tests run it namespaced, where kopf uses kopfpeerings instead"
+        for verb in ("list", "watch", "patch")
+    },
+}
 
 # Cluster-scoped resources: only a ClusterRoleBinding grants access to them.
-CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+CLUSTER_SCOPED = {
+    ("", "namespaces"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("kopf.dev", "clusterkopfpeerings"),
+}
 # kopf lists and watches namespaces only to follow a list of namespaces to watch
 # (kopf/_core/reactor/observation.py): cluster-wide it needs none.
 NAMESPACE_DISCOVERY = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+# Leader election (replicaCount > 1): kopf's peering kind in the operator's scope.
+PEERING_VERBS = ("list", "watch", "patch")
+PEERING = {
+    ("kopf.dev", r, v) for r in ("kopfpeerings", "clusterkopfpeerings") for v in PEERING_VERBS
+}
 
-PROFILER_VERBS = ("create", "get", "update", "patch")
+
+def peering_triples(settings: OperatorSettings) -> set[Triple]:
+    if not settings.peering:
+        return set()
+    resource = "clusterkopfpeerings" if settings.cluster_wide else "kopfpeerings"
+    return {("kopf.dev", resource, verb) for verb in PEERING_VERBS}
 
 
 @dataclass(frozen=True, order=True)
@@ -88,12 +113,6 @@ def operator_account(variant: str) -> tuple[str, str]:
     return NAMESPACE, pod["spec"]["serviceAccountName"]
 
 
-def profiler_namespaces(variant: str) -> list[str]:
-    values = VARIANTS[variant]
-    profiler = values.get("profiler", {})
-    return profiler.get("namespaces") or values.get("watchNamespaces") or [NAMESPACE]
-
-
 RBAC_VARIANTS = sorted(v for v in VARIANTS if v != "bring-your-own-rbac")
 
 
@@ -127,9 +146,11 @@ def test_operator_may_make_every_recorded_call(variant: str) -> None:
     granted = grants(render(variant), *operator_account(variant))
     scopes = ["*"] if settings.cluster_wide else list(settings.namespaces)
     missing: list[str] = []
-    for triple in sorted(used):
+    for triple in sorted(used | peering_triples(settings)):
         if settings.cluster_wide and triple in NAMESPACE_DISCOVERY:
             continue
+        if triple in PEERING and triple not in peering_triples(settings):
+            continue  # one replica: no leader election
         cluster_scoped = triple[:2] in CLUSTER_SCOPED
         for scope in ["*"] if cluster_scoped else scopes:
             if Grant(scope, *triple) not in granted:
@@ -145,6 +166,8 @@ def test_operator_is_granted_only_what_it_uses(variant: str) -> None:
     assert granted
     extra = sorted(g for g in granted if g.triple not in allowed)
     assert not extra, f"granted but never used: {extra}"
+    peering = {g.triple for g in granted if g.triple in PEERING}
+    assert peering == peering_triples(settings)
     if settings.cluster_wide:
         assert not [g for g in granted if g.triple in NAMESPACE_DISCOVERY]
         assert {g.scope for g in granted} == {"*"}
@@ -158,20 +181,32 @@ def test_operator_is_granted_only_what_it_uses(variant: str) -> None:
 # -- the profiler --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", RBAC_VARIANTS)
-def test_profiler_writes_configmaps_in_its_namespaces_only(variant: str) -> None:
-    settings = settings_of(variant)
-    manifests = render(variant)
-    for ns in profiler_namespaces(variant):
-        accounts = [
-            m
-            for m in manifests
-            if (m.kind, m.namespace, m.name)
-            == ("ServiceAccount", ns, settings.profiler_service_account)
-        ]
-        assert accounts, f"no profiler service account in {ns}"
-        granted = grants(manifests, ns, settings.profiler_service_account)
-        assert granted == {Grant(ns, "", "configmaps", verb) for verb in PROFILER_VERBS}
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_only_the_operator_is_granted_anything(variant: str) -> None:
+    """Profiling Jobs get their access from the operator, per Job and per ConfigMap
+    (builders.build_profiler_access); the chart binds nothing to any other account."""
+    for m in render(variant):
+        if m.kind not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        for subject in m.body.get("subjects") or []:
+            assert (subject["kind"], subject["namespace"]) == ("ServiceAccount", NAMESPACE), m
+            assert subject["name"] == operator_account(variant)[1], m
+
+
+def test_the_operator_may_grant_what_a_profiling_job_needs() -> None:
+    """A Role may only grant what its creator holds: the operator holds every verb the
+    Jobs' Roles grant, on ConfigMaps, wherever it creates Jobs."""
+    from exegpt.operator import builders
+
+    (_, role, _) = builders.build_profiler_access("ns", "k-0123456789ab", "job-1", "uid-1")
+    for variant in RBAC_VARIANTS:
+        settings = settings_of(variant)
+        granted = grants(render(variant), *operator_account(variant))
+        scopes = ["*"] if settings.cluster_wide else list(settings.namespaces)
+        for rule in role["rules"]:
+            for verb in rule["verbs"]:
+                for scope in scopes:
+                    assert Grant(scope, "", "configmaps", verb) in granted, (variant, verb)
 
 
 def test_bring_your_own_rbac_renders_no_rbac() -> None:

@@ -34,7 +34,10 @@ from exegpt.operator.settings import OperatorSettings
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and the newest
 # kubernetes-validate ships schemas for.
 KUBE_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering",
+}  # fmt: skip
+PEERING_GROUP = "kopf.dev"  # leader election's kinds: no official schema, checked below
 
 
 # -- lint ----------------------------------------------------------------------------------
@@ -66,12 +69,10 @@ def test_default_renders_cluster_wide() -> None:
     assert kinds("default") == sorted(
         [
             ("ClusterRole", None),  # the operator's
-            ("ClusterRole", None),  # the profiler's
             ("ClusterRoleBinding", None),
             ("Deployment", NAMESPACE),
-            ("RoleBinding", NAMESPACE),  # the profiler's, in the release namespace
+            ("NetworkPolicy", NAMESPACE),  # the operator's pod: metrics scrapes only
             ("ServiceAccount", NAMESPACE),  # the operator's
-            ("ServiceAccount", NAMESPACE),  # the profiler's
         ]
     )
 
@@ -80,14 +81,17 @@ def test_namespaced_renders_a_role_per_watched_namespace() -> None:
     # The discovery ClusterRole and its binding, then the operator and its account.
     expected: list[tuple[str, str | None]] = [("ClusterRole", None), ("ClusterRoleBinding", None)]
     expected += [("Deployment", NAMESPACE), ("ServiceAccount", NAMESPACE)]
+    expected += [("NetworkPolicy", NAMESPACE)]
     for ns in ("team-a", "team-b"):
         expected += [("Role", ns), ("RoleBinding", ns)]  # the operator's
-        expected += [("ServiceAccount", ns), ("Role", ns), ("RoleBinding", ns)]  # profiler
     assert kinds("namespaced") == sorted(expected)
 
 
 def test_bring_your_own_rbac_renders_only_the_operator() -> None:
-    assert kinds("bring-your-own-rbac") == [("Deployment", NAMESPACE)]
+    assert kinds("bring-your-own-rbac") == [
+        ("Deployment", NAMESPACE),
+        ("NetworkPolicy", NAMESPACE),
+    ]
     pod = operator_deployment("bring-your-own-rbac")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "existing-operator"
 
@@ -98,7 +102,7 @@ def test_objects_are_labelled_and_placed(variant: str) -> None:
         labels = m.body["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE, m
         assert labels["app.kubernetes.io/managed-by"] == "Helm", m
-        assert labels["app.kubernetes.io/component"] in ("operator", "profiler"), m
+        assert labels["app.kubernetes.io/component"] == "operator", m
         assert (m.namespace is None) == (m.kind in CLUSTER_SCOPED), m
 
 
@@ -112,7 +116,7 @@ def test_notes_say_where_it_watches() -> None:
     assert "watching every namespace" in notes("default")
     assert "the namespaces team-a, team-b" in notes("namespaced")
     assert "kubectl apply --server-side -f crds/" in notes("default")
-    assert "created in: ml, research" in notes("cluster-wide-profilers")
+    assert "registry.example/exegpt-runtime:0.1.0-cuda" in notes("pinned")
 
 
 # -- official schemas ----------------------------------------------------------------------
@@ -122,7 +126,67 @@ def test_notes_say_where_it_watches() -> None:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_manifests_match_the_kubernetes_schemas(variant: str, version: str) -> None:
     for m in render(variant):
+        if m.body["apiVersion"].startswith(PEERING_GROUP + "/"):
+            continue
         validate(m, version)
+
+
+@pytest.mark.parametrize("variant", ["leader-election", "leader-election-namespaced"])
+def test_peering_objects_are_served_by_the_peering_crd(variant: str) -> None:
+    manifests = render(variant)
+    (crd,) = [m.body for m in manifests if m.kind == "CustomResourceDefinition"]
+    peers = [m for m in manifests if m.body["apiVersion"].startswith(PEERING_GROUP + "/")]
+    namespaces = VARIANTS[variant].get("watchNamespaces")
+    assert sorted(str(m.namespace) for m in peers) == sorted(namespaces or ["None"])
+    for m in peers:
+        assert m.body["apiVersion"] == f"{crd['spec']['group']}/v1"
+        assert m.kind == crd["spec"]["names"]["kind"]
+        assert crd["spec"]["scope"] == ("Namespaced" if namespaces else "Cluster")
+    env = env_of(operator_container(variant))
+    assert env["EXEGPT_PEERING"] == "true"
+    assert {m.name for m in peers} == {env["EXEGPT_PEERING_NAME"]}
+    deployment = operator_deployment(variant)["spec"]
+    assert deployment["replicas"] == VARIANTS[variant]["replicaCount"]
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+
+
+def test_one_replica_runs_without_peering() -> None:
+    manifests = render("default")
+    assert not [m for m in manifests if m.kind == "CustomResourceDefinition"]
+    assert env_of(operator_container("default"))["EXEGPT_PEERING"] == "false"
+    deployment = operator_deployment("default")["spec"]
+    assert (deployment["replicas"], deployment["strategy"]["type"]) == (1, "Recreate")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_chart_never_sets_the_test_seam(variant: str) -> None:
+    env = env_of(operator_container(variant))
+    assert "EXEGPT_KUBE_HOST" not in env and "EXEGPT_KUBE_INSECURE" not in env
+
+
+def test_metrics_port_policy_and_service() -> None:
+    container = operator_container("leader-election")
+    (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+    assert port["containerPort"] == 9100
+    assert env_of(container)["EXEGPT_METRICS_PORT"] == "9100"
+    assert env_of(container)["EXEGPT_LOG_FORMAT"] == "json"
+    assert env_of(container)["EXEGPT_ALLOWED_PROFILER_IMAGES"] == (
+        "registry.example/exegpt-runtime:*"
+    )
+    manifests = render("leader-election")
+    (policy,) = [m.body for m in manifests if m.kind == "NetworkPolicy"]
+    pod_labels = operator_deployment("leader-election")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9100, "protocol": "TCP"}]
+    assert rule["from"] == VARIANTS["leader-election"]["networkPolicy"]["metricsFrom"]
+    (service,) = [m.body for m in manifests if m.kind == "Service"]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # No scrape annotations when turned off.
+    annotations = operator_deployment("leader-election")["spec"]["template"]["metadata"]
+    assert "prometheus.io/scrape" not in (annotations.get("annotations") or {})
 
 
 def validate(m: Manifest, version: str) -> None:
@@ -193,17 +257,32 @@ def settings_of(variant: str) -> OperatorSettings:
     return OperatorSettings.from_env(exegpt_env)
 
 
+# Settings the chart sets from the release, or turns on, where the operator's own
+# defaults (a process started by hand) leave them off.
+FROM_THE_RELEASE = {
+    "metrics_port": 9090,
+    "operator_namespace": NAMESPACE,
+    "operator_pod_selector": (
+        "app.kubernetes.io/name=exegpt",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "app.kubernetes.io/component=operator",
+    ),
+}
+
+
 def test_default_settings_are_the_operators_defaults() -> None:
     settings = settings_of("default")
-    assert settings == OperatorSettings(), "the chart's defaults drifted from settings.py"
+    expected = OperatorSettings().model_copy(update=FROM_THE_RELEASE)
+    assert settings == expected, "the chart's defaults drifted from settings.py"
     assert settings.cluster_wide
+    assert settings.kube_host is None and not settings.kube_insecure
 
 
 def test_settings_follow_the_values() -> None:
     settings = settings_of("pinned")
     assert settings.namespaces == ("serving",)
     assert settings.runtime_image == "registry.example/exegpt-runtime:0.1.0-cuda"
-    assert settings.profiler_service_account == "gpu-profiler"
+    assert settings.allowed_profiler_images == ("registry.example/exegpt-runtime:0.1.0-cuda",)
     assert (settings.resync_seconds, settings.plan_time_limit_seconds) == (2.5, 60.0)
     assert settings.metrics_timeout_seconds == 2.0
     assert settings_of("namespaced").namespaces == ("team-a", "team-b")
@@ -233,7 +312,9 @@ def test_scheduling_values_reach_the_pod() -> None:
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         assert pod["spec"][key] == pinned[key], key
     assert pod["metadata"]["labels"]["team"] == "ml-platform"
-    assert pod["metadata"]["annotations"] == pinned["podAnnotations"]
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}
+    scrape["prometheus.io/path"] = "/metrics"
+    assert pod["metadata"]["annotations"] == {**scrape, **pinned["podAnnotations"]}
     (sa,) = [m for m in of_kind(render("pinned"), "ServiceAccount") if m.namespace == NAMESPACE]
     assert sa.name == "exegpt-controller"
     assert sa.body["metadata"]["annotations"] == {"owner": "ml-platform"}

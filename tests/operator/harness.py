@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -36,6 +37,7 @@ import re
 import secrets
 import uuid
 import warnings
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -1179,12 +1181,45 @@ def _code_file(task: object) -> str:
     return str(getattr(code, "co_filename", ""))
 
 
+# Which operator made each task: with two operators in one loop (tests of leader
+# election), one stopping must neither wait for nor cancel the other's tasks. A task
+# factory reads the operator from the creating context, which every task it starts
+# inherits.
+_OWNER: contextvars.ContextVar[object | None] = contextvars.ContextVar("_OWNER", default=None)
+_OWNERS: weakref.WeakKeyDictionary[asyncio.Task[Any], object] = weakref.WeakKeyDictionary()
+
+
+def _track_owners(loop: asyncio.AbstractEventLoop) -> None:
+    previous = loop.get_task_factory()
+    if getattr(previous, "_exegpt_owners", False):
+        return
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        if previous is not None:
+            task = previous(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        owner = _OWNER.get()
+        if owner is not None:
+            _OWNERS[task] = owner
+        return task
+
+    factory._exegpt_owners = True  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)
+
+
 class _NotOperatorTasks(Collection[asyncio.Task[Any]]):
     """Every task but kopf's own (the emulator's connections, pytest's fixtures, the
-    test), and kopf's timer tasks, which ``Operator`` stops itself."""
+    test), kopf's timer tasks, which ``Operator`` stops itself, and the tasks of
+    another operator running in the same loop."""
+
+    def __init__(self, owner: object = None) -> None:
+        self.owner = owner
 
     def __contains__(self, task: object) -> bool:
         path = _code_file(task)
+        if isinstance(task, asyncio.Task) and _OWNERS.get(task, self.owner) is not self.owner:
+            return True
         return not path.startswith(_KOPF_DIR) or path == _KOPF_DAEMONS
 
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
@@ -1194,11 +1229,15 @@ class _NotOperatorTasks(Collection[asyncio.Task[Any]]):
         return 0
 
 
-async def _cancel_timers() -> None:
+async def _cancel_timers(owner: object = None) -> None:
     """Cancel kopf's timer tasks left running: a watch event processed while the operator
     stops can start a timer after kopf has stopped the others (kopf would wait 5 s for
-    it, then cancel it)."""
-    tasks = [t for t in asyncio.all_tasks() if _code_file(t) == _KOPF_DAEMONS and not t.done()]
+    it, then cancel it). Only ``owner``'s, where tasks are tracked (``_track_owners``)."""
+    tasks = [
+        t
+        for t in asyncio.all_tasks()
+        if _code_file(t) == _KOPF_DAEMONS and not t.done() and _OWNERS.get(t, owner) is owner
+    ]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -1286,7 +1325,9 @@ class Operator:
         """``kopf.operator()``, except that only kopf's own tasks are taken for the
         operator's (kopf waits 5 s on exit for every task started after it, then cancels
         it: the emulator's connections and pytest's fixture tasks are not its own)."""
-        ignored = _NotOperatorTasks()
+        _track_owners(asyncio.get_running_loop())
+        _OWNER.set(self)
+        ignored = _NotOperatorTasks(self)
         tasks = await kopf.spawn_tasks(
             registry=self._registry(),
             settings=settings,
@@ -1301,7 +1342,7 @@ class Operator:
         try:
             await kopf.run_tasks(tasks, ignored=ignored)
         finally:
-            await _cancel_timers()
+            await _cancel_timers(self)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (as on SIGTERM) and wait for the operator to exit."""

@@ -21,8 +21,10 @@ def test_the_recorded_api_usage_is_explicit_and_sorted() -> None:
         assert resource and resource == resource.lower()
 
 
-def test_the_operator_never_deletes_its_profiling_jobs_or_the_deployments() -> None:
+def test_the_operator_deletes_only_stale_workers_and_given_up_profiling_jobs() -> None:
+    """StatefulSets of the other strategy after a replan, and failed profiling Jobs once
+    their failure is recorded (test_profiling_failures.py); never a deployment, a
+    ConfigMap (the shared profile cache, the plan) or a Service."""
     calls = json.loads(API_USAGE.read_text())["calls"]
     deletes = {(c["apiGroup"], c["resource"]) for c in calls if c["verb"] == "delete"}
-    assert ("batch", "jobs") not in deletes
-    assert ("exegpt.dev", "exegptdeployments") not in deletes
+    assert deletes == {("apps", "statefulsets"), ("batch", "jobs")}

@@ -4,6 +4,7 @@ the current kubeconfig, plans a deployment, and stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -45,6 +46,7 @@ async def test_the_command_plans_from_the_current_kubeconfig(
     env.pop("EXEGPT_KUBE_HOST", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exegpt", "operator", "--namespace", "default",
+        "--log-format", "json",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -62,3 +64,7 @@ async def test_the_command_plans_from_the_current_kubeconfig(
             proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=30.0)
     assert proc.returncode == 0, out.decode()[-2000:]
+    # Logs are JSON lines; those about the deployment name it.
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+    assert any(r.get("namespace") == "default" and r.get("name") == "x" for r in lines)

@@ -145,7 +145,9 @@ async def test_a_measured_deployment_is_profiled_planned_and_served(
     creates = [c for c in cluster.writes_since() if c.verb == "create" and c.ok]
     creates = [c for c in creates if c.resource != "events"]
     assert sorted(c.resource for c in creates) == sorted(
-        ["jobs", "configmaps", "services", "services"] + ["statefulsets"] * len(roles)
+        ["jobs", "configmaps", "services", "services", "networkpolicies"]
+        + ["configmaps", "serviceaccounts", "roles", "rolebindings"]  # the Job's access
+        + ["statefulsets"] * len(roles)
     )
 
 

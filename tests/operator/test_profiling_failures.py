@@ -46,12 +46,22 @@ async def test_a_failing_profiling_job_ends_in_bounded_retries(
     assert is_condition(x, "Progressing", "False")
     assert x["status"]["profile"]["attempts"] == 3  # type: ignore[index]
 
-    # Given up: no fourth Job, no workers, and the passes that follow write nothing.
+    # Given up: the failure is recorded on the profile ConfigMap and the failed Jobs are
+    # deleted with their pods; no fourth Job, no workers, and later passes write nothing.
     await operator.settle("x")
-    assert job_names(cluster) == [names.profile_job(key, n) for n in (1, 2, 3)]
-    job_creates = [c for c in cluster.writes_since() if c.resource == "jobs" and c.ok]
-    assert len(job_creates) == 3
+    cm = await cluster.get("v1", "configmaps", NAMESPACE, names.profile_configmap(key))
+    assert cm is not None
+    annotations = cm["metadata"]["annotations"]
+    assert "3 profiling Jobs failed" in annotations[names.ANNOTATION_PROFILING_FAILED]
+    assert "data" not in cm or "profile.json" not in cm["data"]
+    assert job_names(cluster) == []
+    job_writes = [c for c in cluster.writes_since() if c.resource == "jobs" and c.ok]
+    assert sorted((c.verb, c.name) for c in job_writes) == sorted(
+        [("create", None)] * 3 + [("delete", names.profile_job(key, n)) for n in (1, 2, 3)]
+    )
     assert cluster.statefulsets() == []
+    x = cluster.deployment("x")
+    assert x["status"]["profile"]["attempts"] == 3  # type: ignore[index]
 
 
 async def test_a_retry_that_succeeds_goes_on_to_plan(cluster: Cluster, operator: Operator) -> None:

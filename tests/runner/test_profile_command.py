@@ -191,3 +191,10 @@ def test_operator_arguments_parse() -> None:
         assert args.tensor_parallel == (1, 2, 4, 8) and args.max_seconds == 3240
         assert (args.configmap, args.namespace) == (names.profile_configmap(KEY), "ns")
         assert (args.weights is not None) == bool(changes)
+
+
+def test_a_job_that_may_only_update_replaces_the_configmap_the_operator_made() -> None:
+    api = FakeApi({"create": 403})
+    api.objects[("ns", "cm")] = {"metadata": {"name": "cm", "resourceVersion": "1"}}
+    assert write_profile('{"a": 1}', "cm", "ns", KEY, api=api) == "replaced"
+    assert api.objects[("ns", "cm")]["data"][PROFILE_DATA_KEY] == '{"a": 1}'

@@ -205,7 +205,8 @@ def test_serve_local_exits_1_when_its_replica_fails(tmp_path: Path) -> None:
     """A replica that cannot load its model stops the server, instead of answering 503
     "starting" for ever."""
     doc = operator_document(ROOT / "examples" / "local-tiny.yaml")
-    doc["model"]["weights"] = {"directory": str(tmp_path / "no-weights")}
+    missing = str(tmp_path / "no-weights")
+    doc["model"]["weights"] = {"pvc": "models", "path": "/no-weights", "directory": missing}
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(doc))
     with socket_port() as port:
@@ -275,7 +276,8 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
         {"worker": {"statefulSet": "tiny-worker", "pods": 2, "stages": 2, "gpusPerPod": 1}},
     )  # fmt: skip
     (tmp_path / "plan.json").write_text(json.dumps(doc))
-    (tmp_path / "plan-hash").write_text("h1")
+    plan_hash = parse_plan(doc).hash()  # the workers check the document against it
+    (tmp_path / "plan-hash").write_text(plan_hash)
     with socket_port() as driver_port, socket_port() as stage_port:
         pass
     procs = []
@@ -283,7 +285,7 @@ def test_two_worker_pods_form_a_pipeline_and_stop_together(tmp_path: Path) -> No
         env = {
             **os.environ,
             "POD_NAME": f"tiny-worker-{ordinal}",
-            "EXEGPT_PLAN_HASH": "h1",
+            "EXEGPT_PLAN_HASH": plan_hash,
             "EXEGPT_DRIVER_ADDRESS": f"127.0.0.1:{driver_port}",
             "PYTHONUNBUFFERED": "1",
         }

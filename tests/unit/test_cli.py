@@ -497,8 +497,8 @@ def test_operator_without_a_cluster_exits_2_naming_the_fix(
     assert "KUBECONFIG" in err and "--kube-host URL" in err
     assert "Traceback" not in err and started == []
 
-    # with an API server named, the operator starts (here: the stand-in returns)
-    rc, _, err = run(capsys, "operator", "--kube-host", "http://127.0.0.1:1")
+    # with a (test-only, insecure) API server named, the operator starts (a stand-in here)
+    rc, _, err = run(capsys, "operator", "--kube-host", "http://127.0.0.1:1", "--kube-insecure")
     assert rc == 0, err
     assert len(started) == 1
 

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from exegpt.operator import names
-from exegpt.operator.profiling import ProfilingDecision, decide, job_state
+from exegpt.operator.profiling import (
+    ProfilingDecision,
+    decide,
+    failure_record,
+    has_profile,
+    job_state,
+    recorded_failure,
+)
 from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 
 KEY = "opt-13b-nvidia-a100-80gb-0123456789ab"
@@ -87,7 +94,26 @@ def test_retries_are_bounded_by_max_retries() -> None:
     d = _decide(None, jobs, now=T0 + 10_000, max_retries=2)
     assert (d.action, d.reason) == ("failed", "ProfilingFailed")
     assert "maxRetries is 2" in d.message
-    assert names.LABEL_PROFILE in d.message  # says how to try again
+    assert f"Delete ConfigMap {names.profile_configmap(KEY)}" in d.message  # how to retry
+
+
+def test_a_recorded_failure_outlives_the_deleted_jobs() -> None:
+    jobs = [job(i, "failed", at=T0 + i) for i in (1, 2, 3)]
+    first = _decide(None, jobs, now=T0 + 10_000, max_retries=2)
+    record = failure_record(KEY, "ns", first)
+    assert record["metadata"]["name"] == names.profile_configmap(KEY)
+    assert "data" not in record
+    assert recorded_failure(record) is not None and not has_profile(record)
+    # The Jobs are gone: the record alone keeps the deployment failed, with the same
+    # message (no status rewrite), instead of starting attempt 1 again.
+    later = _decide(record, [], now=T0 + 20_000, max_retries=2)
+    assert (later.action, later.reason) == ("failed", "ProfilingFailed")
+    assert (later.message, later.attempts, later.job) == (first.message, 3, first.job)
+    # A profile written since wins over the record.
+    written = {**record, "data": {PROFILE_DATA_KEY: '{"x": 1}'}}
+    assert _decide(written, []).action == "ready"
+    # Without the record (the ConfigMap deleted), profiling starts again.
+    assert _decide(None, []).action == "create"
 
 
 def test_a_job_that_succeeded_without_a_profile_counts_as_a_failure() -> None:

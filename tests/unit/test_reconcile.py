@@ -291,11 +291,20 @@ def test_failing_profiling_jobs_end_in_bounded_retries(world: World) -> None:
                                     "lastTransitionTime": "2023-11-14T22:13:20Z"}],
                 }  # fmt: skip
         world.clock += 5
-    assert len([k for k in world.kube.objects if k[0] == "jobs"]) == 2  # 1 + maxRetries
+    created = [c for c in world.kube.calls if c[:2] == ("create", "jobs")]
+    assert len(created) == 2  # 1 + maxRetries
+    # Given up: the failed Jobs are deleted, the failure recorded on the profile ConfigMap.
+    assert not [k for k in world.kube.objects if k[0] == "jobs"]
+    deleted = [c for c in world.kube.calls if c[:2] == ("delete", "jobs")]
+    assert sorted(c[2] for c in deleted) == sorted(c[2] for c in created)
     profiled = world.condition("Profiled")
     assert profiled["reason"] == "ProfilingFailed"
     assert "out of memory" in profiled["message"]
     assert world.condition("Degraded")["status"] == "True"
+    # Later passes start no new attempt and write nothing.
+    world.clock += 10_000
+    assert world.run().writes == []
+    assert world.condition("Profiled")["reason"] == "ProfilingFailed"
 
 
 def test_a_write_error_fails_the_pass_and_the_next_pass_converges(world: World) -> None:

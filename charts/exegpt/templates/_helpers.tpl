@@ -13,7 +13,7 @@ holds it; at most 63 characters. */}}
 {{- end -}}
 
 {{/* Labels every object of the chart carries; each adds its
-app.kubernetes.io/component (operator or profiler). */}}
+app.kubernetes.io/component (operator). */}}
 {{- define "exegpt.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/name: {{ .Chart.Name }}
@@ -44,15 +44,6 @@ else the chart's appVersion. Called with (dict "image" ... "appVersion" ...). */
 {{- end -}}
 {{- end -}}
 
-{{/* Namespaces that get the profiler's service account and Role: profiler.namespaces,
-else the watched namespaces, else (cluster-wide) the release namespace. One per line. */}}
-{{- define "exegpt.profilerNamespaces" -}}
-{{- $namespaces := .Values.profiler.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) -}}
-{{- range $namespaces }}
-{{ . }}
-{{- end -}}
-{{- end -}}
-
 {{/* The pod security context of the Pod Security Standards `restricted` profile, with a
 numeric non-root user: the same as the operator gives its own pods
 (operator/podspec.py). */}}
@@ -76,4 +67,9 @@ capabilities:
 privileged: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
+{{- end -}}
+
+{{/* The operator pods' selector labels as key=value,... (EXEGPT_OPERATOR_POD_SELECTOR). */}}
+{{- define "exegpt.operatorPodSelector" -}}
+app.kubernetes.io/name={{ .Chart.Name }},app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=operator
 {{- end -}}
