@@ -5,6 +5,7 @@ step the engine runs timed."""
 from __future__ import annotations
 
 import math
+import os
 import queue
 import statistics
 import time
@@ -134,6 +135,26 @@ class Driven:
     busy_fraction: float = math.nan  # of the Poisson run's time, in steps
     again: list[list[Record]] = field(default_factory=list)  # the Poisson run's repeats
     probed: tuple[tuple[float, ...], ...] = ()  # the probe's seconds: before, after the run
+    ranks: tuple[RankRun, ...] = ()  # the replica's processes, in rank order
+
+
+@dataclass(frozen=True)
+class RankRun:
+    """One process of a replica as it ran: its rank, operating-system process id, the
+    chain and pipeline stage it held, and the CPU seconds it spent from building its
+    part to stopping (a stage that computed its layers spent seconds, not none)."""
+
+    rank: int
+    pid: int
+    chain: str
+    stage: int
+    cpu_s: float
+
+    @classmethod
+    def here(cls, spec: ReplicaSpec, rank: int, cpu_since: float) -> RankRun:
+        chain = spec.topology().chain_of(rank)
+        stage, _ = chain.place(rank)
+        return cls(rank, os.getpid(), chain.name, stage, time.process_time() - cpu_since)
 
 
 def _finished_since(engine: Engine, start: int) -> list[Record]:
@@ -225,15 +246,20 @@ def drive(engine: Engine, job: Job) -> Driven:
     )  # fmt: skip
 
 
-def _drive_rank(rank: int, world: int, spec: ReplicaSpec, job: Job) -> Driven | None:
-    """One process of a multi-process replica (``launch``): rank 0 drives the job."""
+def _drive_rank(rank: int, world: int, spec: ReplicaSpec, job: Job) -> Driven | RankRun:
+    """One process of a multi-process replica (``launch``): rank 0 drives the job and
+    returns what it measured; every other rank serves its stage until the driver stops
+    the replica, and returns how it ran."""
+    cpu = time.process_time()
     engine = run_rank(spec, rank, job.device.torch_device(rank), keep_finished=True, freeze=True)
     if engine is None:
-        return None
+        return RankRun.here(spec, rank, cpu)
     try:
-        return drive(engine, job)
+        driven = drive(engine, job)
     finally:
         engine.stop()
+    driven.ranks = (RankRun.here(spec, rank, cpu),)
+    return driven
 
 
 def run_replica(spec: ReplicaSpec, job: Job) -> Driven:
@@ -241,24 +267,28 @@ def run_replica(spec: ReplicaSpec, job: Job) -> Driven:
     as the configuration needs (gloo, one torch thread each)."""
     world = spec.topology().world
     if world == 1:
+        cpu = time.process_time()
         try:
             with frozen_heap():  # as a serving process: full collections scan only its objects
                 engine = run_rank(spec, 0, job.device.torch_device(), keep_finished=True)
                 assert engine is not None
                 try:
-                    return drive(engine, job)
+                    driven = drive(engine, job)
                 finally:
                     engine.stop()
         finally:
             job.device.release()
+        driven.ranks = (RankRun.here(spec, 0, cpu),)
+        return driven
     from exegpt.runner.distributed import launch
 
-    result = launch(
+    first, *others = launch(
         _drive_rank, world, spec, job, backend=job.device.backend, threads=1,
         timeout_s=job.timeout_s * 3,
-    )[0]  # fmt: skip
-    assert isinstance(result, Driven)
-    return result
+    )  # fmt: skip
+    assert isinstance(first, Driven) and all(isinstance(r, RankRun) for r in others)
+    first.ranks = (*first.ranks, *others)
+    return first
 
 
 def concurrency_for(config: ExecutionConfig, spec: ReplicaSpec) -> int:

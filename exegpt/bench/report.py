@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 TARGET_RATIO = 2.0
+METRICS = ("throughput_qps", "latency_s", "e2e_p99_s")
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -23,7 +24,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Errors per metric over the configurations (against ``target_error_pct``), and
     the ratio over static batching."""
-    metrics = ("throughput_qps", "latency_s", "e2e_p99_s")
+    metrics = METRICS
     errors = {m: _stats([c["error_pct"][m] for c in configs]) for m in metrics}
     every = [c["error_pct"][m] for c in configs for m in metrics]
     overall = _stats(every)
@@ -40,12 +41,7 @@ def summarize(
         "error_pct": _stats([a["error_pct"] for a in again]),
     }
     # the machine around each Poisson run, and the e2e p99 replayed at that speed
-    probed = [c["machine_speed"] for c in one if c.get("machine_speed")]
-    speed = {
-        "ratio_before": _stats([100 * (p["ratio_before"] - 1) for p in probed]),
-        "ratio_after": _stats([100 * (p["ratio_after"] - 1) for p in probed]),
-        "e2e_error_pct_at_probed_speed": _stats([p["error_pct"] for p in probed]),
-    }
+    speed = _machine_speed(one)
     by_role = {c["role"]: c for c in configs}
     ratio: dict[str, Any] = {"target": TARGET_RATIO, "bound_s": bound}
     plan, static = by_role.get("plan"), by_role.get("static")
@@ -74,7 +70,52 @@ def summarize(
         "ratio_over_static": ratio,
         "poisson_repeats_one_process": repeats,
         "machine_speed_one_process": speed,
+        "machine_speed": _machine_speed(configs),
+        "by_role": by_role_summary(configs),
     }
+
+
+def _machine_speed(configs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The probe's readings around the configurations' Poisson runs, in percent slower
+    than their profiles priced, and the e2e p99 replay's error at that speed."""
+    probed = [c["machine_speed"] for c in configs if c.get("machine_speed")]
+    return {
+        "ratio_before": _stats([100 * (p["ratio_before"] - 1) for p in probed]),
+        "ratio_after": _stats([100 * (p["ratio_after"] - 1) for p in probed]),
+        "e2e_error_pct_at_probed_speed": _stats([p["error_pct"] for p in probed]),
+    }
+
+
+def by_role_summary(configs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per role, over its rounds: the prediction errors per metric, how far each
+    measurement moved from the role's first round (``moved_pct``: the drift of the
+    machine and of the measurement, beside the error) and the speed probe's readings
+    (percent slower than the profile priced, before and after each Poisson run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role in dict.fromkeys(c["role"] for c in configs):
+        rows = sorted((c for c in configs if c["role"] == role), key=lambda c: c.get("round", 0))
+        first = rows[0]["measured"]
+        probes = [c["machine_speed"] for c in rows if c.get("machine_speed")]
+        out[role] = {
+            "strategy": rows[0].get("strategy"),
+            "chosen": rows[0].get("chosen", "planner"),
+            "processes": rows[0].get("processes", 1),
+            "rounds": len(rows),
+            "errors_pct": {m: _stats([c["error_pct"][m] for c in rows]) for m in METRICS},
+            "moved_pct": {
+                m: _stats([_moved(c["measured"][m], first[m]) for c in rows[1:]]) for m in METRICS
+            },
+            "probe_slower_pct": _stats(
+                [100 * (p[k] - 1) for p in probes for k in ("ratio_before", "ratio_after")]
+            ),
+        }
+    return out
+
+
+def _moved(value: float, first: float) -> float:
+    if not (math.isfinite(value) and math.isfinite(first) and first > 0):
+        return math.nan
+    return 100.0 * (value - first) / first
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -132,8 +173,9 @@ def format_table(report: dict[str, Any]) -> str:
              ".3f"), ("e2e_p99_s", "e2e p99 s", ".3f"))  # fmt: skip
     for c in report["configs"]:
         summary = c["summary"] if len(c["summary"]) <= w - 16 else c["summary"][: w - 18] + ".."
+        role = c["role"] + (f" #{c.get('round', 0) + 1}" if report.get("rounds", 1) > 1 else "")
         for i, (key, label, fmt) in enumerate(names):
-            head = f"{c['role']:15} {summary:{w - 16}}" if i == 0 else " " * w
+            head = f"{role:15} {summary:{w - 16}}" if i == 0 else " " * w
             lines.append(
                 f"{head} {label:17} {_num(c['predicted'][key], fmt):>10} "
                 f"{_num(c['measured'][key], fmt):>10} {_num(c['error_pct'][key], '+.1f'):>8}"
@@ -159,6 +201,14 @@ def format_table(report: dict[str, Any]) -> str:
             f"{'meets' if c['meets_bound'] else 'misses'} the bound; "
             f"{c['processes']} process(es)"
         )
+        if len(c.get("ranks", [])) > 1:
+            lines.append(
+                f"{'':{w}} processes: "
+                + ", ".join(
+                    f"{r['chain']} stage {r['stage']} (pid {r['pid']}, CPU {r['cpu_s']:.1f} s)"
+                    for r in c["ranks"]
+                )
+            )
         lines.append(f"{'':{w}} {_steps_line(c['steps'])}")
         lines.append(f"{'':{w}} Poisson run's {_steps_line(c['poisson_steps'])}")
         for a in c.get("poisson_again", []):
@@ -203,6 +253,21 @@ def format_table(report: dict[str, Any]) -> str:
             f"e2e p99 replayed at the speed the probe read around each Poisson run: error "
             f"median {_num(ms['median_abs_pct'], '.1f')} %, worst "
             f"{_num(ms['worst_abs_pct'], '.1f')} % (a diagnostic; the target is judged above)"
+        )
+    for role, b in s.get("by_role", {}).items():
+        errs = ", ".join(
+            f"{label} {_num(b['errors_pct'][key]['median_abs_pct'], '.1f')} %"
+            for key, label, _ in names
+        )
+        moved = ", ".join(
+            f"{_num(b['moved_pct'][key]['worst_abs_pct'], '.1f')} %" for key, _, _ in names
+        )
+        lines.append(
+            f"{role} ({b['chosen']}, {b['processes']} process(es), {b['rounds']} round(s)): "
+            f"median error {errs}; measured moved between rounds (worst) {moved}; the probe "
+            f"read the machine {_num(b['probe_slower_pct']['median_abs_pct'], '.1f')} % "
+            f"(median), {_num(b['probe_slower_pct']['worst_abs_pct'], '.1f')} % (worst) off "
+            "the profile's speed"
         )
     r = s["ratio_over_static"]
     if "measured" in r:

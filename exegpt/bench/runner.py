@@ -4,11 +4,15 @@ On this machine the XProfiler measures a profile of a small OPT-like model (4 la
 hidden 256, random weights, float32, one torch thread); the XScheduler plans a
 high-variance workload on it under a latency bound, and the XRunner's engine runs the
 plan, the best static-batching and continuous-batching configurations under the same
-bound (the plan's ``baselines``) and, in the full run, the best WorkloadAware
-configuration of two processes. Each configuration after the first is predicted from a
-profile measured again just before it runs (a shared machine's speed drifts over
-minutes). The simulator is asked about the requests the engine served (not new draws
-from the workload, whose sampling noise would swamp its errors):
+bound (the plan's ``baselines``) and two fidelity rows of two processes each: a 2-stage
+pipeline (RoundRobin, one stage process each) and a WorkloadAware configuration (the
+planner's when one meets the bound, else one built from the plan), both priced by the
+simulator entry point the planner uses. Each configuration after the first is
+predicted from a profile measured again just before it runs (a shared machine's speed
+drifts over minutes), and the full run goes through its configurations twice, in turn,
+so that how far a measurement moves between rounds stands beside its error. The
+simulator is asked about the requests the engine served (not new draws from the
+workload, whose sampling noise would swamp its errors):
 
 - **throughput**: completed requests per second under a closed loop of clients that
   keeps the engine saturated (``concurrency`` requests in flight: the plan's KV slots
@@ -44,8 +48,8 @@ configurations' predicted latencies, as in ``exegpt bench paper``. Request lengt
 prompt tokens and sampling seeds come from a seeded ``numpy.random.Generator``
 (``--seed``); every request samples at temperature 1.
 
-``--quick`` profiles a coarse grid and runs fewer requests of the plan and the Static
-baseline only (under a minute on a 2-core machine); ``--json`` prints one JSON object
+``--quick`` profiles a coarse grid and runs fewer requests of the plan, the Static
+baseline and the two fidelity rows, in one round; ``--json`` prints one JSON object
 and nothing else. Also runnable as ``python -m exegpt.bench.runner``.
 """
 
@@ -59,7 +63,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -135,10 +139,15 @@ class Mode:
     poisson_requests: int
     roles: tuple[str, ...]
     poisson_runs: int = 1  # the same requests at the same arrivals: the measurement's spread
+    rounds: int = 1  # every configuration, in turn, this many times: drift beside error
 
 
-QUICK = Mode("quick", 7.0, False, 2, 140, 40, ("plan", "static"))
-FULL = Mode("full", 60.0, True, 3, 600, 1000, ("plan", "static", "continuous", "workload-aware"), 2)
+PIPELINE_STAGES = 2  # the pipeline row: RoundRobin over two stage processes
+QUICK = Mode("quick", 7.0, False, 2, 140, 40, ("plan", "static", "pipeline", "workload-aware"))
+FULL = Mode(
+    "full", 60.0, True, 3, 600, 1000,
+    ("plan", "static", "continuous", "pipeline", "workload-aware"), 2, rounds=2,
+)  # fmt: skip
 
 
 # -- one configuration ------------------------------------------------------------------------
@@ -162,6 +171,11 @@ def measure_config(
     planned = sim.evaluate(config)
     sim = Simulator(sim.request, profile) if profile is not None else sim
     predicted = sim.evaluate(config)
+    if not predicted.feasible or predicted.throughput_qps <= 0:
+        raise ValueError(
+            f"{role}: the simulator cannot run {summarize_config(config)} on "
+            f"{sim.request.gpus} GPU(s): {predicted.reason or 'no throughput'}"
+        )
     spec = ReplicaSpec(
         ModelConfig.from_architecture(sim.request.architecture),
         config,
@@ -231,6 +245,8 @@ def measure_config(
         "config": config.model_dump(exclude_defaults=True),
         "summary": summarize_config(config),
         "processes": spec.topology().world,
+        # each process as it ran: its pid, chain and stage, and the CPU it spent
+        "ranks": [asdict(r) for r in driven.ranks],
         "predicted": {**pred, "decode_batch": predicted_served.decode_batch},
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
@@ -455,6 +471,40 @@ def plan_request(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One configuration the bench runs: its role, how it was chosen (``planner``: the
+    XScheduler's plan or baseline; ``fixed``: built here as a fidelity check, priced by
+    the same :meth:`Simulator.evaluate` the planner calls) and the simulator that
+    prices it (its request names the GPUs the configuration uses)."""
+
+    role: str
+    config: ExecutionConfig
+    sim: Simulator
+    chosen: str = "planner"
+
+
+def pipeline_config(plan: ExecutionConfig) -> ExecutionConfig:
+    """The pipeline row: RoundRobin over ``PIPELINE_STAGES`` stages of one process each,
+    with the plan's encode batch and encodes per decode step, the decode batch split in
+    as many micro-batches as stages (so that both stages work at once)."""
+    return ExecutionConfig(
+        strategy="RoundRobin", pipeline_stages=PIPELINE_STAGES, micro_batches=PIPELINE_STAGES,
+        encode_batch=plan.encode_batch, decode_batch=plan.decode_batch,
+        decode_steps_per_encode=plan.decode_steps_per_encode,
+    )  # fmt: skip
+
+
+def workload_aware_config(plan: ExecutionConfig, steady_decode_batch: float) -> ExecutionConfig:
+    """The WorkloadAware row when no WorkloadAware plan meets the bound: one encoder and
+    one decoder process, the plan's encode batch, and the plan's predicted steady
+    decode batch as the decoder's target."""
+    return ExecutionConfig(
+        strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=plan.encode_batch,
+        decode_batch=max(1, round(steady_decode_batch)),
+    )  # fmt: skip
+
+
 def _configs(
     mode: Mode,
     architecture: Architecture,
@@ -462,15 +512,15 @@ def _configs(
     profile: Profile,
     bound: float,
     device: BenchDevice,
-) -> tuple[list[tuple[str, ExecutionConfig, Simulator]], list[str]]:
-    """(role, configuration, its simulator) to run, and notes on what was left out."""
+) -> tuple[list[Entry], list[str]]:
+    """The configurations to run, and notes on what was left out."""
     notes: list[str] = []
     request = plan_request(architecture, workload, 1, bound, device=device)
     plan = schedule(request, profile)
     if not isinstance(plan, Plan):
         raise RuntimeError(f"no plan meets the {bound:.3f} s bound: {plan.message}")
     sim = Simulator(request, profile)
-    out = [("plan", plan.config, sim)]
+    out = [Entry("plan", plan.config, sim)]
     for role, key in (("static", "Static"), ("continuous", "Continuous")):
         base = plan.baselines.get(key)
         if role not in mode.roles:
@@ -478,16 +528,29 @@ def _configs(
         if base is None:
             notes.append(f"no {key} configuration meets the bound")
             continue
-        out.append((role, base.config, sim))
-    if "workload-aware" in mode.roles and not device.fits(2):
-        notes.append(f"WorkloadAware needs two GPUs (one process each); {device.gpus} here")
-    elif "workload-aware" in mode.roles:
-        two = plan_request(architecture, workload, 2, bound, "WorkloadAware", device)
-        waa = schedule(two, profile)
+        out.append(Entry(role, base.config, sim))
+    two = [r for r in ("pipeline", "workload-aware") if r in mode.roles]
+    if two and not device.fits(2):
+        notes.append(f"{' and '.join(two)} need two GPUs (one process each); {device.gpus} here")
+        two = []
+    if "pipeline" in two:
+        pipe = plan_request(architecture, workload, PIPELINE_STAGES, bound, "RoundRobin", device)
+        out.append(
+            Entry("pipeline", pipeline_config(plan.config), Simulator(pipe, profile), "fixed")
+        )
+    if "workload-aware" in two:
+        pair = plan_request(architecture, workload, 2, bound, "WorkloadAware", device)
+        waa = schedule(pair, profile)
         if isinstance(waa, Plan):
-            out.append(("workload-aware", waa.config, Simulator(two, profile)))
+            out.append(Entry("workload-aware", waa.config, Simulator(pair, profile)))
         else:
-            notes.append(f"no WorkloadAware configuration meets the bound: {waa.message}")
+            steady = plan.predicted.decode_batch
+            config = workload_aware_config(plan.config, steady)
+            notes.append(
+                f"no WorkloadAware plan meets the bound ({waa.message}); the workload-aware "
+                f"row runs {summarize_config(config)}, built from the plan"
+            )
+            out.append(Entry("workload-aware", config, Simulator(pair, profile), "fixed"))
     return out, notes
 
 
@@ -515,7 +578,10 @@ def bench(
     configs, notes = _configs(mode, architecture, workload, profile, bound, device)
     rng = np.random.default_rng(seed)
     rows = []
-    for index, (role, config, sim) in enumerate(configs):
+    # the configurations interleaved, round after round (A B C, A B C): each measured
+    # at different times, so that how far a measurement moves between rounds (the
+    # machine's drift) stands beside its prediction's error
+    for index, (turn, entry) in enumerate((t, e) for t in range(mode.rounds) for e in configs):
         # each configuration is predicted from a profile measured just before it runs (the
         # first: the planning one): a shared machine's speed drifts over minutes
         fresh, fresh_s = profile, profiled
@@ -523,14 +589,17 @@ def bench(
             at = time.monotonic()
             fresh = measure_profile(architecture, mode, budget, log, device)
             fresh_s = time.monotonic() - at
-        log(f"running {role}: {summarize_config(config)}")
+        config = entry.config
+        log(f"round {turn + 1}/{mode.rounds}, running {entry.role}: {summarize_config(config)}")
         try:
-            row = measure_config(role, config, sim, workload, mode, rng, bound, fresh, device)
-            rows.append({**row, "profile_seconds": fresh_s})
+            row = measure_config(
+                entry.role, config, entry.sim, workload, mode, rng, bound, fresh, device
+            )
+            rows.append({**row, "chosen": entry.chosen, "round": turn, "profile_seconds": fresh_s})
         except Exception as exc:  # a multi-process replica that fails is reported, not fatal
-            if config.strategy != "WorkloadAware":
+            if config.gpus_per_replica == 1:
                 raise
-            notes.append(f"{role} ({summarize_config(config)}) failed: {exc}")
+            notes.append(f"{entry.role} ({summarize_config(config)}) failed: {exc}")
     if device.kind == "cpu" and any(r["processes"] > 1 for r in rows) and _cpus() <= 2:
         notes.append(
             f"the {max(r['processes'] for r in rows)}-process replica shares {_cpus()} cores "
@@ -545,6 +614,7 @@ def bench(
         "latency_bound_s": bound,
         "bound_rule": f"p{BOUND_PERCENTILE} of the static-batching configurations' latencies",
         "configs": rows,
+        "rounds": mode.rounds,
         "summary": summarize(rows, bound, device.target_error_pct),
         "notes": notes,
         "environment": {
@@ -575,7 +645,9 @@ def run(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="the plan and Static, fewer requests")
+    parser.add_argument(
+        "--quick", action="store_true", help="no Continuous, fewer requests, one round"
+    )
     parser.add_argument("--seed", type=int, default=0, help="request lengths and prompts")
     parser.add_argument(
         "--profile-seconds", type=float, default=None, metavar="S", help="profiling budget"

@@ -73,10 +73,11 @@ def test_workload_aware_needs_a_gpu_per_process() -> None:
     wl = get_workload("chat").scaled(1 / 4, 1 / 2)
     full = bench.FULL
     one, notes = bench._configs(full, arch, wl, profile, 30.0, gpus(1))
-    assert [role for role, _, _ in one] == ["plan", "static", "continuous"]
-    assert any("WorkloadAware needs two GPUs" in n for n in notes)
+    assert [e.role for e in one] == ["plan", "static", "continuous"]
+    assert any("pipeline and workload-aware need two GPUs" in n for n in notes)
     two, _ = bench._configs(full, arch, wl, profile, 30.0, gpus(2))
-    assert [role for role, _, _ in two][-1] == "workload-aware"
+    assert [e.role for e in two][-2:] == ["pipeline", "workload-aware"]
+    assert two[-2].config.pipeline_stages == 2 and two[-2].chosen == "fixed"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")

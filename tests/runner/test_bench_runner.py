@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import statistics
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from exegpt.bench import runner as bench
+from exegpt.bench.device import BenchDevice
 from exegpt.bench.load import make_requests
 from exegpt.bench.profile import CPU_MODELS
 from exegpt.bench.records import (
@@ -29,6 +32,7 @@ from exegpt.bench.records import (
 )
 from exegpt.bench.report import _jsonable, summarize
 from exegpt.cli import main
+from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.workload_presets import get_workload
 from exegpt.runner.engine import Finished, Timings
@@ -313,3 +317,137 @@ def test_cli_prints_one_json_object_or_a_table(
     assert calls == [("quick", 50, None), ("full", 600, 5.0)]
     assert "throughput q/s" in out and "p99-len latency s" in out and "TTFT" in out
     assert "plan / static throughput" in out and "RRA [PP1xTP1]" in out
+
+
+def test_by_role_summary_sets_drift_beside_error() -> None:
+    # two rounds of one role: errors over both, and how far the second measured moved
+    first = {**_row("pipeline", 10.0, 11.0, 1.0), "round": 0, "processes": 2, "chosen": "fixed"}
+    second = {**_row("pipeline", 8.0, 11.0, 1.0), "round": 1, "processes": 2, "chosen": "fixed"}
+    first["machine_speed"] = {"ratio_before": 1.02, "ratio_after": 1.10, "error_pct": 1.0}
+    second["machine_speed"] = {"ratio_before": 0.95, "ratio_after": 1.0, "error_pct": 1.0}
+    b = summarize([second, first], bound=1.0, target_error_pct=10.0)["by_role"]["pipeline"]
+    assert (b["chosen"], b["processes"], b["rounds"]) == ("fixed", 2, 2)
+    assert b["errors_pct"]["throughput_qps"] == {
+        "median_abs_pct": pytest.approx((10.0 + 37.5) / 2),
+        "worst_abs_pct": pytest.approx(37.5),
+    }
+    # the second round measured 8 q/s against the first's 10: moved by -20 %
+    assert b["moved_pct"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(20.0)
+    assert b["moved_pct"]["latency_s"]["worst_abs_pct"] == pytest.approx(0.0)
+    # the probe's readings: +2, +10, -5 and 0 % against the profiles' prices
+    assert b["probe_slower_pct"] == {
+        "median_abs_pct": pytest.approx(3.5),
+        "worst_abs_pct": pytest.approx(10.0),
+    }
+    one = summarize([first], bound=1.0, target_error_pct=10.0)["by_role"]["pipeline"]
+    assert math.isnan(one["moved_pct"]["throughput_qps"]["worst_abs_pct"])  # one round
+
+
+def test_fixed_fidelity_configurations() -> None:
+    plan = bench.ExecutionConfig(
+        strategy="RoundRobin", encode_batch=6, decode_batch=40, decode_steps_per_encode=5
+    )
+    pipe = bench.pipeline_config(plan)
+    assert (pipe.strategy, pipe.pipeline_stages, pipe.micro_batches) == ("RoundRobin", 2, 2)
+    assert (pipe.encode_batch, pipe.decode_steps_per_encode, pipe.gpus_per_replica) == (6, 5, 2)
+    waa = bench.workload_aware_config(plan, 23.6)
+    assert (waa.strategy, waa.encode_gpus, waa.decode_gpus) == ("WorkloadAware", 1, 1)
+    assert (waa.encode_batch, waa.decode_batch) == (6, 24)
+
+
+# The fidelity rows: a 2-stage pipeline and WorkloadAware, each two processes.
+TWO = bench.Mode("test-two", 1.5, False, 1, 60, 30, ("plan", "pipeline", "workload-aware"))
+
+
+@pytest.fixture(scope="module")
+def two_process_report() -> dict[str, Any]:
+    torch.set_num_threads(1)
+    wl = get_workload("chat").scaled(1 / 32, 1 / 16)
+    return bench.bench(TWO, seed=2, architecture=TINY, workload=wl)
+
+
+def test_pipeline_and_workload_aware_rows_are_predicted_and_measured(
+    two_process_report: dict[str, Any],
+) -> None:
+    report = two_process_report
+    by_role = {c["role"]: c for c in report["configs"]}
+    assert list(by_role) == ["plan", "pipeline", "workload-aware"], report["notes"]
+    pipe, waa = by_role["pipeline"], by_role["workload-aware"]
+    assert pipe["chosen"] == "fixed" and pipe["strategy"] == "RoundRobin"
+    assert pipe["config"]["pipeline_stages"] == 2 and pipe["processes"] == 2
+    assert waa["strategy"] == "WorkloadAware" and waa["processes"] == 2
+    assert waa["chosen"] in ("planner", "fixed")
+    for c in (pipe, waa):
+        for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
+            m, p = c["measured"][key], c["predicted"][key]
+            assert math.isfinite(m) and m > 0 and math.isfinite(p) and p > 0, (c["role"], key)
+            assert c["error_pct"][key] == pytest.approx(100 * (p - m) / m)
+        assert c["closed_loop"]["window_completions"] > 0
+        speed = c["machine_speed"]  # the probe read the machine beside the error
+        assert min(speed["probed_s"][0] + speed["probed_s"][1]) > 0
+    # the pipeline really ran as two stage processes of one chain, neither of them this
+    # one, each spending CPU on its layers
+    ranks = pipe["ranks"]
+    assert [(r["rank"], r["chain"], r["stage"]) for r in ranks] == [
+        (0, "main", 0),
+        (1, "main", 1),
+    ]
+    pids = {r["pid"] for r in ranks}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all(r["cpu_s"] > 0.1 for r in ranks)
+    # WorkloadAware: an encoder process and a decoder process
+    assert [(r["chain"], r["stage"]) for r in waa["ranks"]] == [("encoder", 0), ("decoder", 0)]
+    assert len({r["pid"] for r in waa["ranks"]}) == 2
+    (plan_rank,) = by_role["plan"]["ranks"]  # the one-process plan ran here
+    assert plan_rank["pid"] == os.getpid()
+    s = report["summary"]
+    for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
+        expected = statistics.median(abs(c["error_pct"][key]) for c in report["configs"])
+        assert s["errors_pct"][key]["median_abs_pct"] == pytest.approx(expected)
+    for role in ("pipeline", "workload-aware"):
+        b = s["by_role"][role]
+        assert b["processes"] == 2 and b["rounds"] == 1
+        assert b["errors_pct"]["throughput_qps"]["median_abs_pct"] == pytest.approx(
+            abs(by_role[role]["error_pct"]["throughput_qps"])
+        )
+        assert math.isfinite(b["probe_slower_pct"]["worst_abs_pct"])
+    # two-process rows count in the errors, not in the one-process target
+    assert s["errors_pct_one_process"]["throughput_qps"]["worst_abs_pct"] == pytest.approx(
+        abs(by_role["plan"]["error_pct"]["throughput_qps"])
+    )
+    table = bench.format_table(report)
+    assert "main stage 1" in table and "pipeline (fixed, 2 process(es), 1 round(s))" in table
+    json.loads(json.dumps(_jsonable(report), allow_nan=False))
+
+
+def test_rounds_interleave_the_configurations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with the profile and the runs stood in for, the order in which the bench runs its
+    # configurations, the profile it measures before each, and the rows it keeps
+    device = BenchDevice.cpu()
+    profiles: list[int] = []
+
+    def profile(*_: Any, **__: Any) -> Any:
+        profiles.append(len(profiles))
+        return analytic_profile(TINY, device.gpu, device.dtype)
+
+    ran: list[tuple[str, int]] = []
+
+    def measure(role: str, config: Any, sim: Any, *_: Any) -> dict[str, Any]:
+        ran.append((role, config.gpus_per_replica))
+        return {**_row(role, 10.0, 11.0, 0.5), "processes": config.gpus_per_replica}
+
+    monkeypatch.setattr(bench, "measure_profile", profile)
+    monkeypatch.setattr(bench, "measure_config", measure)
+    mode = bench.Mode("rounds", 1.0, False, 1, 60, 30, bench.FULL.roles, rounds=2)
+    wl = get_workload("chat").scaled(1 / 32, 1 / 16)
+    report = bench.bench(mode, seed=0, architecture=TINY, workload=wl)
+    roles = [r for r, _ in ran[: len(ran) // 2]]
+    assert roles[0] == "plan" and roles[-2:] == ["pipeline", "workload-aware"]
+    assert ran == ran[: len(ran) // 2] * 2  # A B C .., A B C ..: interleaved, not A A B B
+    assert dict(ran)["pipeline"] == 2 and dict(ran)["workload-aware"] == 2
+    assert len(profiles) == len(ran)  # the planning profile, then one before each other run
+    assert [c["round"] for c in report["configs"]] == [0] * len(roles) + [1] * len(roles)
+    assert report["rounds"] == 2
+    assert {r: b["rounds"] for r, b in report["summary"]["by_role"].items()} == dict.fromkeys(
+        roles, 2
+    )
