@@ -30,6 +30,7 @@ from exegpt.planner.architecture import Architecture, Dtype
 from exegpt.planner.drift import judge, observed_workload
 from exegpt.planner.hardware import GpuType
 from exegpt.planner.plan import (
+    Engine,
     ExecutionConfig,
     Infeasible,
     Plan,
@@ -37,7 +38,7 @@ from exegpt.planner.plan import (
     Prediction,
     SearchStats,
 )
-from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
+from exegpt.planner.profile import Profile, measured_profile_key
 from exegpt.planner.scheduler import schedule
 
 from . import builders, drift, names, plandoc
@@ -226,7 +227,8 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
             f"analytic profile of {arch.name} on {gpu.name} ({request.dtype})",
         )  # fmt: skip
         return profile
-    key = profile_key(arch, gpu.name, request.dtype, MEASURED_PROFILER_VERSION)
+    engine_profiled: Engine = "vLLM" if request.engine == "vLLM" else "ExeGPT"
+    key = measured_profile_key(arch, gpu.name, request.dtype, engine_profiled)
     cm_name = names.profile_configmap(key)
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
@@ -250,7 +252,7 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     if d.action == "create":
         job = builders.build_profile_job(
             ns, spec, key, d.attempts + 1, spec.profiling.image or s.runtime_image,
-            s.profiler_service_account, spec.profiling.timeout,
+            s.profiler_service_account, spec.profiling.timeout, engine_profiled,
         )  # fmt: skip
         await _create(p, job)
         p.status.profile.attempts = d.attempts + 1
