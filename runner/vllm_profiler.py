@@ -69,10 +69,9 @@ from .profiler import (
     fill_grid,
     grid_levels,
     length_levels,
-    settle,
 )
 from .vllm_model import write_model_dir
-from .vllm_steps import EngineSettings, StepTime, VllmEngine, vllm_version
+from .vllm_steps import EngineSettings, StepTime, VllmEngine, typical, vllm_version
 
 Phase = str  # "encode" | "decode"
 # the least share of a measured step a layer keeps (what is left after the head, the
@@ -176,6 +175,10 @@ class VllmProfiler:
             cpu_threads=None if self.cuda else torch.get_num_threads(),
         )
 
+    def adopt(self, tp: int, engine: VllmEngine) -> None:
+        """Time ``engine`` at TP ``tp`` instead of starting one (it is left open)."""
+        self._given[tp] = engine
+
     def _engine(self, tp: int, model_dir: Path) -> VllmEngine:
         given = self._given.get(tp)
         if given is not None:
@@ -200,14 +203,14 @@ class VllmProfiler:
                 step = engine.prefill(b, n)
                 if step is not None and i >= opts.warmup:
                     samples.append(step.seconds)
-            return statistics.median(samples) if samples else None
+            return typical(samples, not self.cuda) if samples else None
         steps: list[StepTime] = engine.decode(b, n, self.decode_steps)[opts.warmup :]
         if not steps:
             return None
         for s in steps:
             if s.model_seconds is not None:
                 overhead.setdefault(b, []).append(max(s.seconds - s.model_seconds, 0.0))
-        return statistics.median(s.seconds for s in steps)
+        return typical([s.seconds for s in steps], not self.cuda)
 
     def _fits(self, engine: VllmEngine, phase: Phase, b: int, n: int) -> bool:
         if b > self.options.max_batch:
@@ -299,7 +302,8 @@ class VllmProfiler:
     ) -> None:
         """Time the measured points again, in a scrambled order, while the budget
         allows (``options.passes``, else 3 on the CPU, 1 on a GPU); each keeps its
-        :func:`settle` over its passes, so a pass that other load slowed is dropped."""
+        :func:`typical` time over its passes, so a pass that other load slowed is
+        dropped."""
         passes = self.options.passes or (1 if self.cuda else 3)
         order = sorted(raw.measured, key=lambda p: (p[0] * 7919 + p[1] * 104729) % 1009)
         for _ in range(passes - 1):
@@ -309,7 +313,7 @@ class VllmProfiler:
                 t = self._point(engine, phase, *point, overhead)
                 if t is not None:
                     raw.passes[point].append(t)
-                    raw.measured[point] = settle(raw.passes[point])
+                    raw.measured[point] = typical(raw.passes[point], not self.cuda)
 
     def _head(self, engine: VllmEngine, tokens_axis: Sequence[int]) -> Curve:
         repeats = max(self.options.repeats, 3)

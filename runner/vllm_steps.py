@@ -26,7 +26,7 @@ import importlib
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -45,7 +45,10 @@ class VllmUnavailable(RunnerError):
 
 
 def load_vllm() -> ModuleType:
-    """The ``vllm`` package, or :class:`VllmUnavailable` saying how to install it."""
+    """The ``vllm`` package, or :class:`VllmUnavailable` saying how to install it.
+    vLLM's log goes to standard error (unless ``VLLM_LOGGING_STREAM`` says otherwise):
+    standard output carries the profile (``-o -``) and the benchmarks' JSON."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         return importlib.import_module("vllm")
     except ModuleNotFoundError as exc:
@@ -76,6 +79,16 @@ class EngineSettings:
     # CPU: the engine runs on this many of this process's torch threads, not bound to
     # cores (None: vLLM binds its threads to the cores itself)
     cpu_threads: int | None = None
+
+
+def typical(samples: Sequence[float], cpu: bool) -> float:
+    """One time from repeated timings of the same step: on the CPU the least (the step
+    as long as it takes when no other work holds the cores; on a shared machine that
+    work comes and goes within seconds and slows a step by up to several times), on a
+    GPU the median."""
+    if not samples:
+        raise ValueError("no timings")
+    return float(min(samples) if cpu else statistics.median(samples))
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,7 @@ class VllmEngine:
         with _engine_environment(settings):
             self.engine: Any = _start(vllm, settings)
         self.core: Any = self.engine.engine_core.engine_core
+        self.on_cpu = str(self.engine.vllm_config.device_config.device_type) == "cpu"
         self._sampling = vllm.SamplingParams
         self._instrument_executor()
 

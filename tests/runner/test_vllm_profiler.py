@@ -20,8 +20,9 @@ from tiny import tiny_architecture  # noqa: E402
 from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile, profile_key  # noqa: E402
 from exegpt.runner.config import ModelConfig  # noqa: E402
 from exegpt.runner.profiler import ProfileOptions  # noqa: E402
+from exegpt.runner.vllm_check import StepCase, check_steps, off_grid_cases  # noqa: E402
 from exegpt.runner.vllm_model import write_model_dir  # noqa: E402
-from exegpt.runner.vllm_profiler import VllmProfiler, step_prediction  # noqa: E402
+from exegpt.runner.vllm_profiler import VllmProfiler  # noqa: E402
 from exegpt.runner.vllm_steps import VllmEngine  # noqa: E402
 
 ARCH = tiny_architecture(
@@ -53,9 +54,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     rng = np.random.default_rng(0)
     profiler = VllmProfiler(config, gpu_type="cpu", dtype="float32", options=OPTIONS, rng=rng)
     engine = VllmEngine(profiler.settings(1, Path(model)), rng)
-    profiler = VllmProfiler(
-        config, gpu_type="cpu", dtype="float32", options=OPTIONS, rng=rng, engines={1: engine}
-    )
+    profiler.adopt(1, engine)
     yield Run(engine, profiler.run())
     engine.close()
 
@@ -108,50 +107,29 @@ def test_measured_points_positive_and_growing(run: Run) -> None:
     assert head.at(16) > head.at(1)
 
 
-def _step(engine: VllmEngine, phase: str, b: int, n: int) -> float:
-    """A whole step timed directly: the median of a few after one untimed."""
-    if phase == "encode":
-        steps = [engine.prefill(b, n) for _ in range(4)]
-        times = [s.seconds for s in steps[1:] if s is not None]
-    else:
-        times = [s.seconds for s in engine.decode(b, n, 8)[1:]]
-    assert times, (phase, b, n)
-    return statistics.median(times)
-
-
 def test_whole_step_agrees_with_the_profile(run: Run) -> None:
-    """Steps at points off the profile's grid, timed directly, against the profile's
-    prediction of the same step. Each is timed in rounds interleaved with a step at a
-    measured grid point beside it, whose time now over its time in the profile is the
-    machine's drift since the profile (other work shares these cores): the error is
-    judged with the prediction scaled by that drift, and the raw error and the drift
-    are reported beside it."""
-    profile, engine = run.profile, run.engine
-    # (phase, batch, length) off the grid, and a measured grid point beside it
+    """Steps at points off the profile's grid, timed directly in rounds interleaved
+    with a measured grid point beside each (the machine's drift since the profile),
+    against the profile's prediction of the same step (``check_steps``)."""
     cases = [
-        (("encode", 3, 48), (4, 64)),
-        (("encode", 6, 24), (8, 32)),
-        (("decode", 6, 48), (8, 64)),
-        (("decode", 12, 24), (16, 32)),
+        StepCase("encode", 3, 48, (4, 64)),
+        StepCase("encode", 6, 24, (8, 32)),
+        StepCase("decode", 6, 48, (8, 64)),
+        StepCase("decode", 12, 24, (16, 32)),
     ]
-    rounds: dict[tuple[str, int, int], list[tuple[float, float]]] = {c: [] for c, _ in cases}
-    for _ in range(3):
-        for (phase, b, n), (rb, rn) in cases:
-            here = _step(engine, phase, b, n)
-            beside = _step(engine, phase, rb, rn)
-            rounds[(phase, b, n)].append((here, beside))
-    errors, report = [], []
-    for (phase, b, n), (rb, rn) in cases:
-        got = statistics.median(h for h, _ in rounds[(phase, b, n)])
-        drift = statistics.median(r for _, r in rounds[(phase, b, n)]) / step_prediction(
-            profile, 1, phase, rb, rn
-        )
-        want = step_prediction(profile, 1, phase, b, n)
-        errors.append(abs(want * drift / got - 1))
-        report.append(
-            f"{phase} b={b} n={n}: measured {got * 1e3:.2f} ms, predicted {want * 1e3:.2f} ms "
-            f"(raw {100 * (want / got - 1):+.0f} %, drift {100 * (drift - 1):+.0f} %, "
-            f"error {100 * (want * drift / got - 1):+.0f} %)"
-        )
-    assert statistics.median(errors) <= TOLERANCE, "\n".join(report)
-    assert max(errors) <= 2 * TOLERANCE, "\n".join(report)
+    checks = check_steps(run.engine, run.profile, cases, rounds=3)
+    report = "\n".join(c.describe() for c in checks)
+    errors = [abs(c.error) for c in checks]
+    assert statistics.median(errors) <= TOLERANCE, report
+    assert max(errors) <= 2 * TOLERANCE, report
+    assert all(c.measured_s > 0 and 0.2 < c.drift < 5 for c in checks), report
+
+
+def test_off_grid_cases_lie_inside_measured_cells(run: Run) -> None:
+    cases = off_grid_cases(run.profile, per_phase=2)
+    assert {c.phase for c in cases} == {"encode", "decode"}
+    for c in cases:
+        measured = run.profile.provenance.measured_points[f"{c.phase}/tp1"]
+        assert c.beside in measured
+        assert (c.batch, c.length) not in measured
+        assert c.batch < c.beside[0] and c.length < c.beside[1]
