@@ -265,6 +265,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             namespace=namespace,
             check_gpu=not args.any_gpu,
             threads=args.threads,
+            engine=args.engine,
         )
     except RunnerError as exc:
         print(f"error: exegpt profile: {exc}", file=sys.stderr)
@@ -548,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TP degrees to time (1 is always included)",
     )  # fmt: skip
     prof.add_argument(
-        "--max-seconds", type=_positive_float, default=3600.0, metavar="S",
+        "--max-seconds", "--budget", type=_positive_float, default=3600.0, metavar="S",
         help="time budget: the grid is refined until it runs out (default 3600)",
     )  # fmt: skip
     prof.add_argument("--configmap", metavar="NAME", help="write the profile into this ConfigMap")
@@ -560,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prof.add_argument("--weights", metavar="DIR", help="a local Hugging Face safetensors directory")
     prof.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    prof.add_argument(
+        "--engine", default="exegpt", choices=["exegpt", "vllm"],
+        help="whose steps to time: the own engine's (default) or vLLM's (needs vllm)",
+    )  # fmt: skip
     prof.add_argument("--max-batch", type=int, metavar="B", help="largest batch (default 256)")
     prof.add_argument(
         "--max-length", type=int, metavar="N", help="longest length (default: max positions)"

@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from exegpt.planner.plan import Engine
 from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, canonical_json
 
 from . import names
@@ -127,11 +128,15 @@ def build_plan_configmap(
 
 
 def profile_args(
-    namespace: str, spec: ExeGPTDeploymentSpec, profile_key: str, timeout_seconds: float
+    namespace: str,
+    spec: ExeGPTDeploymentSpec,
+    profile_key: str,
+    timeout_seconds: float,
+    engine: Engine = "ExeGPT",
 ) -> list[str]:
     """``exegpt profile`` arguments: the model (preset or architecture JSON), GPU type,
-    dtype, the TP degrees one node allows, a time budget inside the Job's deadline, and
-    the ConfigMap to write the profile to."""
+    dtype, the TP degrees one node allows, a time budget inside the Job's deadline, the
+    ConfigMap to write the profile to, and ``--engine vllm`` for a profile of vLLM."""
     hw, model = spec.hardware, spec.model
     architecture = model.resolved_architecture()
     gpus = min(hw.gpus_per_node, hw.gpus)
@@ -161,6 +166,8 @@ def profile_args(
     ]
     if model.weights is not None:
         args += ["--weights", weights_directory(model.weights)]
+    if engine == "vLLM":
+        args += ["--engine", "vllm"]
     return args
 
 
@@ -172,8 +179,9 @@ def build_profile_job(
     image: str,
     service_account: str,
     timeout_seconds: float,
+    engine: Engine = "ExeGPT",
 ) -> Obj:
-    """The profiling Job of ``attempt`` (1, 2, ...) for ``profile_key``.
+    """The profiling Job of ``attempt`` (1, 2, ...) for ``profile_key``, timing ``engine``.
 
     It has no ownerReference: the profile it writes is cached per model, GPU type,
     dtype and profiler version and shared by every deployment in the namespace, so
@@ -190,7 +198,7 @@ def build_profile_job(
         "name": names.PROFILER,
         "image": image,
         "command": ["exegpt"],
-        "args": profile_args(namespace, spec, profile_key, timeout_seconds),
+        "args": profile_args(namespace, spec, profile_key, timeout_seconds, engine),
         "env": base_env(),
         "resources": gpu_resources(gpus, cpu_per_gpu=1, memory_gib_per_gpu=4),
         "securityContext": restricted_container_security(),

@@ -30,8 +30,8 @@ from exegpt.planner.architecture import Architecture, Dtype
 from exegpt.planner.describe import plan_summary
 from exegpt.planner.drift import judge, observed_workload
 from exegpt.planner.hardware import GpuType
-from exegpt.planner.plan import Infeasible, Plan, PlanRequest, Prediction
-from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
+from exegpt.planner.plan import Engine, Infeasible, Plan, PlanRequest, Prediction
+from exegpt.planner.profile import Profile, measured_profile_key
 from exegpt.planner.scheduler import schedule
 from exegpt.planner.workerplan import WorkerPlan, WorkerPlanError
 
@@ -243,7 +243,8 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
             f"analytic profile of {arch.name} on {gpu.name} ({request.dtype})",
         )  # fmt: skip
         return profile
-    key = profile_key(arch, gpu.name, request.dtype, MEASURED_PROFILER_VERSION)
+    engine_profiled: Engine = "vLLM" if request.engine == "vLLM" else "ExeGPT"
+    key = measured_profile_key(arch, gpu.name, request.dtype, engine_profiled)
     cm_name = names.profile_configmap(key)
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
     image = spec.profiling.image or s.runtime_image
@@ -286,8 +287,9 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
             await _create(p, builders.build_profile_configmap(ns, key))
         job_name = names.profile_job(key, d.attempts + 1)
         job = builders.build_profile_job(
-            ns, spec, key, d.attempts + 1, image, job_name, spec.profiling.timeout
-        )
+            ns, spec, key, d.attempts + 1, image, job_name, spec.profiling.timeout,
+            engine_profiled,
+        )  # fmt: skip
         created = await _create(p, job)
         await _profiler_access(p, key, created)
         p.status.profile.attempts = d.attempts + 1

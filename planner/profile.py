@@ -8,8 +8,8 @@ time; the all-reduce a TP layer needs is in ``comm`` and is added by the simulat
 
 The JSON form (``Profile.to_json``) is versioned (``schema_version``) and
 content-addressed: ``profile_key`` depends only on the model's architecture, the GPU
-type, the dtype and the profiler version, so deployments that share these share a
-profile.
+type, the dtype and the profiler version, and for a profile of vLLM on the engine and
+its version, so deployments that share these share a profile.
 """
 
 from __future__ import annotations
@@ -26,11 +26,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .architecture import Architecture, Dtype
+from .plan import Engine
 
 SCHEMA_VERSION = 1
 # The version of the measured profiler (``exegpt profile``); part of a measured profile's
 # content key, so a new profiler invalidates cached profiles.
 MEASURED_PROFILER_VERSION = "xprofiler-3"
+# The version of the profiler that times vLLM's own steps (``exegpt profile --engine vllm``).
+VLLM_PROFILER_VERSION = "xprofiler-vllm-1"
+# The vLLM release the runtime image carries: the engine version of the profile key the
+# operator looks up for a deployment that runs on vLLM.
+VLLM_VERSION = "0.32.0"
 Source = Literal["analytic", "measured"]
 
 
@@ -278,6 +284,13 @@ class Provenance(BaseModel):
     created_at: datetime | None = None
     host: str = ""
     notes: str = ""
+    engine: Engine = Field(default="ExeGPT", description="the engine whose steps were timed")
+    engine_version: str = Field(default="", description="its version (vLLM: vllm.__version__)")
+    measured_points: dict[str, list[tuple[int, int]]] = Field(
+        default_factory=dict,
+        description="per table ('encode/tp1', 'decode/tp1'), the (batch, length) points "
+        "measured; every other point of the table is interpolated or extrapolated",
+    )
 
 
 class Profile(BaseModel):
@@ -346,6 +359,8 @@ class Profile(BaseModel):
             self.provenance.gpu_type,
             self.provenance.dtype,
             self.provenance.profiler_version,
+            engine=self.provenance.engine,
+            engine_version=self.provenance.engine_version,
         )
 
     def to_json(self) -> str:
@@ -364,16 +379,41 @@ class Profile(BaseModel):
 
 
 def profile_key(
-    architecture: Architecture, gpu_type: str, dtype: str, profiler_version: str
+    architecture: Architecture,
+    gpu_type: str,
+    dtype: str,
+    profiler_version: str,
+    *,
+    engine: Engine = "ExeGPT",
+    engine_version: str = "",
 ) -> str:
-    """Content address of a profile: ``<model>-<gpu>-<12 hex digits>``, DNS-1123 safe."""
+    """Content address of a profile: ``<model>-<gpu>-<12 hex digits>``, DNS-1123 safe.
+
+    A profile of vLLM's steps is addressed by the engine and its version as well; the
+    own engine's keys are those of profiles made before engines were told apart."""
     doc = {
         "architecture": architecture.model_dump(mode="json"),
         "gpu_type": gpu_type,
         "dtype": dtype,
         "profiler_version": profiler_version,
     }
+    if engine != "ExeGPT":
+        doc["engine"] = engine
+        doc["engine_version"] = engine_version
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     stem = f"{architecture.name}-{gpu_type}".lower()
     stem = "".join(c if c.isalnum() or c == "-" else "-" for c in stem).strip("-")[:40]
     return f"{stem}-{digest}"
+
+
+def measured_profile_key(
+    architecture: Architecture, gpu_type: str, dtype: str, engine: Engine
+) -> str:
+    """The key of the measured profile a deployment on ``engine`` plans from: the own
+    engine's profiler, or vLLM's steps timed on the release the runtime image carries."""
+    if engine == "vLLM":
+        return profile_key(
+            architecture, gpu_type, dtype, VLLM_PROFILER_VERSION,
+            engine="vLLM", engine_version=VLLM_VERSION,
+        )  # fmt: skip
+    return profile_key(architecture, gpu_type, dtype, MEASURED_PROFILER_VERSION)

@@ -1,11 +1,12 @@
-"""``exegpt profile``: run the XProfiler and deliver the profile (a file, standard output,
-or the profiling Job's ConfigMap)."""
+"""``exegpt profile``: run the XProfiler (of the own engine, or of vLLM's steps) and
+deliver the profile (a file, standard output, or the profiling Job's ConfigMap)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -17,6 +18,8 @@ from .configmap import ConfigMapApi, check_access, write_profile
 from .errors import RunnerError
 from .profiler import ProfileOptions, ProfilerError, XProfiler, resolve_config
 from .weights import WeightsError
+
+ProfiledEngine = Literal["exegpt", "vllm"]
 
 
 def _stderr(message: str) -> None:
@@ -38,10 +41,12 @@ def profile_command(
     threads: int | None = None,
     api: ConfigMapApi | None = None,
     log: Callable[[str], None] = _stderr,
+    engine: ProfiledEngine = "exegpt",
 ) -> Profile:
     """Measure the profile and write it where asked: ``output`` (a file, ``-`` for
-    standard output) and/or ConfigMap ``namespace/configmap``. Raises ``RunnerError``
-    with a message for the user on any failure."""
+    standard output) and/or ConfigMap ``namespace/configmap``. ``engine``: whose steps
+    are timed, the own engine's (``XProfiler``) or vLLM's (``VllmProfiler``). Raises
+    ``RunnerError`` with a message for the user on any failure."""
     if configmap and not namespace:
         raise RunnerError("--configmap needs --namespace (or POD_NAMESPACE)")
     if threads:
@@ -51,11 +56,18 @@ def profile_command(
         api = check_access(configmap, namespace, api=api)
     try:
         config = resolve_config(architecture, weights)
-        profiler = XProfiler(
-            config, gpu_type=gpu_type, dtype=dtype, device=device, options=options,
-            weights=weights, log=log, check_gpu=check_gpu,
-        )  # fmt: skip
-        profile = profiler.run()
+        if engine == "vllm":
+            from .vllm_profiler import VllmProfiler
+
+            profile = VllmProfiler(
+                config, gpu_type=gpu_type, dtype=dtype, device=device, options=options,
+                weights=weights, log=log, check_gpu=check_gpu,
+            ).run()  # fmt: skip
+        else:
+            profile = XProfiler(
+                config, gpu_type=gpu_type, dtype=dtype, device=device, options=options,
+                weights=weights, log=log, check_gpu=check_gpu,
+            ).run()  # fmt: skip
     except torch.OutOfMemoryError as exc:
         raise ProfilerError(f"out of GPU memory: {str(exc).splitlines()[0]}") from None
     except (UnsupportedModel, WeightsError) as exc:

@@ -232,6 +232,47 @@ def affine_in_batch(
     return [max(float(intercept + slope * b), 0.0) for b in batch]
 
 
+def fill_grid(
+    batch: Sequence[int],
+    length: Sequence[int],
+    measured: dict[tuple[int, int], float],
+    coarse: Grid | None,
+) -> Grid:
+    """A full grid over the axes ``batch`` x ``length``: the ``measured`` points, and the
+    others interpolated from ``coarse`` or extrapolated linearly in batch."""
+    bs, ns = list(batch), list(length)
+    table = [[math.nan] * len(ns) for _ in bs]
+    for i, b in enumerate(bs):
+        for j, n in enumerate(ns):
+            t = measured.get((b, n))
+            if t is None and coarse is not None:
+                t = coarse.at(b, n)
+            if t is not None:
+                table[i][j] = t
+    if not measured:
+        raise ProfilerError("no grid point could be measured")
+    # extrapolate what is left: along batch from the largest measured batch of the
+    # same length, else along length from the longest measured length of that batch
+    for j, n in enumerate(ns):
+        for i, b in enumerate(bs):
+            if not math.isnan(table[i][j]):
+                continue
+            below = [(bb, t) for (bb, nn), t in measured.items() if nn == n and bb < b]
+            if below:
+                bb, t = max(below)
+                table[i][j] = t * b / bb
+                continue
+            left = [(nn, t) for (bb, nn), t in measured.items() if bb == b and nn < n]
+            if left:
+                nn, t = max(left)
+                table[i][j] = t * n / nn
+                continue
+            bb, nn = min(measured, key=lambda p: abs(p[0] - b) + abs(p[1] - n))
+            table[i][j] = measured[(bb, nn)] * (b * n) / (bb * nn)
+    arr = np.maximum(np.asarray(table, dtype=float), 0.0)
+    return Grid(batch=list(bs), length=list(ns), seconds=arr.tolist())
+
+
 def match_gpu(gpu_type: str, device_name: str, memory_bytes: int) -> bool:
     """Whether a CUDA device (its name and memory) is of ``gpu_type``
     (``nvidia-h100-80gb`` matches "NVIDIA H100 80GB HBM3")."""
@@ -614,39 +655,7 @@ class XProfiler:
         return result
 
     def _fill(self, grid: _PhaseGrid, coarse: Grid | None) -> Grid:
-        """A full grid over the current axes: measured points, and the others
-        interpolated from ``coarse`` or extrapolated linearly in batch."""
-        bs, ns = grid.batch, grid.length
-        table = [[math.nan] * len(ns) for _ in bs]
-        for i, b in enumerate(bs):
-            for j, n in enumerate(ns):
-                t = grid.measured.get((b, n))
-                if t is None and coarse is not None:
-                    t = coarse.at(b, n)
-                if t is not None:
-                    table[i][j] = t
-        if not grid.measured:
-            raise ProfilerError("no grid point could be measured")
-        # extrapolate what is left: along batch from the largest measured batch of the
-        # same length, else along length from the longest measured length of that batch
-        for j, n in enumerate(ns):
-            for i, b in enumerate(bs):
-                if not math.isnan(table[i][j]):
-                    continue
-                below = [(bb, t) for (bb, nn), t in grid.measured.items() if nn == n and bb < b]
-                if below:
-                    bb, t = max(below)
-                    table[i][j] = t * b / bb
-                    continue
-                left = [(nn, t) for (bb, nn), t in grid.measured.items() if bb == b and nn < n]
-                if left:
-                    nn, t = max(left)
-                    table[i][j] = t * n / nn
-                    continue
-                bb, nn = min(grid.measured, key=lambda p: abs(p[0] - b) + abs(p[1] - n))
-                table[i][j] = grid.measured[(bb, nn)] * (b * n) / (bb * nn)
-        arr = np.maximum(np.asarray(table, dtype=float), 0.0)
-        return Grid(batch=list(bs), length=list(ns), seconds=arr.tolist())
+        return fill_grid(grid.batch, grid.length, grid.measured, coarse)
 
     def _measure_head(self, bench: Transformer, tokens_axis: Sequence[int]) -> Curve:
         passes = self._passes
@@ -710,6 +719,15 @@ class XProfiler:
         return settle([self.timer.time(step.fn, step.reset).median for _ in range(self._passes)])
 
     # -- communication and memory ---------------------------------------------------------------
+    def communication(self, seconds: float) -> tuple[Comm, list[str]]:
+        """The TP all-reduce and pipeline send/receive times (measured where this machine
+        has the devices, else analytic), within about ``seconds``, and the notes saying
+        which: what another engine's profile adds for the communication its plan needs."""
+        self._deadline = time.monotonic() + seconds
+        start = len(self._notes)
+        comm = self._comm()
+        return comm, self._notes[start:]
+
     def _comm(self) -> Comm:
         opts = self.options
         cuda = self.device.type == "cuda"

@@ -32,7 +32,7 @@ from exegpt.planner.architecture import Architecture
 from exegpt.planner.kvcapacity import KvCapacity, kv_capacity
 from exegpt.planner.moments import Moments
 from exegpt.planner.plan import ExecutionConfig, Plan, Prediction, SearchStats
-from exegpt.planner.profile import MEASURED_PROFILER_VERSION, profile_key
+from exegpt.planner.profile import MEASURED_PROFILER_VERSION, measured_profile_key, profile_key
 from exegpt.planner.scheduler import schedule
 from exegpt.planner.workerplan import HASHED_FIELDS, WorkerPlan, canonical_json
 from exegpt.planner.workload_presets import get_workload
@@ -660,6 +660,18 @@ def test_profile_job_of_a_small_budget_explicit_model_with_weights() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+def test_profile_job_of_vllm_times_vllm() -> None:
+    spec = make_spec()
+    key = measured_profile_key(
+        spec.model.resolved_architecture(), spec.hardware.gpu_type, spec.model.dtype, "vLLM"
+    )
+    job = builders.build_profile_job(NS, spec, key, 1, IMAGE, "exegpt-profiler", 7200.0, "vLLM")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][-2:] == ["--engine", "vllm"]
+    assert c["args"][c["args"].index("--configmap") + 1] == names.profile_configmap(key)
+    assert "--engine" not in profile_job()["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_profile_job_attempts_count_from_one() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,10 @@ from exegpt.planner.analytic import ANALYTIC_PROFILER_VERSION, analytic_profile
 from exegpt.planner.architecture import get_architecture
 from exegpt.planner.hardware import get_gpu
 from exegpt.planner.profile import (
+    MEASURED_PROFILER_VERSION,
     SCHEMA_VERSION,
+    VLLM_PROFILER_VERSION,
+    VLLM_VERSION,
     Comm,
     Curve,
     Grid,
@@ -22,6 +26,7 @@ from exegpt.planner.profile import (
     PhaseTables,
     Profile,
     Provenance,
+    measured_profile_key,
     profile_key,
 )
 
@@ -238,3 +243,62 @@ class TestProfile:
         assert p.head(1, 4.5) == pytest.approx(1.5e-4)
         assert p.comm.send_recv_at(1536, inter_node=True) == pytest.approx(1.5e-5)
         assert p.architecture.name == "opt-13b"
+
+
+class TestEngineInKey:
+    """A profile of vLLM's steps is addressed by the engine and its version; the own
+    engine's keys stay those of profiles made before engines were told apart."""
+
+    def test_own_engine_key_unchanged(self) -> None:
+        arch = get_architecture("opt-13b")
+        doc = {
+            "architecture": arch.model_dump(mode="json"),
+            "gpu_type": "nvidia-a100-80gb",
+            "dtype": "float16",
+            "profiler_version": MEASURED_PROFILER_VERSION,
+        }
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+        key = profile_key(arch, "nvidia-a100-80gb", "float16", MEASURED_PROFILER_VERSION)
+        assert key == f"opt-13b-nvidia-a100-80gb-{digest}"
+        assert measured_profile_key(arch, "nvidia-a100-80gb", "float16", "ExeGPT") == key
+
+    def test_vllm_key_names_engine_and_version(self) -> None:
+        arch = get_architecture("llama-2-7b")
+        gpu = "nvidia-h100-80gb"
+        own = profile_key(arch, gpu, "float16", VLLM_PROFILER_VERSION)
+        vllm = profile_key(
+            arch, gpu, "float16", VLLM_PROFILER_VERSION, engine="vLLM", engine_version="0.32.0"
+        )
+        newer = profile_key(
+            arch, gpu, "float16", VLLM_PROFILER_VERSION, engine="vLLM", engine_version="0.33.0"
+        )
+        assert len({own, vllm, newer}) == 3
+        assert measured_profile_key(arch, gpu, "float16", "vLLM") == profile_key(
+            arch, gpu, "float16", VLLM_PROFILER_VERSION, engine="vLLM", engine_version=VLLM_VERSION
+        )
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", vllm)
+
+    def test_profile_key_follows_its_provenance(self) -> None:
+        p = _small_profile({1: _tables()})
+        prov = p.provenance.model_copy(
+            update={"engine": "vLLM", "engine_version": "0.32.0", "profiler_version": "v"}
+        )
+        q = p.model_copy(update={"provenance": prov})
+        assert q.key == profile_key(
+            p.architecture, prov.gpu_type, prov.dtype, "v", engine="vLLM", engine_version="0.32.0"
+        )
+        assert q.key != profile_key(p.architecture, prov.gpu_type, prov.dtype, "v")
+
+    def test_profile_without_engine_fields_reads_as_own_engine(self) -> None:
+        doc = json.loads(_small_profile({1: _tables()}).to_json())
+        for name in ("engine", "engine_version", "measured_points"):
+            doc["provenance"].pop(name)
+        p = Profile.from_json(json.dumps(doc))
+        assert p.provenance.engine == "ExeGPT"
+        assert p.provenance.measured_points == {}
+
+    def test_unknown_engine_rejected(self) -> None:
+        doc = json.loads(_small_profile({1: _tables()}).to_json())
+        doc["provenance"]["engine"] = "TGI"
+        with pytest.raises(ValidationError, match="engine"):
+            Profile.from_json(json.dumps(doc))
