@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .costs import CostModel
 from .moments import Moments
+from .paged import PagedKV
 from .plan import ExecutionConfig, PlanRequest
 from .profile import Profile
 from .querylog import FloatArray, QueryLog
@@ -63,11 +64,23 @@ class Timeline:
 class EventSimulator:
     """Discrete-event XSimulator bound to one request and profile."""
 
-    def __init__(self, request: PlanRequest, profile: Profile) -> None:
+    def __init__(
+        self, request: PlanRequest, profile: Profile, *, kv_blocks: int | None = None
+    ) -> None:
+        """``kv_blocks``: the capacity of vLLM's paged KV cache per replica, in blocks
+        (from the memory model); without it, KV memory does not limit the run."""
         self.analytic = Simulator(request, profile)
         self.request = request
         self.costs: CostModel = self.analytic.costs
         self.m: Moments = self.analytic.m
+        self.kv_blocks = kv_blocks
+        block = self.analytic.engine.kv_block_tokens
+        if kv_blocks is not None and block is None:
+            raise ValueError(
+                f"kv_blocks is the capacity of vLLM's paged KV cache; the request's engine "
+                f"is {request.engine!r}: set engine='vLLM' or leave kv_blocks out"
+            )
+        self.kv: PagedKV | None = None
 
     def run(
         self,
@@ -140,6 +153,9 @@ class EventSimulator:
             outputs=outputs.astype(np.float64),
             lag=np.zeros(n),
         )
+        block = self.analytic.engine.kv_block_tokens
+        if self.kv_blocks is not None and block is not None:
+            self.kv = PagedKV(self.kv_blocks, block)
         strategy_model(config.strategy).simulate(self, config, inputs.astype(np.float64), run)
         return run
 

@@ -50,6 +50,18 @@ class DecodeBatch:
         self.ctx = np.concatenate((self.ctx, inputs[ids]))
         self.left = np.concatenate((self.left, log.steps[ids]))
 
+    def resume(self, query: int, context: float, left: float) -> None:
+        """Rejoin a preempted query whose context was computed again."""
+        self.ids = np.append(self.ids, query)
+        self.ctx = np.append(self.ctx, context)
+        self.left = np.append(self.left, left)
+
+    def evict_newest(self) -> tuple[int, float, float]:
+        """Take out the member that joined last: (query id, context, steps left)."""
+        q, c, r = int(self.ids[-1]), float(self.ctx[-1]), float(self.left[-1])
+        self.ids, self.ctx, self.left = self.ids[:-1], self.ctx[:-1], self.left[:-1]
+        return q, c, r
+
     def step(self, t: float, log: QueryLog, lag: bool = False) -> None:
         """One decode iteration ending at ``t``: every member decodes one token; those
         done leave (finishing ``log.lag`` later when ``lag``)."""

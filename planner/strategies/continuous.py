@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..costs import Group
+from ..paged import PagedKV
 from ..plan import ExecutionConfig, Prediction, Strategy
 from ..querylog import DecodeBatch, FloatArray, QueryLog
 from ..steps import PipelineSteps
@@ -104,24 +105,52 @@ class Continuous:
         self, sim: EventSimulator, c: ExecutionConfig, ins: FloatArray, log: QueryLog
     ) -> None:
         """vLLM: every step decodes the running batch and prefills prompt tokens up to
-        the token budget, oldest first; a prompt whose last chunk ran joins the batch."""
-        k = sim.costs
+        the token budget, oldest first; a prompt whose last chunk ran joins the batch.
+        With a paged KV cache (``sim.kv``) a query is admitted only when its prompt's
+        blocks are free, a sequence takes a block more as it crosses a block boundary,
+        and when none is free the newest running sequence is preempted: its blocks
+        are freed and its context is computed again when it is readmitted (vLLM's
+        recompute preemption)."""
+        k, kv = sim.costs, sim.kv
         g = Group(c.pipeline_stages, c.tensor_parallel)
         micro, cap, n = c.micro_batches, c.decode_batch, ins.size
         budget = sim.analytic.engine.token_budget or 0
         t, nxt = 0.0, 0
         batch = DecodeBatch()
-        pending: list[int] = []  # admitted queries whose prompt is not fully computed
-        left: dict[int, float] = {}  # their prompt tokens still to compute
-        while nxt < n or batch.size or pending:
-            while nxt < n and batch.size + len(pending) < cap and log.arrival[nxt] <= t:
+        pending: list[int] = []  # admitted queries whose context is not fully computed
+        left: dict[int, float] = {}  # their tokens still to compute
+        preempted: list[tuple[int, float, float]] = []  # (query, context, steps left)
+        resumed: dict[int, tuple[float, float]] = {}
+        while nxt < n or batch.size or pending or preempted:
+            while preempted and batch.size + len(pending) < cap:
+                q, ctx, rest = preempted[0]
+                if kv is not None and not kv.admit(q, ctx):
+                    break
+                preempted.pop(0)
+                pending.append(q)
+                left[q], resumed[q] = ctx, (ctx, rest)
+            while (
+                not preempted
+                and nxt < n
+                and batch.size + len(pending) < cap
+                and log.arrival[nxt] <= t
+            ):
+                if kv is not None and not kv.admit(nxt, float(ins[nxt]) + 1.0):
+                    break
                 log.admitted[nxt] = t
                 pending.append(nxt)
                 left[nxt] = float(ins[nxt])
                 nxt += 1
             if not pending and not batch.size:
+                if preempted or nxt >= n or log.arrival[nxt] <= t:
+                    raise ValueError(
+                        "kv_blocks is too small for one sequence of this workload: give "
+                        "the simulation at least the blocks of the longest input plus output"
+                    )
                 t = max(t, float(log.arrival[nxt]))
                 continue
+            if kv is not None:
+                self._make_room(kv, batch, preempted)
             room = max(float(budget - batch.size), 0.0)
             tokens, lengths, finished = 0.0, [], []
             for q in pending:
@@ -139,12 +168,43 @@ class Continuous:
             dt = k.mixed_iteration(g, float(batch.size), batch.context(), joins, length, micro)
             log.note_batch(batch.size + len(lengths), dt)
             t += dt
+            before = batch.ids
             batch.step(t, log)
+            if kv is not None and batch.size < before.size:
+                for q in np.setdiff1d(before, batch.ids):
+                    kv.release(int(q))
             if finished:
-                done = np.array(finished, dtype=np.int64)
                 for q in finished:
                     del left[q]
                 pending = pending[len(finished) :]
-                fresh = log.steps[done] > 0
-                log.done[done[~fresh]] = t
-                batch.join(done[fresh], log, ins)
+                fresh = []
+                for q in finished:
+                    if q in resumed:
+                        ctx, rest = resumed.pop(q)
+                        batch.resume(q, ctx, rest)
+                    elif log.steps[q] > 0:
+                        fresh.append(q)
+                    else:
+                        log.done[q] = t
+                        if kv is not None:
+                            kv.release(q)
+                if fresh:
+                    batch.join(np.array(fresh, dtype=np.int64), log, ins)
+
+    @staticmethod
+    def _make_room(
+        kv: PagedKV, batch: DecodeBatch, preempted: list[tuple[int, float, float]]
+    ) -> None:
+        """A block for every running sequence about to cross a block boundary,
+        preempting the newest ones while none is free."""
+        i = 0
+        while i < batch.size:
+            q = int(batch.ids[i])
+            if kv.grow(q, float(batch.ctx[i]) + 1.0):
+                i += 1
+                continue
+            victim, ctx, rest = batch.evict_newest()
+            kv.release(victim)
+            preempted.insert(0, (victim, ctx, rest))
+            if victim == q:
+                continue  # the one that needed the block has gone
