@@ -1,27 +1,12 @@
 """XSimulator, analytic mode: expected-value throughput, latency and memory of one
 execution configuration, fast enough to sit inside the scheduler's search loop.
 
-Every strategy is modelled from the same per-stage costs (``costs.CostModel``):
-
-RoundRobin (RRA)
-    A cycle is one encoding of ``B_E`` queries followed by ``N_D`` decode iterations.
-    In steady state as many queries leave per cycle as join, so by Little's law the
-    decode batch is ``B_D = B_E * E[d] / N_D`` (E[d]: mean decode iterations).
-    Throughput ``B_E / T_cycle``; a query of the p99 output length sees ``d99``
-    iterations and ``d99 / N_D`` encodings on its way.
-WorkloadAware (WAA)
-    Encoders encode batches back to back; KV caches move to the decoders, which keep a
-    decode batch of up to ``B_D``. Throughput is the slowest of encoding, KV transfer
-    and decoding; when encoding is the bottleneck the decode batch settles below
-    ``B_D`` (found by bisection on the flow balance).
-Static (FasterTransformer-like)
-    A batch is encoded (padded to its longest input) and decoded until its longest
-    output ends, with every slot computed throughout (each slot's attention over its own
-    context); KV is reserved for the longest input plus the longest possible output of
-    each slot.
-Continuous (ORCA / vLLM-like)
-    Iteration-level batching: each iteration decodes the running batch and prefills
-    the queries that joined it, in the same step.
+Every strategy is modelled from the same per-stage costs (``costs.CostModel``), as the
+engine that runs the plan drives its pipeline and batches its prompts
+(``engines.EngineModel``, ``prefill.PrefillLengths``). Each strategy is one class in
+``strategies/`` (RoundRobin, WorkloadAware, Static, Continuous) with its prediction
+and its discrete-event run; this module holds what they share: the shape checks, the
+groups of GPUs each phase runs on, and the memory per GPU.
 
 The latency is the paper's: the time to generate an output of the 99th-percentile
 length, queueing excluded. ``e2e_p99_s`` adds the wait for the next admission slot.
