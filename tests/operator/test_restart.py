@@ -11,6 +11,8 @@ from exegpt.operator import names
 
 pytestmark = pytest.mark.asyncio
 
+# The rollouts below plan WorkloadAware: two worker StatefulSets (encoders, decoders).
+
 
 async def test_killing_the_operator_mid_profiling_creates_no_second_job(
     cluster: Cluster, operator: Operator
@@ -40,7 +42,7 @@ async def test_killing_the_operator_mid_profiling_creates_no_second_job(
 async def test_killing_the_operator_mid_rollout_creates_no_duplicates(
     cluster: Cluster, operator: Operator
 ) -> None:
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
     await cluster.wait_for_call("create", "statefulsets")  # the first child is being made
 
     await operator.kill()
@@ -60,7 +62,7 @@ async def test_killing_the_operator_mid_rollout_creates_no_duplicates(
 async def test_restarting_a_converged_deployment_writes_nothing(
     cluster: Cluster, operator: Operator
 ) -> None:
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
     await cluster.wait_for(lambda: len(cluster.statefulsets()) == 2)
     for sts in cluster.statefulsets():
         await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
