@@ -160,12 +160,14 @@ _small = st.integers(min_value=1, max_value=48)
     b_d=st.integers(min_value=1, max_value=256),
     n_d=st.integers(min_value=1, max_value=16),
     seed=st.integers(min_value=0, max_value=2**16),
+    engine=st.sampled_from(["ExeGPT", "vLLM"]),
 )
 def test_every_sampled_query_completes(
-    strategy: str, task: str, b_e: int, b_d: int, n_d: int, seed: int
+    strategy: str, task: str, b_e: int, b_d: int, n_d: int, seed: int, engine: str
 ) -> None:
-    """Conservation: whatever the configuration, every query leaves the system."""
-    request = _request(task, model="llama-2-7b", gpus=4)
+    """Conservation: whatever the configuration and engine, every query leaves the
+    system."""
+    request = _request(task, model="llama-2-7b", gpus=4).model_copy(update={"engine": engine})
     sim = EventSimulator(request, _profile("llama-2-7b", "nvidia-a100-80gb"))
     if strategy == "WorkloadAware":
         config = ExecutionConfig(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from planner_builders import config, fixed_workload, request, simulator
 
 from exegpt.planner.events import EventSimulator
@@ -67,3 +69,22 @@ def test_the_paged_cache_is_vllms_only() -> None:
     req = request(model="opt-13b", gpus=1, workload=fixed_workload())
     with pytest.raises(ValueError, match="engine='vLLM'"):
         EventSimulator(req, simulator(req).profile, kv_blocks=100)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    blocks=st.integers(min_value=13, max_value=400),
+    cap=st.integers(min_value=1, max_value=96),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_every_query_completes_in_any_cache_that_holds_one_sequence(
+    blocks: int, cap: int, seed: int
+) -> None:
+    """Preemption never loses or stalls a query: 128 + 64 tokens need 12 blocks (13
+    with the block the last token may open)."""
+    req = request(model="opt-13b", gpus=1, workload=fixed_workload(128, 64), engine="vLLM")
+    sim = EventSimulator(req, simulator(req).profile, kv_blocks=blocks)
+    result = sim.run(
+        config("Continuous", decode_batch=cap), np.random.default_rng(seed), queries=150
+    )
+    assert result.completed == result.queries == 150
