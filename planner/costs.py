@@ -10,10 +10,12 @@ last stage) sets the pipeline's pace.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .architecture import DTYPE_BYTES, Architecture, Dtype
 from .hardware import GpuType
+from .pipeline import fill_drain, steady
 from .profile import Profile
 
 
@@ -48,8 +50,10 @@ class CostModel:
         gpu: GpuType,
         gpus_per_node: int,
         dtype: Dtype = "float16",
+        overlapped_steps: bool = False,
     ) -> None:
         self.profile = profile
+        self.overlapped_steps = overlapped_steps
         self.arch: Architecture = profile.architecture
         self.gpu = gpu
         self.gpus_per_node = gpus_per_node
@@ -131,6 +135,40 @@ class CostModel:
         chain, _ = self.encode_p2p(group, batch, length)
         return group.stages * stage + chain
 
+    def prefill_stage(
+        self, group: Group, batch: float, lengths: Sequence[float], weights: Sequence[float]
+    ) -> float:
+        """Busy time of the slowest stage encoding ``batch`` prompts priced at
+        ``lengths`` (``prefill.PrefillLengths``): the weighted mean of their costs."""
+        if len(lengths) == 1:
+            return self.encode_stage(group, batch, lengths[0])
+        pairs = zip(lengths, weights, strict=True)
+        return sum(w * self.encode_stage(group, batch, x) for x, w in pairs)
+
+    def encode_pass(
+        self,
+        group: Group,
+        batch: float,
+        lengths: Sequence[float],
+        weights: Sequence[float],
+        micro: int,
+        chunks: int = 1,
+    ) -> tuple[float, float]:
+        """(period, latency) of encoding ``batch`` prompts in ``micro`` micro-batches,
+        in ``chunks`` steps (chunked prefill): how long the pipeline is taken, and how
+        long until the last prompt's first token."""
+        if batch <= 0:
+            return 0.0, 0.0
+        mb = batch / (micro * chunks)
+        stage = self.prefill_stage(group, mb, lengths, weights)
+        mean_length = sum(x * w for x, w in zip(lengths, weights, strict=True))
+        chain, _ = self.encode_p2p(group, mb, mean_length)
+        latency = fill_drain(stage, chain, micro, group.stages)
+        period = steady(stage, chain, micro, group.stages) if self.overlapped_steps else latency
+        if chunks == 1:
+            return period, latency
+        return chunks * period, (chunks - 1) * period + latency
+
     # -- decode ----------------------------------------------------------------------------
     def decode_stage(self, group: Group, batch: float, context: float) -> float:
         """Busy time of the slowest stage for one decode step of ``batch`` sequences."""
@@ -154,7 +192,8 @@ class CostModel:
         return self._p2p_chain(group, batch / group.dp * self.hidden * self.elem)
 
     def iteration(self, group: Group, batch: float, context: float, micro: int) -> float:
-        """One decode iteration of the whole batch split into ``micro`` micro-batches:
+        """One decode iteration of the whole batch split into ``micro`` micro-batches
+        (``pipeline.py``): the pipeline's fill and drain, or with overlapped steps
         stage-bound when the pipeline is full, latency-bound when it is not."""
         if batch <= 0:
             return 0.0
@@ -165,9 +204,15 @@ class CostModel:
         mb = batch / micro
         stage = self.decode_stage(group, mb, context)
         chain, _ = self.decode_p2p(group, mb)
-        out = max(micro * stage, group.stages * stage + chain)
+        out = self.step(stage, chain, micro, group.stages)
         self._memo[key] = out
         return out
+
+    def step(self, stage: float, chain: float, micro: int, stages: int) -> float:
+        """Time a step of ``micro`` micro-batches takes the pipeline (``pipeline.py``)."""
+        if self.overlapped_steps:
+            return steady(stage, chain, micro, stages)
+        return fill_drain(stage, chain, micro, stages)
 
     def mixed_iteration(
         self, group: Group, batch: float, context: float, joins: float, length: float, micro: int
@@ -182,7 +227,7 @@ class CostModel:
             # The prefill work scales with the tokens joining; measured per query at batch 1.
             stage += (mj / group.dp) * self.encode_stage(group, group.dp, length)
         chain, _ = self._p2p_chain(group, (mb + mj * length) / group.dp * self.hidden * self.elem)
-        return max(micro * stage, group.stages * stage + chain)
+        return self.step(stage, chain, micro, group.stages)
 
     # -- KV transfer (WorkloadAware) ---------------------------------------------------
     def kv_bytes_per_query(self, input_length: float) -> float:

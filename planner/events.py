@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .costs import CostModel, Group
+from .costs import CostModel
 from .moments import Moments
+from .paged import PagedKV
 from .plan import ExecutionConfig, PlanRequest
 from .profile import Profile
+from .querylog import FloatArray, QueryLog
 from .simulator import Simulator
-
-FloatArray = NDArray[np.float64]
+from .strategies import strategy_model
 
 
 @dataclass(frozen=True)
@@ -60,66 +61,26 @@ class Timeline:
         return self.done - self.arrival
 
 
-@dataclass
-class _Run:
-    """Per-query timeline of one replica."""
-
-    arrival: FloatArray
-    admitted: FloatArray
-    done: FloatArray
-    steps: FloatArray
-    outputs: FloatArray
-    lag: FloatArray  # pipeline traversal delay added to a query's completion (RoundRobin)
-    batch_time: float = 0.0  # integral of decode batch size over decode time
-    decode_time: float = 0.0
-
-    def note_batch(self, size: int, dt: float) -> None:
-        self.batch_time += size * dt
-        self.decode_time += dt
-
-
-class _Running:
-    """The decode batch: each member's query id, KV context and decode steps left."""
-
-    def __init__(self) -> None:
-        self.ids: NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        self.ctx: FloatArray = np.empty(0)
-        self.left: FloatArray = np.empty(0)
-
-    @property
-    def size(self) -> int:
-        return int(self.ids.size)
-
-    def context(self) -> float:
-        """The mean context of the next decode step (the token being decoded included)."""
-        return float(self.ctx.mean()) + 1.0 if self.ids.size else 0.0
-
-    def join(self, ids: NDArray[np.int64], run: _Run, inputs: FloatArray) -> None:
-        self.ids = np.concatenate((self.ids, ids))
-        self.ctx = np.concatenate((self.ctx, inputs[ids]))
-        self.left = np.concatenate((self.left, run.steps[ids]))
-
-    def step(self, t: float, run: _Run, lag: bool = False) -> None:
-        """One decode iteration ending at ``t``: every member decodes one token; those
-        done leave (finishing ``run.lag`` later when ``lag``)."""
-        self.ctx += 1.0
-        self.left -= 1.0
-        fin = self.left <= 0
-        if fin.any():
-            done = self.ids[fin]
-            run.done[done] = t + run.lag[done] if lag else t
-            keep = ~fin
-            self.ids, self.ctx, self.left = self.ids[keep], self.ctx[keep], self.left[keep]
-
-
 class EventSimulator:
     """Discrete-event XSimulator bound to one request and profile."""
 
-    def __init__(self, request: PlanRequest, profile: Profile) -> None:
+    def __init__(
+        self, request: PlanRequest, profile: Profile, *, kv_blocks: int | None = None
+    ) -> None:
+        """``kv_blocks``: the capacity of vLLM's paged KV cache per replica, in blocks
+        (from the memory model); without it, KV memory does not limit the run."""
         self.analytic = Simulator(request, profile)
         self.request = request
         self.costs: CostModel = self.analytic.costs
         self.m: Moments = self.analytic.m
+        self.kv_blocks = kv_blocks
+        block = self.analytic.engine.kv_block_tokens
+        if kv_blocks is not None and block is None:
+            raise ValueError(
+                f"kv_blocks is the capacity of vLLM's paged KV cache; the request's engine "
+                f"is {request.engine!r}: set engine='vLLM' or leave kv_blocks out"
+            )
+        self.kv: PagedKV | None = None
 
     def run(
         self,
@@ -181,10 +142,10 @@ class EventSimulator:
         arrival: FloatArray,
         inputs: NDArray[np.int64],
         outputs: NDArray[np.int64],
-    ) -> _Run:
+    ) -> QueryLog:
         n = arrival.size
         ed = self.m.encoder_decoder
-        run = _Run(
+        run = QueryLog(
             arrival=arrival,
             admitted=np.full(n, np.nan),
             done=np.full(n, np.nan),
@@ -192,19 +153,14 @@ class EventSimulator:
             outputs=outputs.astype(np.float64),
             lag=np.zeros(n),
         )
-        ins = inputs.astype(np.float64)
-        if config.strategy == "RoundRobin":
-            self._round_robin(config, ins, run)
-        elif config.strategy == "WorkloadAware":
-            self._workload_aware(config, ins, run)
-        elif config.strategy == "Static":
-            self._static(config, ins, run)
-        else:
-            self._continuous(config, ins, run)
+        block = self.analytic.engine.kv_block_tokens
+        if self.kv_blocks is not None and block is not None:
+            self.kv = PagedKV(self.kv_blocks, block)
+        strategy_model(config.strategy).simulate(self, config, inputs.astype(np.float64), run)
         return run
 
     # -- measurement ---------------------------------------------------------------------
-    def _measure(self, config: ExecutionConfig, run: _Run, saturated: bool) -> EventResult:
+    def _measure(self, config: ExecutionConfig, run: QueryLog, saturated: bool) -> EventResult:
         n = run.done.size
         order = np.argsort(run.admitted, kind="stable")
         if saturated:
@@ -217,7 +173,9 @@ class EventSimulator:
             t1 = float(run.arrival[-1])
         if t1 <= t0:
             t0, t1 = 0.0, float(np.nanmax(run.done))
-        in_window = (run.done >= t0) & (run.done <= t1)
+        # Half-open (t0, t1]: a batch that ends exactly at t0 (a static batch ending
+        # as the window's first admission begins) belongs to the time before it.
+        in_window = (run.done > t0) & (run.done <= t1)
         count = int(in_window.sum())
         if count < max(10, n // 20):
             # Too few queries for a steady state (the queue drained before the batch
@@ -248,165 +206,3 @@ class EventSimulator:
             completed=int(np.isfinite(run.done).sum()),
             window_s=t1 - t0,
         )
-
-    # -- strategies ---------------------------------------------------------------------
-    def _round_robin(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
-        k = self.costs
-        enc, dec, _ = self.analytic.round_robin_groups(c)
-        s, micro, n_d = c.pipeline_stages, c.micro_batches, c.decode_steps_per_encode
-        n = ins.size
-        t, nxt = 0.0, 0
-        batch = _Running()
-        since = n_d  # decode iterations since the last encoding
-        while nxt < n or batch.size:
-            # After N_D decode iterations (or with nothing decoding), encode up to B_E
-            # queries that have arrived; with none waiting, the next one to arrive is
-            # encoded after the iteration it arrives in (at saturation: every N_D).
-            hi = nxt
-            if since >= n_d or not batch.size:
-                while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
-                    hi += 1
-            if hi == nxt and not batch.size:
-                t = max(t, float(run.arrival[nxt]))
-                continue
-            if hi > nxt:
-                new = np.arange(nxt, hi)
-                b, length = hi - nxt, float(ins[new].mean())
-                enc_lat = k.encode_latency(enc, b, length)
-                t_enc = k.encode_stage(enc, b, length) if micro >= s else enc_lat
-                run.admitted[new] = t
-                t += t_enc
-                # The pipeline traversal beyond the stage's busy time delays these
-                # queries' tokens but not the cycle.
-                lag = enc_lat - t_enc
-                fresh = run.steps[new] > 0
-                run.done[new[~fresh]] = t + lag
-                batch.join(new[fresh], run, ins)
-                run.lag[new] = lag
-                nxt = hi
-                since = 0
-            if batch.size:
-                dt = k.iteration(dec, float(batch.size), batch.context(), micro)
-                run.note_batch(batch.size, dt)
-                t += dt
-                batch.step(t, run, lag=True)
-                since += 1
-
-    def _workload_aware(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
-        k, sim = self.costs, self.analytic
-        enc, dec = sim.workload_aware_groups(c)
-        micro, cap = c.micro_batches, c.decode_batch
-        links = c.encode_stages * min(c.encode_tp, c.tensor_parallel)
-        inter = c.gpus_per_replica > self.request.gpus_per_node
-        n = ins.size
-        enc_free = 0.0  # when the encoders can start the next batch
-        ready_t: list[float] = []  # per encoded batch: when its KV reaches the decoders
-        ready_ids: list[NDArray[np.int64]] = []
-        nxt = 0
-        t = 0.0  # decoder clock
-        batch = _Running()
-        waiting = 0
-        while nxt < n or batch.size or ready_ids:
-            # Encoders run ahead of the decoder clock while the hand-over buffer has room.
-            while nxt < n and waiting < max(cap, c.encode_batch):
-                start = max(enc_free, float(run.arrival[nxt]))
-                if start > t and (batch.size or ready_ids):
-                    break
-                hi = nxt
-                while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= start:
-                    hi += 1
-                new = np.arange(nxt, hi)
-                b, length = hi - nxt, float(ins[new].mean())
-                stage = k.encode_stage(enc, b, length)
-                t_kv = k.kv_transfer(b, length, links, inter)
-                run.admitted[new] = start
-                enc_free = start + max(stage, t_kv)
-                ready = start + k.encode_latency(enc, b, length) + t_kv
-                fresh = run.steps[new] > 0
-                run.done[new[~fresh]] = ready
-                if fresh.any():
-                    ready_t.append(ready)
-                    ready_ids.append(new[fresh])
-                    waiting += int(fresh.sum())
-                nxt = hi
-            # Join whatever has arrived at the decoders, up to the decode batch.
-            if not batch.size and ready_ids and ready_t[0] > t:
-                t = ready_t[0]
-            while ready_ids and ready_t[0] <= t and batch.size < cap:
-                take, rest = ready_ids[0][: cap - batch.size], ready_ids[0][cap - batch.size :]
-                batch.join(take, run, ins)
-                waiting -= take.size
-                if rest.size:
-                    ready_ids[0] = rest
-                else:
-                    ready_ids.pop(0)
-                    ready_t.pop(0)
-            if not batch.size:
-                if not ready_ids and nxt < n:
-                    t = max(t, enc_free, float(run.arrival[nxt]))
-                continue
-            dt = k.iteration(dec, float(batch.size), batch.context(), micro)
-            run.note_batch(batch.size, dt)
-            t += dt
-            batch.step(t, run)
-
-    def _static(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
-        k = self.costs
-        g = Group(c.pipeline_stages, c.tensor_parallel)
-        micro, n = c.micro_batches, ins.size
-        t, nxt = 0.0, 0
-        while nxt < n:
-            t = max(t, float(run.arrival[nxt]))
-            hi = nxt
-            while hi < n and hi - nxt < c.encode_batch and run.arrival[hi] <= t:
-                hi += 1
-            new = np.arange(nxt, hi)
-            b, in_max = hi - nxt, float(ins[new].max())
-            stage = k.encode_stage(g, b / micro, in_max)
-            chain, _ = k.encode_p2p(g, b / micro, in_max)
-            run.admitted[new] = t
-            t += (micro + g.stages - 1) * stage + chain
-            longest = int(run.steps[new].max())
-            # Every slot is computed until the longest output ends; attention reads each
-            # sequence's own context.
-            context = float(ins[new].mean())
-            it = np.array(
-                [k.iteration(g, float(b), context + j + 1.0, micro) for j in range(longest)]
-            )
-            decoding = float(it.sum())
-            t += decoding
-            # Static batching returns a batch when its longest output ends: every
-            # member finishes then (the engine reports them together).
-            run.done[new] = t
-            if longest:
-                run.note_batch(b, decoding)
-            nxt = hi
-
-    def _continuous(self, c: ExecutionConfig, ins: FloatArray, run: _Run) -> None:
-        k = self.costs
-        g = Group(c.pipeline_stages, c.tensor_parallel)
-        micro, cap, n = c.micro_batches, c.decode_batch, ins.size
-        t, nxt = 0.0, 0
-        batch = _Running()
-        while nxt < n or batch.size:
-            hi = nxt
-            while hi < n and batch.size + (hi - nxt) < cap and run.arrival[hi] <= t:
-                hi += 1
-            if hi == nxt and not batch.size:
-                t = max(t, float(run.arrival[nxt]))
-                continue
-            new = np.arange(nxt, hi)
-            joins = hi - nxt
-            length = float(ins[new].mean()) if joins else 0.0
-            dt = k.mixed_iteration(
-                g, float(batch.size), batch.context(), float(joins), length, micro
-            )
-            run.note_batch(batch.size + joins, dt)
-            run.admitted[new] = t
-            t += dt
-            batch.step(t, run)
-            if joins:
-                fresh = run.steps[new] > 0
-                run.done[new[~fresh]] = t
-                batch.join(new[fresh], run, ins)
-            nxt = hi

@@ -38,6 +38,7 @@ from .plan import (
 )
 from .profile import Profile
 from .simulator import Simulator
+from .strategies import strategy_model
 
 BATCH_GRID: tuple[int, ...] = (
     1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
@@ -407,7 +408,7 @@ def _baseline(search: _Search, gpus: int, strategy: Strategy) -> None:
                 pipeline_stages=pipe.stages,
                 micro_batches=micro,
             )
-            field_name = "encode_batch" if strategy == "Static" else "decode_batch"
+            field_name = strategy_model(strategy).batch_field
             search.space += len(BATCH_GRID)
             search.line(
                 _shape_key(base),

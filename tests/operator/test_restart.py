@@ -19,6 +19,8 @@ from exegpt.operator import names
 
 pytestmark = pytest.mark.asyncio
 
+# The rollouts below plan WorkloadAware: two worker StatefulSets (encoders, decoders).
+
 
 async def test_killing_the_operator_mid_profiling_creates_no_second_job(
     cluster: Cluster, operator: Operator
@@ -48,7 +50,7 @@ async def test_killing_the_operator_mid_profiling_creates_no_second_job(
 async def test_killing_the_operator_mid_rollout_creates_no_duplicates(
     cluster: Cluster, operator: Operator
 ) -> None:
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
     await cluster.wait_for_call("create", "statefulsets")  # the first child is being made
 
     await operator.kill()

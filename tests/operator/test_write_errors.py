@@ -8,6 +8,8 @@ from harness import NAMESPACE, Cluster, Operator, is_condition, rendered
 
 pytestmark = pytest.mark.asyncio
 
+# WorkloadAware: two worker StatefulSets (encoders and decoders) to write and retry.
+
 
 async def converged(cluster: Cluster, operator: Operator, name: str = "x") -> None:
     """Wait for the plan and its worker StatefulSets, make them ready, wait for
@@ -35,7 +37,7 @@ async def test_a_failed_write_is_retried_and_converges(
     cluster: Cluster, operator: Operator, verb: str, resource: str, status: int, times: int
 ) -> None:
     fault = cluster.fail(verb, resource, status=status, times=times)
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
 
     await converged(cluster, operator)
     assert fault.exhausted
@@ -46,7 +48,7 @@ async def test_a_lost_response_to_a_create_converges(cluster: Cluster, operator:
     # The StatefulSet is stored, but the operator sees a 500; its retry meets the stored
     # object (409 AlreadyExists) and takes it.
     fault = cluster.fail("create", "statefulsets", status=500, applied=True)
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
 
     await converged(cluster, operator)
     assert fault.exhausted
@@ -56,7 +58,7 @@ async def test_a_lost_response_to_a_create_converges(cluster: Cluster, operator:
 async def test_a_conflict_on_updating_a_worker_is_retried(
     cluster: Cluster, operator: Operator
 ) -> None:
-    await cluster.create(deployment("x"))
+    await cluster.create(deployment("x", strategy="WorkloadAware"))
     await converged(cluster, operator)
     fault = cluster.fail("patch", "statefulsets", status=409, times=2)
 

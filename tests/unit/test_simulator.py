@@ -211,8 +211,9 @@ def test_workload_aware_settles_below_the_target_when_encoding_is_the_bottleneck
     # Throughput is the encoders' rate: a larger decode target adds nothing ...
     enc, _ = sim.workload_aware_groups(_waa(1, target))
     m = sim.m
+    # one-stage encoders, packed prompts: the mean of the per-prompt costs
     encode_rate = 1 / max(
-        sim.costs.encode_stage(enc, 1, m.mean_input),
+        sim.costs.prefill_stage(enc, 1, *sim.prefill.expected(1)),
         sim.costs.kv_transfer(1, m.mean_input, 1, False),
     )
     assert p.throughput_qps == pytest.approx(encode_rate, rel=1e-9)

@@ -1,0 +1,69 @@
+"""What the simulator needs to know about the engine that executes a plan: how it
+drives pipeline stages, how it batches prompts, and how it admits them.
+
+* **ExeGPT** (the project's own engine, ``runner/engine.py``): the driver sends a
+  step's micro-batches and waits for their tokens before the next step (fill and
+  drain, ``pipeline.py``); decoder-only prompts run packed (each prompt's own tokens,
+  no padding), encoder-decoder prompts padded to the batch's longest.
+* **vLLM**: as many batches in flight as the pipeline has stages (overlapped steps);
+  prompts packed; at most ``max_num_batched_tokens`` tokens per step, a longer
+  prefill chunked over several steps (chunked prefill); a paged KV cache in blocks of
+  ``kv_block_tokens`` tokens, allocated as sequences grow.
+
+Static batching is the FasterTransformer baseline on either engine: its prompts are
+always padded to the batch's longest (``strategies/static.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .architecture import Architecture
+from .plan import Engine, EngineChoice
+
+VLLM_MAX_NUM_BATCHED_TOKENS = 8192
+"""vLLM's default token budget per step with chunked prefill (online serving)."""
+VLLM_KV_BLOCK_TOKENS = 16
+"""vLLM's default KV cache block size, in tokens."""
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """The behaviour of one engine, as far as the simulator prices it."""
+
+    name: Engine
+    overlapped_steps: bool
+    """Pipeline steps overlap (a micro-batch starts its next step as soon as its own
+    tokens are back) instead of each step filling and draining the pipeline."""
+    pads_encoder_decoder: bool
+    """Encoder-decoder prompts are padded to the batch's longest."""
+    token_budget: int | None = None
+    """Tokens per step at most (chunked prefill); ``None``: a step takes any prefill."""
+    kv_block_tokens: int | None = None
+    """Paged KV cache block size; ``None``: a slot per sequence."""
+
+    def pads_prefill(self, architecture: Architecture) -> bool:
+        """Whether RoundRobin, WorkloadAware and Continuous prefills are padded."""
+        return self.pads_encoder_decoder and architecture.encoder_decoder
+
+    def prefill_steps(self, tokens: float) -> int:
+        """Steps a prefill of ``tokens`` tokens takes (chunks of the token budget)."""
+        if self.token_budget is None or tokens <= self.token_budget:
+            return 1
+        return -(-round(tokens) // self.token_budget)
+
+
+OWN_ENGINE = EngineModel(name="ExeGPT", overlapped_steps=False, pads_encoder_decoder=True)
+VLLM = EngineModel(
+    name="vLLM",
+    overlapped_steps=True,
+    pads_encoder_decoder=False,
+    token_budget=VLLM_MAX_NUM_BATCHED_TOKENS,
+    kv_block_tokens=VLLM_KV_BLOCK_TOKENS,
+)
+
+
+def engine_model(choice: EngineChoice) -> EngineModel:
+    """The model of the engine a request plans for ("Auto" plans for the own engine,
+    the one a plan names unless told otherwise)."""
+    return VLLM if choice == "vLLM" else OWN_ENGINE
