@@ -7,13 +7,15 @@ on a timer that follows profiling Jobs and worker readiness.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
+from .deployments import Deployments
+from .failure import report_failure
 from .kube import Kube, KubeError
 from .metrics import HttpMetricsReader
 from .reconcile import Context, reconcile
@@ -30,30 +32,52 @@ def _events(body: kopf.Body) -> Any:
     return emit
 
 
-def _lock(memo: kopf.Memo, body: kopf.Body) -> asyncio.Lock:
-    """One lock per deployment: kopf runs timers beside change handlers, and two passes
-    over one deployment at once would race on its children and its status."""
-    locks: dict[str, asyncio.Lock] = memo.setdefault("locks", {})
-    return locks.setdefault(str(body.metadata.uid or body.metadata.name), asyncio.Lock())
+def _uid(body: kopf.Body) -> str:
+    return str(body.metadata.uid or body.metadata.name)
 
 
 async def _pass(
-    body: kopf.Body, memo: kopf.Memo, config: OperatorSettings, *, skip_if_busy: bool = False
+    body: kopf.Body, memo: kopf.Memo, config: OperatorSettings, *, periodic: bool = False
 ) -> None:
-    lock = _lock(memo, body)
-    if skip_if_busy and lock.locked():
-        return  # a change handler is on it; the next tick will follow up
-    async with lock:
+    """One pass over a deployment, one at a time (kopf runs timers beside change
+    handlers, and two passes at once would race on its children and its status).
+
+    A pass that fails on an API error is retried with exponential backoff: the change
+    handlers through kopf (a permanent error ends their retries), the periodic pass by
+    skipping ticks until the backoff has passed. The failure is said in a condition."""
+    memory = memo.deployments.of(_uid(body))
+    generation = int(body.metadata.get("generation") or 0)
+    if periodic and (
+        memory.lock.locked() or memory.failures.backing_off(generation, time.monotonic())
+    ):
+        return  # a change handler is on it, or backing off; a later tick follows up
+    async with memory.lock:
         ctx = Context(
             kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
-            metrics=memo.metrics, written=memo.setdefault("written", {}),
+            metrics=memo.metrics, written=memo.deployments.written, cache=memory.cache,
+            executor=memo.executor,
         )  # fmt: skip
         try:
             await reconcile(body, ctx)
         except KubeError as exc:
-            raise kopf.TemporaryError(
-                f"API request failed: {exc}", delay=config.error_retry_seconds
-            ) from exc
+            failures = memory.failures
+            delay = failures.record(
+                exc, generation, time.monotonic(), config.error_retry_seconds,
+                config.error_retry_max_seconds,
+            )  # fmt: skip
+            await report_failure(memo.kube, body, failures, delay, _events(body), memo.clock)
+            message = f"API request failed: {exc}; next attempt in {delay:g} s"
+            if periodic:
+                logger.warning("%s/%s: %s", body.metadata.namespace, body.metadata.name, message)
+            elif failures.permanent:
+                raise kopf.PermanentError(message) from exc
+            else:
+                raise kopf.TemporaryError(message, delay=delay) from exc
+        else:
+            memory.failures.clear()
+
+
+logger = logging.getLogger(__name__)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -74,11 +98,21 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         )
         settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
         if getattr(memo, "kube", None) is None:
-            memo.kube = Kube.connect(config.kube_host)
+            memo.kube = Kube.connect(config.kube_host, timeout_seconds=config.api_timeout_seconds)
         if getattr(memo, "metrics", None) is None:
             memo.metrics = HttpMetricsReader(config.metrics_timeout_seconds)
         if getattr(memo, "clock", None) is None:
             memo.clock = time.time
+        memo.deployments = Deployments()
+        # Parsing and planning run here, not in the loop's default executor (kopf's).
+        memo.executor = ThreadPoolExecutor(config.planner_threads, "exegpt-planner")
+
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if isinstance(getattr(memo, "kube", None), Kube):
+            await memo.kube.close()
+        if getattr(memo, "executor", None) is not None:
+            memo.executor.shutdown(wait=False, cancel_futures=True)
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -107,4 +141,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         initial_delay=config.resync_seconds, registry=registry,
     )  # fmt: skip
     async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await _pass(body, memo, config, skip_if_busy=True)
+        await _pass(body, memo, config, periodic=True)
+
+    @kopf.on.event(*RESOURCE, id="forget", registry=registry)
+    async def forget(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED" and getattr(memo, "deployments", None) is not None:
+            memo.deployments.forget(_uid(body))

@@ -15,13 +15,15 @@ it changed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -40,7 +42,8 @@ from exegpt.planner.plan import (
 from exegpt.planner.profile import MEASURED_PROFILER_VERSION, Profile, profile_key
 from exegpt.planner.scheduler import schedule
 
-from . import builders, drift, names, plandoc
+from . import builders, drift, failure, names, plandoc
+from .deployments import PassCache
 from .kube import CONFIGMAP, EXEGPT, JOB, JSON, POD, SERVICE, STATEFULSET, Api, Kind, KubeError
 from .metrics import (
     HttpMetricsReader,
@@ -50,10 +53,11 @@ from .metrics import (
     driver_pods,
     parse_length_histograms,
 )
+from .parsing import parse, spec_key
 from .profiling import ProfilingDecision, decide
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
-from .spec import ExeGPTDeploymentSpec, format_errors, parse_spec
+from .spec import ExeGPTDeploymentSpec
 from .status import (
     AlternativeStatus,
     ConditionStatus,
@@ -78,6 +82,13 @@ KINDS: dict[str, Kind] = {
 }
 WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
 PLANNER_VERSION = "1"
+# Pod fields the operator never sets that widen what a pod may reach or run: set on a
+# child by someone else, they are removed (see docs/operator.md).
+FOREIGN_POD_FIELDS = (
+    "hostNetwork", "hostPID", "hostIPC", "hostUsers", "shareProcessNamespace", "hostAliases",
+    "nodeName", "initContainers", "ephemeralContainers", "runtimeClassName",
+)  # fmt: skip
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,6 +101,14 @@ class Context:
     # Per deployment (uid), the resourceVersion of the body the last status-writing pass
     # of this process started from: a body of that version predates the write.
     written: dict[str, str] = field(default_factory=dict)
+    # This deployment's parsed spec and last planner result, from earlier passes.
+    cache: PassCache = field(default_factory=PassCache)
+    # Where parsing and planning run (None: the loop's default executor).
+    executor: Executor | None = None
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
 
 @dataclass
@@ -124,6 +143,10 @@ class _Pass:
             self.status = ExeGPTDeploymentStatus()
         self.old = self.status.model_copy(deep=True)
         self.outcome = Outcome()
+        # Events are posted once the status that records their transition is written:
+        # a pass that fails before (and is retried), or a process killed in between,
+        # does not post them twice.
+        self.pending: list[tuple[str, str, str]] = []
 
     # -- conditions and events ---------------------------------------------------------
     def condition(
@@ -142,13 +165,19 @@ class _Pass:
         return old is None or (old.status, old.reason) != (new.status, new.reason)
 
     def event(self, warning: bool, reason: str, message: str) -> None:
-        self.ctx.events("Warning" if warning else "Normal", reason, message)
+        self.pending.append(("Warning" if warning else "Normal", reason, message))
+
+    def post_events(self) -> None:
+        pending, self.pending = self.pending, []
+        for kind, reason, message in pending:
+            self.ctx.events(kind, reason, message)
 
     # -- status ------------------------------------------------------------------------------
     async def write_status(self) -> None:
         self.status.observed_generation = self.generation
         new = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if new == self.old_raw:
+            self.post_events()
             return
         patch = _merge_patch(self.old_raw, new)
         # The body may predate another pass's write: clear every status field this pass
@@ -162,6 +191,7 @@ class _Pass:
         self.outcome.status_written = True
         if self.uid and self.version:
             self.ctx.written[self.uid] = self.version
+        self.post_events()
 
     @property
     def stale(self) -> bool:
@@ -178,7 +208,8 @@ async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
     if p.stale:
         p.outcome.stale = True
         return p.outcome
-    spec, request = _parse(p)
+    _recovered(p)
+    spec, request = await _parse(p)
     if spec is None or request is None:
         await p.write_status()
         return p.outcome
@@ -195,15 +226,29 @@ async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
     return p.outcome
 
 
+def _recovered(p: _Pass) -> None:
+    """This pass got as far as reading the spec: drop what ``Degraded`` said about
+    failing API requests (the steps below say what holds now)."""
+    degraded = get_condition(p.status.conditions, "Degraded")
+    if degraded is None or degraded.reason not in failure.REASONS:
+        return
+    if p.status.infeasible is not None:
+        p.condition("Degraded", "True", "Infeasible", p.status.infeasible.message)
+    else:
+        p.condition("Degraded", "False", "AsExpected", "")
+
+
 # -- 1. spec -------------------------------------------------------------------------------
-def _parse(p: _Pass) -> tuple[ExeGPTDeploymentSpec | None, PlanRequest | None]:
-    try:
-        spec = parse_spec(p.body.get("spec") or {})
-        return spec, plan_request(spec)
-    except ValidationError as exc:
-        message = "; ".join(format_errors(exc, prefix="spec"))
-    except SpecError as exc:
-        message = str(exc)
+async def _parse(p: _Pass) -> tuple[ExeGPTDeploymentSpec | None, PlanRequest | None]:
+    raw = p.body.get("spec") or {}
+    key, cache = spec_key(raw), p.ctx.cache
+    if cache.parsed is None or cache.spec_key != key:
+        # Off the loop: building the workload is arithmetic over its lengths.
+        cache.parsed, cache.spec_key = await p.ctx.offload(parse, raw), key
+    parsed = cache.parsed
+    if parsed.spec is not None and parsed.request is not None:
+        return parsed.spec, parsed.request
+    message = parsed.error
     p.condition("Planned", "False", "InvalidSpec", message)
     p.condition("Degraded", "True", "InvalidSpec", message)
     p.condition("Progressing", "False", "InvalidSpec", "fix the spec to continue")
@@ -232,7 +277,8 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
     jobs: list[JSON] = []
     if configmap is None:
-        jobs = await kube.list(JOB, ns)
+        selector = f"{names.LABEL_PROFILE}={names.profile_digest(key)}"
+        jobs = await kube.list(JOB, ns, selector)
         # A Job writes the profile before it succeeds, so the ConfigMap is read after
         # the Jobs: a Job that finished since the first read has its profile seen.
         configmap = await kube.get(CONFIGMAP, ns, cm_name)
@@ -383,9 +429,14 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
     if len(drivers) < plan.replicas:
         raise MetricsError(f"{len(drivers)} of {plan.replicas} replica driver pods are ready")
-    texts = await asyncio.gather(
-        *(p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port) for pod in drivers)
-    )
+    deadline = p.ctx.settings.metrics_timeout_seconds
+    try:
+        async with asyncio.timeout(deadline):  # all of them, however slowly they answer
+            texts = await asyncio.gather(
+                *(p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port) for pod in drivers)
+            )
+    except TimeoutError:
+        raise MetricsError(f"the workers' /metrics did not answer within {deadline:g} s") from None
     total = parse_length_histograms(texts[0])
     for text in texts[1:]:
         total += parse_length_histograms(text)
@@ -428,9 +479,15 @@ async def _plan(
             return plan
         return plan_from_status(old)
     p.condition("Progressing", "True", "Planning", "searching for the best plan")
-    result = await asyncio.to_thread(
-        schedule, request, profile, time_limit_s=p.ctx.settings.plan_time_limit_seconds
-    )
+    cache = p.ctx.cache
+    if cache.planned is not None and cache.plan_key == digest:
+        result = cache.planned  # planned by a pass that failed to record it: not again
+    else:
+        result = await p.ctx.offload(
+            functools.partial(schedule, time_limit_s=p.ctx.settings.plan_time_limit_seconds),
+            request, profile,
+        )  # fmt: skip
+        cache.planned, cache.plan_key = result, digest
     if isinstance(result, Infeasible):
         p.status.infeasible = InfeasibleStatus(
             latency_bound_seconds=result.latency_bound_s,
@@ -621,8 +678,13 @@ async def _create(p: _Pass, obj: JSON) -> JSON:
     except KubeError as exc:
         if exc.status != 409:
             raise
-    # Created by a concurrent pass or another deployment sharing it: take it as done.
-    return await p.ctx.kube.get(kind, p.namespace, meta["name"]) or obj
+        conflict = exc
+    # Created by a concurrent pass or another deployment sharing it: take it as done,
+    # if it is there (a 409 for an object that is not, e.g. being deleted, is a failure).
+    existing = await p.ctx.kube.get(kind, p.namespace, meta["name"])
+    if existing is None:
+        raise conflict
+    return existing
 
 
 async def _apply(p: _Pass, obj: JSON) -> JSON:
@@ -631,9 +693,13 @@ async def _apply(p: _Pass, obj: JSON) -> JSON:
     current = await p.ctx.kube.get(kind, p.namespace, name)
     if current is None:
         return await _create(p, obj)
-    if _contains(current, obj):
+    foreign = _foreign_pod_fields(current, obj)
+    if _contains(current, obj) and not foreign:
         return current
     patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+    if foreign:
+        patch = copy.deepcopy(patch)
+        patch["spec"]["template"]["spec"].update(dict.fromkeys(foreign))  # null: removed
     try:
         out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
     except KubeError as exc:
@@ -642,6 +708,21 @@ async def _apply(p: _Pass, obj: JSON) -> JSON:
         out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
     p.outcome.writes.append(f"patch {obj['kind']}/{name}")
     return out or obj
+
+
+def _foreign_pod_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    """The ``FOREIGN_POD_FIELDS`` set in ``current``'s pod template but not in
+    ``desired``'s (for objects with a pod template)."""
+
+    def pod(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        template = (obj.get("spec") or {}).get("template")
+        spec = template.get("spec") if isinstance(template, Mapping) else None
+        return spec if isinstance(spec, Mapping) else None
+
+    have, want = pod(current), pod(desired)
+    if have is None or want is None:
+        return []
+    return [k for k in FOREIGN_POD_FIELDS if have.get(k) not in (None, False) and k not in want]
 
 
 def _contains(current: Any, desired: Any) -> bool:

@@ -1390,6 +1390,7 @@ def test_settings(**overrides: Any) -> Any:
         "retry_backoff_seconds": 0.0,
         "retry_backoff_max_seconds": 0.0,
         "error_retry_seconds": 0.1,
+        "error_retry_max_seconds": 1.0,
         "plan_time_limit_seconds": 20.0,
         "runtime_image": "registry.test/exegpt-runtime:test",
     }
@@ -1415,7 +1416,12 @@ def exegpt_operator(
     def memo() -> kopf.Memo:
         # The client's own retries of 5xx answers, with short waits between them.
         return kopf.Memo(
-            kube=Kube(cluster.api_client(), retries=4, backoff_seconds=0.005),
+            kube=Kube(
+                cluster.api_client(),
+                retries=4,
+                backoff_seconds=0.005,
+                timeout_seconds=config.api_timeout_seconds,
+            ),
             metrics=metrics,
             clock=clock,
         )
