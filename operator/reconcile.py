@@ -262,7 +262,7 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     arch, gpu = request.architecture, request.gpu
     degrees = arch.tensor_parallel_degrees(limit=min(request.gpus_per_node, request.gpus))
     if spec.profiling.mode == "Analytic":
-        profile = _analytic_profile(arch, gpu, request.dtype, tuple(degrees))
+        profile = await p.ctx.offload(_analytic_profile, arch, gpu, request.dtype, tuple(degrees))
         p.status.profile = ProfileStatus(
             key=profile.key, source="analytic", gpu_type=gpu.name, config_map=None
         )
