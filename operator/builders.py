@@ -46,6 +46,7 @@ from .podspec import (
     scratch_volumes,
     weights_directory,
 )
+from .profiling import PROFILE_DATA_KEY
 from .spec import API_VERSION, KIND, ExeGPTDeploymentSpec
 
 Obj = dict[str, Any]
@@ -163,6 +164,22 @@ def profile_args(
     if model.weights is not None:
         args += ["--weights", weights_directory(model.weights)]
     return args
+
+
+def build_profile_configmap(namespace: str, profile_key: str, profile_json: str) -> Obj:
+    """The shared profile ConfigMap as the profiling Job writes it, for the operator to
+    restore from its own copy when the ConfigMap was deleted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.profile_configmap(profile_key),
+            "namespace": namespace,
+            "labels": names.profile_labels(profile_key),
+            "annotations": {names.ANNOTATION_PROFILE_KEY: profile_key},
+        },
+        "data": {PROFILE_DATA_KEY: profile_json},
+    }
 
 
 def build_profile_job(

@@ -39,6 +39,7 @@ class Deployments:
     def __init__(self) -> None:
         self._by_uid: dict[str, DeploymentMemory] = {}
         self.written: dict[str, str] = {}
+        self.profiles: dict[str, str] = {}  # ``reconcile.Context.profiles``
 
     def of(self, uid: str) -> DeploymentMemory:
         memory = self._by_uid.get(uid)

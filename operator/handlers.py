@@ -55,7 +55,7 @@ async def _pass(
         ctx = Context(
             kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
             metrics=memo.metrics, written=memo.deployments.written, cache=memory.cache,
-            executor=memo.executor,
+            executor=memo.executor, profiles=memo.deployments.profiles,
         )  # fmt: skip
         try:
             await reconcile(body, ctx)

@@ -105,6 +105,9 @@ class Context:
     cache: PassCache = field(default_factory=PassCache)
     # Where parsing and planning run (None: the loop's default executor).
     executor: Executor | None = None
+    # Measured profiles this process has read (key -> JSON), shared by the deployments:
+    # a deleted profile ConfigMap is restored from here instead of profiling again.
+    profiles: dict[str, str] = field(default_factory=dict)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` off the event loop."""
@@ -275,6 +278,9 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     cm_name = names.profile_configmap(key)
     kube, ns, s = p.ctx.kube, p.namespace, p.ctx.settings
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
+    kept = p.ctx.profiles.get(key)
+    if configmap is None and kept is not None:
+        configmap = await _create(p, builders.build_profile_configmap(ns, key, kept))
     jobs: list[JSON] = []
     if configmap is None:
         selector = f"{names.LABEL_PROFILE}={names.profile_digest(key)}"
@@ -292,7 +298,10 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         attempts=d.attempts,
     )  # fmt: skip
     if d.action == "ready":
-        return _load_profile(p, d, cm_name)
+        profile = _load_profile(p, d, cm_name)
+        if profile is not None and d.profile_text:
+            _keep(p.ctx.profiles, key, d.profile_text)
+        return profile
     if d.action == "create":
         job = builders.build_profile_job(
             ns, spec, key, d.attempts + 1, spec.profiling.image or s.runtime_image,
@@ -309,6 +318,17 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         reason = {"create": "ProfilingStarted", "failed": d.reason}.get(d.action, d.reason)
         p.event(failed, reason, d.message)
     return None
+
+
+KEPT_PROFILES = 32
+
+
+def _keep(profiles: dict[str, str], key: str, text: str) -> None:
+    """Remember ``text`` as the profile ``key`` (the most recent ``KEPT_PROFILES``)."""
+    profiles.pop(key, None)
+    profiles[key] = text
+    while len(profiles) > KEPT_PROFILES:
+        profiles.pop(next(iter(profiles)))
 
 
 @functools.lru_cache(maxsize=64)

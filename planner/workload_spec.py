@@ -188,9 +188,11 @@ class WorkloadSpec(BaseModel):
 
     def build(self) -> Workload:
         """The workload this spec declares."""
-        if self._built.workload is None:
-            self._built = _Built(_build(self, "workload"))
-        return self._built.workload
+        workload = self._built.workload
+        if workload is None:
+            workload = _build(self, "workload")
+            self._built = _Built(workload)
+        return workload
 
 
 class _Built:

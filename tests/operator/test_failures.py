@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 from builders import deployment, worker_pod
-from harness import APPS, CORE, NAMESPACE, Cluster, Operator, condition, is_condition
+from harness import (
+    APPS,
+    CORE,
+    NAMESPACE,
+    Cluster,
+    Operator,
+    condition,
+    is_condition,
+    measured_profile,
+)
 
 from exegpt.operator import names, reconcile
 from exegpt.operator.metrics import HttpMetricsReader
@@ -305,3 +314,26 @@ async def test_events_are_posted_once_though_the_status_write_failed_and_the_ope
     reasons = [e["reason"] for e in events]
     assert reasons.count("PlanChosen") == 1
     assert reasons.count("ApiRequestFailing") <= 1
+
+
+async def test_deleting_the_shared_profile_does_not_hold_slo_edits(
+    cluster: Cluster, operator: Operator
+) -> None:
+    body = deployment("x", **{"profiling.mode": "Measured"})
+    key, profile = measured_profile(body["spec"])
+    cm = names.profile_configmap(key)
+    await cluster.write_profile_configmap(NAMESPACE, cm, profile)
+    await cluster.create(body)
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"))
+
+    await cluster.delete(CORE, "configmaps", NAMESPACE, cm)
+    await cluster.patch_deployment("x", {"spec": {"slo": {"latency": "2.5s"}}})
+
+    await cluster.wait_for(
+        lambda: status(cluster).get("plan", {}).get("latencyBoundSeconds") == 2.5
+    )
+    # Restored from the operator's copy, not measured again.
+    restored = await cluster.wait_for(lambda: cluster.stored(CORE, "configmaps", NAMESPACE, cm))
+    assert restored["data"]["profile.json"] == profile
+    assert cluster.jobs() == []
+    assert condition(cluster.deployment("x"), "Profiled")["reason"] == "ProfileCached"  # type: ignore[index]
