@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import kubernetes
 
+from .answers import TooLarge, read_limited
 from .spec import GROUP, PLURAL, VERSION
 
 JSON = dict[str, Any]
@@ -166,9 +167,10 @@ class Kube:
             method, url, data=data, params=query or None, headers=self._headers(content_type),
             proxy=self.config.proxy or None,
         ) as resp:  # fmt: skip
-            raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
-            if len(raw) > MAX_ANSWER_BYTES:
-                raise KubeError(0, "AnswerTooLarge", f"{method} {url}: over {MAX_ANSWER_BYTES} B")
+            try:
+                raw = await read_limited(resp, MAX_ANSWER_BYTES)
+            except TooLarge as exc:
+                raise KubeError(0, "AnswerTooLarge", f"{method} {url}: {exc}") from None
             return resp.status, str(resp.reason or ""), raw.decode()
 
     async def _request(

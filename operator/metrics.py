@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from .answers import TooLarge, read_limited
+
 INPUT_METRIC = "exegpt_input_tokens"
 OUTPUT_METRIC = "exegpt_output_tokens"
 READ_TIMEOUT_SECONDS = 5.0
@@ -62,8 +64,7 @@ class HttpMetricsReader:
         ):
             if resp.status != 200:
                 raise MetricsError(f"GET {url}: HTTP {resp.status} {resp.reason or ''}".strip())
-            data: bytes = await resp.content.read(MAX_BYTES + 1)
-            return data
+            return await read_limited(resp, MAX_BYTES)
 
     async def read(self, namespace: str, pod: str, ip: str, port: int) -> str:
         host = f"[{ip}]" if ":" in ip else ip
@@ -73,12 +74,12 @@ class HttpMetricsReader:
                 data = await self._get(url)
         except MetricsError:
             raise
+        except TooLarge as exc:
+            raise MetricsError(f"GET {url}: {exc}") from None
         except TimeoutError:
             raise MetricsError(f"GET {url}: no answer within {self.timeout_seconds:g} s") from None
         except Exception as exc:  # whatever a worker sends: not HTTP, cut short, refused
             raise MetricsError(f"GET {url}: {type(exc).__name__}: {exc}"[:500]) from exc
-        if len(data) > MAX_BYTES:
-            raise MetricsError(f"GET {url}: answer larger than {MAX_BYTES} bytes")
         return data.decode("utf-8", errors="replace")
 
 
