@@ -298,10 +298,10 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         attempts=d.attempts,
     )  # fmt: skip
     if d.action == "ready":
-        profile = _load_profile(p, d, cm_name)
-        if profile is not None and d.profile_text:
+        loaded = _load_profile(p, d, cm_name)
+        if loaded is not None and d.profile_text:
             _keep(p.ctx.profiles, key, d.profile_text)
-        return profile
+        return loaded
     if d.action == "create":
         job = builders.build_profile_job(
             ns, spec, key, d.attempts + 1, spec.profiling.image or s.runtime_image,
