@@ -26,6 +26,7 @@ from harness import (
 )
 
 from exegpt.operator import names, reconcile
+from exegpt.operator.kube import Kube
 from exegpt.operator.metrics import HttpMetricsReader
 
 pytestmark = pytest.mark.asyncio
@@ -337,3 +338,25 @@ async def test_deleting_the_shared_profile_does_not_hold_slo_edits(
     assert restored["data"]["profile.json"] == profile
     assert cluster.jobs() == []
     assert condition(cluster.deployment("x"), "Profiled")["reason"] == "ProfileCached"  # type: ignore[index]
+
+
+async def test_the_measured_path_lists_only_its_own_profiling_jobs(
+    cluster: Cluster, operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    selectors: list[str | None] = []
+    real = Kube.list
+
+    async def spy(self: Kube, kind: Any, namespace: str, label_selector: str | None = None) -> Any:
+        if kind.plural == "jobs":
+            selectors.append(label_selector)
+        return await real(self, kind, namespace, label_selector)
+
+    monkeypatch.setattr(Kube, "list", spy)
+    body = deployment("x", **{"profiling.mode": "Measured"})
+    await cluster.create(body)
+    await cluster.wait_for(cluster.jobs)
+    await operator.wait_runs("converge", "x", 2)
+
+    key, _ = measured_profile(body["spec"])
+    assert selectors
+    assert set(selectors) == {f"{names.LABEL_PROFILE}={names.profile_digest(key)}"}
