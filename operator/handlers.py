@@ -23,6 +23,7 @@ from .settings import OperatorSettings
 from .spec import GROUP, PLURAL, VERSION
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+logger = logging.getLogger(__name__)
 
 
 def _events(body: kopf.Body) -> Any:
@@ -75,9 +76,6 @@ async def _pass(
                 raise kopf.TemporaryError(message, delay=delay) from exc
         else:
             memory.failures.clear()
-
-
-logger = logging.getLogger(__name__)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
