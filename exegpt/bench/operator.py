@@ -10,8 +10,9 @@ a separate process (``python -m exegpt operator``) against it. Measured:
   different deployments;
 - API requests per deployment per periodic pass, over a quiet window;
 - the operator process's resident memory before and after the edits, and its growth;
-- the same edits again with one deployment whose API reads hang (answered after an
-  hour) and one whose status writes are answered 422 for good.
+- the same edits again with three misbehaving deployments: one whose worker never
+  answers its ``/metrics`` (a drift check is due every 30 s), one whose API reads hang
+  (answered after an hour) and one whose status writes are answered 422 for good.
 
 The emulator lives in the source tree's test harness (``tests/operator/harness.py``):
 run it from a checkout with the ``test`` extra installed. Timings on a shared machine
@@ -58,7 +59,7 @@ def _harness() -> ModuleType:
     return importlib.import_module("harness")
 
 
-def _body(name: str) -> dict[str, Any]:
+def _body(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "exegpt.dev/v1alpha1",
         "kind": "ExeGPTDeployment",
@@ -70,6 +71,7 @@ def _body(name: str) -> dict[str, Any]:
             "slo": {"latency": "3.1s"},
             "profiling": {"mode": "Analytic"},
             "drift": {"mode": "Off"},
+            **spec,
         },
     }
 
@@ -145,9 +147,54 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50_s": statistics.median(s), "p99_s": p99, "max_s": s[-1]}
 
 
+@contextlib.asynccontextmanager
+async def _silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a hung worker)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+
+
+async def _hung_worker(h: ModuleType, cluster: Any, port: int) -> str:
+    """A deployment whose ready workers never answer ``/metrics``: drift checks every
+    30 s hang until the operator's deadline."""
+    name = "hung-worker"
+    drift = {"mode": "Observe", "intervalSeconds": 30}
+    await cluster.create(_body(name, drift=drift, runner={"port": port}))
+    await _wait(lambda: _bound(cluster, name) is not None, 120.0, 0.2)
+    builders = importlib.import_module("builders")
+    for sts in cluster.statefulsets():
+        if not sts["metadata"]["name"].startswith(f"{name}-"):
+            continue
+        await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
+        role = sts["metadata"]["labels"][operator_names.LABEL_COMPONENT]
+        for o in range(int(sts["spec"]["replicas"])):
+            pod = builders.worker_pod(name, role, o, ip="127.0.0.1")
+            pod["metadata"]["namespace"] = NAMESPACE
+            await cluster.create(pod)
+            await cluster.patch(
+                "v1", "pods", NAMESPACE, pod["metadata"]["name"], {"status": pod["status"]},
+                subresource="status",
+            )  # fmt: skip
+    return name
+
+
 async def _bench(n: int, edits: int, log: Path | None) -> dict[str, Any]:
     h = _harness()
-    async with h.running_cluster() as cluster, _operator(cluster.url, log) as proc:
+    async with (
+        h.running_cluster() as cluster,
+        _operator(cluster.url, log) as proc,
+        _silent_server() as silent,
+    ):
         names = [f"d{i:03d}" for i in range(n)]
         begin = time.monotonic()
         for name in names:
@@ -172,7 +219,9 @@ async def _bench(n: int, edits: int, log: Path | None) -> dict[str, Any]:
         rss_end = _rss_mib(proc.pid)
         _progress(f"{edits} edits: p99 {_percentiles(base)['p99_s']:.3f} s")
 
-        # One deployment's API reads hang; another's status writes are refused for good.
+        # A worker that never answers; a deployment whose API reads hang; another whose
+        # status writes are refused for good.
+        worker = await _hung_worker(h, cluster, silent)
         hung, refused = names[-1], names[-2]
         cluster.fail(
             "get", "configmaps", status=0, delay=3600, times=10**9,
@@ -183,6 +232,8 @@ async def _bench(n: int, edits: int, log: Path | None) -> dict[str, Any]:
             await cluster.patch_deployment(name, {"spec": {"slo": {"latency": "2.0s"}}})
         await asyncio.sleep(RESYNC_S)
         faulty = await _edits(cluster, healthy, edits, edits)
+        checked = ((cluster.deployment(worker) or {}).get("status") or {}).get("conditions", [])
+        drift = next((c for c in checked if c["type"] == "WorkloadDrift"), {})
         rss_faulty = _rss_mib(proc.pid)
         return {
             "deployments": n,
@@ -190,6 +241,7 @@ async def _bench(n: int, edits: int, log: Path | None) -> dict[str, Any]:
             "edits": edits,
             "edit": _percentiles(base),
             "edit_with_faults": _percentiles(faulty),
+            "hung_worker_drift_condition": drift.get("reason"),
             "requests_per_deployment_per_pass": per_pass,
             "resync_seconds": RESYNC_S,
             "rss_mib": {
@@ -228,7 +280,7 @@ def run(argv: list[str]) -> int:
     print(f"{result['deployments']} deployments planned in {result['plan_all_seconds']:.1f} s")
     per_pass = result["requests_per_deployment_per_pass"]
     print(f"API requests per deployment per pass: {per_pass:.2f}")
-    for label, e in (("healthy", base), ("with a hung and a refused one", faulty)):
+    for label, e in (("healthy", base), ("with the misbehaving ones", faulty)):
         print(
             f"SLO edit to plan ({label}): p50 {e['p50_s']:.3f} s, p99 {e['p99_s']:.3f} s, "
             f"max {e['max_s']:.3f} s over {result['edits']} edits"

@@ -279,7 +279,7 @@ def test_unknown_bench_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and out == ""
     assert "error: unknown benchmark 'no_such_bench'" in err
     # the benchmarks, not the modules they are built from (speed, records, ...)
-    assert "available: calibration, paper, profile, replan, runner, simulator\n" in err
+    assert "available: calibration, operator, paper, profile, replan, runner, simulator\n" in err
 
 
 def test_bench_name_is_not_a_module_path(capsys: pytest.CaptureFixture[str]) -> None:
