@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exegpt.planner.plan import Engine
+from exegpt.planner.profilekeys import PROFILE_DATA_KEY
 from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, canonical_json
 
 from . import names
@@ -467,11 +468,15 @@ def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> 
 # -- the profiling Job's own access ------------------------------------------------------------
 
 
-def build_profile_configmap(namespace: str, profile_key: str) -> Obj:
-    """The profile ConfigMap, empty, as the operator creates it before the first Job: the
-    Job may update this one ConfigMap only (``build_profiler_access``), and an RBAC rule
-    cannot restrict ``create`` to a name, so the Job never creates it."""
-    return {
+def build_profile_configmap(
+    namespace: str, profile_key: str, profile_json: str | None = None
+) -> Obj:
+    """The shared profile ConfigMap. Empty (``profile_json`` None) as the operator
+    creates it before the first Job: the Job may update this one ConfigMap only
+    (``build_profiler_access``), and an RBAC rule cannot restrict ``create`` to a name,
+    so the Job never creates it. With ``profile_json``, as the profiling Job writes it:
+    the operator restores a deleted ConfigMap from its own copy."""
+    obj: Obj = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(
@@ -482,6 +487,9 @@ def build_profile_configmap(namespace: str, profile_key: str) -> Obj:
             {names.ANNOTATION_PROFILE_KEY: profile_key},
         ),
     }
+    if profile_json is not None:
+        obj["data"] = {PROFILE_DATA_KEY: profile_json}
+    return obj
 
 
 def build_profiler_access(

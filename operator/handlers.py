@@ -7,14 +7,16 @@ on a timer that follows profiling Jobs and worker readiness.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
+from .deployments import Deployments
+from .failure import report_failure
 from .kube import Kube, KubeError
 from .logs import deployment_fields
 from .metrics import HttpMetricsReader
@@ -34,11 +36,8 @@ def _events(body: kopf.Body) -> Any:
     return emit
 
 
-def _lock(memo: kopf.Memo, body: kopf.Body) -> asyncio.Lock:
-    """One lock per deployment: kopf runs timers beside change handlers, and two passes
-    over one deployment at once would race on its children and its status."""
-    locks: dict[str, asyncio.Lock] = memo.setdefault("locks", {})
-    return locks.setdefault(str(body.metadata.uid or body.metadata.name), asyncio.Lock())
+def _uid(body: kopf.Body) -> str:
+    return str(body.metadata.uid or body.metadata.name)
 
 
 async def _pass(
@@ -47,17 +46,28 @@ async def _pass(
     memo: kopf.Memo,
     config: OperatorSettings,
     *,
-    skip_if_busy: bool = False,
+    periodic: bool = False,
 ) -> None:
-    lock = _lock(memo, body)
-    if skip_if_busy and lock.locked():
-        return  # a change handler is on it; the next tick will follow up
+    """One pass over a deployment, one at a time (kopf runs timers beside change
+    handlers, and two passes at once would race on its children and its status).
+
+    A pass that fails on an API error is retried with exponential backoff: the change
+    handlers through kopf (a permanent error ends their retries), the periodic pass by
+    skipping ticks until the backoff has passed. The failure is said in a condition,
+    logged with the deployment's name and counted in the operator's metrics."""
+    memory = memo.deployments.of(_uid(body))
+    generation = int(body.metadata.get("generation") or 0)
+    if periodic and (
+        memory.lock.locked() or memory.failures.backing_off(generation, time.monotonic())
+    ):
+        return  # a change handler is on it, or backing off; a later tick follows up
     telemetry: OperatorMetrics = memo.telemetry
     where = deployment_fields(str(body.metadata.namespace or ""), str(body.metadata.name or ""))
-    async with lock:
+    async with memory.lock:
         ctx = Context(
             kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
-            metrics=memo.metrics, written=memo.setdefault("written", {}), telemetry=telemetry,
+            metrics=memo.metrics, written=memo.deployments.written, cache=memory.cache,
+            executor=memo.executor, profiles=memo.deployments.profiles, telemetry=telemetry,
         )  # fmt: skip
         started = time.monotonic()
         try:
@@ -65,10 +75,19 @@ async def _pass(
         except KubeError as exc:
             telemetry.passes.inc(handler, "failed")
             telemetry.failures.inc(handler, "KubeError")
-            log.error("%s pass failed: API request failed: %s", handler, exc, extra=where)
-            raise kopf.TemporaryError(
-                f"API request failed: {exc}", delay=config.error_retry_seconds
-            ) from exc
+            failures = memory.failures
+            delay = failures.record(
+                exc, generation, time.monotonic(), config.error_retry_seconds,
+                config.error_retry_max_seconds,
+            )  # fmt: skip
+            await report_failure(memo.kube, body, failures, delay, _events(body), memo.clock)
+            message = f"API request failed: {exc}; next attempt in {delay:g} s"
+            log.error("%s pass failed: %s", handler, message, extra=where)
+            if periodic:
+                return
+            if failures.permanent:
+                raise kopf.PermanentError(message) from exc
+            raise kopf.TemporaryError(message, delay=delay) from exc
         except Exception as exc:
             telemetry.passes.inc(handler, "failed")
             telemetry.failures.inc(handler, type(exc).__name__)
@@ -76,6 +95,7 @@ async def _pass(
             raise
         finally:
             telemetry.pass_seconds.observe(time.monotonic() - started, handler)
+        memory.failures.clear()
         telemetry.passes.inc(handler, "ok")
 
 
@@ -92,6 +112,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.peering.priority = config.peering_priority or 1 + secrets.randbelow(2**31 - 2)
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_client_timeout
+        # kopf's own requests (its annotations, events) get the same total deadline.
+        settings.networking.request_timeout = config.api_timeout_seconds
         settings.posting.level = logging.WARNING
         # The status schema is structural, so the API server would prune kopf's own
         # status fields: keep kopf's bookkeeping in annotations instead.
@@ -101,7 +123,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         )
         settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
         if getattr(memo, "kube", None) is None:
-            memo.kube = Kube.connect(config.kube_host)
+            memo.kube = Kube.connect(config.kube_host, timeout_seconds=config.api_timeout_seconds)
         if getattr(memo, "metrics", None) is None:
             memo.metrics = HttpMetricsReader(config.metrics_timeout_seconds)
         if getattr(memo, "clock", None) is None:
@@ -111,13 +133,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         if config.metrics_port and getattr(memo, "metrics_server", None) is None:
             memo.metrics_server = await start_server(memo.telemetry, config.metrics_port)
             log.info("operator metrics on :%d/metrics", config.metrics_port)
+        memo.deployments = Deployments()
+        # Parsing and planning run here, not in the loop's default executor (kopf's).
+        memo.executor = ThreadPoolExecutor(config.planner_threads, "exegpt-planner")
 
-    @kopf.on.cleanup(id="stop-metrics", registry=registry)
-    async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         server = getattr(memo, "metrics_server", None)
         if server is not None:
             memo.metrics_server = None
             await server.cleanup()
+        if isinstance(getattr(memo, "kube", None), Kube):
+            await memo.kube.close()
+        if getattr(memo, "executor", None) is not None:
+            memo.executor.shutdown(wait=False, cancel_futures=True)
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -147,4 +176,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         initial_delay=config.resync_seconds, registry=registry,
     )  # fmt: skip
     async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await _pass("converge", body, memo, config, skip_if_busy=True)
+        await _pass("converge", body, memo, config, periodic=True)
+
+    @kopf.on.event(*RESOURCE, id="forget", registry=registry)
+    async def forget(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED" and getattr(memo, "deployments", None) is not None:
+            memo.deployments.forget(_uid(body))

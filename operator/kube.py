@@ -1,21 +1,26 @@
 """A small async client for the few kinds the operator touches.
 
-It speaks plain JSON dicts (as manifests are written) through the ``kubernetes``
-package's transport, off the event loop (``asyncio.to_thread``), and retries
-transient failures (5xx, 429, connection errors) a bounded number of times.
+It speaks plain JSON dicts (as manifests are written) over ``aiohttp`` on the event
+loop, with the connection settings (server, credentials, CA) of the ``kubernetes``
+package's configuration: no thread is held by a request, so a hung call of one
+deployment cannot starve the others. Every call has a total deadline
+(``timeout_seconds``, retries included), however slowly the server answers, and
+transient failures (5xx, 429, 409 on nothing, timeouts, connection errors, garbage
+answers) are retried a bounded number of times within it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
+import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 import kubernetes
-import urllib3
 
+from .answers import TooLarge, read_limited
 from .spec import GROUP, PLURAL, VERSION
 
 JSON = dict[str, Any]
@@ -58,6 +63,16 @@ class KubeError(Exception):
 
 
 TRANSIENT = {429, 500, 502, 503, 504}
+TIMEOUT_SECONDS = 10.0
+MAX_ANSWER_BYTES = 64 << 20  # a list of every Job in a busy namespace fits
+
+
+def is_transient(status: int) -> bool:
+    """Whether a failed request may succeed when repeated: no answer (0: a timeout, a
+    connection error, an answer that is not HTTP or not JSON), 409 Conflict, 429 and
+    5xx. The rest (400, 403 Forbidden, 404 on a write, 422 Invalid) fail again until
+    something else changes."""
+    return status == 0 or status == 409 or status in TRANSIENT or status >= 500
 
 
 class Api(Protocol):
@@ -83,13 +98,24 @@ class Api(Protocol):
 class Kube:
     """The operator's API access; one per process, shared through kopf's memo."""
 
-    def __init__(self, api_client: Any, *, retries: int = 4, backoff_seconds: float = 0.05) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        retries: int = 4,
+        backoff_seconds: float = 0.05,
+        timeout_seconds: float = TIMEOUT_SECONDS,
+    ) -> None:
         self.api = api_client
+        self.config: Any = api_client.configuration
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.timeout_seconds = timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def connect(cls, host: str | None = None) -> Kube:
+    def connect(cls, host: str | None = None, *, timeout_seconds: float = TIMEOUT_SECONDS) -> Kube:
         """An API client for ``host``, else the in-cluster service account, else the
         current kubeconfig context."""
         if host:
@@ -100,39 +126,58 @@ class Kube:
                 kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
-        return cls(kubernetes.client.ApiClient(config))
+        return cls(kubernetes.client.ApiClient(config), timeout_seconds=timeout_seconds)
 
     # -- transport ---------------------------------------------------------------------
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        content_type: str = "application/json",
-        query: list[tuple[str, str]] | None = None,
-    ) -> JSON | None:
+    def _ssl(self) -> ssl.SSLContext | bool:
+        c = self.config
+        if not str(c.host).startswith("https"):
+            return False
+        context = ssl.create_default_context(cafile=c.ssl_ca_cert or None)
+        if c.cert_file:
+            context.load_cert_chain(c.cert_file, c.key_file or None)
+        if not c.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=0),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        """Close the connections (the operator's cleanup)."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        m, url, hdrs, payload, post = self.api.param_serialize(
-            method=method, resource_path=path, header_params=headers, body=body,
-            auth_settings=["BearerToken"], query_params=query or None,
-        )  # fmt: skip
-        attempt = 0
-        while True:
+        # Asked per request: a projected service account token is refreshed by the hook.
+        for auth in self.config.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[str(auth["key"])] = str(auth["value"])
+        return headers
+
+    async def _attempt(
+        self, method: str, url: str, body: Any, content_type: str, query: list[tuple[str, str]]
+    ) -> tuple[int, str, str]:
+        data = json.dumps(body).encode() if body is not None else None
+        async with self._client().request(
+            method, url, data=data, params=query or None, headers=self._headers(content_type),
+            proxy=self.config.proxy or None,
+        ) as resp:  # fmt: skip
             try:
-                resp = self.api.call_api(m, url, header_params=hdrs, body=payload, post_params=post)
-                resp.read()
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if attempt >= self.retries:
-                    raise KubeError(0, "ConnectionError", str(exc)) from exc
-            else:
-                status = int(resp.status)
-                text = resp.data.decode() if isinstance(resp.data, bytes) else str(resp.data or "")
-                if status < 300:
-                    return json.loads(text) if text else None
-                if status not in TRANSIENT or attempt >= self.retries:
-                    raise KubeError(status, str(resp.reason), text)
-            attempt += 1
-            time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+                raw = await read_limited(resp, MAX_ANSWER_BYTES)
+            except TooLarge as exc:
+                raise KubeError(0, "AnswerTooLarge", f"{method} {url}: {exc}") from None
+            return resp.status, str(resp.reason or ""), raw.decode()
 
     async def _request(
         self,
@@ -142,7 +187,36 @@ class Kube:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> JSON | None:
-        return await asyncio.to_thread(self._call, method, path, body, content_type, query)
+        url = str(self.config.host).rstrip("/") + path
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                return await self._with_retries(method, url, body, content_type, query or [])
+        except TimeoutError:
+            raise KubeError(
+                0, "Timeout", f"{method} {path}: no answer within {self.timeout_seconds:g} s"
+            ) from None
+
+    async def _with_retries(
+        self, method: str, url: str, body: Any, content_type: str, query: list[tuple[str, str]]
+    ) -> JSON | None:
+        attempt = 0
+        while True:
+            try:
+                status, reason, text = await self._attempt(method, url, body, content_type, query)
+                if status < 300:
+                    out = json.loads(text) if text else None
+                    if out is not None and not isinstance(out, dict):
+                        raise KubeError(0, "BadAnswer", f"{method} {url}: not a JSON object")
+                    return out
+                error = KubeError(status, reason, text)
+            except (aiohttp.ClientError, ValueError) as exc:  # incl. not HTTP, not JSON
+                error = KubeError(0, "ConnectionError", f"{method} {url}: {exc!r}"[:500])
+            except KubeError as exc:
+                error = exc
+            if (error.status not in TRANSIENT and error.status != 0) or attempt >= self.retries:
+                raise error
+            attempt += 1
+            await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
 
     # -- verbs ---------------------------------------------------------------------------
     async def get(self, kind: Kind, namespace: str, name: str) -> JSON | None:

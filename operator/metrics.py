@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import aiohttp
+
+from .answers import TooLarge, read_limited
 
 INPUT_METRIC = "exegpt_input_tokens"
 OUTPUT_METRIC = "exegpt_output_tokens"
@@ -42,7 +44,9 @@ class MetricsReader(Protocol):
 
 
 class HttpMetricsReader:
-    """``GET http://<podIP>:<port>/metrics`` with a short timeout, off the event loop.
+    """``GET http://<podIP>:<port>/metrics`` on the event loop (``aiohttp``), with a
+    total deadline: a worker that answers slowly, byte by byte, or not in HTTP at all
+    costs at most ``timeout_seconds`` and ends in a ``MetricsError``.
 
     The operator needs network access to the worker pods' runner port (a NetworkPolicy
     that isolates the workers must admit the operator's pod).
@@ -50,22 +54,33 @@ class HttpMetricsReader:
 
     def __init__(self, timeout_seconds: float = READ_TIMEOUT_SECONDS) -> None:
         self.timeout_seconds = timeout_seconds
-        # Straight to the pod: never through a proxy from the environment.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _get(self, url: str) -> str:
-        try:
-            with self._opener.open(url, timeout=self.timeout_seconds) as resp:
-                data: bytes = resp.read(MAX_BYTES + 1)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise MetricsError(f"GET {url}: {exc}") from exc
-        if len(data) > MAX_BYTES:
-            raise MetricsError(f"GET {url}: answer larger than {MAX_BYTES} bytes")
-        return data.decode("utf-8", errors="replace")
+    async def _get(self, url: str) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
+        # Straight to the pod: never through a proxy from the environment.
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=False) as session,
+            session.get(url, allow_redirects=False) as resp,
+        ):
+            if resp.status != 200:
+                raise MetricsError(f"GET {url}: HTTP {resp.status} {resp.reason or ''}".strip())
+            return await read_limited(resp, MAX_BYTES)
 
     async def read(self, namespace: str, pod: str, ip: str, port: int) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return await asyncio.to_thread(self._get, f"http://{host}:{port}/metrics")
+        url = f"http://{host}:{port}/metrics"
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                data = await self._get(url)
+        except MetricsError:
+            raise
+        except TooLarge as exc:
+            raise MetricsError(f"GET {url}: {exc}") from None
+        except TimeoutError:
+            raise MetricsError(f"GET {url}: no answer within {self.timeout_seconds:g} s") from None
+        except Exception as exc:  # whatever a worker sends: not HTTP, cut short, refused
+            raise MetricsError(f"GET {url}: {type(exc).__name__}: {exc}"[:500]) from exc
+        return data.decode("utf-8", errors="replace")
 
 
 # -- which pods ---------------------------------------------------------------------------

@@ -15,13 +15,15 @@ it changed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -35,7 +37,8 @@ from exegpt.planner.profile import Profile, measured_profile_key
 from exegpt.planner.scheduler import schedule
 from exegpt.planner.workerplan import WorkerPlan, WorkerPlanError
 
-from . import builders, drift, names, plandoc
+from . import builders, drift, failure, names, plandoc
+from .deployments import PassCache
 from .kube import (
     CONFIGMAP,
     EXEGPT,
@@ -60,11 +63,12 @@ from .metrics import (
     driver_pods,
     parse_length_histograms,
 )
+from .parsing import parse, spec_key
 from .podspec import PLAN_KEY
 from .profiling import ProfilingDecision, decide, failure_record, has_profile, recorded_failure
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
-from .spec import ExeGPTDeploymentSpec, format_errors, parse_spec
+from .spec import ExeGPTDeploymentSpec
 from .status import (
     AlternativeStatus,
     ConditionStatus,
@@ -94,6 +98,13 @@ KINDS: dict[str, Kind] = {
 }
 WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
 PLANNER_VERSION = "1"
+# Pod fields the operator never sets that widen what a pod may reach or run: set on a
+# child by someone else, they are removed (see docs/operator.md).
+FOREIGN_POD_FIELDS = (
+    "hostNetwork", "hostPID", "hostIPC", "hostUsers", "shareProcessNamespace", "hostAliases",
+    "nodeName", "initContainers", "ephemeralContainers", "runtimeClassName",
+)  # fmt: skip
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,6 +118,17 @@ class Context:
     # of this process started from: a body of that version predates the write.
     written: dict[str, str] = field(default_factory=dict)
     telemetry: OperatorMetrics = field(default_factory=OperatorMetrics)
+    # This deployment's parsed spec and last planner result, from earlier passes.
+    cache: PassCache = field(default_factory=PassCache)
+    # Where parsing and planning run (None: the loop's default executor).
+    executor: Executor | None = None
+    # Measured profiles this process has read (key -> JSON), shared by the deployments:
+    # a deleted profile ConfigMap is restored from here instead of profiling again.
+    profiles: dict[str, str] = field(default_factory=dict)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
 
 @dataclass
@@ -141,6 +163,10 @@ class _Pass:
             self.status = ExeGPTDeploymentStatus()
         self.old = self.status.model_copy(deep=True)
         self.outcome = Outcome()
+        # Events are posted once the status that records their transition is written:
+        # a pass that fails before (and is retried), or a process killed in between,
+        # does not post them twice.
+        self.pending: list[tuple[str, str, str]] = []
 
     # -- conditions and events ---------------------------------------------------------
     def condition(
@@ -159,13 +185,19 @@ class _Pass:
         return old is None or (old.status, old.reason) != (new.status, new.reason)
 
     def event(self, warning: bool, reason: str, message: str) -> None:
-        self.ctx.events("Warning" if warning else "Normal", reason, message)
+        self.pending.append(("Warning" if warning else "Normal", reason, message))
+
+    def post_events(self) -> None:
+        pending, self.pending = self.pending, []
+        for kind, reason, message in pending:
+            self.ctx.events(kind, reason, message)
 
     # -- status ------------------------------------------------------------------------------
     async def write_status(self) -> None:
         self.status.observed_generation = self.generation
         new = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if new == self.old_raw:
+            self.post_events()
             return
         patch = _merge_patch(self.old_raw, new)
         # The body may predate another pass's write: clear every status field this pass
@@ -179,6 +211,7 @@ class _Pass:
         self.outcome.status_written = True
         if self.uid and self.version:
             self.ctx.written[self.uid] = self.version
+        self.post_events()
 
     @property
     def stale(self) -> bool:
@@ -195,7 +228,8 @@ async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
     if p.stale:
         p.outcome.stale = True
         return p.outcome
-    spec, request = _parse(p)
+    _recovered(p)
+    spec, request = await _parse(p)
     if spec is None or request is None:
         await p.write_status()
         return p.outcome
@@ -212,15 +246,29 @@ async def reconcile(body: Mapping[str, Any], ctx: Context) -> Outcome:
     return p.outcome
 
 
+def _recovered(p: _Pass) -> None:
+    """This pass got as far as reading the spec: drop what ``Degraded`` said about
+    failing API requests (the steps below say what holds now)."""
+    degraded = get_condition(p.status.conditions, "Degraded")
+    if degraded is None or degraded.reason not in failure.REASONS:
+        return
+    if p.status.infeasible is not None:
+        p.condition("Degraded", "True", "Infeasible", p.status.infeasible.message)
+    else:
+        p.condition("Degraded", "False", "AsExpected", "")
+
+
 # -- 1. spec -------------------------------------------------------------------------------
-def _parse(p: _Pass) -> tuple[ExeGPTDeploymentSpec | None, PlanRequest | None]:
-    try:
-        spec = parse_spec(p.body.get("spec") or {})
-        return spec, plan_request(spec)
-    except ValidationError as exc:
-        message = "; ".join(format_errors(exc, prefix="spec"))
-    except SpecError as exc:
-        message = str(exc)
+async def _parse(p: _Pass) -> tuple[ExeGPTDeploymentSpec | None, PlanRequest | None]:
+    raw = p.body.get("spec") or {}
+    key, cache = spec_key(raw), p.ctx.cache
+    if cache.parsed is None or cache.spec_key != key:
+        # Off the loop: building the workload is arithmetic over its lengths.
+        cache.parsed, cache.spec_key = await p.ctx.offload(parse, raw), key
+    parsed = cache.parsed
+    if parsed.spec is not None and parsed.request is not None:
+        return parsed.spec, parsed.request
+    message = parsed.error
     p.condition("Planned", "False", "InvalidSpec", message)
     p.condition("Degraded", "True", "InvalidSpec", message)
     p.condition("Progressing", "False", "InvalidSpec", "fix the spec to continue")
@@ -234,7 +282,7 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
     arch, gpu = request.architecture, request.gpu
     degrees = arch.tensor_parallel_degrees(limit=min(request.gpus_per_node, request.gpus))
     if spec.profiling.mode == "Analytic":
-        profile = _analytic_profile(arch, gpu, request.dtype, tuple(degrees))
+        profile = await p.ctx.offload(_analytic_profile, arch, gpu, request.dtype, tuple(degrees))
         p.status.profile = ProfileStatus(
             key=profile.key, source="analytic", gpu_type=gpu.name, config_map=None
         )
@@ -265,9 +313,13 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
             p.event(True, "ImageNotAllowed", message)
         return None
     configmap = await kube.get(CONFIGMAP, ns, cm_name)
+    kept = p.ctx.profiles.get(key)
+    if configmap is None and kept is not None:
+        configmap = await _create(p, builders.build_profile_configmap(ns, key, kept))
     jobs: list[JSON] = []
     if not has_profile(configmap):
-        jobs = await kube.list(JOB, ns)
+        selector = f"{names.LABEL_PROFILE}={names.profile_digest(key)}"
+        jobs = await kube.list(JOB, ns, selector)
         # A Job writes the profile before it succeeds, so the ConfigMap is read after
         # the Jobs: a Job that finished since the first read has its profile seen.
         configmap = await kube.get(CONFIGMAP, ns, cm_name)
@@ -281,7 +333,10 @@ async def _profile(p: _Pass, spec: ExeGPTDeploymentSpec, request: PlanRequest) -
         attempts=d.attempts,
     )  # fmt: skip
     if d.action == "ready":
-        return _load_profile(p, d, cm_name)
+        loaded = _load_profile(p, d, cm_name)
+        if loaded is not None and d.profile_text:
+            _keep(p.ctx.profiles, key, d.profile_text)
+        return loaded
     if d.action == "create":
         if configmap is None:
             await _create(p, builders.build_profile_configmap(ns, key))
@@ -346,6 +401,17 @@ async def _clean_up_failed_jobs(
         await p.ctx.kube.delete(JOB, p.namespace, str(meta.get("name")), propagation="Background")
         p.outcome.writes.append(f"delete Job/{meta.get('name')}")
         p.ctx.telemetry.profiling_jobs.inc("deleted")
+
+
+KEPT_PROFILES = 32
+
+
+def _keep(profiles: dict[str, str], key: str, text: str) -> None:
+    """Remember ``text`` as the profile ``key`` (the most recent ``KEPT_PROFILES``)."""
+    profiles.pop(key, None)
+    profiles[key] = text
+    while len(profiles) > KEPT_PROFILES:
+        profiles.pop(next(iter(profiles)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -469,9 +535,14 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
     if len(drivers) < plan.replicas:
         raise MetricsError(f"{len(drivers)} of {plan.replicas} replica driver pods are ready")
-    texts = await asyncio.gather(
-        *(p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port) for pod in drivers)
-    )
+    deadline = p.ctx.settings.metrics_timeout_seconds
+    try:
+        async with asyncio.timeout(deadline):  # all of them, however slowly they answer
+            texts = await asyncio.gather(
+                *(p.ctx.metrics.read(p.namespace, pod.name, pod.ip, port) for pod in drivers)
+            )
+    except TimeoutError:
+        raise MetricsError(f"the workers' /metrics did not answer within {deadline:g} s") from None
     total = parse_length_histograms(texts[0])
     for text in texts[1:]:
         total += parse_length_histograms(text)
@@ -521,11 +592,18 @@ async def _plan(
             p.event(False, "Replanned", f"back to the running plan: {summary}")
         return running
     p.condition("Progressing", "True", "Planning", "searching for the best plan")
-    started = time.monotonic()
-    result = await asyncio.to_thread(
-        schedule, request, profile, time_limit_s=p.ctx.settings.plan_time_limit_seconds
-    )
-    p.ctx.telemetry.plan_seconds.observe(time.monotonic() - started, "replan" if old else "plan")
+    cache = p.ctx.cache
+    if cache.planned is not None and cache.plan_key == digest:
+        result = cache.planned  # planned by a pass that failed to record it: not again
+    else:
+        started = time.monotonic()
+        result = await p.ctx.offload(
+            functools.partial(schedule, time_limit_s=p.ctx.settings.plan_time_limit_seconds),
+            request, profile,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        p.ctx.telemetry.plan_seconds.observe(elapsed, "replan" if old else "plan")
+        cache.planned, cache.plan_key = result, digest
     if isinstance(result, Infeasible):
         p.status.infeasible = InfeasibleStatus(
             latency_bound_seconds=result.latency_bound_s,
@@ -697,8 +775,13 @@ async def _create(p: _Pass, obj: JSON) -> JSON:
     except KubeError as exc:
         if exc.status != 409:
             raise
-    # Created by a concurrent pass or another deployment sharing it: take it as done.
-    return await p.ctx.kube.get(kind, p.namespace, meta["name"]) or obj
+        conflict = exc
+    # Created by a concurrent pass or another deployment sharing it: take it as done,
+    # if it is there (a 409 for an object that is not, e.g. being deleted, is a failure).
+    existing = await p.ctx.kube.get(kind, p.namespace, meta["name"])
+    if existing is None:
+        raise conflict
+    return existing
 
 
 async def _apply(p: _Pass, obj: JSON) -> JSON:
@@ -707,9 +790,13 @@ async def _apply(p: _Pass, obj: JSON) -> JSON:
     current = await p.ctx.kube.get(kind, p.namespace, name)
     if current is None:
         return await _create(p, obj)
-    if _contains(current, obj):
+    foreign = _foreign_pod_fields(current, obj)
+    if _contains(current, obj) and not foreign:
         return current
     patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+    if foreign:
+        patch = copy.deepcopy(patch)
+        patch["spec"]["template"]["spec"].update(dict.fromkeys(foreign))  # null: removed
     try:
         out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
     except KubeError as exc:
@@ -718,6 +805,21 @@ async def _apply(p: _Pass, obj: JSON) -> JSON:
         out = await p.ctx.kube.merge_patch(kind, p.namespace, name, patch)
     p.outcome.writes.append(f"patch {obj['kind']}/{name}")
     return out or obj
+
+
+def _foreign_pod_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    """The ``FOREIGN_POD_FIELDS`` set in ``current``'s pod template but not in
+    ``desired``'s (for objects with a pod template)."""
+
+    def pod(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        template = (obj.get("spec") or {}).get("template")
+        spec = template.get("spec") if isinstance(template, Mapping) else None
+        return spec if isinstance(spec, Mapping) else None
+
+    have, want = pod(current), pod(desired)
+    if have is None or want is None:
+        return []
+    return [k for k in FOREIGN_POD_FIELDS if have.get(k) not in (None, False) and k not in want]
 
 
 def _contains(current: Any, desired: Any) -> bool:

@@ -45,12 +45,26 @@ class OperatorSettings(BaseModel):
     )
     retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
     error_retry_seconds: float = Field(
-        default=1.0, gt=0, description="wait before retrying a pass whose API request failed"
+        default=1.0,
+        gt=0,
+        description="wait before retrying a pass whose API request failed (the first time)",
     )
     plan_time_limit_seconds: float = Field(default=30.0, gt=0, description="XScheduler budget")
+    planner_threads: int = Field(
+        default=2, ge=1, le=64, description="threads that parse specs and plan (off the event "
+        "loop); more plan more deployments at once",
+    )  # fmt: skip
     metrics_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="how long a drift check waits for one worker's /metrics"
+        default=5.0, gt=0, description="how long a drift check waits for one worker's /metrics "
+        "(a total deadline, however slowly the worker answers)",
+    )  # fmt: skip
+    api_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="total deadline of one API request, its retries included"
     )
+    error_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="longest wait between passes that keep failing (the "
+        "wait starts at error_retry_seconds and doubles with each failure in a row)",
+    )  # fmt: skip
     runtime_image: str = Field(
         default="ghcr.io/exegpt/exegpt-runtime:0.1.0",
         description="image of the profiling Jobs and workers unless the spec names one",

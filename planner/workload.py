@@ -24,6 +24,10 @@ IntArray = NDArray[np.int64]
 
 # Percentiles reported by ``describe()``.
 _DESCRIBE_PERCENTILES = (50, 90, 99)
+# Beyond this many sigmas from the mean a normal's mass is below double precision.
+_MASS_SIGMAS = 40.0
+# Ranges wider than this are fitted on a scaled copy first (a start for Newton).
+_FIT_WIDTH = 4096
 
 
 def normal_cdf(x: FloatArray) -> FloatArray:
@@ -45,42 +49,76 @@ def _readonly(a: NDArray[Any]) -> NDArray[Any]:
     return a
 
 
-def _truncated_normal_pmf(mean: float, std: float, lo: int, hi: int) -> FloatArray:
-    """Unnormalised P(round(N(mean, std)) = k) for k = 1..hi, zero below ``lo``."""
-    ks = np.arange(1, hi + 1, dtype=np.float64)
+def _mass_window(mean: float, std: float, lo: int, hi: int) -> tuple[int, int]:
+    """The lengths in [lo, hi] within ``_MASS_SIGMAS`` sigmas of ``mean`` (empty when
+    ``a > b``): outside them a normal has no mass in double precision."""
+    a, b = mean - _MASS_SIGMAS * std, mean + _MASS_SIGMAS * std
+    first = lo if not math.isfinite(a) else int(np.clip(math.floor(a), lo, hi))
+    last = hi if not math.isfinite(b) else int(np.clip(math.ceil(b), lo, hi))
+    if (math.isfinite(a) and a > hi) or (math.isfinite(b) and b < lo):
+        return hi + 1, hi
+    return first, last
+
+
+def _window_pmf(mean: float, std: float, first: int, last: int) -> FloatArray:
+    """Unnormalised P(round(N(mean, std)) = k) for k = first..last (one CDF evaluation
+    per bin edge)."""
+    edges = np.arange(first - 0.5, last + 1.0, 1.0, dtype=np.float64)
     with np.errstate(over="ignore"):  # a tiny std sends the bounds to +-inf: fine
-        upper = normal_cdf((ks + 0.5 - mean) / std)
-        lower = normal_cdf((ks - 0.5 - mean) / std)
-    pmf: FloatArray = np.maximum(upper - lower, 0.0)
-    pmf[: lo - 1] = 0.0
+        cdf = normal_cdf((edges - mean) / std)
+    out: FloatArray = np.maximum(np.diff(cdf), 0.0)
+    return out
+
+
+def _truncated_normal_pmf(mean: float, std: float, lo: int, hi: int) -> FloatArray:
+    """Unnormalised P(round(N(mean, std)) = k) for k = 1..hi, zero below ``lo`` (and
+    where the normal has no mass, without evaluating it there)."""
+    pmf: FloatArray = np.zeros(hi, dtype=np.float64)
+    first, last = _mass_window(mean, std, lo, hi)
+    if first <= last:
+        pmf[first - 1 : last] = _window_pmf(mean, std, first, last)
     return pmf
-
-
-def _pmf_moments(pmf: FloatArray) -> tuple[float, float]:
-    """(mean, std) of an unnormalised pmf over 1..len(pmf); NaNs when it has no mass."""
-    total = float(pmf.sum())
-    if total <= 0.0:
-        return math.nan, math.nan
-    ks = np.arange(1, pmf.size + 1, dtype=np.float64)
-    mean = float(np.dot(ks, pmf)) / total
-    var = float(np.dot((ks - mean) ** 2, pmf)) / total
-    return mean, math.sqrt(max(var, 0.0))
 
 
 def truncated_normal_moments(
     mu: float, sigma: float, max: int, min: int = 1
 ) -> tuple[float, float]:
-    """(mean, std) of ``LengthDistribution.truncated_normal(mu, sigma, max, min)``."""
+    """(mean, std) of ``LengthDistribution.truncated_normal(mu, sigma, max, min)``.
+
+    Only the lengths within ``_MASS_SIGMAS`` sigmas of ``mu`` are evaluated (the rest
+    have no mass in double precision), so a narrow normal on a wide range is cheap.
+    """
     if sigma <= 0:
         k = float(np.clip(round(mu), min, max))
         return k, 0.0
-    return _pmf_moments(_truncated_normal_pmf(mu, sigma, min, max))
+    first, last = _mass_window(mu, sigma, min, max)
+    if first > last:
+        return math.nan, math.nan
+    ks = np.arange(first, last + 1, dtype=np.float64)
+    pmf = _window_pmf(mu, sigma, first, last)
+    total = float(pmf.sum())
+    if total <= 0.0:
+        return math.nan, math.nan
+    mean = float(np.dot(ks, pmf)) / total
+    var = float(np.dot((ks - mean) ** 2, pmf)) / total
+    return mean, math.sqrt(var if var > 0.0 else 0.0)
+
+
+def _uniform_std(width: float) -> float:
+    """The std of the uniform distribution on ``width`` consecutive integers: no
+    truncated normal on that range (a log-concave distribution) has a larger one."""
+    return math.sqrt(max(width * width - 1.0, 0.0) / 12.0)
 
 
 def _max_attainable_std(mean: float, max: int, min: int) -> float:
-    """About the largest std a truncated normal on [min, max] with this mean reaches."""
-    best = 0.0
+    """About the largest std a truncated normal on [min, max] with this mean reaches
+    (on a range wider than ``_FIT_WIDTH``, from a scaled copy of the range)."""
     width = float(max - min + 1)
+    if width > _FIT_WIDTH:
+        f = (width - 1.0) / (_FIT_WIDTH - 1.0)
+        scaled = _max_attainable_std(1.0 + (mean - min) / f, _FIT_WIDTH, 1)
+        return scaled * f
+    best = 0.0
     for sigma in np.geomspace(0.05 * width, 200.0 * width, 24):
         lo_mu, hi_mu = min - 50.0 * sigma, max + 50.0 * sigma
         for _ in range(50):  # the mean increases with mu: bisect for it
@@ -109,6 +147,8 @@ def fit_truncated_normal(
     """
     if not 1 <= min <= max:
         raise ValueError(f"need 1 <= min <= max, got min={min}, max={max}")
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise ValueError(f"mean {mean:g} and std {std:g} must be finite numbers")
     if not min <= mean <= max:
         raise ValueError(f"mean {mean:g} must lie in [min, max] = [{min}, {max}]")
     if std < 0:
@@ -118,16 +158,62 @@ def fit_truncated_normal(
             raise ValueError(f"std must be 0 when min == max == {max}")
         return float(mean), 0.0
     width = float(max - min + 1)
+    uniform = _uniform_std(width)
+    if std > uniform:
+        # Checked first: no search can reach it, and a huge std must cost nothing.
+        raise ValueError(
+            f"no normal truncated to [{min}, {max}] has mean {mean:g} and std {std:g}: its "
+            f"std is at most about {uniform:.1f} (a uniform distribution on the range has "
+            "the largest std of any); lower std, or raise max"
+        )
+    start = (float(mean), math.log(std))
+    if width > _FIT_WIDTH:
+        # Fit a scaled copy of the range first: Newton on the whole range then starts
+        # next to the answer and needs a step or two over the long arrays.
+        f = (width - 1.0) / (_FIT_WIDTH - 1.0)
+        try:
+            mu, sigma = fit_truncated_normal(1.0 + (mean - min) / f, std / f, _FIT_WIDTH, 1)
+        except ValueError:
+            if std / f >= 10.0:  # rounding is negligible at this std: no fit either
+                return _unreachable(mean, std, max, min)
+        else:
+            if sigma > 0:
+                start = (min + (mu - 1.0) * f, math.log(sigma * f))
+    found = _newton_fit(mean, std, max, min, start, tol)
+    if found is not None:
+        return found
+    return _unreachable(mean, std, max, min)
+
+
+def _unreachable(mean: float, std: float, max: int, min: int) -> tuple[float, float]:
+    """Raise the error for moments no truncated normal on [min, max] has."""
+    bound = _max_attainable_std(mean, max, min)
+    uniform = _uniform_std(float(max - min + 1))
+    raise ValueError(
+        f"no normal truncated to [{min}, {max}] has mean {mean:g} and std {std:g}: with "
+        f"that mean its std is at most about {bound:.1f} (a uniform distribution on the "
+        f"range has std {uniform:.1f}); lower std, or raise max"
+    )
+
+
+def _newton_fit(
+    mean: float, std: float, max: int, min: int, start: tuple[float, float], tol: float
+) -> tuple[float, float] | None:
+    """Newton on (mu, log sigma) from ``start`` with a finite-difference Jacobian and
+    backtracking; None when it does not converge."""
+    width = float(max - min + 1)
     target = np.array([mean, std])
     scale = np.array([width, width])
 
     def residual(p: FloatArray) -> FloatArray:
-        m, s = truncated_normal_moments(float(p[0]), float(math.exp(p[1])), max, min)
+        try:
+            m, s = truncated_normal_moments(float(p[0]), float(math.exp(p[1])), max, min)
+        except OverflowError:
+            m = s = math.nan
         out: FloatArray = (np.array([m, s]) - target) / scale
         return out
 
-    # Newton on (mu, log sigma) with a finite-difference Jacobian and backtracking.
-    p = np.array([float(mean), math.log(std)])
+    p = np.array(start, dtype=np.float64)
     r = residual(p)
     for _ in range(100):
         norm = float(np.max(np.abs(r))) if np.isfinite(r).all() else math.inf
@@ -142,9 +228,9 @@ def fit_truncated_normal(
         try:
             step = np.linalg.solve(jac, -r)
         except np.linalg.LinAlgError:
-            break
+            return None
         if not np.isfinite(step).all():
-            break
+            return None
         step[1] = float(np.clip(step[1], -2.0, 2.0))
         t = 1.0
         while t > 1e-6:
@@ -155,14 +241,8 @@ def fit_truncated_normal(
                 break
             t *= 0.5
         else:
-            break
-    bound = _max_attainable_std(mean, max, min)
-    raise ValueError(
-        f"no normal truncated to [{min}, {max}] has mean {mean:g} and std {std:g}: with "
-        f"that mean its std is at most about {bound:.1f} (a uniform distribution on the "
-        f"range has std {math.sqrt((width * width - 1.0) / 12.0):.1f}); lower std, or "
-        "raise max"
-    )
+            return None
+    return None
 
 
 class LengthDistribution:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
 from .workload import LengthDistribution, Workload, fit_truncated_normal
@@ -44,6 +44,7 @@ PresetName = Literal[
 
 MAX_HISTOGRAM_POINTS = 4096
 MAX_LENGTH = 1 << 20  # tokens; far beyond any model's context
+MAX_WEIGHT = 1e15  # a histogram weight (e.g. a count of requests); keeps sums finite
 
 _CONFIG = ConfigDict(
     extra="forbid",
@@ -55,7 +56,7 @@ _CONFIG = ConfigDict(
 )
 
 Length = Annotated[int, Field(ge=1, le=MAX_LENGTH)]
-Weight = Annotated[float, Field(ge=0)]
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
 
 
 class HistogramSpec(BaseModel):
@@ -131,8 +132,15 @@ class LengthSpec(BaseModel):
         },
     )
 
-    mean: float | None = Field(default=None, ge=1, description="mean length (tokens)")
-    std: float | None = Field(default=None, ge=0, description="standard deviation (tokens)")
+    mean: float | None = Field(
+        default=None, ge=1, le=MAX_LENGTH, description="mean length (tokens)"
+    )
+    std: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LENGTH // 2,
+        description="standard deviation (tokens); at most half the range max - min",
+    )
     min: Length | None = Field(default=None, description="shortest length (default 1)")
     max: Length | None = Field(default=None, description="longest length (tokens)")
     histogram: HistogramSpec | None = None
@@ -169,14 +177,38 @@ class WorkloadSpec(BaseModel):
         description="copula correlation of input and output lengths (default 0 or the preset's)",
     )
 
+    _built: _Built = PrivateAttr(default_factory=lambda: _Built())
+
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
-        _build(self, "workload")  # every check, and the fit of normal sides, happen here
+        # Every check, and the fit of normal sides, happen here; the (immutable) result
+        # is kept, so building the workload again costs nothing.
+        self._built = _Built(_build(self, "workload"))
         return self
 
     def build(self) -> Workload:
         """The workload this spec declares."""
-        return _build(self, "workload")
+        workload = self._built.workload
+        if workload is None:
+            workload = _build(self, "workload")
+            self._built = _Built(workload)
+        return workload
+
+
+class _Built:
+    """The workload a spec built, kept beside it: a cache, not part of the spec's value
+    (any two compare equal, so specs compare by their fields alone)."""
+
+    __slots__ = ("workload",)
+
+    def __init__(self, workload: Workload | None = None) -> None:
+        self.workload = workload
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Built)
+
+    def __hash__(self) -> int:
+        return 0
 
 
 def _build(spec: WorkloadSpec, where: str) -> Workload:

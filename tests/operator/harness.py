@@ -213,6 +213,9 @@ class Fault:
     times: int = 1
     name: str | None = None
     applied: bool = False
+    delay: float = 0.0
+    """Seconds the answer is held back (a hung or slow server); with ``status`` 0 the
+    request is then answered as usual."""
     hits: list[Call] = field(default_factory=list)
 
     def matches(self, call: Call) -> bool:
@@ -394,7 +397,11 @@ class Emulator(kmock.KubernetesEmulator):
         fault = next((f for f in self.faults if f.matches(call)), None)
         if fault is not None:
             fault.hits.append(dataclasses.replace(call, status=fault.status))
-            if not fault.applied:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status == 0:
+                fault = None  # slow, then answered
+            elif not fault.applied:
                 raise fault.error(call)
         if call.verb in ("create", "update", "patch", "delete"):
             async with self._lock:
@@ -1024,10 +1031,12 @@ class Cluster:
         times: int = 1,
         name: str | None = None,
         applied: bool = False,
+        delay: float = 0.0,
     ) -> Fault:
         """Answer the operator's next ``times`` matching requests with ``status``
-        (see ``Fault``); returns the fault, whose ``hits`` lists the requests it answered."""
-        fault = Fault(verb, resource, status, times, name, applied)
+        (see ``Fault``; ``delay`` holds each answer back that long, and ``status=0`` then
+        answers as usual); returns the fault, whose ``hits`` lists the requests it answered."""
+        fault = Fault(verb, resource, status, times, name, applied, delay)
         self.emulator.faults.append(fault)
         return fault
 
@@ -1431,6 +1440,7 @@ def test_settings(**overrides: Any) -> Any:
         "retry_backoff_seconds": 0.0,
         "retry_backoff_max_seconds": 0.0,
         "error_retry_seconds": 0.1,
+        "error_retry_max_seconds": 1.0,
         "plan_time_limit_seconds": 20.0,
         "runtime_image": "registry.test/exegpt-runtime:test",
     }
@@ -1456,7 +1466,12 @@ def exegpt_operator(
     def memo() -> kopf.Memo:
         # The client's own retries of 5xx answers, with short waits between them.
         return kopf.Memo(
-            kube=Kube(cluster.api_client(), retries=4, backoff_seconds=0.005),
+            kube=Kube(
+                cluster.api_client(),
+                retries=4,
+                backoff_seconds=0.005,
+                timeout_seconds=config.api_timeout_seconds,
+            ),
             metrics=metrics,
             clock=clock,
         )

@@ -313,7 +313,9 @@ def test_time_limit_running_out_is_not_an_infeasible_bound(
 # -- other commands --------------------------------------------------------------------------------
 
 
-BENCHES = "calibration, paper, profile, replan, repricing, runner, simulator, vllm_profile"
+BENCHES = (
+    "calibration, operator, paper, profile, replan, repricing, runner, simulator, vllm_profile"
+)
 """Every benchmark ``exegpt bench`` runs, as it lists them."""
 
 

@@ -248,7 +248,9 @@ def test_a_job_finishing_between_the_reads_is_not_retried(world: World) -> None:
     kube = world.kube
     listed = kube.list
 
-    async def finish_then_list(kind: Any, namespace: str) -> list[dict[str, Any]]:
+    async def finish_then_list(
+        kind: Any, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         if kind == JOB:
             kube.objects[("configmaps", "default", names.profile_configmap(key))] = {
                 "metadata": {"name": names.profile_configmap(key)},
@@ -259,7 +261,7 @@ def test_a_job_finishing_between_the_reads_is_not_retried(world: World) -> None:
                     obj["status"] = {"succeeded": 1, "conditions": [
                         {"type": "Complete", "status": "True",
                          "lastTransitionTime": "2023-11-14T22:13:20Z"}]}  # fmt: skip
-        return await listed(kind, namespace)
+        return await listed(kind, namespace, label_selector)
 
     kube.list = finish_then_list  # type: ignore[method-assign]
     world.clock += 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -665,3 +666,57 @@ def test_workload_samples_lie_in_the_support(
     assert i.min() >= 1 and i.max() <= a.max
     assert o.min() >= 1 and o.max() <= b.max
     assert -1.0 <= w.pearson <= 1.0
+
+
+# -- bounded work: what a spec costs does not grow with its numbers ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "lo", "hi"),
+    [
+        (1000.0, 1e12, 1, 1 << 20),
+        (5872.58, 1.797e308, 2917, 5992),
+        (300000.0, 300000.0, 1, 1 << 20),
+        (1000.0, math.inf, 1, 1 << 20),
+    ],
+)
+def test_unreachable_std_is_refused_quickly_with_a_message(
+    mean: float, std: float, lo: int, hi: int
+) -> None:
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"std .*lower std, or raise max|must be finite"):
+        fit_truncated_normal(mean, std, hi, lo)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("std", [1e12, 1.797e308, 5000.0])
+def test_a_spec_with_an_unreachable_std_is_invalid_and_names_it(std: float) -> None:
+    side = {"mean": 5872.58, "std": std, "min": 2917, "max": 5992}
+    with pytest.raises(ValidationError, match=r"std"):
+        WorkloadSpec.model_validate({"input": side, "output": {"mean": 64, "std": 30, "max": 160}})
+
+
+def test_a_wide_range_is_fitted_quickly_and_exactly() -> None:
+    start = time.perf_counter()
+    w = WorkloadSpec.model_validate(
+        {
+            "input": {"mean": 1000, "std": 500, "max": 1 << 20},
+            "output": {"mean": 300000, "std": 200000, "max": 1 << 20},
+        }
+    )
+    built = w.build()
+    assert time.perf_counter() - start < 3.0
+    assert built is w.build()  # built once, by the validator
+    width = float(1 << 20)
+    assert abs(built.input.mean - 1000) < 1e-6 * width
+    assert abs(built.input.std - 500) < 1e-6 * width
+    assert abs(built.output.mean - 300000) < 1e-6 * width
+    assert abs(built.output.std - 200000) < 1e-6 * width
+
+
+def test_moments_of_a_narrow_normal_on_a_wide_range_match_the_whole_pmf() -> None:
+    mu, sigma, top = 5000.3, 17.0, 1 << 20
+    whole = LengthDistribution.truncated_normal(mu, sigma, top)
+    assert truncated_normal_moments(mu, sigma, top) == pytest.approx(
+        (whole.mean, whole.std), rel=1e-12
+    )

@@ -1,0 +1,55 @@
+"""What the operator process keeps in memory per deployment, between passes: the lock
+that serialises its passes, its failures in a row, the parsed spec and the planner's
+last result. Forgotten when the deployment is deleted, so the memory stays bounded by
+the deployments that exist."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from exegpt.planner.plan import Infeasible, Plan
+
+from .backoff import Failures
+from .parsing import Parsed
+
+
+@dataclass
+class PassCache:
+    """What a pass over one deployment reuses from the last: the parsed spec (by the
+    raw spec's hash) and the planner's result (by the planning inputs' hash). A pass
+    whose status write failed then does not plan again on its retry."""
+
+    spec_key: str = ""
+    parsed: Parsed | None = None
+    plan_key: str = ""
+    planned: Plan | Infeasible | None = None
+
+
+@dataclass
+class DeploymentMemory:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failures: Failures = field(default_factory=Failures)
+    cache: PassCache = field(default_factory=PassCache)
+
+
+class Deployments:
+    """Every deployment's memory, by uid; ``written`` is ``reconcile.Context.written``."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, DeploymentMemory] = {}
+        self.written: dict[str, str] = {}
+        self.profiles: dict[str, str] = {}  # ``reconcile.Context.profiles``
+
+    def of(self, uid: str) -> DeploymentMemory:
+        memory = self._by_uid.get(uid)
+        if memory is None:
+            memory = self._by_uid[uid] = DeploymentMemory()
+        return memory
+
+    def forget(self, uid: str) -> None:
+        self._by_uid.pop(uid, None)
+        self.written.pop(uid, None)
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
