@@ -1,0 +1,44 @@
+"""The ExeGPT schedule as vLLM's ``additional_config`` carries it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exegpt.planner.plan import ExecutionConfig
+from exegpt.planner.vllm_schedule import VllmSchedule
+
+
+def test_round_trips_through_the_json_vllm_parses() -> None:
+    schedule = VllmSchedule(
+        mode="RoundRobin", encode_batch=4, decode_steps_per_encode=6, decode_batch=48
+    )
+    text = json.dumps(schedule.additional_config())
+    assert VllmSchedule.from_additional_config(json.loads(text)) == schedule
+
+
+def test_missing_section_names_the_flag() -> None:
+    with pytest.raises(ValueError, match="--additional-config.*exegpt"):
+        VllmSchedule.from_additional_config({})
+
+
+def test_bad_section_names_the_field() -> None:
+    with pytest.raises(ValueError, match="decode_steps_per_encode"):
+        VllmSchedule.from_additional_config(
+            {"exegpt": {"mode": "RoundRobin", "decode_steps_per_encode": 0}}
+        )
+
+
+def test_from_plan_configurations() -> None:
+    rr = ExecutionConfig(
+        strategy="RoundRobin", encode_batch=8, decode_batch=64, decode_steps_per_encode=5
+    )
+    assert VllmSchedule.from_config(rr) == VllmSchedule(
+        mode="RoundRobin", encode_batch=8, decode_steps_per_encode=5, decode_batch=64
+    )
+    static = ExecutionConfig(strategy="Static", encode_batch=16, decode_batch=16)
+    assert VllmSchedule.from_config(static).decode_batch == 16
+    waa = ExecutionConfig(strategy="WorkloadAware", encode_gpus=1, decode_gpus=1)
+    with pytest.raises(ValueError, match="prefill and decode instances"):
+        VllmSchedule.from_config(waa)
