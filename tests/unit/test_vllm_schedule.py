@@ -19,7 +19,7 @@ def test_round_trips_through_the_json_vllm_parses() -> None:
 
 
 def test_missing_section_names_the_flag() -> None:
-    with pytest.raises(ValueError, match="--additional-config.*exegpt"):
+    with pytest.raises(ValueError, match=r"--additional-config.*exegpt"):
         VllmSchedule.from_additional_config({})
 
 
