@@ -58,6 +58,7 @@ def plan_request(spec: ExeGPTDeploymentSpec) -> PlanRequest:
         workload=workload,
         latency_bound_s=spec.slo.latency,
         strategy=spec.strategy,
+        engine=spec.engine,
         executable_only=True,  # the plan is deployed: only what the workers run
     )
 
