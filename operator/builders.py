@@ -47,6 +47,7 @@ from .podspec import (
     weights_directory,
 )
 from .spec import API_VERSION, KIND, ExeGPTDeploymentSpec
+from .vllm_workers import build_vllm_workers
 
 Obj = dict[str, Any]
 
@@ -250,7 +251,11 @@ def build_workers(
 
     The plan hash is an annotation of the StatefulSet and of its pod template (a new
     plan rolls the pods), never part of the selector (which is immutable).
+
+    A plan for vLLM runs vLLM's OpenAI servers instead (``vllm_workers``).
     """
+    if plan.engine == "vLLM":
+        return build_vllm_workers(name, namespace, _owner_refs(owner), spec, plan, plan_hash, image)
     return [
         _statefulset(name, namespace, owner, spec, role, pods, gpus, plan_hash, image)
         for role, pods, _stages, gpus in roles(plan)

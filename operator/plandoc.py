@@ -39,6 +39,7 @@ HASHED_FIELDS = (
     "deployment",
     "model",
     "strategy",
+    "engine",
     "config",
     "topology",
     "limits",
@@ -68,10 +69,7 @@ def plan_document(
     ``image`` is the worker image the operator runs (``spec.runner.image`` when not
     given), recorded so that a new image changes the hash.
     """
-    if plan.strategy not in ("RoundRobin", "WorkloadAware"):
-        raise ValueError(
-            f"the operator runs RoundRobin or WorkloadAware plans, not {plan.strategy}"
-        )
+    roles(plan)  # refuses what the operator does not run
     model = spec.model
     architecture = model.resolved_architecture()
     weights = None
@@ -92,6 +90,7 @@ def plan_document(
             "weights": weights,
         },
         "strategy": plan.strategy,
+        "engine": plan.engine,
         "config": plan.config.model_dump(mode="json"),
         "topology": topology(deployment, plan),
         "limits": limits(spec),
@@ -118,6 +117,11 @@ def roles(plan: Plan) -> list[tuple[str, int, int, int]]:
     In each, pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
     """
     c = plan.config
+    if plan.engine == "vLLM" and plan.strategy in ("RoundRobin", "Static", "Continuous"):
+        # one vLLM server per replica, in one pod (planner/runnable.py)
+        return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
+    if plan.engine == "vLLM":
+        raise ValueError(f"the operator does not run {plan.strategy} plans on vLLM yet")
     if plan.strategy == "RoundRobin":
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)

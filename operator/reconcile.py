@@ -478,6 +478,7 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
     c = plan.config
     return PlanStatus(
         strategy=plan.strategy,
+        engine=plan.engine,
         replicas=c.replicas,
         tensor_parallel=c.tensor_parallel,
         tp_scope=c.tp_scope,
@@ -535,7 +536,7 @@ def plan_from_status(s: PlanStatus) -> Plan:
         memory_per_gpu_bytes=int(q.memory_per_gpu_gib * 2**30), decode_batch=0.0, feasible=True,
     )  # fmt: skip
     return Plan(
-        strategy=s.strategy, config=config, predicted=predicted,
+        strategy=s.strategy, engine=s.engine, config=config, predicted=predicted,
         latency_bound_s=s.latency_bound_seconds, reason=s.reason,
         search=SearchStats(seconds=s.search_seconds, evaluated=s.evaluated, space=s.evaluated),
     )  # fmt: skip

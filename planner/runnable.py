@@ -66,3 +66,17 @@ def engine_limitation(engine: Engine, config: ExecutionConfig, architecture: Arc
 def vllm_runs_model(architecture: Architecture) -> bool:
     """Whether vLLM runs ``architecture`` at all (decoder-only models)."""
     return not architecture.encoder_decoder
+
+
+def vllm_deployment_limitation(config: ExecutionConfig, gpus_per_node: int) -> str:
+    """Why the operator does not deploy ``config`` on vLLM yet (empty if it does): it runs
+    each vLLM server in one pod, so a server must fit on one node, and it does not yet
+    build WorkloadAware's prefill and decode instances (docs/vllm.md)."""
+    if config.strategy == "WorkloadAware":
+        return "the operator does not deploy WorkloadAware plans on vLLM yet"
+    if config.gpus_per_replica > gpus_per_node:
+        return (
+            f"the operator runs each vLLM server in one pod: a replica of "
+            f"{config.gpus_per_replica} GPUs does not fit on a node of {gpus_per_node}"
+        )
+    return ""

@@ -36,7 +36,7 @@ from .costs import CostModel, Group
 from .moments import Moments
 from .plan import ExecutionConfig, PlanRequest, Prediction
 from .profile import Profile
-from .runnable import vllm_limitation, worker_limitation
+from .runnable import vllm_deployment_limitation, vllm_limitation, worker_limitation
 
 KV_SAFETY_SIGMAS = 3.0
 
@@ -95,7 +95,10 @@ class Simulator:
             if c.decode_gpus != c.pipeline_stages * c.tensor_parallel:
                 return "decode_gpus must equal pipeline_stages * tensor_parallel"
         if self.request.engine == "vLLM":  # a plan for vLLM is always one it runs
-            return vllm_limitation(c, arch)
+            reason = vllm_limitation(c, arch)
+            if not reason and self.request.executable_only:
+                reason = vllm_deployment_limitation(c, self.request.gpus_per_node)
+            return reason
         if self.request.executable_only:
             return worker_limitation(c, arch)
         return ""
