@@ -71,8 +71,9 @@ class ServerShape:
         return self.tensor_parallel * self.pipeline_stages
 
 
-def server_shape(plan: Plan, role: Role = "server") -> ServerShape:
-    """The server of ``role`` that executes ``plan`` (a plan for vLLM)."""
+def server_shape(plan: Plan, max_output_tokens: int, role: Role = "server") -> ServerShape:
+    """The server of ``role`` that executes ``plan`` (a plan for vLLM) for outputs of at
+    most ``max_output_tokens``."""
     if plan.engine != "vLLM":
         raise ValueError(f"the plan is for the {plan.engine} engine, not vLLM")
     c = plan.config
@@ -86,7 +87,7 @@ def server_shape(plan: Plan, role: Role = "server") -> ServerShape:
         raise ValueError(f"a {c.strategy} plan runs 'server' servers, not {role!r}")
     if c.strategy == "Continuous":
         return ServerShape(c.tensor_parallel, c.pipeline_stages, c.decode_batch, None)
-    schedule = VllmSchedule.from_config(c)
+    schedule = VllmSchedule.from_config(c, max_output_tokens)
     return ServerShape(c.tensor_parallel, c.pipeline_stages, schedule.decode_batch, schedule)
 
 
@@ -124,7 +125,7 @@ def server_args(
     chunked prefill and its default budget). A server over several nodes needs
     ``master_addr`` (the rank-0 pod's address); ``node_rank`` is the pod's rank.
     """
-    shape = server_shape(plan, role)
+    shape = server_shape(plan, max_output_tokens, role)
     max_model_len = max_input_tokens + max_output_tokens
     args = [
         "--model", model_dir,

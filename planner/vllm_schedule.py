@@ -69,9 +69,14 @@ class VllmSchedule(BaseModel):
             ) from e
 
     @classmethod
-    def from_config(cls, config: ExecutionConfig) -> VllmSchedule:
+    def from_config(cls, config: ExecutionConfig, max_output_tokens: int) -> VllmSchedule:
         """The schedule that executes ``config``, a RoundRobin, Static or Continuous
-        configuration (a WorkloadAware one runs as prefill and decode instances)."""
+        configuration (a WorkloadAware one runs as prefill and decode instances).
+
+        A RoundRobin plan's decode batch is not a control variable: it is what B_E
+        queries every N_D steps add up to. Its cap is the most that can be running: a
+        query of at most ``max_output_tokens`` tokens lives for at most
+        ``ceil(max_output_tokens / N_D)`` prefill steps, each of which starts B_E."""
         if config.strategy == "WorkloadAware":
             raise ValueError(
                 "a WorkloadAware configuration runs as prefill and decode instances, "
@@ -81,7 +86,16 @@ class VllmSchedule(BaseModel):
             mode=config.strategy,
             encode_batch=config.encode_batch,
             decode_steps_per_encode=config.decode_steps_per_encode,
-            decode_batch=max(config.decode_batch, config.encode_batch)
-            if config.strategy != "Static"
-            else config.encode_batch,
+            decode_batch=_decode_cap(config, max_output_tokens),
         )
+
+
+def _decode_cap(config: ExecutionConfig, max_output_tokens: int) -> int:
+    if max_output_tokens < 1:
+        raise ValueError(f"max_output_tokens must be at least 1, not {max_output_tokens}")
+    if config.strategy == "RoundRobin":
+        cycles = -(-max_output_tokens // config.decode_steps_per_encode)
+        return config.encode_batch * cycles
+    if config.strategy == "Static":
+        return config.encode_batch
+    return config.decode_batch

@@ -72,6 +72,8 @@ def test_vllm_parses_the_rendered_arguments(
         768, 16, 1000)  # fmt: skip
     assert engine.distributed_executor_backend == "mp"
     batch = c.encode_batch if c.strategy == "Static" or role == "prefill" else c.decode_batch
+    if c.strategy == "RoundRobin":  # B_E per prefill step, through ceil(256 / N_D) of them
+        batch = c.encode_batch * -(-256 // c.decode_steps_per_encode)
     assert engine.max_num_seqs == batch
     if c.strategy in ("RoundRobin", "Static"):
         assert engine.scheduler_cls == SCHEDULER_CLS
@@ -99,4 +101,4 @@ def test_additional_config_is_json() -> None:
     )  # fmt: skip
     doc = json.loads(args[args.index("--additional-config") + 1])
     assert doc == {"exegpt": {"mode": "RoundRobin", "encode_batch": 2,
-                              "decode_steps_per_encode": 1, "decode_batch": 8}}  # fmt: skip
+                              "decode_steps_per_encode": 1, "decode_batch": 16}}  # fmt: skip

@@ -31,14 +31,18 @@ def test_bad_section_names_the_field() -> None:
 
 
 def test_from_plan_configurations() -> None:
-    rr = ExecutionConfig(
-        strategy="RoundRobin", encode_batch=8, decode_batch=64, decode_steps_per_encode=5
+    rr = ExecutionConfig(strategy="RoundRobin", encode_batch=8, decode_steps_per_encode=5)
+    # a query of at most 32 tokens lives through ceil(32 / 5) = 7 prefill steps of 8
+    assert VllmSchedule.from_config(rr, max_output_tokens=32) == VllmSchedule(
+        mode="RoundRobin", encode_batch=8, decode_steps_per_encode=5, decode_batch=56
     )
-    assert VllmSchedule.from_config(rr) == VllmSchedule(
-        mode="RoundRobin", encode_batch=8, decode_steps_per_encode=5, decode_batch=64
-    )
-    static = ExecutionConfig(strategy="Static", encode_batch=16, decode_batch=16)
-    assert VllmSchedule.from_config(static).decode_batch == 16
+    assert VllmSchedule.from_config(rr, max_output_tokens=30).decode_batch == 48
+    static = ExecutionConfig(strategy="Static", encode_batch=16, decode_batch=4)
+    assert VllmSchedule.from_config(static, 64).decode_batch == 16
+    continuous = ExecutionConfig(strategy="Continuous", decode_batch=96)
+    assert VllmSchedule.from_config(continuous, 64).decode_batch == 96
     waa = ExecutionConfig(strategy="WorkloadAware", encode_gpus=1, decode_gpus=1)
     with pytest.raises(ValueError, match="prefill and decode instances"):
-        VllmSchedule.from_config(waa)
+        VllmSchedule.from_config(waa, 64)
+    with pytest.raises(ValueError, match="max_output_tokens"):
+        VllmSchedule.from_config(rr, 0)
