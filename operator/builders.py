@@ -363,7 +363,10 @@ def _instance_selector(name: str) -> dict[str, str]:
 
 
 def entry_role(plan: Plan) -> str:
-    """The role that takes client requests: worker (RoundRobin), encoder (WorkloadAware)."""
+    """The role that takes client requests: worker (RoundRobin), encoder (WorkloadAware),
+    and on vLLM the router in front of WorkloadAware's prefill and decode servers."""
+    if plan.engine == "vLLM" and plan.strategy == "WorkloadAware":
+        return names.ROUTER
     return roles(plan)[0][0]
 
 

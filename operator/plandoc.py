@@ -117,11 +117,15 @@ def roles(plan: Plan) -> list[tuple[str, int, int, int]]:
     In each, pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
     """
     c = plan.config
-    if plan.engine == "vLLM" and plan.strategy in ("RoundRobin", "Static", "Continuous"):
-        # one vLLM server per replica, in one pod (planner/runnable.py)
-        return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
     if plan.engine == "vLLM":
-        raise ValueError(f"the operator does not run {plan.strategy} plans on vLLM yet")
+        # one vLLM server per pod (planner/runnable.py): a replica, or WorkloadAware's
+        # prefill (``encoder``) and decode (``decoder``) instances
+        if plan.strategy == "WorkloadAware":
+            return [
+                (names.ENCODER, c.replicas, 1, c.encode_gpus),
+                (names.DECODER, c.replicas, 1, c.decode_gpus),
+            ]
+        return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
     if plan.strategy == "RoundRobin":
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)

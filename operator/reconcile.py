@@ -76,7 +76,7 @@ KINDS: dict[str, Kind] = {
     "StatefulSet": STATEFULSET,
     "Job": JOB,
 }
-WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
+WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER, names.ROUTER)
 PLANNER_VERSION = "1"
 
 
@@ -376,8 +376,10 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     """The request-length histograms of the running plan's drivers, summed."""
     plan = p.status.plan
     assert plan is not None
-    # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives
-    role, _, stages, _ = plandoc.roles(plan_from_status(plan))[0]
+    # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives; on
+    # vLLM, WorkloadAware's decode servers see whole requests (prefill ones, one token)
+    roles = plandoc.roles(plan_from_status(plan))
+    role, _, stages, _ = roles[1] if plan.engine == "vLLM" and len(roles) > 1 else roles[0]
     selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
     pods = await p.ctx.kube.list(POD, p.namespace, selector)
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)

@@ -70,10 +70,16 @@ def vllm_runs_model(architecture: Architecture) -> bool:
 
 def vllm_deployment_limitation(config: ExecutionConfig, gpus_per_node: int) -> str:
     """Why the operator does not deploy ``config`` on vLLM yet (empty if it does): it runs
-    each vLLM server in one pod, so a server must fit on one node, and it does not yet
-    build WorkloadAware's prefill and decode instances (docs/vllm.md)."""
+    each vLLM server in one pod, so a server (a replica, or WorkloadAware's prefill or
+    decode instance) must fit on one node (docs/vllm.md)."""
     if config.strategy == "WorkloadAware":
-        return "the operator does not deploy WorkloadAware plans on vLLM yet"
+        for role, gpus in (("prefill", config.encode_gpus), ("decode", config.decode_gpus)):
+            if gpus > gpus_per_node:
+                return (
+                    f"the operator runs each vLLM server in one pod: a {role} instance of "
+                    f"{gpus} GPUs does not fit on a node of {gpus_per_node}"
+                )
+        return ""
     if config.gpus_per_replica > gpus_per_node:
         return (
             f"the operator runs each vLLM server in one pod: a replica of "

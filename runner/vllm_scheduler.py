@@ -34,7 +34,7 @@ class ExeGPTScheduler(Scheduler):
             )
         self._stock_limit = self.max_num_active_reqs
         self._steps_since_prefill = 0
-        """Engine steps since the last step on which prefills could start."""
+        """Engine steps since prefills last started (RoundRobin's N_D cadence)."""
 
     def admission_limit(self) -> int:
         """How many requests may be running after this step's admissions."""

@@ -13,7 +13,7 @@ from exegpt.operator.podspec import restricted_violations
 from exegpt.operator.request import SpecError, plan_request
 from exegpt.operator.spec import ExeGPTDeploymentSpec, parse_spec
 from exegpt.planner.analytic import analytic_profile
-from exegpt.planner.plan import Plan
+from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.runnable import vllm_deployment_limitation, vllm_limitation
 from exegpt.planner.scheduler import schedule
 
@@ -52,12 +52,15 @@ def test_without_weights_auto_is_the_own_engine_and_vllm_says_what_is_missing() 
     assert err.value.path == "spec.model.weights"
 
 
-def test_the_operator_does_not_plan_workload_aware_on_vllm_yet() -> None:
-    plan = _plan(_spec(engine="vLLM", strategy="Auto", **WEIGHTS))
-    assert plan.strategy != "WorkloadAware"
-    assert "WorkloadAware" in vllm_deployment_limitation(
-        plan.config.model_copy(update={"strategy": "WorkloadAware"}), 8
-    )
+def test_the_operator_plans_only_vllm_servers_that_fit_on_a_node() -> None:
+    rr = ExecutionConfig(strategy="RoundRobin", tensor_parallel=8, pipeline_stages=2)
+    assert "does not fit on a node of 8" in vllm_deployment_limitation(rr, 8)
+    assert vllm_deployment_limitation(rr, 16) == ""
+    waa = ExecutionConfig(
+        strategy="WorkloadAware", encode_gpus=2, encode_tp=2, decode_gpus=16,
+        tensor_parallel=8, pipeline_stages=2,
+    )  # fmt: skip
+    assert "decode instance of 16 GPUs" in vllm_deployment_limitation(waa, 8)
 
 
 def test_the_worker_statefulset_runs_vllm_servers_under_pss_restricted() -> None:
@@ -81,3 +84,44 @@ def test_the_worker_statefulset_runs_vllm_servers_under_pss_restricted() -> None
     # a different plan is a different hash: the pods roll
     other = plan.model_copy(update={"engine": "ExeGPT"})
     assert plandoc.plan_hash(plandoc.plan_document("x", spec, other)) != plandoc.plan_hash(doc)
+
+
+def test_workload_aware_runs_prefill_and_decode_servers_behind_the_router() -> None:
+    spec = _spec(engine="vLLM", strategy="WorkloadAware", **WEIGHTS)
+    plan = _plan(spec)
+    c = plan.config
+    assert plan.strategy == "WorkloadAware"
+    sets = builders.build_workers("x", "ns", OWNER, spec, plan, "h", "img")
+    by_role = {s["metadata"]["name"].removeprefix("x-"): s for s in sets}
+    assert sorted(by_role) == ["decoder", "encoder", "router"]
+
+    def container(role: str) -> dict[str, Any]:
+        [one] = by_role[role]["spec"]["template"]["spec"]["containers"]
+        return dict(one)
+
+    def value(args: list[str], flag: str) -> str:
+        return args[args.index(flag) + 1]
+
+    prefill, decode = container("encoder")["args"], container("decoder")["args"]
+    assert value(prefill, "--tensor-parallel-size") == str(c.encode_tp)
+    assert value(prefill, "--max-num-seqs") == str(c.encode_batch)
+    assert value(decode, "--tensor-parallel-size") == str(c.tensor_parallel)
+    assert value(decode, "--max-num-seqs") == str(c.decode_batch)
+    for args in (prefill, decode):
+        assert '"kv_connector":"NixlConnector"' in value(args, "--kv-transfer-config")
+        assert '"kv_role":"kv_both"' in value(args, "--kv-transfer-config")
+    assert container("encoder")["resources"]["limits"]["nvidia.com/gpu"] == str(c.encode_gpus)
+    assert container("decoder")["resources"]["limits"]["nvidia.com/gpu"] == str(c.decode_gpus)
+
+    router = container("router")
+    assert router["command"] == ["vllm-router"]
+    assert "--vllm-pd-disaggregation" in router["args"]
+    prefills = [router["args"][i + 1] for i, a in enumerate(router["args"]) if a == "--prefill"]
+    decodes = [router["args"][i + 1] for i, a in enumerate(router["args"]) if a == "--decode"]
+    assert prefills == [f"http://x-encoder-{o}.x-stages:8000" for o in range(c.replicas)]
+    assert decodes == [f"http://x-decoder-{o}.x-stages:8000" for o in range(c.replicas)]
+    assert "resources" in router and "nvidia.com/gpu" not in str(router["resources"])
+    for sts in sets:
+        assert restricted_violations(sts["spec"]["template"]["spec"]) == []
+    service = builders.build_client_service("x", "ns", OWNER, spec, plan)
+    assert service["spec"]["selector"][names.LABEL_COMPONENT] == names.ROUTER
