@@ -118,6 +118,32 @@ def _plan_status(plan: dict[str, Any]) -> Any:
     return PlanStatus.model_validate(plan)
 
 
+async def test_workload_aware_on_vllm_runs_prefill_decode_and_the_router(
+    cluster: Cluster, operator: Operator
+) -> None:
+    overrides = {**TINY_LLAMA, "strategy": "WorkloadAware"}
+    overrides["hardware"] = {"gpus": 2, "gpuType": "nvidia-l4", "gpusPerNode": 2}
+    await cluster.create(deployment("x", **overrides))
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"))
+    await cluster.wait_for(lambda: len(cluster.statefulsets()) == 3)
+    status = cluster.deployment("x")["status"]  # type: ignore[index]
+    plan = status["plan"]
+    assert (plan["engine"], plan["strategy"]) == ("vLLM", "WorkloadAware")
+    by_name = {s["metadata"]["name"]: s for s in cluster.statefulsets()}
+    assert sorted(by_name) == ["x-decoder", "x-encoder", "x-router"]
+    [router] = by_name["x-router"]["spec"]["template"]["spec"]["containers"]
+    assert router["args"][router["args"].index("--prefill") + 1] == (
+        "http://x-encoder-0.x-stages:8000"
+    )
+    api = cluster.stored("v1", "services", "default", "x")
+    assert api is not None and api["spec"]["selector"][names.LABEL_COMPONENT] == names.ROUTER
+    for s in cluster.statefulsets():
+        await cluster.set_statefulset_ready("default", s["metadata"]["name"])
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
+    pods = 2 * plan["replicas"] + 1
+    assert cluster.deployment("x")["status"]["pods"] == {"desired": pods, "ready": pods}  # type: ignore[index]
+
+
 # -- a server started from the StatefulSet's arguments -------------------------------------
 
 
