@@ -3,6 +3,7 @@ and a word-level tokenizer trained with ``tokenizers`` at test time (nothing dow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,12 +100,14 @@ class InProcessEngine:
 @contextmanager
 def in_process_engine(model: Path, **engine_args: Any) -> Iterator[InProcessEngine]:
     """An in-process vLLM engine on the CPU with a small KV cache, synchronous scheduling
-    and no chunked prefill unless ``engine_args`` say otherwise; torch.distributed and
-    the thread count are restored afterwards."""
+    and no chunked prefill unless ``engine_args`` say otherwise; torch.distributed, the
+    thread count and the environment (vLLM sets ``LD_PRELOAD``, ``LOCAL_WORLD_SIZE``
+    and more, which later tests' subprocesses would inherit) are restored afterwards."""
     from vllm import EngineArgs, LLMEngine
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     threads = torch.get_num_threads()
+    environment = dict(os.environ)
     args: dict[str, Any] = dict(
         model=str(model), dtype="float32", max_model_len=256, max_num_seqs=8,
         max_num_batched_tokens=256, enable_chunked_prefill=False, async_scheduling=False,
@@ -134,3 +137,5 @@ def in_process_engine(model: Path, **engine_args: Any) -> Iterator[InProcessEngi
         engine.engine_core.shutdown()
         cleanup_dist_env_and_memory()
         torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(environment)
