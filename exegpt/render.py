@@ -83,6 +83,7 @@ def request_to_dict(request: PlanRequest) -> dict[str, Any]:
         "gpus": request.gpus,
         "gpus_per_node": request.gpus_per_node,
         "strategy": request.strategy,
+        "engine": request.engine,
         "latency_bound_s": request.latency_bound_s,
         "workload": workload_to_dict(request.workload),
     }
@@ -137,6 +138,7 @@ def plan_to_dict(result: Plan | Infeasible, request: PlanRequest) -> dict[str, A
         {
             "kind": "Plan",
             "strategy": result.strategy,
+            "engine": result.engine,
             "config": config_to_dict(result.config),
             "predicted": prediction_to_dict(result.predicted),
             "baselines": baselines,
@@ -193,6 +195,7 @@ def _header(request: PlanRequest) -> list[str]:
         ),
         ("latency bound", bound),
         ("strategy", request.strategy),
+        ("engine", request.engine),
     ]
     return [f"  {k:<14} {v}" for k, v in rows]
 
@@ -247,7 +250,7 @@ def plan_to_table(result: Plan | Infeasible, request: PlanRequest) -> str:
         return "\n".join(lines) + "\n"
 
     c, p = result.config, result.predicted
-    lines.append(f"Chosen plan: {result.strategy}")
+    lines.append(f"Chosen plan: {result.strategy} on {result.engine}")
     if result.reason:
         lines.append(f"  {result.reason}")
     detail: list[tuple[str, str]] = [

@@ -48,6 +48,7 @@ from .podspec import (
     weights_directory,
 )
 from .spec import API_VERSION, KIND, ExeGPTDeploymentSpec
+from .vllm_workers import build_vllm_workers
 
 Obj = dict[str, Any]
 
@@ -248,17 +249,22 @@ def build_workers(
     namespace: str,
     owner: Mapping[str, Any],
     spec: ExeGPTDeploymentSpec,
-    plan: Planned,
+    plan: WorkerPlan,
     plan_hash: str,
     image: str,
 ) -> list[Obj]:
-    """The StatefulSets that run ``plan``: ``worker`` for RoundRobin, ``encoder`` and
+    """The StatefulSets that run the worker plan ``plan`` (the document the plan
+    ConfigMap holds, ``plandoc.plan_document``): ``worker`` for RoundRobin, ``encoder`` and
     ``decoder`` for WorkloadAware (``plandoc.roles`` gives each one's pods and GPUs per
     pod). Pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
 
     The plan hash is an annotation of the StatefulSet and of its pod template (a new
     plan rolls the pods), never part of the selector (which is immutable).
+
+    A plan for vLLM runs vLLM's OpenAI servers instead (``vllm_workers``).
     """
+    if plan.engine == "vLLM":
+        return build_vllm_workers(name, namespace, _owner_refs(owner), spec, plan, plan_hash, image)
     return [
         _statefulset(name, namespace, owner, spec, role, pods, gpus, plan_hash, image)
         for role, pods, _stages, gpus in roles(plan)
@@ -366,7 +372,10 @@ def _instance_selector(name: str) -> dict[str, str]:
 
 
 def entry_role(plan: Planned) -> str:
-    """The role that takes client requests: worker (RoundRobin), encoder (WorkloadAware)."""
+    """The role that takes client requests: worker (RoundRobin), encoder (WorkloadAware),
+    and on vLLM the router in front of WorkloadAware's prefill and decode servers."""
+    if plan.engine == "vLLM" and plan.strategy == "WorkloadAware":
+        return names.ROUTER
     return roles(plan)[0][0]
 
 

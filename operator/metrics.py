@@ -27,6 +27,9 @@ from .answers import TooLarge, read_limited
 
 INPUT_METRIC = "exegpt_input_tokens"
 OUTPUT_METRIC = "exegpt_output_tokens"
+VLLM_INPUT_METRIC = "vllm:request_prompt_tokens"
+VLLM_OUTPUT_METRIC = "vllm:request_generation_tokens"
+"""vLLM's request-length histograms: the same meaning, from vLLM's ``/metrics``."""
 READ_TIMEOUT_SECONDS = 5.0
 MAX_BYTES = 1 << 20  # a worker's whole exposition is a few kB
 
@@ -188,11 +191,18 @@ def _histogram(text: str, metric: str) -> tuple[tuple[float, ...], tuple[int, ..
 def parse_length_histograms(text: str) -> LengthHistograms:
     """The input and output length histograms in Prometheus text (cumulative
     ``_bucket{le=...}`` lines turned into per-bucket counts); ``MetricsError`` when
-    either is missing or malformed, or their buckets differ."""
-    bounds_in, counts_in = _histogram(text, INPUT_METRIC)
-    bounds_out, counts_out = _histogram(text, OUTPUT_METRIC)
+    either is missing or malformed, or their buckets differ.
+
+    The own engine's workers export ``exegpt_input_tokens``/``exegpt_output_tokens``;
+    vLLM exports ``vllm:request_prompt_tokens``/``vllm:request_generation_tokens`` (one
+    series per engine, added up)."""
+    inputs, outputs = INPUT_METRIC, OUTPUT_METRIC
+    if f"{INPUT_METRIC}_bucket" not in text and f"{VLLM_INPUT_METRIC}_bucket" in text:
+        inputs, outputs = VLLM_INPUT_METRIC, VLLM_OUTPUT_METRIC
+    bounds_in, counts_in = _histogram(text, inputs)
+    bounds_out, counts_out = _histogram(text, outputs)
     if bounds_in != bounds_out:
-        raise MetricsError(f"{INPUT_METRIC} and {OUTPUT_METRIC} have different buckets")
+        raise MetricsError(f"{inputs} and {outputs} have different buckets")
     return LengthHistograms(bounds_in, counts_in, counts_out)
 
 

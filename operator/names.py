@@ -40,6 +40,7 @@ DECODER = "decoder"  # WorkloadAware
 PLAN = "plan"
 PEERS = "peers"  # the headless Service the pods find each other by
 API = "api"  # the Service clients send requests to
+ROUTER = "router"  # WorkloadAware on vLLM: vllm-router in front of prefill and decode
 
 # Kubernetes names the operator derives from a deployment's name must stay valid:
 # StatefulSet pods add "-<ordinal>" and a controller-revision-hash label of the

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from exegpt.planner.plan import ExecutionConfig, Plan
+from exegpt.planner.plan import Engine, ExecutionConfig, Plan, Strategy
 from exegpt.planner.workerplan import (
     ModelDoc,
     RoleDoc,
@@ -27,14 +27,16 @@ from . import names
 from .podspec import PLAN_FILE, weights_directory
 from .spec import ExeGPTDeploymentSpec
 
-OPERATOR_STRATEGIES = ("RoundRobin", "WorkloadAware")
-
 
 class Planned(Protocol):
     """A plan or a worker plan: what the workers' objects are built from."""
 
     @property
     def config(self) -> ExecutionConfig: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def strategy(self) -> Strategy: ...
 
 
 def plan_document(
@@ -50,9 +52,7 @@ def plan_document(
     given), recorded so that a new image changes the hash. ``spec`` is the spec planned
     with (after a drift replan, its workload is the observed one).
     """
-    strategy = plan.config.strategy
-    if strategy not in OPERATOR_STRATEGIES:
-        raise ValueError(f"the operator runs RoundRobin or WorkloadAware plans, not {strategy}")
+    roles(plan)  # refuses what the operator does not run
     model, topo = model_doc(spec), topology(deployment, plan)
     runner = RunnerDoc(image=image or spec.runner.image, port=spec.runner.port)
     if isinstance(plan, WorkerPlan):
@@ -100,7 +100,16 @@ def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
     In each, pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
     """
     c = plan.config
-    if c.strategy == "RoundRobin":
+    if plan.engine == "vLLM":
+        # one vLLM server per pod (planner/runnable.py): a replica, or WorkloadAware's
+        # prefill (``encoder``) and decode (``decoder``) instances
+        if plan.strategy == "WorkloadAware":
+            return [
+                (names.ENCODER, c.replicas, 1, c.encode_gpus),
+                (names.DECODER, c.replicas, 1, c.decode_gpus),
+            ]
+        return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
+    if plan.strategy == "RoundRobin":
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)
         ]

@@ -96,7 +96,7 @@ KINDS: dict[str, Kind] = {
     "Role": ROLE,
     "RoleBinding": ROLEBINDING,
 }
-WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER)
+WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER, names.ROUTER)
 PLANNER_VERSION = "1"
 # Pod fields the operator never sets that widen what a pod may reach or run: set on a
 # child by someone else, they are removed (see docs/operator.md).
@@ -525,11 +525,13 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     """The request-length histograms of the running plan's drivers, summed."""
     plan = p.status.plan
     assert plan is not None
-    # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives
-    if plan.strategy == "WorkloadAware":
-        role, stages = names.ENCODER, plan.encode_stages
-    else:
-        role, stages = names.WORKER, plan.pipeline_stages
+    running = await _running(p)
+    if running is None:
+        raise MetricsError("the plan ConfigMap does not hold the running plan")
+    # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives; on
+    # vLLM, WorkloadAware's decode servers see whole requests (prefill ones, one token)
+    roles = plandoc.roles(running)
+    role, _, stages, _ = roles[1] if running.engine == "vLLM" and len(roles) > 1 else roles[0]
     selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
     pods = await p.ctx.kube.list(POD, p.namespace, selector)
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)
@@ -659,6 +661,7 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
     c = plan.config
     return PlanStatus(
         strategy=plan.strategy,
+        engine=plan.engine,
         replicas=c.replicas,
         tensor_parallel=c.tensor_parallel,
         tp_scope=c.tp_scope,
@@ -698,7 +701,7 @@ async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Planned) -> None:
     image = spec.runner.image or s.runtime_image
     doc = plandoc.plan_document(p.name, spec, plan, image)
     digest = doc.hash()
-    workers = builders.build_workers(p.name, p.namespace, p.owner, spec, plan, digest, image)
+    workers = builders.build_workers(p.name, p.namespace, p.owner, spec, doc, digest, image)
     desired = [
         builders.build_plan_configmap(
             names.plan_configmap(p.name), p.namespace, p.owner, doc, digest

@@ -49,6 +49,16 @@ def plan_request(spec: ExeGPTDeploymentSpec) -> PlanRequest:
             "lower the input or output lengths, or use a model with a longer context",
         )
 
+    engine = spec.engine
+    if spec.model.weights is None:
+        if engine == "vLLM":
+            raise SpecError(
+                "spec.model.weights",
+                "vLLM serves a checkpoint: give the weights' PVC and path, or set "
+                "spec.engine to ExeGPT (random weights, for benchmarking)",
+            )
+        engine = "ExeGPT" if engine == "Auto" else engine
+
     return PlanRequest(
         architecture=architecture,
         gpu=gpu,
@@ -58,6 +68,7 @@ def plan_request(spec: ExeGPTDeploymentSpec) -> PlanRequest:
         workload=workload,
         latency_bound_s=spec.slo.latency,
         strategy=spec.strategy,
+        engine=engine,
         executable_only=True,  # the plan is deployed: only what the workers run
     )
 

@@ -38,7 +38,7 @@ from exegpt.planner.architecture import Architecture, Dtype, get_architecture
 from exegpt.planner.hardware import ALIASES as GPU_ALIASES
 from exegpt.planner.hardware import PRESETS as GPU_PRESETS
 from exegpt.planner.hardware import get_gpu
-from exegpt.planner.plan import StrategyChoice
+from exegpt.planner.plan import EngineChoice, StrategyChoice
 from exegpt.planner.profilekeys import GROUP as GROUP
 from exegpt.planner.workload_spec import WorkloadSpec
 
@@ -566,6 +566,13 @@ class ExeGPTDeploymentSpec(BaseModel):
         description="Allocation strategy: Auto (the planner picks the best), RoundRobin "
         "(every GPU encodes and decodes) or WorkloadAware (GPUs split between encoding "
         "and decoding).",
+    )
+    engine: EngineChoice = Field(
+        default="Auto",
+        description="The engine the workers run: vLLM (with the ExeGPT schedule inside it), "
+        "ExeGPT (the project's own engine, which also runs encoder-decoder models and "
+        "partial tensor parallelism) or Auto (vLLM wherever it runs the model and a plan "
+        "meeting the bound, else ExeGPT).",
     )
     profiling: ProfilingSpec = Field(
         default_factory=ProfilingSpec, description="Where the planner's layer times come from."

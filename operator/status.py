@@ -60,7 +60,8 @@ class AlternativeStatus(_Model):
 
 
 class PlanStatus(_Model):
-    strategy: Literal["RoundRobin", "WorkloadAware"]
+    strategy: Literal["RoundRobin", "WorkloadAware", "Continuous"]
+    engine: Literal["ExeGPT", "vLLM"] = "ExeGPT"
     replicas: int
     tensor_parallel: int = Field(alias="tensorParallel")
     tp_scope: str = Field(alias="tpScope")

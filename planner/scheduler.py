@@ -37,6 +37,7 @@ from .plan import (
     Strategy,
 )
 from .profile import Profile
+from .runnable import vllm_runs_model
 from .simulator import Simulator
 from .strategies import strategy_model
 
@@ -461,11 +462,59 @@ def schedule(
 ) -> PlanResult:
     """Plan ``request`` on ``profile``: the best configuration meeting the bound, the
     next best alternatives, and the Static and Continuous baselines under the same
-    bound; or ``Infeasible`` with the lowest latency any configuration reaches."""
+    bound; or ``Infeasible`` with the lowest latency any configuration reaches.
+
+    ``request.engine`` Auto plans for vLLM when vLLM runs the model and some
+    configuration it runs meets the bound, and for the project's own engine otherwise;
+    the plan names the engine it is for."""
+    if request.engine != "Auto":
+        return _schedule(request, profile, exhaustive=exhaustive, time_limit_s=time_limit_s)
     start = time.monotonic()
+    if vllm_runs_model(request.architecture):
+        on_vllm = _schedule(
+            request.model_copy(update={"engine": "vLLM"}),
+            profile,
+            exhaustive=exhaustive,
+            time_limit_s=time_limit_s,
+        )
+        if isinstance(on_vllm, Plan):
+            return on_vllm
+    left = None if time_limit_s is None else max(time_limit_s - (time.monotonic() - start), 0.0)
+    return _schedule(
+        request.model_copy(update={"engine": "ExeGPT"}),
+        profile,
+        exhaustive=exhaustive,
+        time_limit_s=left,
+    )
+
+
+def _schedule(
+    request: PlanRequest,
+    profile: Profile,
+    *,
+    exhaustive: bool,
+    time_limit_s: float | None,
+) -> PlanResult:
+    """``schedule`` for the one engine ``request.engine`` names."""
+    start = time.monotonic()
+    if request.engine == "vLLM" and not vllm_runs_model(request.architecture):
+        return Infeasible(
+            latency_bound_s=request.latency_bound_s,
+            best_latency_s=None,
+            message=(
+                f"vLLM does not run encoder-decoder models ({request.architecture.name}): "
+                "set spec.engine to ExeGPT or Auto"
+            ),
+            search=SearchStats(seconds=0.0, evaluated=0, space=0, exhaustive=exhaustive),
+        )
     sim = Simulator(request, profile)
     wanted: tuple[Strategy, ...] = (
         ("RoundRobin", "WorkloadAware") if request.strategy == "Auto" else (request.strategy,)
+    )
+    # On vLLM, stock vLLM (Continuous) is a candidate too: a plan is never predicted
+    # worse than what vLLM does without the ExeGPT schedule.
+    candidates: tuple[Strategy, ...] = wanted + (
+        ("Continuous",) if request.engine == "vLLM" and request.strategy == "Auto" else ()
     )
     search = _Search(
         sim=sim,
@@ -492,7 +541,7 @@ def schedule(
         truncated=search.truncated,
     )
     ranked = sorted(
-        (c for s in wanted for c in search.found.get(s, {}).values()),
+        (c for s in candidates for c in search.found.get(s, {}).values()),
         key=lambda c: (_rank(c), _shape_key(c.config)),
         reverse=True,
     )
@@ -504,6 +553,7 @@ def schedule(
     baselines = {"Static": search.best("Static"), "Continuous": search.best("Continuous")}
     return Plan(
         strategy=best.config.strategy,
+        engine="vLLM" if request.engine == "vLLM" else "ExeGPT",
         config=best.config,
         predicted=best.predicted,
         alternatives=ranked[1:4],
@@ -520,9 +570,18 @@ def _reason(
     chosen = best.config.strategy
     if len(wanted) == 1:
         return f"{chosen} was requested by spec.strategy"
+    bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
+    if chosen == "Continuous":
+        own = max(
+            (c.predicted.throughput_qps for s in wanted if (c := search.best(s)) is not None),
+            default=0.0,
+        )
+        return (
+            f"Continuous (stock vLLM): the best ExeGPT schedule reaches "
+            f"{own / max(best.predicted.throughput_qps, 1e-12):.2f}x its throughput under {bound}"
+        )
     other: Strategy = "WorkloadAware" if chosen == "RoundRobin" else "RoundRobin"
     rival = search.best(other)
-    bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
     if rival is None:
         if request.latency_bound_s is None:
             return f"{chosen}: no {other} configuration fits on {request.gpus} x {request.gpu.name}"

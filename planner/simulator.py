@@ -21,7 +21,7 @@ from .moments import Moments
 from .plan import Engine, ExecutionConfig, PlanRequest, Prediction
 from .prefill import PrefillLengths
 from .profile import Profile
-from .runnable import worker_limitation
+from .runnable import vllm_deployment_limitation, vllm_limitation, worker_limitation
 from .strategies import strategy_model
 
 
@@ -80,6 +80,11 @@ class Simulator:
         problem = model.shape_problem(self, c)
         if problem:
             return problem
+        if self.request.engine == "vLLM":  # a plan for vLLM is always one it runs
+            reason = vllm_limitation(c, arch)
+            if not reason and self.request.executable_only:
+                reason = vllm_deployment_limitation(c, self.request.gpus_per_node)
+            return reason
         if self.request.executable_only:
             return worker_limitation(c, arch)
         return ""

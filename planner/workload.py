@@ -537,7 +537,7 @@ def _copula_grid(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Quadrature of a Gaussian copula: weights w over z in [-7, 7], X at each z1, and Y at
     (z1, z2) = Y(rho z1 + sqrt(1 - rho^2) z2)."""
-    z = np.arange(-7.0, 7.0 + _GRID_STEP / 2, _GRID_STEP)
+    z = np.arange(-7.0, 7.0 + _GRID_STEP / 2, _GRID_STEP, dtype=np.float64)
     w = np.exp(-0.5 * z * z)
     w /= w.sum()
     xs = x.quantile_of(normal_cdf(z)).astype(np.float64)

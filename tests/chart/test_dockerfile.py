@@ -174,9 +174,15 @@ def test_runtime_image_runs_what_the_operator_starts() -> None:
     commands = {
         (tuple(c["command"]), c["args"][0]) for pod in pods if pod for c in pod["containers"]
     }
-    assert commands == {(("exegpt",), "profile"), (("exegpt",), "serve")}
+    vllm = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+    expected = {(("exegpt",), "profile"), (("exegpt",), "serve"), (vllm, "--model")}
+    assert commands - {(("vllm-router",), "--host")} == expected
     assert entrypoint("runtime") == ["exegpt"]
     assert {"profile", "serve"} <= subcommands()
+    # vLLM's server (plans for vLLM) runs from the same image, at the tested version
+    args = dict(a.partition("=")[::2] for s in chain("runtime") for a in s.all("ARG") if "=" in a)
+    assert (args["VLLM"], args["VLLM_ROUTER"]) == ("vllm==0.32.0", "vllm-router==0.1.17")
+    assert '"${VLLM}"' in run_text(chain("runtime"))
 
 
 def test_operator_image_has_no_torch() -> None:

@@ -78,7 +78,7 @@ def manifests(example: str) -> tuple[dict[str, Any], ...]:
     )
     return (
         builders.build_plan_configmap(name, NAMESPACE, owner, doc, digest),
-        *builders.build_workers(name, NAMESPACE, owner, spec, plan, digest, IMAGE),
+        *builders.build_workers(name, NAMESPACE, owner, spec, doc, digest, IMAGE),
         builders.build_headless_service(name, NAMESPACE, owner),
         builders.build_client_service(name, NAMESPACE, owner, spec, plan),
         builders.build_profile_job(NAMESPACE, spec, key, 1, IMAGE, "exegpt-profiler", 7200.0),

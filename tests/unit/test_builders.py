@@ -102,15 +102,15 @@ def render(spec: ExeGPTDeploymentSpec, plan: Plan, image: str = IMAGE) -> list[d
     digest = plandoc.plan_hash(doc)
     return [
         builders.build_plan_configmap(NAME, NS, OWNER, doc, digest),
-        *builders.build_workers(NAME, NS, OWNER, spec, plan, digest, image),
+        *builders.build_workers(NAME, NS, OWNER, spec, doc, digest, image),
         builders.build_headless_service(NAME, NS, OWNER),
         builders.build_client_service(NAME, NS, OWNER, spec, plan),
     ]
 
 
 def workers(spec: ExeGPTDeploymentSpec, plan: Plan, image: str = IMAGE) -> list[dict[str, Any]]:
-    digest = plandoc.plan_hash(plandoc.plan_document(NAME, spec, plan, image))
-    return builders.build_workers(NAME, NS, OWNER, spec, plan, digest, image)
+    doc = plandoc.plan_document(NAME, spec, plan, image)
+    return builders.build_workers(NAME, NS, OWNER, spec, doc, plandoc.plan_hash(doc), image)
 
 
 def container(sts: dict[str, Any]) -> dict[str, Any]:
@@ -336,7 +336,7 @@ def test_operator_runs_only_roundrobin_and_workload_aware() -> None:
     with pytest.raises(ValueError, match="Static"):
         plandoc.plan_document(NAME, make_spec(), static)
     with pytest.raises(ValueError, match="Static"):
-        builders.build_workers(NAME, NS, OWNER, make_spec(), static, "h", IMAGE)
+        plandoc.roles(static)
 
 
 # -- the plan ConfigMap --------------------------------------------------------------------
@@ -476,7 +476,7 @@ def test_worker_pod_templates_agree_with_the_plan_document(config: ExecutionConf
     doc = plandoc.plan_document(NAME, spec, plan, IMAGE)
     digest = plandoc.plan_hash(doc)
     cm = builders.build_plan_configmap(NAME, NS, OWNER, doc, digest)
-    sets = builders.build_workers(NAME, NS, OWNER, spec, plan, digest, IMAGE)
+    sets = builders.build_workers(NAME, NS, OWNER, spec, doc, digest, IMAGE)
 
     rendered = json.loads(cm["data"]["plan.json"])
     workload = plan_request(spec).workload

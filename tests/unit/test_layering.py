@@ -23,6 +23,8 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
                 "kopf",
                 "kubernetes",
                 "torch",
+                "vllm",
+                "vllm_router",
                 "exegpt.operator",
                 "exegpt.runner",
                 "exegpt.cli",
@@ -32,7 +34,7 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "exegpt.operator": (
         "operator",
-        frozenset({"torch", "exegpt.runner", "exegpt.cli", "exegpt.bench"}),
+        frozenset({"torch", "vllm", "vllm_router", "exegpt.runner", "exegpt.cli", "exegpt.bench"}),
     ),
     "exegpt.runner": ("runner", frozenset({"kopf", "exegpt.operator", "exegpt.cli"})),
 }

@@ -1,0 +1,224 @@
+"""The worker StatefulSets of a plan that vLLM executes (``plan.engine == "vLLM"``).
+
+Each vLLM OpenAI server runs in one pod (``plandoc.roles``): ``worker`` pods, one per
+replica, for RoundRobin, Static and Continuous; for WorkloadAware, ``encoder`` pods (the
+prefill servers) and ``decoder`` pods (the decode servers), one each per replica, joined
+by a KV connector, with ``router`` (``vllm-router --vllm-pd-disaggregation``) in front.
+A server pod runs ``python3 -m vllm.entrypoints.openai.api_server`` with the arguments
+``exegpt.planner.vllm_args.server_args`` renders from the plan (parallelism, batch caps,
+the ExeGPT scheduler and its schedule, the KV connector), the weights read-only from the
+PVC, a memory-backed ``/dev/shm``, vLLM's ``/health`` as its probes, under the Pod
+Security Standards ``restricted`` profile. Pure functions; docs/vllm.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exegpt.planner.vllm_args import SERVER_MODULE, KvCache, KvTransfer, Role, server_args
+from exegpt.planner.workerplan import WorkerPlan
+
+from . import names
+from .plandoc import roles
+from .podspec import (
+    CACHE_DIR,
+    HTTP,
+    base_env,
+    gpu_resources,
+    placement,
+    restricted_container_security,
+    restricted_pod_security,
+    scratch_volumes,
+)
+from .spec import ExeGPTDeploymentSpec
+
+Obj = dict[str, Any]
+
+TERMINATION_GRACE_SECONDS = 60
+CONTAINER = "vllm"
+ROUTER_IMAGE_COMMAND = "vllm-router"
+SERVER_ROLES: dict[str, Role] = {
+    names.WORKER: "server",
+    names.ENCODER: "prefill",
+    names.DECODER: "decode",
+}
+"""The vLLM server each StatefulSet of ``plandoc.roles`` runs."""
+KV_CONNECTOR = "NixlConnector"
+"""WorkloadAware's KV hand-over between GPUs (NIXL); on the CPU, ``ExampleConnector``."""
+
+
+def vllm_args(doc: WorkerPlan, gpus_per_node: int, role: Role = "server") -> list[str]:
+    """The arguments of the worker plan ``doc``'s ``role`` servers (after ``-m
+    SERVER_MODULE``): everything comes from the plan document the operator writes into
+    the plan ConfigMap, its KV capacity included (the decoding servers allocate the
+    blocks the planner priced)."""
+    weights = doc.model.weights
+    if weights is None:
+        raise ValueError("spec.model.weights: vLLM serves a checkpoint; give its PVC and path")
+    kv = doc.capacity
+    return server_args(
+        doc,
+        model_dir=weights.directory,
+        served_model_name=doc.model.name,
+        dtype=doc.model.dtype,
+        max_input_tokens=doc.limits.maxInputTokens,
+        max_output_tokens=doc.limits.maxOutputTokens,
+        port=doc.runner.port,
+        gpus_per_node=gpus_per_node,
+        role=role,
+        kv_cache=None if role == "prefill" else KvCache(kv.blocks, kv.block_size),
+        kv_transfer=None if role == "server" else KvTransfer(KV_CONNECTOR),
+    )
+
+
+def router_args(name: str, pods: dict[str, int], port: int) -> list[str]:
+    """``vllm-router`` in front of WorkloadAware's servers: every prefill (``encoder``)
+    and decode (``decoder``) pod by its stable name on the headless Service."""
+    service = names.headless_service(name)
+
+    def urls(role: str) -> list[str]:
+        sts = names.statefulset(name, role)
+        return [f"http://{sts}-{o}.{service}:{port}" for o in range(pods[role])]
+
+    args = ["--host", "0.0.0.0", "--port", str(port), "--vllm-pd-disaggregation"]
+    for url in urls(names.ENCODER):
+        args += ["--prefill", url]
+    for url in urls(names.DECODER):
+        args += ["--decode", url]
+    return args
+
+
+def vllm_probes() -> Obj:
+    """vLLM's ``/health`` for readiness and liveness, and a startup probe that allows 30
+    minutes for loading the model (and compiling) before liveness applies."""
+
+    def get(period: int, failures: int) -> Obj:
+        return {
+            "failureThreshold": failures,
+            "httpGet": {"path": "/health", "port": HTTP},
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+        }
+
+    return {
+        "livenessProbe": get(10, 3),
+        "readinessProbe": get(5, 3),
+        "startupProbe": get(10, 180),
+    }
+
+
+def build_vllm_workers(
+    name: str,
+    namespace: str,
+    owner_refs: list[Obj],
+    spec: ExeGPTDeploymentSpec,
+    plan: WorkerPlan,
+    plan_hash: str,
+    image: str,
+) -> list[Obj]:
+    """The StatefulSets of the worker plan ``plan``'s vLLM servers (and, for
+    WorkloadAware, of the router). The plan hash annotates each and its pod template (a
+    new plan rolls them)."""
+    out = []
+    pods_of: dict[str, int] = {}
+    for role, pods, _nodes, gpus in roles(plan):
+        pods_of[role] = pods
+        server = SERVER_ROLES[role]
+        args = vllm_args(plan, spec.hardware.gpus_per_node, server)
+        container = _server_container(spec, args, gpus, server)
+        pod = _pod(spec, container, image, with_weights=True)
+        out.append(_statefulset(name, namespace, owner_refs, role, pods, plan_hash, pod))
+    if plan.strategy == "WorkloadAware":
+        port = spec.runner.port
+        container = {
+            "name": CONTAINER,
+            "command": [ROUTER_IMAGE_COMMAND],
+            "args": router_args(name, pods_of, port),
+            "env": base_env({"XDG_CACHE_HOME": f"{CACHE_DIR}/.cache"}),
+            "ports": [{"name": HTTP, "containerPort": port, "protocol": "TCP"}],
+            **vllm_probes(),
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            "securityContext": restricted_container_security(),
+        }
+        pod = _pod(spec, container, image, with_weights=False)
+        out.append(_statefulset(name, namespace, owner_refs, names.ROUTER, 1, plan_hash, pod))
+    return out
+
+
+def _statefulset(
+    name: str,
+    namespace: str,
+    owner_refs: list[Obj],
+    role: str,
+    pods: int,
+    plan_hash: str,
+    pod: Obj,
+) -> Obj:
+    labels = dict(sorted(names.labels(name, role).items()))
+    hashed = {names.ANNOTATION_PLAN_HASH: plan_hash}
+    template_annotations = {**hashed, "kubectl.kubernetes.io/default-container": CONTAINER}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": names.statefulset(name, role),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": hashed,
+            "ownerReferences": owner_refs,
+        },
+        "spec": {
+            "replicas": pods,
+            "serviceName": names.headless_service(name),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": dict(sorted(names.selector(name, role).items()))},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": dict(sorted(template_annotations.items())),
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _server_container(spec: ExeGPTDeploymentSpec, args: list[str], gpus: int, role: Role) -> Obj:
+    env = {
+        # caches vLLM, torch.compile and Triton write (the root filesystem is read-only)
+        "XDG_CACHE_HOME": f"{CACHE_DIR}/.cache",
+        "VLLM_CACHE_ROOT": f"{CACHE_DIR}/.cache/vllm",
+        "HF_HUB_OFFLINE": "1",
+    }
+    variables = base_env(env)
+    if role != "server":  # NIXL's side channel: the address the other instance dials
+        variables.append(
+            {
+                "name": "VLLM_NIXL_SIDE_CHANNEL_HOST",
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+            }
+        )
+        variables.sort(key=lambda v: str(v["name"]))
+    return {
+        "name": CONTAINER,
+        "command": ["python3", "-m", SERVER_MODULE],
+        "args": args,
+        "env": variables,
+        "ports": [{"name": HTTP, "containerPort": spec.runner.port, "protocol": "TCP"}],
+        **vllm_probes(),
+        "resources": gpu_resources(gpus),
+        "securityContext": restricted_container_security(),
+    }
+
+
+def _pod(spec: ExeGPTDeploymentSpec, container: Obj, image: str, *, with_weights: bool) -> Obj:
+    volumes, mounts = scratch_volumes(spec.model.weights if with_weights else None)
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": restricted_pod_security(),
+        "containers": [{**container, "image": image, "volumeMounts": mounts}],
+        "volumes": volumes,
+        **placement(spec.hardware),
+    }

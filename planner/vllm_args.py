@@ -1,0 +1,190 @@
+"""The command lines of vLLM's OpenAI server that execute a plan (pure; no vLLM import).
+
+One vLLM server runs each model replica (RoundRobin, Static, Continuous), or each prefill
+instance and each decode instance of a WorkloadAware replica. A replica larger than a node
+spans ``nnodes`` pods of a StatefulSet with vLLM's multiprocessing backend (no Ray): the
+pod of node rank 0 serves the API, the others run vLLM's headless workers
+(docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .plan import Plan
+from .vllm_schedule import SCHEDULER_CLS, VllmSchedule
+from .workerplan import WorkerPlan
+
+Role = Literal["server", "prefill", "decode"]
+"""``server``: a whole replica; ``prefill`` and ``decode``: the two instances of a
+WorkloadAware replica."""
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+HEADLESS_MODULE = "vllm.entrypoints.cli.main"
+"""Nodes other than rank 0 of a multi-node replica: ``serve --headless``."""
+MASTER_PORT = 29500
+CONTINUOUS_TOKEN_BUDGET = 2048
+"""``max_num_batched_tokens`` of stock vLLM (Continuous): vLLM's own online default."""
+NODE_RANK = "$(NODE_RANK)"
+"""The node rank as the pod's environment gives it (Kubernetes expands ``$(VAR)``)."""
+
+
+@dataclass(frozen=True)
+class KvCache:
+    """The KV cache a server allocates: ``blocks`` of ``block_size`` tokens each (vLLM's
+    ``--num-gpu-blocks-override`` and ``--block-size``)."""
+
+    blocks: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class KvTransfer:
+    """The KV connector of a WorkloadAware instance: ``NixlConnector`` between GPUs, or
+    ``ExampleConnector`` with a ``storage_path`` shared by both instances on the CPU."""
+
+    connector: str = "NixlConnector"
+    storage_path: str | None = None
+
+    def config(self) -> str:
+        extra = {} if self.storage_path is None else {"shared_storage_path": self.storage_path}
+        doc = {"kv_connector": self.connector, "kv_role": "kv_both"}
+        if extra:
+            doc["kv_connector_extra_config"] = extra  # type: ignore[assignment]
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ServerShape:
+    """What one vLLM server of a plan runs: parallelism, batch caps and schedule."""
+
+    tensor_parallel: int
+    pipeline_stages: int
+    max_num_seqs: int
+    schedule: VllmSchedule | None
+    """None: stock vLLM (no ExeGPT scheduler)."""
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel * self.pipeline_stages
+
+
+def server_shape(
+    plan: Plan | WorkerPlan, max_output_tokens: int, role: Role = "server"
+) -> ServerShape:
+    """The server of ``role`` that executes ``plan`` (a plan for vLLM) for outputs of at
+    most ``max_output_tokens``."""
+    if plan.engine != "vLLM":
+        raise ValueError(f"the plan is for the {plan.engine} engine, not vLLM")
+    c = plan.config
+    if c.strategy == "WorkloadAware":
+        if role == "prefill":
+            return ServerShape(c.encode_tp, c.encode_stages, c.encode_batch, None)
+        if role == "decode":
+            return ServerShape(c.tensor_parallel, c.pipeline_stages, c.decode_batch, None)
+        raise ValueError("a WorkloadAware plan runs 'prefill' and 'decode' servers")
+    if role != "server":
+        raise ValueError(f"a {c.strategy} plan runs 'server' servers, not {role!r}")
+    if c.strategy == "Continuous":
+        return ServerShape(c.tensor_parallel, c.pipeline_stages, c.decode_batch, None)
+    schedule = VllmSchedule.from_config(c, max_output_tokens)
+    return ServerShape(c.tensor_parallel, c.pipeline_stages, schedule.decode_batch, schedule)
+
+
+def nodes(shape: ServerShape, gpus_per_node: int) -> int:
+    """Pods (nodes) one server spans."""
+    if shape.gpus > gpus_per_node and shape.gpus % gpus_per_node != 0:
+        raise ValueError(
+            f"a server of {shape.gpus} GPUs cannot be split evenly over nodes of "
+            f"{gpus_per_node} GPUs"
+        )
+    return max(1, math.ceil(shape.gpus / gpus_per_node))
+
+
+def server_args(
+    plan: Plan | WorkerPlan,
+    *,
+    model_dir: str,
+    served_model_name: str,
+    dtype: str,
+    max_input_tokens: int,
+    max_output_tokens: int,
+    port: int,
+    gpus_per_node: int,
+    role: Role = "server",
+    kv_cache: KvCache | None = None,
+    kv_transfer: KvTransfer | None = None,
+    master_addr: str | None = None,
+    node_rank: str = NODE_RANK,
+) -> list[str]:
+    """vLLM's arguments (after the module) for one server of ``plan``.
+
+    ``max_num_seqs`` is the plan's batch cap; ``max_model_len`` the longest input plus
+    output; ``max_num_batched_tokens`` fits the encode batch's longest prompts and the
+    decode batch in one step, so an encode batch is never chunked (Continuous keeps vLLM's
+    chunked prefill and its default budget). A server over several nodes needs
+    ``master_addr`` (the rank-0 pod's address); ``node_rank`` is the pod's rank.
+    """
+    shape = server_shape(plan, max_output_tokens, role)
+    max_model_len = max_input_tokens + max_output_tokens
+    args = [
+        "--model", model_dir,
+        "--served-model-name", served_model_name,
+        "--dtype", dtype,
+        "--host", "0.0.0.0",
+        "--port", str(port),
+        "--tensor-parallel-size", str(shape.tensor_parallel),
+        "--pipeline-parallel-size", str(shape.pipeline_stages),
+        "--distributed-executor-backend", "mp",
+        "--max-model-len", str(max_model_len),
+        "--max-num-seqs", str(shape.max_num_seqs),
+    ]  # fmt: skip
+    schedule = shape.schedule
+    if schedule is None:
+        budget = max(CONTINUOUS_TOKEN_BUDGET, shape.max_num_seqs)
+        args += ["--max-num-batched-tokens", str(budget)]
+    else:
+        budget = max(
+            max_model_len,
+            schedule.encode_batch * max_input_tokens + schedule.decode_batch,
+        )
+        args += [
+            "--max-num-batched-tokens", str(budget),
+            "--no-enable-chunked-prefill",
+            "--no-async-scheduling",
+            "--scheduler-cls", SCHEDULER_CLS,
+            "--additional-config", json.dumps(schedule.additional_config(), sort_keys=True),
+        ]  # fmt: skip
+    if kv_cache is not None:
+        args += [
+            "--block-size", str(kv_cache.block_size),
+            "--num-gpu-blocks-override", str(kv_cache.blocks),
+        ]  # fmt: skip
+    if (role == "server") != (kv_transfer is None):
+        raise ValueError("prefill and decode servers, and only they, take a kv_transfer")
+    if kv_transfer is not None:
+        args += ["--kv-transfer-config", kv_transfer.config()]
+    count = nodes(shape, gpus_per_node)
+    if count > 1:
+        if master_addr is None:
+            raise ValueError(f"a server over {count} nodes needs master_addr (its rank-0 pod)")
+        args += [
+            "--nnodes", str(count),
+            "--node-rank", node_rank,
+            "--master-addr", master_addr,
+            "--master-port", str(MASTER_PORT),
+        ]  # fmt: skip
+    return args
+
+
+def launch_script() -> str:
+    """The shell a multi-node server's pods run (``sh -c SCRIPT vllm ARGS...``): rank 0
+    serves the API, the other ranks run vLLM's headless workers."""
+    return (
+        'if [ "$NODE_RANK" = 0 ]; then '
+        f'exec python3 -m {SERVER_MODULE} "$@"; '
+        f'else exec python3 -m {HEADLESS_MODULE} serve --headless "$@"; fi'
+    )
