@@ -525,13 +525,16 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
     """The request-length histograms of the running plan's drivers, summed."""
     plan = p.status.plan
     assert plan is not None
-    running = await _running(p)
-    if running is None:
-        raise MetricsError("the plan ConfigMap does not hold the running plan")
     # the entry StatefulSet (RoundRobin's workers, WorkloadAware's encoders) drives; on
-    # vLLM, WorkloadAware's decode servers see whole requests (prefill ones, one token)
-    roles = plandoc.roles(running)
-    role, _, stages, _ = roles[1] if running.engine == "vLLM" and len(roles) > 1 else roles[0]
+    # vLLM (one server per pod, plandoc.roles), WorkloadAware's decode servers see whole
+    # requests (prefill ones, one token)
+    if plan.engine == "vLLM":
+        role = names.DECODER if plan.strategy == "WorkloadAware" else names.WORKER
+        stages = 1
+    elif plan.strategy == "WorkloadAware":
+        role, stages = names.ENCODER, plan.encode_stages
+    else:
+        role, stages = names.WORKER, plan.pipeline_stages
     selector = ",".join(f"{k}={v}" for k, v in sorted(names.selector(p.name, role).items()))
     pods = await p.ctx.kube.list(POD, p.namespace, selector)
     drivers = driver_pods(pods, names.statefulset(p.name, role), stages)

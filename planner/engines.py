@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .architecture import Architecture
+from .kvcapacity import VLLM_BLOCK_SIZE
 from .plan import Engine, EngineChoice
 
 VLLM_MAX_NUM_BATCHED_TOKENS = 8192
-"""vLLM's default token budget per step with chunked prefill (online serving)."""
-VLLM_KV_BLOCK_TOKENS = 16
-"""vLLM's default KV cache block size, in tokens."""
+"""The token budget per step of stock vLLM (the Continuous baseline, chunked prefill):
+vLLM's online default on H100/H200-class GPUs. The planner prices it and the operator
+renders it (``vllm_args``), so the baseline that runs is the one priced."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ VLLM = EngineModel(
     overlapped_steps=True,
     pads_encoder_decoder=False,
     token_budget=VLLM_MAX_NUM_BATCHED_TOKENS,
-    kv_block_tokens=VLLM_KV_BLOCK_TOKENS,
+    kv_block_tokens=VLLM_BLOCK_SIZE,
 )
 
 

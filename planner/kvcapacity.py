@@ -28,8 +28,9 @@ from .plan import Engine, ExecutionConfig
 
 KV_SAFETY_SIGMAS = 3.0
 """Standard deviations of room the steady decode batch and its context get."""
-VLLM_BLOCK_SIZE = 16
-"""Tokens per paged block of vLLM's KV cache."""
+VLLM_BLOCK_SIZE = 32
+"""Tokens per paged block of vLLM's KV cache: a size every vLLM attention backend takes
+(the CPU backend needs a multiple of 32; vLLM's GPU default is 16)."""
 
 
 class KvCapacity(BaseModel):

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .engines import VLLM_MAX_NUM_BATCHED_TOKENS
 from .plan import Plan
 from .vllm_schedule import SCHEDULER_CLS, VllmSchedule
 from .workerplan import WorkerPlan
@@ -26,8 +27,6 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 HEADLESS_MODULE = "vllm.entrypoints.cli.main"
 """Nodes other than rank 0 of a multi-node replica: ``serve --headless``."""
 MASTER_PORT = 29500
-CONTINUOUS_TOKEN_BUDGET = 2048
-"""``max_num_batched_tokens`` of stock vLLM (Continuous): vLLM's own online default."""
 NODE_RANK = "$(NODE_RANK)"
 """The node rank as the pod's environment gives it (Kubernetes expands ``$(VAR)``)."""
 
@@ -144,7 +143,7 @@ def server_args(
     ]  # fmt: skip
     schedule = shape.schedule
     if schedule is None:
-        budget = max(CONTINUOUS_TOKEN_BUDGET, shape.max_num_seqs)
+        budget = max(VLLM_MAX_NUM_BATCHED_TOKENS, shape.max_num_seqs)
         args += ["--max-num-batched-tokens", str(budget)]
     else:
         budget = max(
