@@ -112,8 +112,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.peering.priority = config.peering_priority or 1 + secrets.randbelow(2**31 - 2)
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_client_timeout
-        # kopf's own requests (its annotations, events) get the same total deadline.
-        settings.networking.request_timeout = config.api_timeout_seconds
         settings.posting.level = logging.WARNING
         # The status schema is structural, so the API server would prune kopf's own
         # status fields: keep kopf's bookkeeping in annotations instead.

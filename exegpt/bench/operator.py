@@ -2,7 +2,8 @@
 
 N deployments (default 200; 20 with ``--quick``) are created on the emulated API (the
 test harness's kmock emulator, serving in this process), and the real operator runs as
-a separate process (``python -m exegpt operator``) against it. Measured:
+a separate process against it (``python -m exegpt operator``, default settings but a
+5 s resync). Measured:
 
 - the time from creating them all to every one having a plan;
 - SLO-edit-to-plan latency (an edit of ``spec.slo.latency`` to a new bound, until the
@@ -97,7 +98,6 @@ async def _operator(url: str, log: Path | None) -> AsyncIterator[subprocess.Pope
         "EXEGPT_NAMESPACES": NAMESPACE,
         "EXEGPT_LIVENESS_ENDPOINT": "",
         "EXEGPT_RESYNC_SECONDS": str(RESYNC_S),
-        "EXEGPT_API_TIMEOUT_SECONDS": "2",
         "EXEGPT_PLAN_TIME_LIMIT_SECONDS": "10",
     }
     out = log.open("ab") if log else subprocess.DEVNULL
@@ -134,15 +134,18 @@ async def _wait(check: Callable[[], bool], timeout: float, poll: float = 0.05) -
 
 
 async def _edits(cluster: Any, names: list[str], count: int, start: int) -> list[float]:
-    """Seconds from each SLO edit to its plan in status (``inf`` past 60 s)."""
+    """Seconds from each SLO edit to its plan in status (``inf`` past 30 s)."""
     out: list[float] = []
     for i in range(count):
         name = names[i % len(names)]
         bound = round(2.5 + 0.001 * (start + i), 3)
         begin = time.monotonic()
         await cluster.patch_deployment(name, {"spec": {"slo": {"latency": f"{bound}s"}}})
-        ok = await _wait(functools.partial(_has_bound, cluster, name, bound), 60.0)
+        # Polled every 0.1 s: reading the emulator's store is not free (its objects
+        # keep their history), and a busier poll would slow the API it measures.
+        ok = await _wait(functools.partial(_has_bound, cluster, name, bound), 30.0, 0.1)
         out.append(time.monotonic() - begin if ok else float("inf"))
+        _progress(f"edit {start + i}: {name} to {bound} s: {out[-1]:.2f} s")
     return out
 
 
