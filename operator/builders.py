@@ -48,6 +48,7 @@ from .podspec import (
     weights_directory,
 )
 from .spec import API_VERSION, KIND, ExeGPTDeploymentSpec
+from .statefulset import worker_statefulset
 from .vllm_workers import build_vllm_workers
 
 Obj = dict[str, Any]
@@ -282,28 +283,8 @@ def _statefulset(
     plan_hash: str,
     image: str,
 ) -> Obj:
-    labels = names.labels(name, role)
-    hashed = {names.ANNOTATION_PLAN_HASH: plan_hash}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _metadata(names.statefulset(name, role), namespace, labels, owner, hashed),
-        "spec": {
-            "replicas": pods,
-            "serviceName": names.headless_service(name),
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": dict(sorted(names.selector(name, role).items()))},
-            "template": {
-                "metadata": {
-                    "labels": dict(sorted(labels.items())),
-                    "annotations": dict(
-                        sorted({**hashed, "kubectl.kubernetes.io/default-container": role}.items())
-                    ),
-                },
-                "spec": _worker_pod(name, spec, role, gpus, plan_hash, image),
-            },
-        },
-    }
+    pod = _worker_pod(name, spec, role, gpus, plan_hash, image)
+    return worker_statefulset(name, namespace, _owner_refs(owner), role, pods, plan_hash, pod, role)
 
 
 def _worker_pod(

@@ -31,6 +31,7 @@ from .podspec import (
     scratch_volumes,
 )
 from .spec import ExeGPTDeploymentSpec
+from .statefulset import worker_statefulset
 
 Obj = dict[str, Any]
 
@@ -127,7 +128,9 @@ def build_vllm_workers(
         args = vllm_args(plan, spec.hardware.gpus_per_node, server)
         container = _server_container(spec, args, gpus, server)
         pod = _pod(spec, container, image, with_weights=True)
-        out.append(_statefulset(name, namespace, owner_refs, role, pods, plan_hash, pod))
+        out.append(
+            worker_statefulset(name, namespace, owner_refs, role, pods, plan_hash, pod, CONTAINER)
+        )
     if plan.strategy == "WorkloadAware":
         port = spec.runner.port
         container = {
@@ -141,46 +144,12 @@ def build_vllm_workers(
             "securityContext": restricted_container_security(),
         }
         pod = _pod(spec, container, image, with_weights=False)
-        out.append(_statefulset(name, namespace, owner_refs, names.ROUTER, 1, plan_hash, pod))
+        out.append(
+            worker_statefulset(
+                name, namespace, owner_refs, names.ROUTER, 1, plan_hash, pod, CONTAINER
+            )
+        )
     return out
-
-
-def _statefulset(
-    name: str,
-    namespace: str,
-    owner_refs: list[Obj],
-    role: str,
-    pods: int,
-    plan_hash: str,
-    pod: Obj,
-) -> Obj:
-    labels = dict(sorted(names.labels(name, role).items()))
-    hashed = {names.ANNOTATION_PLAN_HASH: plan_hash}
-    template_annotations = {**hashed, "kubectl.kubernetes.io/default-container": CONTAINER}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {
-            "name": names.statefulset(name, role),
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": hashed,
-            "ownerReferences": owner_refs,
-        },
-        "spec": {
-            "replicas": pods,
-            "serviceName": names.headless_service(name),
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": dict(sorted(names.selector(name, role).items()))},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": dict(sorted(template_annotations.items())),
-                },
-                "spec": pod,
-            },
-        },
-    }
 
 
 def _server_container(spec: ExeGPTDeploymentSpec, args: list[str], gpus: int, role: Role) -> Obj:
