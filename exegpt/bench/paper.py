@@ -43,6 +43,7 @@ from exegpt.planner.architecture import get_architecture
 from exegpt.planner.hardware import get_gpu
 from exegpt.planner.plan import (
     Candidate,
+    Engine,
     ExecutionConfig,
     Infeasible,
     Plan,
@@ -249,7 +250,7 @@ class Scenario:
         return f"{self.pair.name}/{self.bound}"
 
 
-def _request(pair: Pair, bound_s: float | None) -> PlanRequest:
+def _request(pair: Pair, bound_s: float | None, engine: Engine = "ExeGPT") -> PlanRequest:
     return PlanRequest(
         architecture=get_architecture(pair.model),
         gpu=get_gpu(pair.cluster.gpu),
@@ -258,15 +259,21 @@ def _request(pair: Pair, bound_s: float | None) -> PlanRequest:
         workload=get_workload(pair.task),
         latency_bound_s=bound_s,
         executable_only=True,  # only what the engine deploys
+        engine=engine,
     )
 
 
 def run_scenario(
-    scenario: Scenario, profile: Profile, *, exhaustive: bool, static_feasible: int
+    scenario: Scenario,
+    profile: Profile,
+    *,
+    exhaustive: bool,
+    static_feasible: int,
+    engine: Engine = "ExeGPT",
 ) -> dict[str, Any]:
     """Plan one scenario (and its exhaustive check if asked); a JSON-ready record."""
     pair = scenario.pair
-    request = _request(pair, scenario.bound_s)
+    request = _request(pair, scenario.bound_s, engine)
     cpu0 = time.process_time()
     result = schedule(request, profile)
     cpu = time.process_time() - cpu0
@@ -405,6 +412,7 @@ def run_pairs(
     *,
     exhaustive: bool | Sequence[str],
     progress: bool = False,
+    engine: Engine = "ExeGPT",
 ) -> list[dict[str, Any]]:
     """Every selected scenario's record, in matrix order. ``exhaustive`` is a flag or the
     scenario names to run the exhaustive search on."""
@@ -417,7 +425,7 @@ def run_pairs(
                 get_architecture(pair.model), get_gpu(pair.cluster.gpu)
             )
         profile = profiles[key]
-        base = _request(pair, None)
+        base = _request(pair, None, engine)
         lat = static_latencies(base, profile)
         bounds: dict[str, float | None] = {"none": None}
         if lat:
@@ -435,7 +443,9 @@ def run_pairs(
             )
             t0 = time.monotonic()
             records.append(
-                run_scenario(scenario, profile, exhaustive=exh, static_feasible=len(lat))
+                run_scenario(
+                    scenario, profile, exhaustive=exh, static_feasible=len(lat), engine=engine
+                )
             )
             if progress:
                 print(
@@ -620,6 +630,7 @@ def build_report(
     exhaustive: bool = False,
     progress: bool = False,
     command: str = "",
+    engine: Engine = "ExeGPT",
 ) -> dict[str, Any]:
     """The whole benchmark as a JSON-ready dict; raises ``KeyError`` on unknown names."""
     pairs, unknown = select(names, quick)
@@ -629,12 +640,13 @@ def build_report(
     if exhaustive and quick and not names:
         exh = QUICK_EXHAUSTIVE
     t0 = time.monotonic()
-    records = run_pairs(pairs, exhaustive=exh, progress=progress)
+    records = run_pairs(pairs, exhaustive=exh, progress=progress, engine=engine)
     summary = summarize(records)
     summary["wall_seconds"] = round(time.monotonic() - t0, 2)
     return {
         "benchmark": "paper",
         "command": command,
+        "engine": engine,
         "mode": "quick" if quick and not names else ("selected" if names else "full"),
         "exhaustive": exh if isinstance(exh, bool) else list(exh),
         "percentile_method": "nearest-rank over the memory-feasible Static configurations",
@@ -770,6 +782,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
     p.add_argument(
+        "--engine",
+        choices=("ExeGPT", "vLLM"),
+        default="ExeGPT",
+        help="the engine every plan and baseline is priced for (default: the own engine; "
+        "vLLM does not run T5, whose rows are then infeasible)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help=f"a representative subset ({', '.join(QUICK)}; all four bounds)",
@@ -850,6 +869,7 @@ def run(argv: list[str]) -> int:
             exhaustive=args.exhaustive,
             progress=args.progress,
             command=shlex.join(["exegpt", "bench", "paper", *argv]),
+            engine=args.engine,
         )
     except KeyError as exc:
         print(
