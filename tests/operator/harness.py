@@ -1528,11 +1528,22 @@ def rendered(cluster: Cluster, name: str = "x") -> bool:
 
 def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
-    from the plan's own fields: RoundRobin runs ``worker`` pods, one per pipeline stage of
-    each replica, each with ``tensorParallel`` GPUs; WorkloadAware runs ``encoder`` pods
-    (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs) and ``decoder`` pods
-    (``pipelineStages`` per replica, ``tensorParallel`` GPUs)."""
+    from the plan's own fields. On the own engine, RoundRobin runs ``worker`` pods, one
+    per pipeline stage of each replica, each with ``tensorParallel`` GPUs; WorkloadAware
+    runs ``encoder`` pods (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs)
+    and ``decoder`` pods (``pipelineStages`` per replica, ``tensorParallel`` GPUs). On
+    vLLM one server is one pod: ``worker`` pods (one per replica) with every GPU of the
+    replica, or for WorkloadAware ``encoder`` (prefill) and ``decoder`` pods, one each
+    per replica, and one ``router`` pod (no GPU) in front of them."""
     replicas = int(plan["replicas"])
+    if plan.get("engine") == "vLLM":
+        if plan["strategy"] == "WorkloadAware":
+            return {
+                "encoder": (replicas, plan["encodeGpus"]),
+                "decoder": (replicas, plan["decodeGpus"]),
+                "router": (1, 0),
+            }
+        return {"worker": (replicas, plan["tensorParallel"] * plan["pipelineStages"])}
     if plan["strategy"] == "RoundRobin":
         return {"worker": (replicas * plan["pipelineStages"], plan["tensorParallel"])}
     return {

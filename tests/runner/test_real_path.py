@@ -161,3 +161,83 @@ def test_round_robin_workers_hold_the_planned_decode_batch(tmp_path: Path) -> No
     c = expected.plan.config
     assert expected.plan.predicted.decode_batch > 4
     assert slots == expected.capacity.sequences > c.encode_batch + 4
+
+
+# -- the same path on vLLM ----------------------------------------------------------------
+DECODER_ONLY = [
+    p
+    for p in EXAMPLES
+    if not parse_manifest(yaml.safe_load(p.read_text()))
+    .spec.model.resolved_architecture()
+    .encoder_decoder
+]
+
+
+def on_vllm(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` asking for vLLM (which serves a checkpoint: weights from a PVC)."""
+    manifest["spec"]["engine"] = "vLLM"
+    manifest["spec"]["model"].setdefault("weights", {"pvc": "models", "path": "/model"})
+    return manifest
+
+
+@pytest.mark.parametrize("path", DECODER_ONLY, ids=lambda p: p.stem)
+def test_every_example_starts_vllm_with_the_planners_numbers(path: Path, tmp_path: Path) -> None:
+    """CR -> operator -> plan ConfigMap -> the vLLM servers' arguments, parsed by vLLM's
+    own parser into its engine settings -> the ExeGPT scheduler's settings as it reads
+    them: TP, PP, batch caps, KV blocks, schedule, all the planner's numbers."""
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from exegpt.planner.vllm_args import server_shape
+    from exegpt.planner.vllm_schedule import SCHEDULER_CLS, VllmSchedule
+    from exegpt.planner.workerplan import WorkerPlan
+
+    manifest = on_vllm(yaml.safe_load(path.read_text()))
+    request = plan_request(parse_manifest(manifest).spec)
+    degrees = request.architecture.tensor_parallel_degrees(
+        limit=min(request.gpus_per_node, request.gpus)
+    )
+    profile = analytic_profile(request.architecture, request.gpu, request.dtype, tuple(degrees))
+    if not isinstance(schedule(request, profile, time_limit_s=20.0), Plan):
+        pytest.skip("no configuration vLLM runs meets this example (e.g. no server fits a node)")
+    out = deployed(manifest)
+    expected = planners(manifest)
+    plan, kv = expected.plan, expected.capacity
+    c = plan.config
+    doc = WorkerPlan.from_json(out.plan_json)
+    assert doc.canonical_json() == out.plan_json and doc.hash() == out.plan_hash
+    assert (doc.strategy, doc.engine, doc.config) == (plan.strategy, "vLLM", c)
+    assert doc.capacity == kv and kv.engine == "vLLM"
+    max_out = doc.limits.maxOutputTokens
+    servers = {"worker": "server", "encoder": "prefill", "decoder": "decode"}
+    for sts in out.statefulsets:
+        role = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+        if role not in servers:
+            continue  # the router in front of WorkloadAware's servers
+        [container] = sts["spec"]["template"]["spec"]["containers"]
+        parser = make_arg_parser(FlexibleArgumentParser())
+        engine = AsyncEngineArgs.from_cli_args(parser.parse_args(container["args"]))
+        shape = server_shape(doc, max_out, servers[role])  # type: ignore[arg-type]
+        assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (
+            shape.tensor_parallel,
+            shape.pipeline_stages,
+        )
+        assert engine.max_num_seqs == shape.max_num_seqs
+        assert engine.max_model_len == doc.limits.maxInputTokens + max_out
+        if servers[role] != "prefill":  # the decoding servers hold the priced KV cache
+            assert (engine.num_gpu_blocks_override, engine.block_size) == (
+                kv.blocks,
+                kv.block_size,
+            )
+        if shape.schedule is None:  # stock vLLM (and WorkloadAware's instances)
+            assert engine.scheduler_cls in (None, "") or "ExeGPT" not in str(engine.scheduler_cls)
+            continue
+        assert engine.scheduler_cls == SCHEDULER_CLS
+        started = VllmSchedule.from_additional_config(engine.additional_config)
+        assert started == VllmSchedule.from_config(c, max_out)
+        assert (started.encode_batch, started.decode_steps_per_encode) == (
+            c.encode_batch,
+            c.decode_steps_per_encode,
+        )

@@ -52,8 +52,8 @@ def test_an_ample_cache_changes_nothing() -> None:
 def test_a_small_cache_holds_fewer_sequences_and_every_query_still_completes() -> None:
     c = config("Continuous", decode_batch=64)
     free = _vllm().run(c, np.random.default_rng(2), queries=400)
-    # S: about 256 + 32 tokens a query, 18 blocks: 400 blocks hold about 22 sequences
-    small = _with_blocks(400).run(c, np.random.default_rng(2), queries=400)
+    # S: about 256 + 32 tokens a query, 9 blocks of 32: 200 blocks hold about 22 sequences
+    small = _with_blocks(200).run(c, np.random.default_rng(2), queries=400)
     assert small.completed == small.queries == 400
     assert small.mean_decode_batch < 0.6 * free.mean_decode_batch
     assert small.throughput_qps < free.throughput_qps
