@@ -31,12 +31,14 @@ from exegpt.planner.workerplan import RENDEZVOUS_PORT_OFFSET, WorkerPlan, canoni
 
 from . import names
 from .plandoc import Planned, roles
+from .podspec import API_TOKEN_ENV as API_TOKEN_ENV
 from .podspec import (
     HTTP,
     PLAN_FILE,
     PLAN_HASH_KEY,
     PLAN_KEY,
     RENDEZVOUS,
+    api_token_env,
     base_env,
     gpu_resources,
     http_probes,
@@ -433,26 +435,6 @@ def build_network_policy(
         ),
         "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": ingress},
     }
-
-
-API_TOKEN_ENV = "EXEGPT_API_TOKEN"
-"""The workers' variable holding the bearer token /v1/* requires (runner/auth.py)."""
-
-
-def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> list[Obj]:
-    """The container ``env`` entries that hand the workers ``spec.runner.apiKeySecret``
-    in ``variable`` (``VLLM_API_KEY`` for a vLLM server; none without a Secret). A
-    missing Secret keeps the pods from starting (CreateContainerConfigError) rather than
-    serving without the token."""
-    ref = spec.runner.api_key_secret
-    if ref is None:
-        return []
-    return [
-        {
-            "name": variable,
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
-        }
-    ]
 
 
 # -- the profiling Job's own access ------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from exegpt.planner.workerplan import PLAN_HASH_KEY as PLAN_HASH_KEY
 from exegpt.planner.workerplan import PLAN_KEY as PLAN_KEY
 
-from .spec import HardwareSpec, WeightsSpec
+from .spec import ExeGPTDeploymentSpec, HardwareSpec, WeightsSpec
 
 Obj = dict[str, Any]
 
@@ -322,3 +322,23 @@ def _container_violations(
         if port.get("hostPort"):
             out.append(f"{path}.ports: hostPort {port['hostPort']} is not allowed")
     return out
+
+
+API_TOKEN_ENV = "EXEGPT_API_TOKEN"
+"""The workers' variable holding the bearer token /v1/* requires (runner/auth.py)."""
+
+
+def api_token_env(spec: ExeGPTDeploymentSpec, variable: str = API_TOKEN_ENV) -> list[Obj]:
+    """The container ``env`` entries that hand the workers ``spec.runner.apiKeySecret``
+    in ``variable`` (``VLLM_API_KEY`` for a vLLM server; none without a Secret). A
+    missing Secret keeps the pods from starting (CreateContainerConfigError) rather than
+    serving without the token."""
+    ref = spec.runner.api_key_secret
+    if ref is None:
+        return []
+    return [
+        {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": False}},
+        }
+    ]

@@ -23,6 +23,7 @@ from .plandoc import roles
 from .podspec import (
     CACHE_DIR,
     HTTP,
+    api_token_env,
     base_env,
     gpu_resources,
     placement,
@@ -159,7 +160,8 @@ def _server_container(spec: ExeGPTDeploymentSpec, args: list[str], gpus: int, ro
         "VLLM_CACHE_ROOT": f"{CACHE_DIR}/.cache/vllm",
         "HF_HUB_OFFLINE": "1",
     }
-    variables = base_env(env)
+    # the API key vLLM's server requires on /v1/* (spec.runner.apiKeySecret)
+    variables = base_env(env) + api_token_env(spec, "VLLM_API_KEY")
     if role != "server":  # NIXL's side channel: the address the other instance dials
         variables.append(
             {

@@ -127,3 +127,20 @@ def test_workload_aware_runs_prefill_and_decode_servers_behind_the_router() -> N
         assert restricted_violations(sts["spec"]["template"]["spec"]) == []
     service = builders.build_client_service("x", "ns", OWNER, spec, plan)
     assert service["spec"]["selector"][names.LABEL_COMPONENT] == names.ROUTER
+
+
+def test_vllm_servers_take_the_api_key_from_the_named_secret() -> None:
+    secret = {"runner.apiKeySecret": {"name": "llm-token", "key": "token"}}
+    spec = _spec(engine="vLLM", strategy="RoundRobin", **WEIGHTS, **secret)
+    doc = plandoc.plan_document("x", spec, _plan(spec))
+    [sts] = builders.build_workers("x", "ns", OWNER, spec, doc, doc.hash(), "img")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("llm-token", "token", False)
+    # without a Secret, no key: vLLM serves /v1/* to whoever the NetworkPolicy admits
+    plain = _spec(engine="vLLM", strategy="RoundRobin", **WEIGHTS)
+    doc = plandoc.plan_document("x", plain, _plan(plain))
+    [sts] = builders.build_workers("x", "ns", OWNER, plain, doc, doc.hash(), "img")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert "VLLM_API_KEY" not in {e["name"] for e in c["env"]}
