@@ -8,7 +8,11 @@ value of ``DELETE`` removes the field.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 API_VERSION = "exegpt.dev/v1alpha1"
@@ -116,3 +120,33 @@ class FakeMetrics:
         if pod not in self.texts:
             raise MetricsError(f"GET http://{ip}:{port}/metrics: connection refused")
         return self.texts[pod]
+
+
+@contextlib.contextmanager
+def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A local TCP server (its port) that reads each connection's request and lets
+    ``answer`` reply: a worker that does not speak HTTP, or speaks it too slowly."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.recv(4096)
+                answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        srv.close()

@@ -5,15 +5,13 @@ bounded time, spares the other deployments, backs off, and is said in a conditio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from builders import deployment, worker_pod
+from builders import deployment, raw_server, worker_pod
 from harness import (
     APPS,
     CORE,
@@ -66,33 +64,8 @@ def planner_runs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 # -- 3. a worker's /metrics answering garbage ---------------------------------------------------
 
 
-@contextlib.contextmanager
-def garbage_server() -> Iterator[int]:
-    """A TCP server that answers every connection with bytes that are not HTTP."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.recv(4096)
-                conn.sendall(b"\x00\xffSSH-2.0-not-http\r\n\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        srv.close()
+def _not_http(conn: socket.socket) -> None:
+    conn.sendall(b"\x00\xffSSH-2.0-not-http\r\n\r\n")
 
 
 class Redirected:
@@ -119,7 +92,7 @@ class Clock:
 async def test_garbage_metrics_do_not_freeze_the_status(
     cluster: Cluster, start_operator: Callable[..., Awaitable[Operator]]
 ) -> None:
-    with garbage_server() as port:
+    with raw_server(_not_http) as port:
         metrics, clock = Redirected(port), Clock()
         operator = await start_operator(metrics=metrics, clock=clock)
         await cluster.create(deployment("x", strategy="RoundRobin"))

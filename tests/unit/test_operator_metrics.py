@@ -4,16 +4,15 @@ the workers render, the driver pods, and the HTTP reader."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.server
 import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from builders import metrics_text, worker_pod
+from builders import metrics_text, raw_server, worker_pod
 
 from exegpt.operator.metrics import (
     DriverPod,
@@ -145,34 +144,6 @@ def test_an_unreachable_pod_is_a_metrics_error() -> None:
 # -- a misbehaving worker costs one deadline and ends in a MetricsError -------------------------
 
 
-@contextlib.contextmanager
-def _raw_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    srv.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.recv(4096)
-                answer(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        srv.close()
-
-
 def _garbage(conn: socket.socket) -> None:
     conn.sendall(b"\x00\xff\xfeGARBAGE not http at all\r\n\r\n")
 
@@ -185,12 +156,12 @@ def _trickle(conn: socket.socket) -> None:
 
 
 def test_an_answer_that_is_not_http_is_a_metrics_error() -> None:
-    with _raw_server(_garbage) as port, pytest.raises(MetricsError, match=r"127\.0\.0\.1"):
+    with raw_server(_garbage) as port, pytest.raises(MetricsError, match=r"127\.0\.0\.1"):
         asyncio.run(HttpMetricsReader(timeout_seconds=2).read("ns", "p", "127.0.0.1", port))
 
 
 def test_a_worker_answering_byte_by_byte_is_cut_at_the_deadline() -> None:
-    with _raw_server(_trickle) as port:
+    with raw_server(_trickle) as port:
         start = time.monotonic()
         with pytest.raises(MetricsError, match=r"within 1 s"):
             asyncio.run(HttpMetricsReader(timeout_seconds=1).read("ns", "p", "127.0.0.1", port))
