@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import secrets
+import time
 import uuid
 import warnings
 import weakref
@@ -1514,6 +1515,34 @@ def measured_profile(spec_body: Mapping[str, Any]) -> tuple[str, str]:
 def is_condition(body: Mapping[str, Any] | None, type_: str, status: str = "True") -> bool:
     cond = condition(body, type_)
     return cond is not None and cond.get("status") == status
+
+
+class Clock:
+    """The operator's clock, moved by the test (kopf's own timers keep real time)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ready_worker_pods(cluster: Cluster, name: str) -> None:
+    """Play the StatefulSet controller and the kubelet for every worker pod of
+    deployment ``name``: its StatefulSets ready, each pod created with a ready status
+    (the drift checks read the replica drivers' ``/metrics``)."""
+    from builders import worker_pod
+
+    for sts in cluster.statefulsets():
+        await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
+        role = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+        for o in range(sts["spec"]["replicas"]):
+            pod = worker_pod(name, role, o)
+            await cluster.create(pod)
+            await cluster.patch(
+                CORE, "pods", NAMESPACE, pod["metadata"]["name"], {"status": pod["status"]},
+                subresource="status",
+            )  # fmt: skip
 
 
 def rendered(cluster: Cluster, name: str = "x") -> bool:

@@ -4,13 +4,19 @@ the workers; unreadable metrics are reported, never retried in a loop."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from builders import FakeMetrics, deployment, metrics_text, worker_pod
-from harness import CORE, NAMESPACE, Cluster, Operator, condition, is_condition
+from builders import FakeMetrics, deployment, metrics_text
+from harness import (
+    Clock,
+    Cluster,
+    Operator,
+    condition,
+    is_condition,
+    ready_worker_pods,
+)
 
 from exegpt.operator import names
 
@@ -21,16 +27,6 @@ INTERVAL = 300  # drift.intervalSeconds' default
 DRIFTED = ({100: 1500}, {10: 1500})  # short chat against summarization's plan
 
 
-class Clock:
-    """The operator's clock, moved by the test (kopf's own timers keep real time)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def status(cluster: Cluster) -> dict[str, Any]:
     return dict((cluster.deployment("x") or {}).get("status") or {})
 
@@ -39,16 +35,7 @@ async def ready_workers(cluster: Cluster) -> list[str]:
     """Play the StatefulSet controller and the kubelet for every worker pod; return the
     replica drivers' pod names."""
     plan = status(cluster)["plan"]
-    for sts in cluster.statefulsets():
-        await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
-        role = sts["metadata"]["labels"][names.LABEL_COMPONENT]
-        for o in range(sts["spec"]["replicas"]):
-            pod = worker_pod("x", role, o)
-            await cluster.create(pod)
-            await cluster.patch(
-                CORE, "pods", NAMESPACE, pod["metadata"]["name"], {"status": pod["status"]},
-                subresource="status",
-            )  # fmt: skip
+    await ready_worker_pods(cluster, "x")
     await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
     stages = plan["pipelineStages"]
     return [f"x-worker-{r * stages}" for r in range(plan["replicas"])]

@@ -11,16 +11,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from builders import deployment, raw_server, worker_pod
+from builders import deployment, raw_server
 from harness import (
     APPS,
     CORE,
     NAMESPACE,
+    Clock,
     Cluster,
     Operator,
     condition,
     is_condition,
     measured_profile,
+    ready_worker_pods,
 )
 
 from exegpt.operator import names, reconcile
@@ -81,14 +83,6 @@ class Redirected:
         return await self.http.read(namespace, pod, "127.0.0.1", self.port)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_garbage_metrics_do_not_freeze_the_status(
     cluster: Cluster, start_operator: Callable[..., Awaitable[Operator]]
 ) -> None:
@@ -97,15 +91,7 @@ async def test_garbage_metrics_do_not_freeze_the_status(
         operator = await start_operator(metrics=metrics, clock=clock)
         await cluster.create(deployment("x", strategy="RoundRobin"))
         await cluster.wait_for(lambda: "plan" in status(cluster) and cluster.statefulsets())
-        for sts in cluster.statefulsets():
-            await cluster.set_statefulset_ready(NAMESPACE, sts["metadata"]["name"])
-            for o in range(sts["spec"]["replicas"]):
-                pod = worker_pod("x", sts["metadata"]["labels"][names.LABEL_COMPONENT], o)
-                await cluster.create(pod)
-                await cluster.patch(
-                    CORE, "pods", NAMESPACE, pod["metadata"]["name"], {"status": pod["status"]},
-                    subresource="status",
-                )  # fmt: skip
+        await ready_worker_pods(cluster, "x")
         await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
         await operator.settle("x")
 
