@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from exegpt.planner.plan import ExecutionConfig
 from exegpt.runner.generate import Sampling
@@ -113,6 +114,10 @@ def _each_spec(rank: int, specs: list[ReplicaSpec], run: Callable[[Any], Outcome
             results.append(run(engine))
         finally:
             engine.stop()
+    if dist.is_initialized():
+        # every rank leaves together: a rank that exits (closing its connections) while
+        # another still waits on its last message fails that one with "closed by peer"
+        dist.barrier()
     return results
 
 
