@@ -305,7 +305,7 @@ def plan_to_table(result: Plan | Infeasible, request: PlanRequest) -> str:
     lines += [f"  {k:<16} {v}" for k, v in detail]
 
     rows: list[tuple[str, Candidate | None]] = [
-        ("ExeGPT", Candidate(config=result.config, predicted=result.predicted))
+        ("Plan", Candidate(config=result.config, predicted=result.predicted))
     ]
     rows += [(label, result.baselines.get(label)) for label, _ in BASELINES]
     lines += ["", "Against the baselines (same GPUs, same bound)", *_comparison(rows)]

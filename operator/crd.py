@@ -170,7 +170,10 @@ PRINTER_COLUMNS: Final[tuple[Schema, ...]] = (
         "name": "Strategy",
         "type": "string",
         "jsonPath": ".status.plan.strategy",
-        "description": "Allocation strategy of the plan in use (RoundRobin or WorkloadAware)",
+        "description": (
+            "Allocation strategy of the plan in use: RoundRobin or WorkloadAware, or "
+            "Static or Continuous where the engine's own batching is best"
+        ),
     },
     {
         "name": "Throughput",

@@ -94,10 +94,11 @@ def plan_hash(doc: WorkerPlan) -> str:
 def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
     """``(role, pods, stages per replica, GPUs per pod)`` of each StatefulSet ``plan`` runs.
 
-    RoundRobin: ``worker``, ``replicas x pipeline_stages`` pods of ``tensor_parallel``
-    GPUs. WorkloadAware: ``encoder``, ``replicas x encode_stages`` pods of ``encode_tp``
-    GPUs, and ``decoder``, ``replicas x pipeline_stages`` pods of ``tensor_parallel``.
-    In each, pod ordinal ``o`` is stage ``o % stages`` of replica ``o // stages``.
+    RoundRobin, Static and Continuous: ``worker``, ``replicas x pipeline_stages`` pods
+    of ``tensor_parallel`` GPUs. WorkloadAware: ``encoder``, ``replicas x encode_stages``
+    pods of ``encode_tp`` GPUs, and ``decoder``, ``replicas x pipeline_stages`` pods of
+    ``tensor_parallel``. In each, pod ordinal ``o`` is stage ``o % stages`` of replica
+    ``o // stages``.
     """
     c = plan.config
     if plan.engine == "vLLM":
@@ -109,7 +110,7 @@ def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
                 (names.DECODER, c.replicas, 1, c.decode_gpus),
             ]
         return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
-    if plan.strategy == "RoundRobin":
+    if plan.strategy in ("RoundRobin", "Static", "Continuous"):
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)
         ]
@@ -118,7 +119,7 @@ def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
             (names.ENCODER, c.replicas * c.encode_stages, c.encode_stages, c.encode_tp),
             (names.DECODER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel),
         ]
-    raise ValueError(f"the operator runs RoundRobin or WorkloadAware plans, not {c.strategy}")
+    raise ValueError(f"the operator does not run {c.strategy} plans")
 
 
 def topology(deployment: str, plan: Planned) -> TopologyDoc:

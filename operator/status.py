@@ -60,7 +60,7 @@ class AlternativeStatus(_Model):
 
 
 class PlanStatus(_Model):
-    strategy: Literal["RoundRobin", "WorkloadAware", "Continuous"]
+    strategy: Literal["RoundRobin", "WorkloadAware", "Static", "Continuous"]
     engine: Literal["ExeGPT", "vLLM"] = "ExeGPT"
     replicas: int
     tensor_parallel: int = Field(alias="tensorParallel")

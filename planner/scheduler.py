@@ -217,6 +217,8 @@ def _memory_batch_limit(sim: Simulator, fits: Callable[[float], bool]) -> float:
     return lo
 
 
+BASELINES: tuple[Strategy, ...] = ("Static", "Continuous")
+"""The baselines, candidates of an Auto search beside the ExeGPT strategies."""
 UB_MARGIN = 1.02  # slack for small non-monotonicities of interpolated profiles
 
 
@@ -511,11 +513,10 @@ def _schedule(
     wanted: tuple[Strategy, ...] = (
         ("RoundRobin", "WorkloadAware") if request.strategy == "Auto" else (request.strategy,)
     )
-    # On vLLM, stock vLLM (Continuous) is a candidate too: a plan is never predicted
-    # worse than what vLLM does without the ExeGPT schedule.
-    candidates: tuple[Strategy, ...] = wanted + (
-        ("Continuous",) if request.engine == "vLLM" and request.strategy == "Auto" else ()
-    )
+    # Under Auto the baselines are candidates too, on either engine: a plan is never
+    # predicted worse than the engine's own static or continuous batching (stock vLLM
+    # on vLLM) under the same bound, and where one of them is best the plan says so.
+    candidates: tuple[Strategy, ...] = wanted + (BASELINES if request.strategy == "Auto" else ())
     search = _Search(
         sim=sim,
         bound=request.latency_bound_s,
@@ -556,7 +557,8 @@ def _schedule(
         engine="vLLM" if request.engine == "vLLM" else "ExeGPT",
         config=best.config,
         predicted=best.predicted,
-        alternatives=ranked[1:4],
+        # the next best ExeGPT schedules; the baselines are reported as such
+        alternatives=[c for c in ranked[1:] if c.config.strategy not in BASELINES][:3],
         baselines=baselines,
         latency_bound_s=request.latency_bound_s,
         search=stats,
@@ -571,13 +573,16 @@ def _reason(
     if len(wanted) == 1:
         return f"{chosen} was requested by spec.strategy"
     bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
-    if chosen == "Continuous":
+    if chosen in BASELINES:
         own = max(
             (c.predicted.throughput_qps for s in wanted if (c := search.best(s)) is not None),
             default=0.0,
         )
+        what = _baseline_name(chosen, request.engine)
+        if own <= 0.0:
+            return f"{what}: no ExeGPT schedule meets {bound} within memory"
         return (
-            f"Continuous (stock vLLM): the best ExeGPT schedule reaches "
+            f"{what}: the best ExeGPT schedule reaches "
             f"{own / max(best.predicted.throughput_qps, 1e-12):.2f}x its throughput under {bound}"
         )
     other: Strategy = "WorkloadAware" if chosen == "RoundRobin" else "RoundRobin"
@@ -588,6 +593,13 @@ def _reason(
         return f"{chosen}: no {other} configuration meets {bound} within memory"
     ratio = best.predicted.throughput_qps / max(rival.predicted.throughput_qps, 1e-12)
     return f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"
+
+
+def _baseline_name(strategy: Strategy, engine: str) -> str:
+    """How a plan names a baseline it chose: vLLM's own scheduler is "stock vLLM"."""
+    if engine == "vLLM":
+        return "Continuous (stock vLLM)" if strategy == "Continuous" else "Static on vLLM"
+    return f"{strategy} (the own engine's {strategy.lower()} batching)"
 
 
 def _lowest_latency(search: _Search, shapes: list[ExecutionConfig]) -> None:

@@ -1557,7 +1557,8 @@ def rendered(cluster: Cluster, name: str = "x") -> bool:
 
 def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
-    from the plan's own fields. On the own engine, RoundRobin runs ``worker`` pods, one
+    from the plan's own fields. On the own engine, RoundRobin (and a Static or Continuous
+    plan) runs ``worker`` pods, one
     per pipeline stage of each replica, each with ``tensorParallel`` GPUs; WorkloadAware
     runs ``encoder`` pods (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs)
     and ``decoder`` pods (``pipelineStages`` per replica, ``tensorParallel`` GPUs). On
@@ -1573,7 +1574,7 @@ def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
                 "router": (1, 0),
             }
         return {"worker": (replicas, plan["tensorParallel"] * plan["pipelineStages"])}
-    if plan["strategy"] == "RoundRobin":
+    if plan["strategy"] != "WorkloadAware":
         return {"worker": (replicas * plan["pipelineStages"], plan["tensorParallel"])}
     return {
         "encoder": (replicas * plan["encodeStages"], plan["encodeTensorParallel"]),

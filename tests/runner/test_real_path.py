@@ -94,7 +94,7 @@ def check_workers_start_with_the_plan(
     )
 
     # Every pod of every StatefulSet, as it starts.
-    roles = {"RoundRobin": ["worker"], "WorkloadAware": ["encoder", "decoder"]}[c.strategy]
+    roles = ["encoder", "decoder"] if c.strategy == "WorkloadAware" else ["worker"]
     assert sorted(
         s["metadata"]["labels"]["app.kubernetes.io/component"] for s in out.statefulsets
     ) == sorted(roles)

@@ -331,12 +331,18 @@ def test_worker_plan_errors_name_the_field() -> None:
         WorkerPlan.parse(fewer)
 
 
-def test_operator_runs_only_roundrobin_and_workload_aware() -> None:
-    static = make_plan(ExecutionConfig(strategy="Static", encode_batch=8))
-    with pytest.raises(ValueError, match="Static"):
-        plandoc.plan_document(NAME, make_spec(), static)
-    with pytest.raises(ValueError, match="Static"):
-        plandoc.roles(static)
+@pytest.mark.parametrize("strategy", ["Static", "Continuous"])
+def test_a_baseline_plan_runs_as_round_robin_does(strategy: str) -> None:
+    """An Auto plan may be a baseline (docs/scheduler.md): on the own engine it runs
+    ``worker`` pods, one per pipeline stage of each replica, like RoundRobin."""
+    config = ExecutionConfig(
+        strategy=strategy, replicas=2, tensor_parallel=2, pipeline_stages=2, micro_batches=2,
+        encode_batch=8, decode_batch=8,
+    )  # fmt: skip
+    plan = make_plan(config)
+    doc = plandoc.plan_document(NAME, make_spec(), plan)
+    assert doc.strategy == strategy
+    assert plandoc.roles(plan) == [(names.WORKER, 4, 2, 2)]
 
 
 # -- the plan ConfigMap --------------------------------------------------------------------

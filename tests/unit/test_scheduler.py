@@ -19,6 +19,7 @@ from exegpt.planner.plan import (
     PlanResult,
     StrategyChoice,
 )
+from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
 
 SMALL = "llama-2-7b"
@@ -300,3 +301,45 @@ def test_schedule_never_returns_a_plan_that_breaks_the_bound(
     assert result.best_latency_s is not None
     assert result.best_latency_s > bound
     assert "spec.slo.latency" in result.message
+
+
+# -- the baselines as candidates --------------------------------------------------------------
+def _strategy_best(req: PlanRequest, prof: Profile, strategy: str) -> float:
+    """The best throughput ``strategy`` alone reaches under ``req``'s bound (0 if none):
+    an ExeGPT strategy as the only one asked for, a baseline as a plan reports it."""
+    own = strategy in ("RoundRobin", "WorkloadAware")
+    result = schedule(req.model_copy(update={"strategy": strategy}) if own else req, prof)
+    if not isinstance(result, Plan):
+        return 0.0
+    if own:
+        return result.predicted.throughput_qps
+    base = result.baselines.get(strategy)
+    return 0.0 if base is None else base.predicted.throughput_qps
+
+
+def test_auto_plan_is_never_below_a_baseline_of_its_engine() -> None:
+    """t5-11b on 16 A100s, summarization, at the paper matrix's p10 bound: static
+    batching beats every ExeGPT schedule (a T5 encoder can be neither pipelined nor split
+    from decoding), so Auto plans Static and says why; the plan is the best of all four."""
+    from exegpt.bench import paper
+
+    [(pair, _)] = paper.select(["t5-11b/S@a100/p10"], False)[0]
+    base = paper._request(pair, None)
+    prof = profile_for(pair.model, pair.cluster.gpu)
+    bound = paper.nearest_rank(paper.static_latencies(base, prof), 10)
+    req = base.model_copy(update={"latency_bound_s": bound})
+    plan = schedule(req, prof)
+    assert isinstance(plan, Plan)
+    best = {
+        s: _strategy_best(req, prof, s)
+        for s in ("RoundRobin", "WorkloadAware", "Static", "Continuous")
+    }
+    assert plan.predicted.throughput_qps == pytest.approx(max(best.values()))
+    assert plan.strategy == max(best, key=best.__getitem__) == "Static"
+    assert plan.reason.startswith("Static (the own engine's static batching): the best ExeGPT")
+    assert all(a.config.strategy in ("RoundRobin", "WorkloadAware") for a in plan.alternatives)
+    # asked for an ExeGPT strategy, the planner keeps to it
+    only_rr = schedule(req.model_copy(update={"strategy": "RoundRobin"}), prof)
+    assert isinstance(only_rr, Plan)
+    assert only_rr.strategy == "RoundRobin"
+    assert only_rr.predicted.throughput_qps < plan.predicted.throughput_qps
