@@ -5,65 +5,20 @@ from a file."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from vllm_pods import Node
 
-from exegpt.operator import vllm_nodes
 from exegpt.operator.vllm_nodes import node_probes, node_script
 from exegpt.planner.vllm_args import HEADLESS_MODULE
-
-FAKE_PYTHON = """#!/bin/sh
-if [ "$1" = "-c" ]; then
-  printf '%s\\n' "$3" >> "$FAKE_DIR/probed"
-  test -e "$FAKE_DIR/healthy"
-  exit $?
-fi
-printf '%s\\0' "$@" > "$FAKE_DIR/argv"
-"""
-
-
-@dataclass
-class Node:
-    """A pod's view: ``POD_NAME``, a ``PATH`` whose ``python3`` is the stand-in, and the
-    markers under ``tmp`` instead of the pod's ``/tmp``."""
-
-    tmp: Path
-
-    def env(self, pod: str) -> dict[str, str]:
-        return {
-            "PATH": f"{self.tmp}:{os.environ['PATH']}",
-            "POD_NAME": pod,
-            "FAKE_DIR": str(self.tmp),
-        }
-
-    def local(self, script: str) -> str:
-        return script.replace(vllm_nodes.JOINED, str(self.tmp / "joined")).replace(
-            vllm_nodes.SERVED, str(self.tmp / "served")
-        )
-
-    def healthy(self, up: bool) -> None:
-        (self.tmp / "healthy").unlink(missing_ok=True)
-        if up:
-            (self.tmp / "healthy").touch()
-
-    def argv(self) -> list[str]:
-        return (self.tmp / "argv").read_text().split("\0")[:-1]
-
-    def probed(self) -> list[str]:
-        return (self.tmp / "probed").read_text().split()
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
-    fake = tmp_path / "python3"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    return Node(tmp_path)
+    return Node.at(tmp_path)
 
 
 SERVER_ARGS = ["--model", "/weights/m", "--nnodes", "3", "--master-port", "29500"]
