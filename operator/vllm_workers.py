@@ -5,11 +5,12 @@ for RoundRobin, Static and Continuous; for WorkloadAware, ``encoder`` pods (the 
 servers) and ``decoder`` pods (the decode servers), one each per replica, joined by a KV
 connector, with ``router`` (``vllm-router --vllm-pd-disaggregation``) in front. A server
 larger than a node adds its other nodes' pods in ``<role>-n`` (``vllm_nodes``). A
-server's pod (node rank 0) runs ``python3 -m vllm.entrypoints.openai.api_server`` with the arguments
-``exegpt.planner.vllm_args.server_args`` renders from the plan (parallelism, batch caps,
-the ExeGPT scheduler and its schedule, the KV connector), the weights read-only from the
-PVC, a memory-backed ``/dev/shm``, vLLM's ``/health`` as its probes, under the Pod
-Security Standards ``restricted`` profile. Pure functions; docs/vllm.md.
+server's pod (node rank 0) runs ``python3 -m vllm.entrypoints.openai.api_server`` with
+the arguments ``exegpt.planner.vllm_args.server_args`` renders from the plan
+(parallelism, batch caps, the ExeGPT scheduler and its schedule, the KV connector), the
+weights read-only from the PVC, a memory-backed ``/dev/shm``, vLLM's ``/health`` as its
+probes, under the Pod Security Standards ``restricted`` profile. Pure functions;
+docs/vllm.md.
 """
 
 from __future__ import annotations
@@ -153,24 +154,22 @@ def build_vllm_workers(
             args = vllm_args(plan, gpus_per_node, server)
         else:
             args = vllm_args(plan, gpus_per_node, server, rank0_address(name), 0)
-        container = _server_container(spec, args, gpus, server, spans_nodes=nodes > 1)
-        pod = _pod(spec, container, image, with_weights=True)
+        rank0 = _server_container(spec, args, gpus, server, spans_nodes=nodes > 1)
+        pod = _pod(spec, rank0, image, with_weights=True)
         out.append(
             worker_statefulset(
                 name, namespace, owner_refs, role, servers, plan_hash, pod, CONTAINER
             )
         )
         if nodes > 1:
-            leader = _server_container(spec, args, gpus, server, spans_nodes=True)
-            container = {
-                **{k: v for k, v in leader.items() if not k.endswith("Probe") and k != "ports"},
-                "command": ["sh", "-c", node_script(name, role, nodes, port), "vllm"],
-                "args": vllm_args(plan, gpus_per_node, server),
-                **node_probes(name, role, nodes, port),
-            }
-            pod = _pod(spec, container, image, with_weights=True)
-            others = names.nodes_of(role)
-            pods = servers * (nodes - 1)
+            node = _node_container(
+                rank0,
+                node_script(name, role, nodes, port),
+                vllm_args(plan, gpus_per_node, server),
+                node_probes(name, role, nodes, port),
+            )
+            pod = _pod(spec, node, image, with_weights=True)
+            others, pods = names.nodes_of(role), servers * (nodes - 1)
             out.append(
                 worker_statefulset(
                     name, namespace, owner_refs, others, pods, plan_hash, pod, CONTAINER
@@ -227,6 +226,14 @@ def _server_container(
         "resources": gpu_resources(gpus),
         "securityContext": restricted_container_security(),
     }
+
+
+def _node_container(rank0: Obj, script: str, args: list[str], probes: Obj) -> Obj:
+    """A pod of a server's other nodes: rank 0's container (image, environment, GPUs,
+    security) without its API port and HTTP probes, running ``script`` (``sh -c script
+    vllm args...``) with ``probes``."""
+    kept = {k: v for k, v in rank0.items() if not k.endswith("Probe") and k != "ports"}
+    return {**kept, "command": ["sh", "-c", script, "vllm"], "args": args, **probes}
 
 
 def _pod(spec: ExeGPTDeploymentSpec, container: Obj, image: str, *, with_weights: bool) -> Obj:
