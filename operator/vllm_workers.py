@@ -215,7 +215,8 @@ def _server_container(
         # also serves torch.distributed's store to the other nodes
         variables.append({"name": "VLLM_HOST_IP", **pod_ip})
         ports.append({"name": RENDEZVOUS, "containerPort": MASTER_PORT, "protocol": "TCP"})
-    variables.sort(key=lambda v: str(v["name"]))
+    if role != "server" or spans_nodes:  # a one-node server's list stays as it was
+        variables.sort(key=lambda v: str(v["name"]))
     return {
         "name": CONTAINER,
         "command": ["python3", "-m", SERVER_MODULE],
