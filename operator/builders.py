@@ -9,7 +9,8 @@ What each deployment owns (``<name>`` is the deployment's name):
 - ConfigMap ``<name>-plan``: the worker plan document (``plandoc``) and its hash;
 - StatefulSets ``<name>-worker`` (RoundRobin) or ``<name>-encoder`` and
   ``<name>-decoder`` (WorkloadAware), pod ordinal ``o`` being stage ``o % stages`` of
-  replica ``o // stages``;
+  replica ``o // stages``; on vLLM one server per pod, plus ``<name>-<role>-n`` for the
+  other nodes of servers that span nodes (``vllm_workers``);
 - Services ``<name>-stages`` (headless: the pods find each other) and ``<name>``
   (what clients call).
 

@@ -41,6 +41,7 @@ PLAN = "plan"
 PEERS = "peers"  # the headless Service the pods find each other by
 API = "api"  # the Service clients send requests to
 ROUTER = "router"  # WorkloadAware on vLLM: vllm-router in front of prefill and decode
+NODES_SUFFIX = "-n"  # vLLM servers spanning nodes: the pods of node ranks 1.. (nodes_of)
 
 # Kubernetes names the operator derives from a deployment's name must stay valid:
 # StatefulSet pods add "-<ordinal>" and a controller-revision-hash label of the
@@ -65,6 +66,13 @@ def plan_configmap(deployment: str) -> str:
 
 def statefulset(deployment: str, component: str) -> str:
     return f"{deployment}-{component}"
+
+
+def nodes_of(component: str) -> str:
+    """The component whose pods run node ranks 1 .. nnodes-1 of ``component``'s vLLM
+    servers when they span nodes (``worker-n``, ``encoder-n``, ``decoder-n``: short
+    enough for the name limit above); ``component``'s own pods are node rank 0."""
+    return f"{component}{NODES_SUFFIX}"
 
 
 def headless_service(deployment: str) -> str:

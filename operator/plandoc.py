@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from exegpt.planner.plan import Engine, ExecutionConfig, Plan, Strategy
+from exegpt.planner.runnable import vllm_nodes, vllm_server_limitation
 from exegpt.planner.workerplan import (
     ModelDoc,
     RoleDoc,
@@ -52,8 +53,9 @@ def plan_document(
     given), recorded so that a new image changes the hash. ``spec`` is the spec planned
     with (after a drift replan, its workload is the observed one).
     """
-    roles(plan)  # refuses what the operator does not run
-    model, topo = model_doc(spec), topology(deployment, plan)
+    gpus_per_node = spec.hardware.gpus_per_node
+    roles(plan, gpus_per_node)  # refuses what the operator does not run
+    model, topo = model_doc(spec), topology(deployment, plan, gpus_per_node)
     runner = RunnerDoc(image=image or spec.runner.image, port=spec.runner.port)
     if isinstance(plan, WorkerPlan):
         update = {"deployment": deployment, "model": model, "topology": topo, "runner": runner}
@@ -91,7 +93,7 @@ def plan_hash(doc: WorkerPlan) -> str:
     return doc.hash()
 
 
-def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
+def roles(plan: Planned, gpus_per_node: int | None = None) -> list[tuple[str, int, int, int]]:
     """``(role, pods, stages per replica, GPUs per pod)`` of each StatefulSet ``plan`` runs.
 
     RoundRobin, Static and Continuous: ``worker``, ``replicas x pipeline_stages`` pods
@@ -99,17 +101,18 @@ def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
     pods of ``encode_tp`` GPUs, and ``decoder``, ``replicas x pipeline_stages`` pods of
     ``tensor_parallel``. In each, pod ordinal ``o`` is stage ``o % stages`` of replica
     ``o // stages``.
+
+    On vLLM, ``vllm_servers``: the first pod of every server (one per replica), and,
+    given ``gpus_per_node``, the other pods of servers that span nodes.
     """
     c = plan.config
     if plan.engine == "vLLM":
-        # one vLLM server per pod (planner/runnable.py): a replica, or WorkloadAware's
-        # prefill (``encoder``) and decode (``decoder``) instances
-        if plan.strategy == "WorkloadAware":
-            return [
-                (names.ENCODER, c.replicas, 1, c.encode_gpus),
-                (names.DECODER, c.replicas, 1, c.decode_gpus),
-            ]
-        return [(names.WORKER, c.replicas, 1, c.gpus_per_replica)]
+        rows = []
+        for role, servers, nodes, gpus in vllm_servers(plan, gpus_per_node):
+            rows.append((role, servers, 1, gpus))
+            if nodes > 1:
+                rows.append((names.nodes_of(role), servers * (nodes - 1), 1, gpus))
+        return rows
     if plan.strategy in ("RoundRobin", "Static", "Continuous"):
         return [
             (names.WORKER, c.replicas * c.pipeline_stages, c.pipeline_stages, c.tensor_parallel)
@@ -122,7 +125,37 @@ def roles(plan: Planned) -> list[tuple[str, int, int, int]]:
     raise ValueError(f"the operator does not run {c.strategy} plans")
 
 
-def topology(deployment: str, plan: Planned) -> TopologyDoc:
+def vllm_servers(
+    plan: Planned, gpus_per_node: int | None = None
+) -> list[tuple[str, int, int, int]]:
+    """``(role, servers, nodes per server, GPUs per node)`` of a plan for vLLM: a server
+    per replica (``worker``), or WorkloadAware's prefill (``encoder``) and decode
+    (``decoder``) instances, one each per replica. A server spans nodes when it is larger
+    than one (whole nodes, split between pipeline stages:
+    ``runnable.vllm_server_limitation``); without ``gpus_per_node`` every server counts
+    as one node."""
+    c = plan.config
+    if plan.strategy == "WorkloadAware":
+        servers = [
+            (names.ENCODER, "prefill instance", c.encode_gpus, c.encode_tp),
+            (names.DECODER, "decode instance", c.decode_gpus, c.tensor_parallel),
+        ]
+    else:
+        servers = [(names.WORKER, "replica", c.gpus_per_replica, c.tensor_parallel)]
+    out = []
+    for role, what, gpus, tp in servers:
+        if gpus_per_node is None:
+            out.append((role, c.replicas, 1, gpus))
+            continue
+        reason = vllm_server_limitation(what, gpus, tp, gpus_per_node)
+        if reason:
+            raise ValueError(f"the operator does not run this plan: {reason}")
+        nodes = vllm_nodes(gpus, gpus_per_node)
+        out.append((role, c.replicas, nodes, gpus // nodes))
+    return out
+
+
+def topology(deployment: str, plan: Planned, gpus_per_node: int | None = None) -> TopologyDoc:
     """Where each role's pods are: StatefulSet, pod count, stages per replica, GPUs per
     pod, and the headless Service (pod ``<statefulSet>-<o>`` is reachable at
     ``<statefulSet>-<o>.<service>``)."""
@@ -136,6 +169,6 @@ def topology(deployment: str, plan: Planned) -> TopologyDoc:
                 stages=stages,
                 gpusPerPod=gpus,
             )
-            for role, pods, stages, gpus in roles(plan)
+            for role, pods, stages, gpus in roles(plan, gpus_per_node)
         },
     )

@@ -96,7 +96,13 @@ KINDS: dict[str, Kind] = {
     "Role": ROLE,
     "RoleBinding": ROLEBINDING,
 }
-WORKER_COMPONENTS = (names.WORKER, names.ENCODER, names.DECODER, names.ROUTER)
+WORKER_COMPONENTS = (
+    names.WORKER,
+    names.ENCODER,
+    names.DECODER,
+    names.ROUTER,
+    *(names.nodes_of(c) for c in (names.WORKER, names.ENCODER, names.DECODER)),
+)  # every StatefulSet a plan may run; one the current plan does not is deleted
 PLANNER_VERSION = "1"
 # Pod fields the operator never sets that widen what a pod may reach or run: set on a
 # child by someone else, they are removed (see docs/operator.md).

@@ -68,21 +68,55 @@ def vllm_runs_model(architecture: Architecture) -> bool:
     return not architecture.encoder_decoder
 
 
-def vllm_deployment_limitation(config: ExecutionConfig, gpus_per_node: int) -> str:
-    """Why the operator does not deploy ``config`` on vLLM yet (empty if it does): it runs
-    each vLLM server in one pod, so a server (a replica, or WorkloadAware's prefill or
-    decode instance) must fit on one node (docs/vllm.md)."""
-    if config.strategy == "WorkloadAware":
-        for role, gpus in (("prefill", config.encode_gpus), ("decode", config.decode_gpus)):
-            if gpus > gpus_per_node:
-                return (
-                    f"the operator runs each vLLM server in one pod: a {role} instance of "
-                    f"{gpus} GPUs does not fit on a node of {gpus_per_node}"
-                )
+def vllm_nodes(gpus: int, gpus_per_node: int) -> int:
+    """Nodes (pods) a vLLM server of ``gpus`` GPUs spans: one when it fits on a node,
+    otherwise whole nodes (what ``vllm_server_limitation`` admits)."""
+    return 1 if gpus <= gpus_per_node else gpus // gpus_per_node
+
+
+def vllm_server_limitation(what: str, gpus: int, tensor_parallel: int, gpus_per_node: int) -> str:
+    """Why the operator does not run a vLLM server (``what``: a replica, a prefill or a
+    decode instance) of ``gpus`` GPUs in groups of ``tensor_parallel`` on nodes of
+    ``gpus_per_node`` GPUs (empty if it does).
+
+    A server that fits on a node runs in one pod. A larger one runs over ``nnodes`` pods
+    with vLLM's multiprocessing backend (``--nnodes``, ``--node-rank``,
+    ``--master-addr``): vLLM requires ``nnodes`` to divide the world size and places
+    ``world_size / nnodes`` consecutive ranks on each node, tensor parallelism innermost
+    (rank = stage x TP + TP rank). The operator spans whole nodes (each pod takes every
+    GPU of its node, so the pods of the plan fill the nodes it was priced on), and the
+    planner prices tensor parallelism inside one node, so a node's GPUs must hold whole
+    tensor-parallel groups: a server spanning nodes is split between pipeline stages.
+    vLLM itself would also run a tensor-parallel group split across nodes, or a node
+    partly used; neither is what the plan priced, so neither is deployed."""
+    if gpus <= gpus_per_node:
         return ""
-    if config.gpus_per_replica > gpus_per_node:
+    if gpus % gpus_per_node != 0:
         return (
-            f"the operator runs each vLLM server in one pod: a replica of "
-            f"{config.gpus_per_replica} GPUs does not fit on a node of {gpus_per_node}"
+            f"a vLLM {what} of {gpus} GPUs spans nodes of {gpus_per_node} GPUs only as "
+            "whole nodes (each pod of a multi-node server takes all its node's GPUs)"
+        )
+    if gpus_per_node % tensor_parallel != 0:
+        return (
+            f"a vLLM {what} over nodes of {gpus_per_node} GPUs would split its "
+            f"tensor-parallel groups of {tensor_parallel} between nodes (vLLM puts "
+            f"{gpus_per_node} consecutive ranks on each node); the plan prices tensor "
+            "parallelism inside a node"
         )
     return ""
+
+
+def vllm_deployment_limitation(config: ExecutionConfig, gpus_per_node: int) -> str:
+    """Why the operator does not deploy ``config`` on vLLM (empty if it does): each vLLM
+    server (a replica, or WorkloadAware's prefill or decode instance) fits on a node, or
+    spans whole nodes split between pipeline stages (``vllm_server_limitation``,
+    docs/vllm.md)."""
+    if config.strategy == "WorkloadAware":
+        return vllm_server_limitation(
+            "prefill instance", config.encode_gpus, config.encode_tp, gpus_per_node
+        ) or vllm_server_limitation(
+            "decode instance", config.decode_gpus, config.tensor_parallel, gpus_per_node
+        )
+    return vllm_server_limitation(
+        "replica", config.gpus_per_replica, config.tensor_parallel, gpus_per_node
+    )

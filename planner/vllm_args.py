@@ -1,21 +1,21 @@
 """The command lines of vLLM's OpenAI server that execute a plan (pure; no vLLM import).
 
 One vLLM server runs each model replica (RoundRobin, Static, Continuous), or each prefill
-instance and each decode instance of a WorkloadAware replica. A replica larger than a node
-spans ``nnodes`` pods of a StatefulSet with vLLM's multiprocessing backend (no Ray): the
-pod of node rank 0 serves the API, the others run vLLM's headless workers
-(docs/vllm.md).
+instance and each decode instance of a WorkloadAware replica. A server larger than a node
+spans ``nnodes`` whole nodes with vLLM's multiprocessing backend (no Ray): node rank 0
+serves the API, the others run vLLM's headless workers (``serve --headless``) and meet it
+at ``--master-addr``:``MASTER_PORT`` (docs/vllm.md).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from .engines import VLLM_MAX_NUM_BATCHED_TOKENS
 from .plan import Plan
+from .runnable import vllm_nodes, vllm_server_limitation
 from .vllm_schedule import SCHEDULER_CLS, VllmSchedule
 from .workerplan import WorkerPlan
 
@@ -25,10 +25,9 @@ WorkloadAware replica."""
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 HEADLESS_MODULE = "vllm.entrypoints.cli.main"
-"""Nodes other than rank 0 of a multi-node replica: ``serve --headless``."""
+"""Nodes other than rank 0 of a multi-node server: ``serve --headless``."""
 MASTER_PORT = 29500
-NODE_RANK = "$(NODE_RANK)"
-"""The node rank as the pod's environment gives it (Kubernetes expands ``$(VAR)``)."""
+"""Where node rank 0 serves torch.distributed's store for the other nodes."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +93,12 @@ def server_shape(
 
 
 def nodes(shape: ServerShape, gpus_per_node: int) -> int:
-    """Pods (nodes) one server spans."""
-    if shape.gpus > gpus_per_node and shape.gpus % gpus_per_node != 0:
-        raise ValueError(
-            f"a server of {shape.gpus} GPUs cannot be split evenly over nodes of "
-            f"{gpus_per_node} GPUs"
-        )
-    return max(1, math.ceil(shape.gpus / gpus_per_node))
+    """Nodes (pods) one server spans; a server the operator cannot lay out over nodes
+    (``runnable.vllm_server_limitation``) is refused."""
+    reason = vllm_server_limitation("server", shape.gpus, shape.tensor_parallel, gpus_per_node)
+    if reason:
+        raise ValueError(reason)
+    return vllm_nodes(shape.gpus, gpus_per_node)
 
 
 def server_args(
@@ -117,15 +115,17 @@ def server_args(
     kv_cache: KvCache | None = None,
     kv_transfer: KvTransfer | None = None,
     master_addr: str | None = None,
-    node_rank: str = NODE_RANK,
+    node_rank: int | None = None,
 ) -> list[str]:
     """vLLM's arguments (after the module) for one server of ``plan``.
 
     ``max_num_seqs`` is the plan's batch cap; ``max_model_len`` the longest input plus
     output; ``max_num_batched_tokens`` fits the encode batch's longest prompts and the
     decode batch in one step, so an encode batch is never chunked (Continuous keeps vLLM's
-    chunked prefill and its default budget). A server over several nodes needs
-    ``master_addr`` (the rank-0 pod's address); ``node_rank`` is the pod's rank.
+    chunked prefill and its default budget). A server over several nodes gets
+    ``--nnodes`` and ``--master-port``, and ``--node-rank`` and ``--master-addr`` (the
+    address of node rank 0) when given: both or neither (a pod that learns its rank
+    when it starts appends them itself).
     """
     shape = server_shape(plan, max_output_tokens, role)
     max_model_len = max_input_tokens + max_output_tokens
@@ -167,23 +167,14 @@ def server_args(
     if kv_transfer is not None:
         args += ["--kv-transfer-config", kv_transfer.config()]
     count = nodes(shape, gpus_per_node)
+    if (master_addr is None) != (node_rank is None):
+        raise ValueError("give master_addr and node_rank together")
     if count > 1:
-        if master_addr is None:
-            raise ValueError(f"a server over {count} nodes needs master_addr (its rank-0 pod)")
-        args += [
-            "--nnodes", str(count),
-            "--node-rank", node_rank,
-            "--master-addr", master_addr,
-            "--master-port", str(MASTER_PORT),
-        ]  # fmt: skip
+        args += ["--nnodes", str(count), "--master-port", str(MASTER_PORT)]
+        if master_addr is not None and node_rank is not None:
+            if not 0 <= node_rank < count:
+                raise ValueError(f"node rank {node_rank} of a server over {count} nodes")
+            args += ["--node-rank", str(node_rank), "--master-addr", master_addr]
+    elif master_addr is not None:
+        raise ValueError("a server on one node has no master_addr")
     return args
-
-
-def launch_script() -> str:
-    """The shell a multi-node server's pods run (``sh -c SCRIPT vllm ARGS...``): rank 0
-    serves the API, the other ranks run vLLM's headless workers."""
-    return (
-        'if [ "$NODE_RANK" = 0 ]; then '
-        f'exec python3 -m {SERVER_MODULE} "$@"; '
-        f'else exec python3 -m {HEADLESS_MODULE} serve --headless "$@"; fi'
-    )

@@ -26,8 +26,13 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAMESPACE = "serving"
 IMAGE = "ghcr.io/exegpt/exegpt-runtime:0.1.0"
 KUBE_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
-# One example per allocation strategy, and one with weights on a PVC and placement.
+# One example per allocation strategy, one with weights on a PVC and placement, and one on
+# vLLM whose servers span nodes.
 CASES: dict[str, dict[str, Any]] = {
+    "gpt3-175b-code.yaml": {
+        "engine": "vLLM",
+        "model": {"weights": {"pvc": "models", "path": "/gpt3-175b"}},
+    },
     "opt-13b-summarization.yaml": {},
     "llama-3-8b-chat.yaml": {"strategy": "RoundRobin"},
     "gpt3-39b-conversation.yaml": {
@@ -88,6 +93,14 @@ def manifests(example: str) -> tuple[dict[str, Any], ...]:
 def test_both_strategies_are_covered() -> None:
     strategies = {planned(example)[2].strategy for example in CASES}
     assert strategies == {"RoundRobin", "WorkloadAware"}
+
+
+def test_a_vllm_server_over_several_nodes_is_covered() -> None:
+    name, _, plan = planned("gpt3-175b-code.yaml")
+    assert plan.engine == "vLLM"
+    sets = {o["metadata"]["name"] for o in manifests("gpt3-175b-code.yaml")
+            if o["kind"] == "StatefulSet"}  # fmt: skip
+    assert sets == {f"{name}-worker", f"{name}-worker-n"}
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)

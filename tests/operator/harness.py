@@ -1555,25 +1555,33 @@ def rendered(cluster: Cluster, name: str = "x") -> bool:
     return len(cluster.statefulsets()) == len(expected_roles(plan)) and len(cluster.services()) == 2
 
 
-def expected_roles(plan: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs, derived
-    from the plan's own fields. On the own engine, RoundRobin (and a Static or Continuous
-    plan) runs ``worker`` pods, one
-    per pipeline stage of each replica, each with ``tensorParallel`` GPUs; WorkloadAware
-    runs ``encoder`` pods (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs)
-    and ``decoder`` pods (``pipelineStages`` per replica, ``tensorParallel`` GPUs). On
-    vLLM one server is one pod: ``worker`` pods (one per replica) with every GPU of the
-    replica, or for WorkloadAware ``encoder`` (prefill) and ``decoder`` pods, one each
-    per replica, and one ``router`` pod (no GPU) in front of them."""
+def expected_roles(plan: Mapping[str, Any], gpus_per_node: int = 8) -> dict[str, tuple[int, int]]:
+    """``{role: (pods, GPUs per pod)}`` a recorded plan (``status.plan``) runs on nodes of
+    ``gpus_per_node`` GPUs, derived from the plan's own fields. On the own engine,
+    RoundRobin (and a Static or Continuous plan) runs ``worker`` pods, one per pipeline
+    stage of each replica, each with ``tensorParallel`` GPUs; WorkloadAware runs
+    ``encoder`` pods (``encodeStages`` per replica, ``encodeTensorParallel`` GPUs) and
+    ``decoder`` pods (``pipelineStages`` per replica, ``tensorParallel`` GPUs). On vLLM a
+    server on one node is one pod: ``worker`` pods (one per replica) with every GPU of
+    the replica, or for WorkloadAware ``encoder`` (prefill) and ``decoder`` pods, one
+    each per replica, and one ``router`` pod (no GPU) in front of them; a server over
+    ``n`` whole nodes adds ``n - 1`` pods per replica in ``<role>-n``, every pod with a
+    node's GPUs."""
     replicas = int(plan["replicas"])
     if plan.get("engine") == "vLLM":
         if plan["strategy"] == "WorkloadAware":
-            return {
-                "encoder": (replicas, plan["encodeGpus"]),
-                "decoder": (replicas, plan["decodeGpus"]),
-                "router": (1, 0),
-            }
-        return {"worker": (replicas, plan["tensorParallel"] * plan["pipelineStages"])}
+            servers = {"encoder": plan["encodeGpus"], "decoder": plan["decodeGpus"]}
+        else:
+            servers = {"worker": plan["tensorParallel"] * plan["pipelineStages"]}
+        out: dict[str, tuple[int, int]] = {}
+        for role, gpus in servers.items():
+            nodes = gpus // gpus_per_node if gpus > gpus_per_node else 1
+            out[role] = (replicas, gpus // nodes)
+            if nodes > 1:
+                out[f"{role}-n"] = (replicas * (nodes - 1), gpus // nodes)
+        if plan["strategy"] == "WorkloadAware":
+            out["router"] = (1, 0)
+        return out
     if plan["strategy"] != "WorkloadAware":
         return {"worker": (replicas * plan["pipelineStages"], plan["tensorParallel"])}
     return {
@@ -1622,7 +1630,8 @@ async def deploy(manifest: Mapping[str, Any], *, timeout: float = 120.0) -> Depl
                 plan = status.get("plan")
                 cm = cluster.stored(CORE, "configmaps", NAMESPACE, f"{name}-plan")
                 sets = cluster.statefulsets()
-                if not plan or cm is None or len(sets) != len(expected_roles(plan)):
+                per_node = int((body["spec"].get("hardware") or {}).get("gpusPerNode", 8))
+                if not plan or cm is None or len(sets) != len(expected_roles(plan, per_node)):
                     return None
                 data = cm["data"]
                 if not plan.get("hash") or data["plan-hash"] != plan["hash"]:

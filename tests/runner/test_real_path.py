@@ -182,26 +182,24 @@ def on_vllm(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", DECODER_ONLY, ids=lambda p: p.stem)
 def test_every_example_starts_vllm_with_the_planners_numbers(path: Path, tmp_path: Path) -> None:
-    """CR -> operator -> plan ConfigMap -> the vLLM servers' arguments, parsed by vLLM's
-    own parser into its engine settings -> the ExeGPT scheduler's settings as it reads
-    them: TP, PP, batch caps, KV blocks, schedule, all the planner's numbers."""
+    """CR -> operator -> plan ConfigMap -> every pod of the vLLM servers, its command line
+    as it starts (rank 0 as Kubernetes expands it, the other nodes of a server spanning
+    nodes as their start script runs), parsed by vLLM's own parser into its engine
+    settings -> the ExeGPT scheduler's settings as it reads them: TP, PP, nodes, node
+    rank, rank 0's address, batch caps, KV blocks, schedule, all the planner's numbers.
+    Every example plans on vLLM (gpt3-175b and gpt3-341b over several nodes)."""
     pytest.importorskip("vllm")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm_pods import Node, expanded
 
-    from exegpt.planner.vllm_args import server_shape
+    from exegpt.operator import names
+    from exegpt.planner.vllm_args import HEADLESS_MODULE, SERVER_MODULE, server_shape
     from exegpt.planner.vllm_schedule import SCHEDULER_CLS, VllmSchedule
     from exegpt.planner.workerplan import WorkerPlan
 
     manifest = on_vllm(yaml.safe_load(path.read_text()))
-    request = plan_request(parse_manifest(manifest).spec)
-    degrees = request.architecture.tensor_parallel_degrees(
-        limit=min(request.gpus_per_node, request.gpus)
-    )
-    profile = analytic_profile(request.architecture, request.gpu, request.dtype, tuple(degrees))
-    if not isinstance(schedule(request, profile, time_limit_s=20.0), Plan):
-        pytest.skip("no configuration vLLM runs meets this example (e.g. no server fits a node)")
     out = deployed(manifest)
     expected = planners(manifest)
     plan, kv = expected.plan, expected.capacity
@@ -211,33 +209,77 @@ def test_every_example_starts_vllm_with_the_planners_numbers(path: Path, tmp_pat
     assert (doc.strategy, doc.engine, doc.config) == (plan.strategy, "vLLM", c)
     assert doc.capacity == kv and kv.engine == "vLLM"
     max_out = doc.limits.maxOutputTokens
+    gpus_per_node = parse_manifest(manifest).spec.hardware.gpus_per_node
     servers = {"worker": "server", "encoder": "prefill", "decoder": "decode"}
+    node = Node.at(tmp_path / "node")
+    name = manifest["metadata"]["name"]
+    service = names.headless_service(name)
+    started = 0
     for sts in out.statefulsets:
-        role = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+        component = sts["metadata"]["labels"]["app.kubernetes.io/component"]
+        role = component.removesuffix(names.NODES_SUFFIX)
         if role not in servers:
             continue  # the router in front of WorkloadAware's servers
         [container] = sts["spec"]["template"]["spec"]["containers"]
-        parser = make_arg_parser(FlexibleArgumentParser())
-        engine = AsyncEngineArgs.from_cli_args(parser.parse_args(container["args"]))
         shape = server_shape(doc, max_out, servers[role])  # type: ignore[arg-type]
-        assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (
-            shape.tensor_parallel,
-            shape.pipeline_stages,
-        )
-        assert engine.max_num_seqs == shape.max_num_seqs
-        assert engine.max_model_len == doc.limits.maxInputTokens + max_out
-        if servers[role] != "prefill":  # the decoding servers hold the priced KV cache
-            assert (engine.num_gpu_blocks_override, engine.block_size) == (
-                kv.blocks,
-                kv.block_size,
+        nodes = shape.gpus // gpus_per_node if shape.gpus > gpus_per_node else 1
+        gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+        assert gpus * nodes == shape.gpus and gpus <= gpus_per_node
+        rank0 = component == role
+        assert sts["spec"]["replicas"] == c.replicas * (1 if rank0 else nodes - 1)
+        for ordinal in range(sts["spec"]["replicas"]):
+            pod = f"{sts['metadata']['name']}-{ordinal}"
+            if rank0:
+                argv = expanded(container, pod)
+                assert argv[:3] == ["python3", "-m", SERVER_MODULE]
+                argv, replica, rank = argv[3:], ordinal, 0
+            else:
+                argv = node.start(container, pod)
+                assert argv[:5] == ["python3", "-m", HEADLESS_MODULE, "serve", "--headless"]
+                argv, replica, rank = argv[4:], ordinal // (nodes - 1), ordinal % (nodes - 1) + 1
+            namespace = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+            engine = AsyncEngineArgs.from_cli_args(namespace)
+            started += 1
+            assert namespace.headless is not rank0
+            assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (
+                shape.tensor_parallel,
+                shape.pipeline_stages,
             )
-        if shape.schedule is None:  # stock vLLM (and WorkloadAware's instances)
-            assert engine.scheduler_cls in (None, "") or "ExeGPT" not in str(engine.scheduler_cls)
-            continue
-        assert engine.scheduler_cls == SCHEDULER_CLS
-        started = VllmSchedule.from_additional_config(engine.additional_config)
-        assert started == VllmSchedule.from_config(c, max_out)
-        assert (started.encode_batch, started.decode_steps_per_encode) == (
-            c.encode_batch,
-            c.decode_steps_per_encode,
-        )
+            assert engine.distributed_executor_backend == "mp"
+            if nodes > 1:
+                master = f"{names.statefulset(name, role)}-{replica}.{service}"
+                assert (engine.nnodes, engine.node_rank, engine.master_addr) == (
+                    nodes,
+                    rank,
+                    master,
+                )
+            else:
+                assert (engine.nnodes, engine.node_rank) == (1, 0)
+            assert engine.max_num_seqs == shape.max_num_seqs
+            assert engine.max_model_len == doc.limits.maxInputTokens + max_out
+            if servers[role] != "prefill":  # the decoding servers hold the priced KV cache
+                assert (engine.num_gpu_blocks_override, engine.block_size) == (
+                    kv.blocks,
+                    kv.block_size,
+                )
+            if shape.schedule is None:  # stock vLLM (and WorkloadAware's instances)
+                assert engine.scheduler_cls in (None, "") or "ExeGPT" not in str(
+                    engine.scheduler_cls
+                )
+                continue
+            assert engine.scheduler_cls == SCHEDULER_CLS
+            schedule_read = VllmSchedule.from_additional_config(engine.additional_config)
+            assert schedule_read == VllmSchedule.from_config(c, max_out)
+            assert (schedule_read.encode_batch, schedule_read.decode_steps_per_encode) == (
+                c.encode_batch,
+                c.decode_steps_per_encode,
+            )
+    # the plan's GPUs, each in one of the pods started above
+    pods = c.total_gpus // gpus_per_node if c.gpus_per_replica > gpus_per_node else None
+    assert pods is None or started == pods
+    requested = 0
+    for s in out.statefulsets:
+        [container] = s["spec"]["template"]["spec"]["containers"]
+        limits = container["resources"].get("limits", {})  # the router has none
+        requested += int(limits.get("nvidia.com/gpu", 0)) * s["spec"]["replicas"]
+    assert requested == c.total_gpus

@@ -45,7 +45,7 @@ CASES: list[tuple[str, Plan, Role, dict[str, Any]]] = [
     ("continuous", _plan("Continuous", decode_batch=64), "server", {}),
     ("multinode", _plan("RoundRobin", encode_batch=2, decode_batch=8, tensor_parallel=8,
                         pipeline_stages=2, micro_batches=2), "server",
-     {"master_addr": "x-worker-0.x-workers", "node_rank": "1"}),
+     {"master_addr": "x-worker-0.x-stages", "node_rank": 0}),
     ("prefill", _plan("WorkloadAware", encode_batch=8, decode_batch=64, encode_tp=2),
      "prefill", {"kv_transfer": KvTransfer()}),
     ("decode", _plan("WorkloadAware", encode_batch=8, decode_batch=64, tensor_parallel=2),
@@ -88,9 +88,43 @@ def test_vllm_parses_the_rendered_arguments(
         kv = engine.kv_transfer_config
         assert kv.kv_role == "kv_both" and kv.kv_connector == extra["kv_transfer"].connector
     if label == "multinode":
+        assert (engine.nnodes, engine.node_rank, engine.master_addr, engine.master_port) == (
+            2, 0, "x-worker-0.x-stages", 29500)  # fmt: skip
+        # the other node's command line: the same server, headless, its rank appended
+        rest = server_args(
+            plan, model_dir="/weights/m", served_model_name="m", dtype="float16",
+            max_input_tokens=512, max_output_tokens=256, port=8000, gpus_per_node=8,
+        )  # fmt: skip
+        namespace, engine = _parse(
+            [*rest, "--headless", "--node-rank", "1", "--master-addr", "x-worker-0.x-stages"]
+        )
+        assert namespace.headless
         assert (engine.nnodes, engine.node_rank, engine.master_addr) == (
-            2, 1, "x-worker-0.x-workers")  # fmt: skip
-        _parse([*args, "--headless"])  # the other ranks' command line
+            2, 1, "x-worker-0.x-stages")  # fmt: skip
+        from vllm.config import ParallelConfig
+
+        config = ParallelConfig(
+            tensor_parallel_size=engine.tensor_parallel_size,
+            pipeline_parallel_size=engine.pipeline_parallel_size,
+            nnodes=engine.nnodes, node_rank=engine.node_rank, master_addr=engine.master_addr,
+            distributed_executor_backend=engine.distributed_executor_backend,
+        )  # fmt: skip
+        # vLLM's layout: 8 consecutive ranks per node, one pipeline stage each
+        assert (config.world_size, config.local_world_size, config.node_rank_within_dp) == (
+            16, 8, 1)  # fmt: skip
+
+
+def test_servers_the_operator_cannot_lay_over_nodes_are_refused() -> None:
+    kwargs: dict[str, Any] = {
+        "model_dir": "/m", "served_model_name": "m", "dtype": "float16",
+        "max_input_tokens": 8, "max_output_tokens": 8, "port": 8000, "gpus_per_node": 8,
+    }  # fmt: skip
+    twelve = _plan("RoundRobin", tensor_parallel=4, pipeline_stages=3, micro_batches=3)
+    with pytest.raises(ValueError, match="only as whole nodes"):
+        server_args(twelve, **kwargs)
+    one_node = _plan("RoundRobin", tensor_parallel=8)
+    with pytest.raises(ValueError, match="one node"):
+        server_args(one_node, master_addr="a", node_rank=0, **kwargs)
 
 
 def test_additional_config_is_json() -> None:

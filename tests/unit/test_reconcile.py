@@ -365,3 +365,36 @@ def test_a_child_created_concurrently_is_taken_as_created(world: World) -> None:
     racing.make_ready()
     racing.run()
     assert racing.run().writes == []
+
+
+def test_a_vllm_server_over_nodes_runs_two_statefulsets_and_leaves_none_behind(
+    world: World,
+) -> None:
+    """opt-13b (26 GB) on one-GPU L4 nodes: each server spans nodes (rank 0 and the other
+    nodes' StatefulSet); on nodes of four GPUs it fits one, and the other nodes'
+    StatefulSet goes."""
+    world.add(
+        deployment(
+            "x", engine="vLLM", **{"model.weights": {"pvc": "models", "path": "/opt-13b"}},
+            hardware={"gpus": 4, "gpuType": "nvidia-l4", "gpusPerNode": 1},
+            slo={"latency": "30s"},
+        )
+    )  # fmt: skip
+    world.run()
+    plan = world.status()["plan"]
+    assert plan["engine"] == "vLLM"
+    nodes = plan["tensorParallel"] * plan["pipelineStages"]
+    rank0 = world.get(STATEFULSET, "x-worker")
+    others = world.get(STATEFULSET, "x-worker-n")
+    assert rank0 is not None and others is not None
+    assert others["spec"]["replicas"] == plan["replicas"] * (nodes - 1) > 0
+    world.make_ready()
+    world.run()
+    assert world.condition("Available")["status"] == "True"
+    assert world.status()["pods"] == {"desired": 4, "ready": 4}
+
+    world.edit(hardware__gpusPerNode=4)
+    world.run()
+    assert world.get(STATEFULSET, "x-worker") is not None
+    assert world.get(STATEFULSET, "x-worker-n") is None
+    assert ("delete", STATEFULSET.plural, "x-worker-n") in world.kube.calls
