@@ -176,7 +176,14 @@ def test_runtime_image_runs_what_the_operator_starts() -> None:
     }
     vllm = ("python3", "-m", "vllm.entrypoints.openai.api_server")
     expected = {(("exegpt",), "profile"), (("exegpt",), "serve"), (vllm, "--model")}
-    assert commands - {(("vllm-router",), "--host")} == expected
+    # the other nodes of a vLLM server over several nodes: a start script that runs
+    # vLLM's headless workers (docs/vllm.md)
+    scripts = {c for c in commands if c[0][:2] == ("sh", "-c")}
+    assert scripts, "an example plans a vLLM server over several nodes"
+    for command, first in scripts:
+        assert "exec python3 -m vllm.entrypoints.cli.main serve --headless" in command[2]
+        assert first == "--model"
+    assert commands - {(("vllm-router",), "--host")} - scripts == expected
     assert entrypoint("runtime") == ["exegpt"]
     assert {"profile", "serve"} <= subcommands()
     # vLLM's server (plans for vLLM) runs from the same image, at the tested version
