@@ -77,7 +77,7 @@ from exegpt.bench.report import _jsonable, _stats, by_role_summary, summarize
 from exegpt.bench.runner import bench_workload, replay_e2e_p99
 from exegpt.bench.vllm_overhead import describe, measure_overhead, with_overhead
 from exegpt.bench.vllm_profile import CPU_MODEL
-from exegpt.bench.vllm_servers import counters_between, read_counters, serve
+from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve, serve_all
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, StrategyChoice
@@ -114,11 +114,12 @@ class Mode:
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
     overhead_repeats: int = 2
+    together: bool = False  # a round's servers started at once (they use more memory)
 
 
 QUICK = Mode(
     "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
-    overhead_batches=(1, 8, 32), overhead_repeats=1,
+    overhead_batches=(1, 8, 32), overhead_repeats=1, together=True,
 )  # fmt: skip
 FULL = Mode(
     "full", 45.0, 260, 160, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
@@ -268,17 +269,15 @@ class Runs:
     start_s: float = math.nan
 
 
-def measure(
+def drive(
     entry: Entry,
-    model_dir: Path,
+    served: Served,
     workload: Workload,
     mode: Mode,
     rng: np.random.Generator,
     vocab: int,
-    workdir: Path,
-    environment: dict[str, str],
 ) -> Runs:
-    """Start ``entry``'s servers, run the Poisson load then the closed loop, stop them."""
+    """Run the Poisson load, then the closed loop, on ``entry``'s servers."""
     predicted = entry.sim.evaluate(entry.config)
     c = concurrency(entry.config, predicted.decode_batch)
     closed_n = max(mode.closed_requests, MIN_CLOSED_PER_CONCURRENCY * c)
@@ -286,24 +285,63 @@ def measure(
     poisson = make_requests(workload, mode.poisson_requests, rng, vocab)
     gaps = [float(g) for g in rng.exponential(1.0, mode.poisson_requests)]
     rate = LOAD * predicted.throughput_qps
-    at = time.monotonic()
-    with serve(
-        entry.plan, model_dir, workload.input.max, workload.output.max, workdir, environment
-    ) as s:
-        started = time.monotonic() - at
-        client = Client(s.url, "bench")
-        client.warm()
-        cpu, wall = time.process_time(), time.monotonic()
-        c0 = read_counters(s.engines)
-        timed_poisson = client.poisson(poisson, gaps, rate)
-        c1 = read_counters(s.engines)
-        timed_closed = client.closed_loop(closed, c)
-        c2 = read_counters(s.engines)
-        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    client = Client(served.url, "bench")
+    client.warm()
+    cpu, wall = time.process_time(), time.monotonic()
+    c0 = read_counters(served.engines)
+    timed_poisson = client.poisson(poisson, gaps, rate)
+    c1 = read_counters(served.engines)
+    timed_closed = client.closed_loop(closed, c)
+    c2 = read_counters(served.engines)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     return Runs(
         timed_poisson, timed_closed, rate, c, counters_between(c0, c1), counters_between(c1, c2),
-        client_cpu_s=cpu, wall_s=wall, argv=s.argv, start_s=started,
+        client_cpu_s=cpu, wall_s=wall, argv=served.argv,
     )  # fmt: skip
+
+
+def run_round(
+    entries: Sequence[Entry],
+    model_dir: Path,
+    workload: Workload,
+    mode: Mode,
+    rng: np.random.Generator,
+    workdir: Path,
+    environment: dict[str, str],
+    log: Callable[[str], None],
+) -> list[tuple[Entry, Runs | Exception]]:
+    """Each configuration's servers started and measured in turn; or (``mode.together``)
+    every configuration's servers started at once, then each measured in turn while the
+    others wait idle. A fidelity row that fails is returned as its exception."""
+    vocab = CPU_MODEL.vocab_size
+    out: list[tuple[Entry, Runs | Exception]] = []
+    args = (model_dir, workload.input.max, workload.output.max)
+    if mode.together:
+        at = time.monotonic()
+        with serve_all([e.plan for e in entries], *args, workdir, environment) as all_served:
+            started = time.monotonic() - at
+            log(f"  {len(entries)} configurations' servers started together in {started:.0f} s")
+            for e, served in zip(entries, all_served, strict=True):
+                log(f"  {e.role}: {summarize_config(e.config)}")
+                runs = drive(e, served, workload, mode, rng, vocab)
+                runs.start_s = started
+                out.append((e, runs))
+        return out
+    for i, e in enumerate(entries):
+        log(f"  {e.role}: {summarize_config(e.config)}")
+        at = time.monotonic()
+        try:
+            with serve(e.plan, *args, workdir / str(i), environment) as served:
+                started = time.monotonic() - at
+                runs = drive(e, served, workload, mode, rng, vocab)
+                runs.start_s = started
+        except Exception as exc:
+            if e.role in ("plan", "vllm", "static"):
+                raise
+            out.append((e, exc))
+            continue
+        out.append((e, runs))
+    return out
 
 
 def evaluate(
@@ -657,31 +695,27 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
             notes += [f"{name} bound: {n}" for n in why]
             entries += [(name, e) for e in chosen]
         rows: list[dict[str, Any]] = []
-        for index, (turn, (name, entry)) in enumerate(
-            (t, e) for t in range(mode.rounds) for e in entries
-        ):
-            log(
-                f"round {turn + 1}/{mode.rounds}, {name} bound, {entry.role}: "
-                f"{summarize_config(entry.config)}"
-            )
-            workdir = root / f"{index}-{entry.role}"
-            workdir.mkdir()
-            try:
-                runs = measure(
-                    entry, model_dir, workload, mode, rng, architecture.vocab_size, workdir,
-                    environment,
-                )  # fmt: skip
-            except Exception as exc:
-                if entry.role in ("plan", "vllm", "static"):
-                    raise
-                notes.append(f"{entry.role} ({summarize_config(entry.config)}) failed: {exc}")
-                continue
-            row = evaluate(entry, runs, workload, profile, bounds[name], bare)
-            rows.append({**row, "bound": name, "round": turn})
-            log(
-                "  measured " + ", ".join(f"{k} {v:.3f}" for k, v in row["measured"].items())
-                + "; error % " + ", ".join(f"{k} {v:+.1f}" for k, v in row["error_pct"].items())
+        for turn in range(mode.rounds):
+            log(f"round {turn + 1}/{mode.rounds}")
+            done = run_round(
+                [e for _, e in entries], model_dir, workload, mode, rng, root / f"round{turn}",
+                environment, log,
             )  # fmt: skip
+            for (name, _), (entry, runs) in zip(entries, done, strict=True):
+                if isinstance(runs, Exception):
+                    notes.append(
+                        f"round {turn + 1}: {entry.role} ({summarize_config(entry.config)}) "
+                        f"failed: {runs}"
+                    )
+                    continue
+                row = evaluate(entry, runs, workload, profile, bounds[name], bare)
+                rows.append({**row, "bound": name, "round": turn})
+                log(
+                    f"  {name}/{entry.role}: measured "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in row["measured"].items())
+                    + "; error % "
+                    + ", ".join(f"{k} {v:+.1f}" for k, v in row["error_pct"].items())
+                )
     keys = ("name", "family", "num_layers", "hidden_size", "num_heads", "ffn_size", "vocab_size")
     return {
         "mode": mode.name,

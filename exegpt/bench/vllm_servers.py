@@ -137,6 +137,90 @@ def render(
     return args
 
 
+@dataclass
+class _Started:
+    """One plan's servers, started, not yet known healthy."""
+
+    plan: Plan
+    servers: list[Process]
+    argv: dict[str, list[str]]
+
+
+def _start(
+    stack: ExitStack,
+    plan: Plan,
+    model_dir: Path,
+    max_input: int,
+    max_output: int,
+    workdir: Path,
+    env: dict[str, str],
+) -> _Started:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if plan.config.strategy == "WorkloadAware":
+        storage = workdir / "kv"
+        storage.mkdir(exist_ok=True)
+        transfer: KvTransfer | None = KvTransfer("ExampleConnector", str(storage))
+        roles: tuple[Role, ...] = ("prefill", "decode")
+    else:
+        transfer, roles = None, ("server",)
+    servers: list[Process] = []
+    argv: dict[str, list[str]] = {}
+    for role in roles:
+        port = free_port()
+        args = render(plan, role, model_dir, max_input, max_output, port, transfer)
+        argv[role] = args
+        command = [sys.executable, "-m", SERVER_MODULE, *args]
+        url = f"http://127.0.0.1:{port}"
+        servers.append(
+            stack.enter_context(_process(role, command, workdir / f"{role}.log", url, env))
+        )
+    return _Started(plan, servers, argv)
+
+
+def _ready(stack: ExitStack, started: _Started, workdir: Path, env: dict[str, str]) -> Served:
+    """Wait for ``started``'s servers; in front of WorkloadAware's, start the router."""
+    for p in started.servers:
+        _wait_healthy(p, started.servers, START_TIMEOUT_S)
+    if len(started.servers) == 1:
+        (p,) = started.servers
+        return Served(p.url, (p.url,), started.argv)
+    prefill, decode = started.servers
+    router = shutil.which("vllm-router", path=str(Path(sys.executable).parent))
+    if router is None:
+        raise ServerFailed("vllm-router is not installed beside vLLM (docs/vllm.md)")
+    port = free_port()
+    args = [
+        "--host", "127.0.0.1", "--port", str(port), "--vllm-pd-disaggregation",
+        "--prefill", prefill.url, "--decode", decode.url,
+    ]  # fmt: skip
+    r = stack.enter_context(
+        _process("router", [router, *args], workdir / "router.log", f"http://127.0.0.1:{port}", env)
+    )
+    _wait_healthy(r, [*started.servers, r], 120.0)
+    return Served(r.url, (decode.url,), {**started.argv, "router": args})
+
+
+@contextmanager
+def serve_all(
+    plans: Sequence[Plan],
+    model_dir: Path,
+    max_input: int,
+    max_output: int,
+    workdir: Path,
+    environment: Mapping[str, str],
+) -> Iterator[list[Served]]:
+    """The servers of every plan of ``plans`` (plans for vLLM), started at once and
+    healthy, in the order of ``plans``; all stopped on exit."""
+    env = server_environment(environment)
+    with ExitStack() as stack:
+        dirs = [workdir / str(i) for i in range(len(plans))]
+        started = [
+            _start(stack, plan, model_dir, max_input, max_output, d, env)
+            for plan, d in zip(plans, dirs, strict=True)
+        ]
+        yield [_ready(stack, s, d, env) for s, d in zip(started, dirs, strict=True)]
+
+
 @contextmanager
 def serve(
     plan: Plan,
@@ -147,98 +231,38 @@ def serve(
     environment: Mapping[str, str],
 ) -> Iterator[Served]:
     """The servers of ``plan`` (a plan for vLLM), healthy; stopped on exit."""
-    env = server_environment(environment)
-    with ExitStack() as stack:
-        if plan.config.strategy != "WorkloadAware":
-            port = free_port()
-            args = render(plan, "server", model_dir, max_input, max_output, port)
-            p = stack.enter_context(
-                _process(
-                    "server",
-                    [sys.executable, "-m", SERVER_MODULE, *args],
-                    workdir / "server.log",
-                    f"http://127.0.0.1:{port}",
-                    env,
-                )
-            )
-            _wait_healthy(p, [p], START_TIMEOUT_S)
-            yield Served(p.url, (p.url,), {"server": args})
-            return
-        storage = workdir / "kv"
-        storage.mkdir(exist_ok=True)
-        transfer = KvTransfer("ExampleConnector", str(storage))
-        started: list[Process] = []
-        argv: dict[str, list[str]] = {}
-        for role in ("prefill", "decode"):
-            port = free_port()
-            args = render(plan, role, model_dir, max_input, max_output, port, transfer)
-            argv[role] = args
-            started.append(
-                stack.enter_context(
-                    _process(
-                        role,
-                        [sys.executable, "-m", SERVER_MODULE, *args],
-                        workdir / f"{role}.log",
-                        f"http://127.0.0.1:{port}",
-                        env,
-                    )
-                )
-            )
-        for p in started:
-            _wait_healthy(p, started, START_TIMEOUT_S)
-        router = shutil.which("vllm-router", path=str(Path(sys.executable).parent))
-        if router is None:
-            raise ServerFailed("vllm-router is not installed beside vLLM (docs/vllm.md)")
-        port = free_port()
-        argv["router"] = [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--vllm-pd-disaggregation",
-            "--prefill",
-            started[0].url,
-            "--decode",
-            started[1].url,
-        ]
-        r = stack.enter_context(
-            _process(
-                "router",
-                [router, *argv["router"]],
-                workdir / "router.log",
-                f"http://127.0.0.1:{port}",
-                env,
-            )
-        )
-        _wait_healthy(r, [*started, r], 120.0)
-        yield Served(r.url, (started[1].url,), argv)
+    with serve_all([plan], model_dir, max_input, max_output, workdir, environment) as (s,):
+        yield s
 
 
 # -- the engine's counters ---------------------------------------------------------------------
 
-COUNTERS = {
+COUNTERS: dict[str, tuple[str, str]] = {
     # engine steps (one observation per step) and the tokens they ran
-    "steps": "vllm:iteration_tokens_total_count",
-    "step_tokens": "vllm:iteration_tokens_total_sum",
+    "steps": ("vllm:iteration_tokens_total_count", ""),
+    "step_tokens": ("vllm:iteration_tokens_total_sum", ""),
     # from a request's first scheduling to its first token, and the time it queued
-    "prefill_s": "vllm:request_prefill_time_seconds_sum",
-    "prefills": "vllm:request_prefill_time_seconds_count",
-    "queue_s": "vllm:request_queue_time_seconds_sum",
-    "preemptions": "vllm:num_preemptions_total",
+    "prefill_s": ("vllm:request_prefill_time_seconds_sum", ""),
+    "prefills": ("vllm:request_prefill_time_seconds_count", ""),
+    "queue_s": ("vllm:request_queue_time_seconds_sum", ""),
+    "preemptions": ("vllm:num_preemptions_total", ""),
+    # prompt tokens computed here, and loaded through the KV connector (WorkloadAware)
+    "prompt_local": ("vllm:prompt_tokens_by_source_total", 'source="local_compute"'),
+    "prompt_loaded": ("vllm:prompt_tokens_by_source_total", 'source="external_kv_transfer"'),
 }
 
 
 def parse_counters(text: str) -> dict[str, float]:
-    """The :data:`COUNTERS` in a ``/metrics`` page, each summed over its series."""
+    """The :data:`COUNTERS` in a ``/metrics`` page, each summed over its series (those
+    with its label, where it names one)."""
     out = dict.fromkeys(COUNTERS, 0.0)
-    names = {v: k for k, v in COUNTERS.items()}
     for line in text.splitlines():
         if line.startswith("#") or not line:
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        key = names.get(name)
-        if key is not None:
-            out[key] += float(line.rsplit(" ", 1)[1])
+        for key, (metric, label) in COUNTERS.items():
+            if name == metric and label in line:
+                out[key] += float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -263,4 +287,6 @@ def counters_between(before: dict[str, float], after: dict[str, float]) -> dict[
         "mean_prefill_s": d["prefill_s"] / prefills if prefills else float("nan"),
         "mean_queue_s": d["queue_s"] / prefills if prefills else float("nan"),
         "preemptions": d["preemptions"],
+        "prompt_tokens_computed": d["prompt_local"],
+        "prompt_tokens_loaded": d["prompt_loaded"],
     }

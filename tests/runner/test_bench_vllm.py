@@ -176,6 +176,8 @@ vllm:request_prefill_time_seconds_count{engine="0",model_name="bench"} 40.0
 vllm:request_queue_time_seconds_sum{engine="0",model_name="bench"} 8.0
 vllm:num_preemptions_total{engine="0",model_name="bench"} 0.0
 vllm:num_requests_running{engine="0",model_name="bench"} 3.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="bench",source="local_compute"} 50.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="bench",source="external_kv_transfer"} 256.0
 """
 
 
@@ -191,6 +193,7 @@ def test_the_engines_counters_are_read_and_differenced() -> None:
     assert d["steps"] == 200 and d["mean_step_tokens"] == 10
     assert d["prefills"] == 20 and d["mean_prefill_s"] == pytest.approx(0.05)
     assert d["mean_queue_s"] == 0
+    assert before["prompt_local"] == 50 and before["prompt_loaded"] == 256
 
 
 def test_a_record_counts_the_prefill_before_the_first_token() -> None:
