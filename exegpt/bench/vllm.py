@@ -77,7 +77,7 @@ from exegpt.bench.report import _jsonable, _stats, by_role_summary, summarize
 from exegpt.bench.runner import bench_workload, replay_e2e_p99
 from exegpt.bench.vllm_overhead import describe, measure_overhead, with_overhead
 from exegpt.bench.vllm_profile import CPU_MODEL
-from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve, serve_all
+from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, StrategyChoice
@@ -114,12 +114,11 @@ class Mode:
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
     overhead_repeats: int = 2
-    together: bool = False  # a round's servers started at once (they use more memory)
 
 
 QUICK = Mode(
     "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
-    overhead_batches=(1, 8, 32), overhead_repeats=1, together=True,
+    overhead_batches=(1, 8, 32), overhead_repeats=1,
 )  # fmt: skip
 FULL = Mode(
     "full", 45.0, 260, 160, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
@@ -310,23 +309,12 @@ def run_round(
     environment: dict[str, str],
     log: Callable[[str], None],
 ) -> list[tuple[Entry, Runs | Exception]]:
-    """Each configuration's servers started and measured in turn; or (``mode.together``)
-    every configuration's servers started at once, then each measured in turn while the
-    others wait idle. A fidelity row that fails is returned as its exception."""
+    """Each configuration's servers started, measured and stopped in turn (never two
+    configurations' servers at once: an idle server's worker still polls). A fidelity
+    row that fails is returned as its exception."""
     vocab = CPU_MODEL.vocab_size
     out: list[tuple[Entry, Runs | Exception]] = []
     args = (model_dir, workload.input.max, workload.output.max)
-    if mode.together:
-        at = time.monotonic()
-        with serve_all([e.plan for e in entries], *args, workdir, environment) as all_served:
-            started = time.monotonic() - at
-            log(f"  {len(entries)} configurations' servers started together in {started:.0f} s")
-            for e, served in zip(entries, all_served, strict=True):
-                log(f"  {e.role}: {summarize_config(e.config)}")
-                runs = drive(e, served, workload, mode, rng, vocab)
-                runs.start_s = started
-                out.append((e, runs))
-        return out
     for i, e in enumerate(entries):
         log(f"  {e.role}: {summarize_config(e.config)}")
         at = time.monotonic()
@@ -820,8 +808,18 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  {role}: measured moved between rounds (worst) {moved}")
     for note in report["notes"]:
         lines.append(f"note: {note}")
+    p = report["profile"]
+    for point in p["serving_overhead"]:
+        lines.append(
+            f"server step at batch {point['batch']}: {1e3 * point['server_step_s']:.2f} ms, "
+            f"the profile's model step {1e3 * point['model_step_s']:.2f} ms: serving adds "
+            f"{1e3 * point['overhead_s']:.2f} ms"
+        )
     lines.append(
-        f"({report['seconds']:.0f} s, of which profiling {report['profile_seconds']:.0f} s)"
+        f"({report['seconds']:.0f} s: the profile {p['seconds']:.0f} s after its engine's "
+        f"start of {p['engine_start_s']:.0f} s, the server's overhead "
+        f"{p['serving_overhead_seconds']:.0f} s; load average "
+        f"{', '.join(f'{x:.2f}' for x in report['environment']['load_average'])})"
     )
     return "\n".join(lines)
 
