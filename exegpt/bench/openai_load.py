@@ -81,13 +81,17 @@ class Client:
         self.model = model
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def one(self, session: aiohttp.ClientSession, r: Request) -> Timed:
+    async def one(
+        self, session: aiohttp.ClientSession, r: Request, arrival: float | None = None
+    ) -> Timed:
+        """``r`` streamed; ``arrival``: when it arrived (a Poisson run's scheduled time,
+        so that a late send counts against the server, not for it), else now."""
         body = {
             "model": self.model, "prompt": list(r.prompt), "max_tokens": r.max_tokens,
             "ignore_eos": True, "temperature": 1.0, "seed": r.seed, "stream": True,
             "stream_options": {"include_usage": True},
         }  # fmt: skip
-        arrival = time.monotonic()
+        arrival = time.monotonic() if arrival is None else arrival
         first = last = 0.0
         generated = -1
         async with session.post(self.url, json=body, timeout=self.timeout) as resp:
@@ -138,7 +142,7 @@ class Client:
                 delay = at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(self.one(session, r)))
+                tasks.append(asyncio.ensure_future(self.one(session, r, at)))
             return list(await asyncio.gather(*tasks))
 
     def closed_loop(self, requests: Sequence[Request], concurrency: int) -> list[Timed]:

@@ -17,7 +17,7 @@ differ):
   plan's Continuous baseline, the planner's stock-vLLM candidate);
 - **static**: the best Static configuration under the bound;
 - **pipeline** (full mode): the plan's schedule over two pipeline stages (PP 2), one
-  server of two workers, when vLLM runs PP 2 on this CPU (``pipeline_status``);
+  server of two workers (a failure to serve it is a note, with vLLM's error);
 - **workload-aware** (full mode): a prefill server and a decode server with
   ``ExampleConnector`` over a shared directory behind ``vllm-router``.
 
@@ -121,7 +121,7 @@ QUICK = Mode(
     overhead_batches=(1, 8, 32), overhead_repeats=1,
 )  # fmt: skip
 FULL = Mode(
-    "full", 45.0, 260, 160, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
+    "full", 45.0, 200, 120, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
     ("tight", "loose"), ("tight",),
 )  # fmt: skip
 
@@ -183,11 +183,10 @@ def select(
     request: PlanRequest,
     profile: Profile,
     roles: Sequence[str],
-    pipeline_runs: str | None,
 ) -> tuple[list[Entry], list[str]]:
     """The configurations of one bound: the plan, its stock-vLLM (Continuous) and Static
     baselines, and the fidelity rows asked for; notes on what was left out and why.
-    ``pipeline_runs``: None when vLLM runs PP 2 here, else why not."""
+    """
     notes: list[str] = []
     sim = Simulator(request, profile)
     out = [Entry("plan", plan, sim)]
@@ -200,9 +199,7 @@ def select(
             continue
         out.append(Entry(role, as_plan(plan, base.config), sim))
     if "pipeline" in roles:
-        if pipeline_runs is not None:
-            notes.append(f"pipeline row left out: {pipeline_runs}")
-        elif plan.config.strategy != "RoundRobin":
+        if plan.config.strategy != "RoundRobin":
             notes.append(f"pipeline row left out: the plan is {plan.config.strategy}")
         else:
             pipe = request.model_copy(
@@ -482,33 +479,26 @@ def step_check(
 # -- PP 2 on this CPU ---------------------------------------------------------------------------
 
 
-def pipeline_status(
-    plan: Plan, model_dir: Path, workload: Workload, workdir: Path, environment: dict[str, str]
-) -> str | None:
-    """None when vLLM serves a two-stage pipeline here (a server from the pipeline row's
-    arguments answers a request), else what failed, in a sentence with vLLM's error."""
-    from exegpt.bench.vllm_servers import ServerFailed
-
-    config = pipeline_config(plan.config)
-    workdir.mkdir(exist_ok=True)
-    try:
-        with serve(
-            as_plan(plan, config), model_dir, workload.input.max, workload.output.max,
-            workdir, environment,
-        ) as s:  # fmt: skip
-            Client(s.url, "bench").warm(1)
-    except ServerFailed as exc:
-        lines = [ln for ln in str(exc).splitlines() if "Error" in ln or "error" in ln]
-        return f"vLLM {_vllm_version()} did not serve PP {PIPELINE_STAGES} on this CPU: " + (
-            lines[-1].strip() if lines else str(exc).splitlines()[0]
-        )
-    return None
+def handover_note(row: dict[str, Any], turn: int) -> list[str]:
+    """A note when a WorkloadAware decode server computed prompts instead of loading
+    their KV from the prefill server (ExampleConnector hands over whole KV blocks)."""
+    e = row["closed_loop"]["engine"]
+    loaded, computed = e["prompt_tokens_loaded"], e["prompt_tokens_computed"]
+    if computed <= loaded:
+        return []
+    return [
+        f"round {turn + 1}: the workload-aware decode server computed {computed:.0f} prompt "
+        f"tokens itself and loaded {loaded:.0f} through ExampleConnector, which hands over "
+        f"whole KV blocks only (the served prompts average {row['served']['mean_input']:.0f} "
+        "tokens; a KV block on vLLM's CPU backend is 128): its prefill is done twice"
+    ]
 
 
-def _vllm_version() -> str:
-    from exegpt.runner.vllm_steps import vllm_version
-
-    return vllm_version()
+def failure(exc: Exception) -> str:
+    """The line of a failure that says what failed: a server's last error line."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if "Error" in ln or "error" in ln]
+    return lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__
 
 
 def checkpoint_root() -> Path:
@@ -658,7 +648,6 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
         pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
         bounds = dict(zip(mode.bounds, pcts, strict=True))
         entries: list[tuple[str, Entry]] = []
-        pipeline_runs: str | None = "not asked for"
         planned_bare: dict[str, Any] = {}
         for name, bound in bounds.items():
             plan = schedule(plan_request(architecture, workload, bound), profile)
@@ -672,14 +661,7 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
                 r for r in mode.roles
                 if r not in ("pipeline", "workload-aware") or name in mode.fidelity_bounds
             ]  # fmt: skip
-            if "pipeline" in roles and pipeline_runs == "not asked for":
-                log("checking whether vLLM serves PP 2 on this CPU")
-                pipeline_runs = pipeline_status(plan, model_dir, workload, root / "pp", environment)
-                log(f"PP 2: {pipeline_runs or 'served'}")
-            chosen, why = select(
-                plan, plan_request(architecture, workload, bound), profile, roles,
-                None if pipeline_runs == "not asked for" else pipeline_runs,
-            )  # fmt: skip
+            chosen, why = select(plan, plan_request(architecture, workload, bound), profile, roles)
             notes += [f"{name} bound: {n}" for n in why]
             entries += [(name, e) for e in chosen]
         rows: list[dict[str, Any]] = []
@@ -693,11 +675,13 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
                 if isinstance(runs, Exception):
                     notes.append(
                         f"round {turn + 1}: {entry.role} ({summarize_config(entry.config)}) "
-                        f"failed: {runs}"
+                        f"failed: {failure(runs)}"
                     )
                     continue
                 row = evaluate(entry, runs, workload, profile, bounds[name], bare)
                 rows.append({**row, "bound": name, "round": turn})
+                if entry.role == "workload-aware":
+                    notes += handover_note(row, turn)
                 log(
                     f"  {name}/{entry.role}: measured "
                     + ", ".join(f"{k} {v:.3f}" for k, v in row["measured"].items())
@@ -722,8 +706,8 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
         },
         "pipeline": {
             "stages": PIPELINE_STAGES,
-            "runs": pipeline_runs is None,
-            "why_not": pipeline_runs,
+            "served": any(r["role"] == "pipeline" for r in rows),
+            "failures": [n for n in notes if ": pipeline (" in n],
         },
         "configs": rows,
         "rounds": mode.rounds,
