@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from exegpt.bench import vllm as bench
+from exegpt.bench import vllm_report as report
 from exegpt.bench.device import BenchDevice
 from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
 from exegpt.bench.paper import static_latency_percentiles
@@ -130,11 +131,11 @@ def test_ratios_are_taken_within_each_round_and_their_median_reported() -> None:
         _row("plan", 24, 60, 1), _row("vllm", 20, 50, 1),
         _row("plan", 40, 60, 2), _row("vllm", 20, 50, 2),
     ]  # fmt: skip
-    r = bench.ratios(rows, "vllm", 0.5)
+    r = report.ratios(rows, "vllm", 0.5)
 
     assert [x["measured"] for x in r["rounds"]] == [1.5, 1.2, 2.0]
     assert r["measured"] == 1.5 and r["predicted"] == pytest.approx(1.2)
-    assert bench.ratios(rows, "static", 0.5) == {"bound_s": 0.5}
+    assert report.ratios(rows, "static", 0.5) == {"bound_s": 0.5}
 
 
 def test_the_summary_gives_median_and_worst_errors_ratios_and_targets() -> None:
@@ -148,7 +149,7 @@ def test_the_summary_gives_median_and_worst_errors_ratios_and_targets() -> None:
         _row("plan", 35, 70, bound="loose", meets_bound=False, errors=errs(1, 1, 1)),
         _row("vllm", 40, 60, bound="loose", errors=errs(1, 1, 1)),
     ]
-    s = bench.summary(rows, {"tight": 0.5, "loose": 2.0})
+    s = report.summary(rows, {"tight": 0.5, "loose": 2.0})
 
     assert s["errors_pct"]["throughput_qps"] == {"median_abs_pct": 5.0, "worst_abs_pct": 20.0}
     assert s["errors_pct"]["e2e_p99_s"]["worst_abs_pct"] == 30.0  # NaN left out
