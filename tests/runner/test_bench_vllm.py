@@ -262,3 +262,24 @@ def test_the_client_refuses_an_answer_short_of_its_tokens(streaming: str) -> Non
         client.closed_loop([Request((99, 6), 4, 0)], 1)
     with pytest.raises(RequestFailed, match="400"):
         client.closed_loop([Request((5,), 0, 0)], 1)
+
+
+def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile) -> None:
+    from exegpt.bench.vllm_overhead import Point, model_step, with_overhead
+    from exegpt.runner.vllm_profiler import step_prediction
+
+    points = [
+        Point(b, 96, model_step(profile, b, 80) + 1e-3 + 2e-4 * b, model_step(profile, b, 80))
+        for b in (1, 8, 32)
+    ]
+    served = with_overhead(profile, points)
+
+    assert served.engine is not None
+    for b in (1, 8, 32, 16):  # on the line, and between its points
+        assert served.engine.step.at(b) == pytest.approx(1e-3 + 2e-4 * b)
+        # the model's part is the profile's; the whole step is the server's
+        assert model_step(served, b, 80) == pytest.approx(model_step(profile, b, 80))
+        assert step_prediction(served, 1, "decode", b, 80) == pytest.approx(
+            model_step(profile, b, 80) + 1e-3 + 2e-4 * b
+        )
+    assert "measured through vLLM's OpenAI server" in served.provenance.notes
