@@ -27,12 +27,14 @@ from exegpt.bench.device import BenchDevice
 from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
 from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
+from exegpt.bench.vllm_overhead import Point, model_step, with_overhead
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
 from exegpt.planner.vllm_schedule import SCHEDULER_CLS
+from exegpt.runner.vllm_profiler import step_prediction
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +267,6 @@ def test_the_client_refuses_an_answer_short_of_its_tokens(streaming: str) -> Non
 
 
 def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile) -> None:
-    from exegpt.bench.vllm_overhead import Point, model_step, with_overhead
-    from exegpt.runner.vllm_profiler import step_prediction
-
     points = [
         Point(b, 96, model_step(profile, b, 80) + 1e-3 + 2e-4 * b, model_step(profile, b, 80))
         for b in (1, 8, 32)
