@@ -10,8 +10,11 @@ drives pipeline stages, how it batches prompts, and how it admits them.
   prefill chunked over several steps (chunked prefill); a paged KV cache in blocks of
   ``kv_block_tokens`` tokens, allocated as sequences grow.
 
-Static batching is the FasterTransformer baseline on either engine: its prompts are
-always padded to the batch's longest (``strategies/static.py``).
+Static batching admits a batch only when none runs and runs it until its longest
+output ends. The own engine runs it as FasterTransformer does (prompts padded to the
+batch's longest, every slot computed until then); vLLM packs its prompts within the
+token budget and frees each sequence as it finishes, so later steps decode only the
+sequences still running (``strategies/static.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class EngineModel:
     """Tokens per step at most (chunked prefill); ``None``: a step takes any prefill."""
     kv_block_tokens: int | None = None
     """Paged KV cache block size; ``None``: a slot per sequence."""
+    static_frees_finished: bool = False
+    """A static batch's prompts are packed and each sequence is freed as it finishes
+    (vLLM); ``False``: FasterTransformer's fixed batch, prompts padded and every slot
+    computed until the batch's longest output ends."""
 
     def pads_prefill(self, architecture: Architecture) -> bool:
         """Whether RoundRobin, WorkloadAware and Continuous prefills are padded."""
@@ -61,6 +68,7 @@ VLLM = EngineModel(
     pads_encoder_decoder=False,
     token_budget=VLLM_MAX_NUM_BATCHED_TOKENS,
     kv_block_tokens=VLLM_BLOCK_SIZE,
+    static_frees_finished=True,
 )
 
 

@@ -176,14 +176,15 @@ class Simulator:
         )
         return max(enc_mem, dec_mem)
 
-    def static_memory(self, c: ExecutionConfig, in_max: float) -> float:
+    def static_memory(self, c: ExecutionConfig, prompt_tokens: float) -> float:
+        """``prompt_tokens``: the tokens of one micro-batch of the batch's encoding."""
         k = self.costs
         g = Group(c.pipeline_stages, c.tensor_parallel)
-        b, micro = c.encode_batch, c.micro_batches
+        b = c.encode_batch
         memory = (
             k.weights_per_gpu(g, "both")
             + k.kv_per_gpu(g, self.kv(c, float(b)).tokens)
-            + k.activations_per_gpu(g, b / micro * in_max)
+            + k.activations_per_gpu(g, prompt_tokens)
         )
         return memory
 
