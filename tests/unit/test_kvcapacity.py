@@ -8,6 +8,8 @@ import pytest
 from planner_builders import config, preset, profile_for, request, simulator
 
 from exegpt.planner.architecture import get_architecture
+from exegpt.planner.costs import Group
+from exegpt.planner.engines import VLLM_MAX_NUM_BATCHED_TOKENS
 from exegpt.planner.kvcapacity import (
     VLLM_BLOCK_SIZE,
     encoder_kv_capacity,
@@ -77,7 +79,7 @@ def test_unknown_engine_is_refused() -> None:
         encoder_kv_capacity(WAA, MOMENTS, "TGI")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("cfg", [RR, WAA, STATIC, CONTINUOUS], ids=lambda c: c.strategy)
+@pytest.mark.parametrize("cfg", [RR, WAA, CONTINUOUS], ids=lambda c: c.strategy)
 def test_the_simulator_prices_each_engines_capacity(cfg: ExecutionConfig) -> None:
     """The memory two engines are priced at differs by exactly their KV capacities."""
     own, paged = simulator(gpus=4), simulator(gpus=4, engine="vLLM")
@@ -112,3 +114,20 @@ def test_a_chosen_plan_fits_as_its_engine_allocates(model: str, task: str) -> No
     allocated = sim.costs.kv_per_gpu(group, kv.tokens)
     assert kv.engine == "ExeGPT" and kv.block_size == sim.m.max_input + sim.m.max_output
     assert allocated < p.memory_per_gpu_bytes <= sim.capacity
+
+
+def test_static_memory_per_engine_is_its_kv_and_its_encoding() -> None:
+    """Static's memory differs between the engines by their KV capacities and by the
+    encoding in flight: padded to the longest prompt on the own engine, packed within
+    the token budget on vLLM."""
+    own, paged = simulator(gpus=4), simulator(gpus=4, engine="vLLM")
+    a, b = own.evaluate(STATIC), paged.evaluate(STATIC)
+    k, m, n = own.costs, own.m, STATIC.encode_batch
+    g = Group(STATIC.pipeline_stages, STATIC.tensor_parallel)
+    kv_own = k.kv_per_gpu(g, own.kv(STATIC, n).tokens)
+    kv_paged = k.kv_per_gpu(g, paged.kv(STATIC, n).tokens)
+    act_own = k.activations_per_gpu(g, n * m.input.expected_max(n))
+    act_paged = k.activations_per_gpu(g, min(n * m.mean_input, VLLM_MAX_NUM_BATCHED_TOKENS))
+    assert a.memory_per_gpu_bytes - b.memory_per_gpu_bytes == pytest.approx(
+        kv_own + act_own - kv_paged - act_paged, abs=2
+    )
