@@ -314,7 +314,8 @@ def test_time_limit_running_out_is_not_an_infeasible_bound(
 
 
 BENCHES = (
-    "calibration, operator, paper, profile, replan, repricing, runner, simulator, vllm, vllm_profile"
+    "calibration, operator, paper, profile, replan, repricing, runner, simulator, vllm, "
+    "vllm_profile"
 )
 """Every benchmark ``exegpt bench`` runs, as it lists them."""
 
