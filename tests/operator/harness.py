@@ -464,6 +464,8 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             self.in_flight -= not watch
         self.statuses[request.id] = response.status
+        # Answered: the log keeps the request, not the server's connection objects.
+        object.__setattr__(request, "_raw_request", None)
         return response
 
     async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
