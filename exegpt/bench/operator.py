@@ -287,8 +287,10 @@ async def _bench(
         window = 3 * RESYNC_S
         await asyncio.sleep(window)
         calls = [c for c in cluster.calls(mark) if c.verb != "watch"]
-        per_pass = len(calls) / (n * window / RESYNC_S)
-        _progress(f"{per_pass:.2f} requests per deployment per pass")
+        passes = n * window / RESYNC_S
+        per_pass = len(calls) / passes
+        writes = [str(c) for c in calls if c.is_write]
+        _progress(f"{per_pass:.2f} requests per deployment per pass, {len(writes)} writes")
 
         rss_start = _rss_mib(proc.pid)
         healthy = _names_except(names, 2)
@@ -331,6 +333,8 @@ async def _bench(
             "edit_with_faults": _percentiles(faulty),
             "hung_worker_drift_condition": drift.get("reason"),
             "requests_per_deployment_per_pass": per_pass,
+            "writes_in_quiet_window": len(writes),
+            "quiet_window_seconds": window,
             "resync_seconds": RESYNC_S,
             "rss_mib": {
                 "before_edits": rss_start,
@@ -378,7 +382,10 @@ def run(argv: list[str]) -> int:
         return 0
     print(f"{result['deployments']} deployments planned in {result['plan_all_seconds']:.1f} s")
     per_pass = result["requests_per_deployment_per_pass"]
-    print(f"API requests per deployment per pass: {per_pass:.2f}")
+    print(
+        f"API requests per deployment per pass: {per_pass:.2f}; writes while nothing "
+        f"changed: {result['writes_in_quiet_window']} in {result['quiet_window_seconds']:g} s"
+    )
     for label, e, count in (
         ("healthy", base, result["edits"]),
         ("with the misbehaving ones", faulty, result["faulty_edits"]),
