@@ -306,7 +306,7 @@ async def _bench(
         else:
             base = await _edits(cluster, healthy, edits, 0)
         rss_end = _rss_mib(proc.pid)
-        _progress(f"{edits} edits: p99 {_percentiles(base)['p99_s']:.3f} s")
+        _progress(f"{len(base)} edits: p99 {_percentiles(base)['p99_s']:.3f} s")
 
         # A worker that never answers; a deployment whose API reads hang; another whose
         # status writes are refused for good.
