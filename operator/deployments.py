@@ -6,6 +6,7 @@ the deployments that exist."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 from exegpt.planner.plan import Infeasible, Plan
@@ -31,6 +32,16 @@ class DeploymentMemory:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     failures: Failures = field(default_factory=Failures)
     cache: PassCache = field(default_factory=PassCache)
+    phased: bool = False  # its periodic passes were moved to their phase (resync_phase)
+
+
+def resync_phase(uid: str, period: float) -> float:
+    """Where in each resync period a deployment's periodic pass falls, in [0, period):
+    spread by its uid, so the passes of deployments created (or resumed, after a
+    restart) together do not all come at once, every period, as one burst of requests
+    that a spec edit of any of them would wait behind."""
+    digest = hashlib.sha256(uid.encode()).digest()
+    return period * int.from_bytes(digest[:8], "big") / 2**64
 
 
 class Deployments:

@@ -7,6 +7,7 @@ on a timer that follows profiling Jobs and worker readiness.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from .deployments import Deployments
+from .deployments import Deployments, resync_phase
 from .failure import report_failure
 from .kube import Kube, KubeError
 from .logs import deployment_fields
@@ -26,6 +27,7 @@ from .spec import GROUP, PLURAL, VERSION
 from .telemetry import OperatorMetrics, start_server
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+NO_LOG_EVENTS = logging.CRITICAL + 10
 log = logging.getLogger("exegpt.operator")
 
 
@@ -112,7 +114,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         settings.peering.priority = config.peering_priority or 1 + secrets.randbelow(2**31 - 2)
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_client_timeout
-        settings.posting.level = logging.WARNING
+        # Events come from the operator alone (kopf.event: one per failure episode, per
+        # transition). kopf would also post its own log lines about a deployment as Events
+        # (older kopf releases always do, newer ones with posting.loggers): "failed temporarily"
+        # at every retry. No log line reaches this level; kopf.event() ignores it.
+        settings.posting.level = NO_LOG_EVENTS
         # The status schema is structural, so the API server would prune kopf's own
         # status fields: keep kopf's bookkeeping in annotations instead.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -174,6 +180,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         initial_delay=config.resync_seconds, registry=registry,
     )  # fmt: skip
     async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memory = memo.deployments.of(_uid(body))
+        if not memory.phased:  # once: later passes keep the phase (kopf passes a live body)
+            memory.phased = True
+            await asyncio.sleep(resync_phase(_uid(body), config.resync_seconds))
         await _pass("converge", body, memo, config, periodic=True)
 
     @kopf.on.event(*RESOURCE, id="forget", registry=registry)

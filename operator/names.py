@@ -104,6 +104,11 @@ def labels(deployment: str, component: str) -> dict[str, str]:
     }
 
 
+def owned_selector(deployment: str) -> str:
+    """A label selector for every child the operator labels for ``deployment``."""
+    return f"{LABEL_DEPLOYMENT}={deployment},{LABEL_MANAGED_BY}={MANAGER}"
+
+
 def selector(deployment: str, component: str) -> dict[str, str]:
     """The immutable selector of a StatefulSet or Service (a subset of ``labels``)."""
     return {LABEL_INSTANCE: deployment, LABEL_COMPONENT: component}

@@ -169,6 +169,9 @@ class _Pass:
             self.status = ExeGPTDeploymentStatus()
         self.old = self.status.model_copy(deep=True)
         self.outcome = Outcome()
+        # Children read earlier in this pass, by (kind, name): read once per pass (the
+        # pass holds the deployment's lock, so nothing of the operator's changes them).
+        self.seen: dict[tuple[str, str], JSON] = {}
         # Events are posted once the status that records their transition is written:
         # a pass that fails before (and is retried), or a process killed in between,
         # does not post them twice.
@@ -646,6 +649,8 @@ async def _running(p: _Pass) -> WorkerPlan | None:
         return None
     name = names.plan_configmap(p.name)
     configmap = await p.ctx.kube.get(CONFIGMAP, p.namespace, name)
+    if configmap is not None:
+        p.seen[("ConfigMap", name)] = configmap
     text = ((configmap or {}).get("data") or {}).get(PLAN_KEY)
     if not isinstance(text, str):
         return None
@@ -722,15 +727,22 @@ async def _workers(p: _Pass, spec: ExeGPTDeploymentSpec, plan: Planned) -> None:
             p.name, p.namespace, p.owner, spec, s.operator_namespace, s.operator_pod_labels
         ),
     ]
+    # The worker StatefulSets in one list (by their labels) instead of a read per role:
+    # both the ones the plan runs and those of another strategy to delete.
+    roles = {names.statefulset(p.name, c) for c in WORKER_COMPONENTS}
+    listed = await p.ctx.kube.list(STATEFULSET, p.namespace, names.owned_selector(p.name))
+    for sts in listed:
+        name = str((sts.get("metadata") or {}).get("name", ""))
+        if name in roles:
+            p.seen[("StatefulSet", name)] = sts
     observed: list[JSON] = []
     for obj in desired:
         current = await _apply(p, obj)
         if obj["kind"] == "StatefulSet":
             observed.append(current)
     wanted = {o["metadata"]["name"] for o in workers}
-    for component in WORKER_COMPONENTS:
-        stale = names.statefulset(p.name, component)
-        if stale not in wanted and await p.ctx.kube.get(STATEFULSET, p.namespace, stale):
+    for stale in sorted(roles - wanted):
+        if ("StatefulSet", stale) in p.seen:
             await p.ctx.kube.delete(STATEFULSET, p.namespace, stale)
             p.outcome.writes.append(f"delete StatefulSet/{stale}")
     if p.status.plan is not None:
@@ -799,7 +811,9 @@ async def _create(p: _Pass, obj: JSON) -> JSON:
 async def _apply(p: _Pass, obj: JSON) -> JSON:
     """Create ``obj`` or patch the fields it sets that differ; return what is observed."""
     kind, name = KINDS[obj["kind"]], obj["metadata"]["name"]
-    current = await p.ctx.kube.get(kind, p.namespace, name)
+    current = p.seen.get((obj["kind"], name))
+    if current is None:
+        current = await p.ctx.kube.get(kind, p.namespace, name)
     if current is None:
         return await _create(p, obj)
     foreign = _foreign_pod_fields(current, obj)

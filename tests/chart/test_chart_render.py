@@ -285,6 +285,9 @@ def test_settings_follow_the_values() -> None:
     assert settings.allowed_profiler_images == ("registry.example/exegpt-runtime:0.1.0-cuda",)
     assert (settings.resync_seconds, settings.plan_time_limit_seconds) == (2.5, 60.0)
     assert settings.metrics_timeout_seconds == 2.0
+    assert settings.planner_threads == 4
+    assert settings.api_timeout_seconds == 20.0
+    assert (settings.error_retry_seconds, settings.error_retry_max_seconds) == (0.5, 120.0)
     assert settings_of("namespaced").namespaces == ("team-a", "team-b")
 
 

@@ -8,7 +8,10 @@ operator relies on added: ``uid``, ``resourceVersion``, ``generation`` and
 preconditions; JSON patches answered 422 when a ``test`` operation fails; the status
 subresource (writes to ``/status`` change only the status, writes to the object never
 change it); label selectors on lists and watches; ``kind`` on list responses; and
-failures injected in front of the store (``fail``). It still runs no controllers and no
+failures injected in front of the store (``fail``). Resource requests are answered from
+the store directly, by key (kmock's own dispatch matches each request against its whole
+request log, so its cost grew with every request served), and stored versions are never
+changed in place, so reads share them instead of copying. It still runs no controllers and no
 garbage collector: ``Cluster`` offers what the tests do in their place.
 
 ``Cluster`` is what a test talks to: objects through the HTTP API (so watches see the
@@ -340,6 +343,16 @@ def _spec_part(body: Mapping[str, Any]) -> JSON:
     return {k: v for k, v in body.items() if k not in ("metadata", "status")}
 
 
+_SERVERS = {
+    kmock.action.LIST: "_serve_list",
+    kmock.action.WATCH: "_serve_watch",
+    kmock.action.FETCH: "_serve_fetch",
+    kmock.action.CREATE: "_serve_create",
+    kmock.action.UPDATE: "_serve_update",
+    kmock.action.DELETE: "_serve_delete",
+}
+"""The Emulator's method that answers each action on a resource."""
+
 _SERVER_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp")
 
 
@@ -355,6 +368,11 @@ class Emulator(kmock.KubernetesEmulator):
     validate: bool = attrs.field(default=True, init=False)  # custom resources' schemas
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _version: int = attrs.field(default=0, init=False)
+    # The store's keys by resource (lists and watches read one kind, not every object).
+    _keys: dict[kmock.resource, dict[tuple[str | None, str], None]] = attrs.field(
+        factory=dict, init=False
+    )
+    _indexed: int = attrs.field(default=-1, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -373,7 +391,64 @@ class Emulator(kmock.KubernetesEmulator):
         return res in self.resources and "status" in self.resources[res].subresources
 
     async def _publish(self, res: kmock.resource, kind: str, body: JSON) -> None:
-        await self._buses[res].put({"type": kind, "object": copy.deepcopy(body)})
+        # ``body`` is a stored version: never changed in place once stored.
+        await self._buses[res].put({"type": kind, "object": body})
+
+    def _keys_of(self, res: kmock.resource) -> Iterable[tuple[str | None, str]]:
+        """The (namespace, name) keys stored for ``res``, deleted ones included."""
+        if self._indexed != len(self._objects):  # objects added (or removed) since
+            self._keys = {}
+            for r, ns, name in self._objects:
+                self._keys.setdefault(r, {})[(ns, name)] = None
+            self._indexed = len(self._objects)
+        return self._keys.get(res, {})
+
+    def _live(self, res: kmock.resource | None, ns: str | None, name: str | None) -> Any:
+        """The stored object at a key, or None (absent or deleted)."""
+        key = (res, ns, name or "")
+        if res is None or key not in self._objects:
+            return None
+        obj = self._objects[key]
+        return None if obj.deleted else obj
+
+    def _get_resources(self) -> list[kmock.resource]:
+        found = set(kmock.KubernetesScaffold._get_resources(self))
+        self._keys_of(kmock.resource("", "v1", "namespaces"))  # refresh the index
+        return list(found | set(self._keys))
+
+    async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Answer a resource request from the store (kmock's generic dispatch for the
+        rest: discovery, and requests no handler here takes)."""
+        method = str(request.method.value).upper()
+        server = "_serve_update" if method == "PUT" else _SERVERS.get(request.action)
+        if server is None or (method == "POST" and request.name):
+            return await kmock.RawHandler._handle(self, request)
+        response: aiohttp.web.StreamResponse = await kmock.Response(payload=getattr(self, server))(
+            request
+        )
+        return response
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        obj = self._live(request.resource, request.namespace, request.name)
+        if obj is None:
+            raise kmock.KubernetesError(
+                status=404,
+                reason="NotFound",
+                message=f'{request.resource} "{request.name}" not found',
+            )
+        return obj.raw
+
+    async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
+        meta = (request.data or {}).get("metadata") or {}
+        key = (request.resource, request.namespace or meta.get("namespace"), meta.get("name", ""))
+        return self._objects[key].last.raw
+
+    async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
+        # The last state, also of an object deleted by this write (its finalizers removed).
+        return self._objects[(request.resource, request.namespace, request.name or "")].last.raw
+
+    async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
+        return self._objects[(request.resource, request.namespace, request.name or "")].last.raw
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         watch = request.action == kmock.action.WATCH
@@ -389,6 +464,8 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             self.in_flight -= not watch
         self.statuses[request.id] = response.status
+        # Answered: the log keeps the request, not the server's connection objects.
+        object.__setattr__(request, "_raw_request", None)
         return response
 
     async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -409,7 +486,7 @@ class Emulator(kmock.KubernetesEmulator):
                 await self._write(request, call)
         if fault is not None:
             raise fault.error(call)
-        return await kmock.RawHandler._handle(self, request)
+        return await self._serve(request)
 
     async def _write(self, request: kmock.Request, call: Call) -> None:
         res = request.resource
@@ -490,7 +567,11 @@ class Emulator(kmock.KubernetesEmulator):
         if key in self._objects:
             self._objects[key].history.append(body)
         else:
+            fresh = self._indexed == len(self._objects)
             self._objects[key] = body
+            if fresh:  # keep the index current without a rebuild
+                self._keys.setdefault(res, {})[(call.namespace, meta["name"])] = None
+                self._indexed += 1
         await self._publish(res, "ADDED", body)
 
     def _updated(self, call: Call, request: kmock.Request, old: JSON, data: Any) -> JSON:
@@ -600,24 +681,29 @@ class Emulator(kmock.KubernetesEmulator):
         )
 
     def _selected(self, request: kmock.Request) -> list[JSON]:
-        """Live objects a list or watch request selects (namespace, name, labels)."""
+        """Live objects a list or watch request selects (namespace, name, labels): the
+        stored versions themselves, not copies (they are never changed in place)."""
         selector = request.params.get("labelSelector")
+        res = request.resource
         out: list[JSON] = []
-        for (res, ns, name), obj in self._objects.items():
-            if res != request.resource or obj.deleted:
-                continue
+        if res is None:
+            return out
+        for ns, name in list(self._keys_of(res)):
             if request.namespace is not None and ns != request.namespace:
                 continue
             if request.name is not None and name != request.name:
                 continue
+            obj = self._objects[(res, ns, name)]
+            if obj.deleted:
+                continue
             raw = obj.raw
             if selector_matches(selector, raw.get("metadata", {}).get("labels") or {}):
-                out.append(copy.deepcopy(raw))
+                out.append(raw)
         return out
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         res = request.resource
-        if res is None or res not in self._get_resources():
+        if res is None or not (res in self.resources or self._keys_of(res)):
             raise kmock.KubernetesResourceNotFoundError()
         async with self._lock:
             items = self._selected(request)
@@ -878,6 +964,15 @@ class Cluster:
             return None
         obj = self.emulator.objects[key]
         return None if obj.deleted else copy.deepcopy(obj.raw)
+
+    def peek(
+        self, api_version: str, plural: str, namespace: str | None, name: str
+    ) -> Mapping[str, Any] | None:
+        """The stored object itself, not a copy: to read, never to change (a poll of many
+        objects, as a benchmark's, costs no deep copies)."""
+        group, version = _split(api_version)
+        obj = self.emulator._live(kmock.resource(group, version, plural), namespace, name)
+        return None if obj is None else obj.raw
 
     def stored_all(
         self, api_version: str, plural: str, namespace: str | None = NAMESPACE

@@ -5,11 +5,14 @@ bounded time, spares the other deployments, backs off, and is said in a conditio
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import harness
+import kopf
 import pytest
 from builders import deployment, raw_server
 from harness import (
@@ -172,6 +175,44 @@ async def test_a_rejected_status_write_backs_off_without_replanning(
     fault.clear()
     await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"), timeout=10)
     assert len(runs) == 1
+
+
+async def test_a_run_of_temporary_failures_posts_one_event_not_one_per_retry(
+    cluster: Cluster, start_operator: Callable[..., Awaitable[Operator]],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # kopf posts its own log lines about an object as Events where told to (older kopf
+    # releases always do): "Handler 'update/spec' failed temporarily" at every retry.
+    tuned = harness.tune_kopf
+
+    def posting_kopf_logs(settings: kopf.OperatorSettings) -> None:
+        tuned(settings)
+        settings.posting.loggers = True
+
+    monkeypatch.setattr(harness, "tune_kopf", posting_kopf_logs)
+    await start_operator(error_retry_seconds=0.1, error_retry_max_seconds=0.4)
+    await cluster.create(deployment("x"))
+    await cluster.wait_for(lambda: is_condition(cluster.deployment("x"), "Planned"))
+
+    mark = cluster.mark()
+    fault = cluster.fail("patch", "exegptdeployments/status", status=503, times=10_000, name="x")
+    with caplog.at_level(logging.ERROR, logger="kopf.objects"):
+        await cluster.patch_deployment("x", {"spec": {"slo": {"latency": "2.5s"}}})
+
+        def retried() -> bool:
+            return sum("failed temporarily" in r.getMessage() for r in caplog.records) >= 3
+
+        await cluster.wait_for(retried, timeout=20, what="three retries of the edit's pass")
+    fault.clear()
+    await cluster.wait_for(
+        lambda: status(cluster).get("plan", {}).get("latencyBoundSeconds") == 2.5, timeout=20
+    )
+    await asyncio.sleep(1.5)  # kopf posts Events in the background
+    events = [c.body for c in cluster.calls(mark) if c.resource == "events" and c.verb == "create"]
+    reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "x"]
+    assert reasons.count("ApiRequestFailing") == 1, reasons
+    # The operator's own Events only (kopf's carry reason "Logging").
+    assert set(reasons) <= {"PlanChosen", "ApiRequestFailing", "Replanned", "RolloutStarted"}
 
 
 @pytest.mark.parametrize(

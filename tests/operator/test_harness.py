@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock
 import kopf
 import kubernetes
 import pytest
@@ -221,3 +222,31 @@ async def test_label_selectors() -> None:
     assert selector_matches("app==exegpt,!missing,tier!=decoder", labels)
     assert not selector_matches("app notin (exegpt)", labels)
     assert not selector_matches("missing", labels)
+
+
+async def test_resource_requests_are_answered_by_key_whatever_was_served_before(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kmock's generic dispatch matches a request by scanning the whole request log, so
+    each answer cost more than the last; the emulator answers reads and writes of
+    objects from its store (the dispatch is left to discovery)."""
+    dispatched: list[str] = []
+    generic = kmock.RawHandler._handle
+
+    async def counted(self: Any, request: Any) -> Any:
+        dispatched.append(str(request.url.path))
+        return await generic(self, request)
+
+    monkeypatch.setattr(kmock.RawHandler, "_handle", counted)
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}}
+    await cluster.create(body)
+    await cluster.patch(CORE, "configmaps", NAMESPACE, "cm", {"data": {"a": "1"}})
+    assert (await cluster.get(CORE, "configmaps", NAMESPACE, "cm") or {})["data"] == {"a": "1"}
+    listed = await cluster.request("GET", "/api/v1/namespaces/default/configmaps")
+    assert [o["metadata"]["name"] for o in listed["items"]] == ["cm"]
+    assert await cluster.get(CORE, "configmaps", NAMESPACE, "absent") is None
+    await cluster.delete(CORE, "configmaps", NAMESPACE, "cm")
+    assert cluster.stored(CORE, "configmaps", NAMESPACE, "cm") is None
+    assert dispatched == []
+    await cluster.request("GET", "/api/v1")  # discovery still goes through kmock's
+    assert dispatched == ["/api/v1"]

@@ -113,7 +113,18 @@ def test_a_converged_deployment_costs_no_writes(world: World) -> None:
     mark = len(world.kube.calls)
     out = world.run()
     assert out.writes == [] and not out.status_written
-    assert [c for c in world.kube.calls[mark:] if c[0] != "get"] == []
+    reads = world.kube.calls[mark:]
+    assert [c for c in reads if c[0] not in ("get", "list")] == []
+    # One read per child: the plan ConfigMap (read once, though both the running plan
+    # and its rendering look at it), one list of the worker StatefulSets (the plan's
+    # and any other strategy's), the two Services and the NetworkPolicy.
+    assert sorted(reads) == [
+        ("get", "configmaps", "x-plan"),
+        ("get", "networkpolicies", "x-workers"),
+        ("get", "services", "x"),
+        ("get", "services", "x-stages"),
+        ("list", "statefulsets", ""),
+    ], reads
 
 
 def test_an_slo_edit_replans_and_rolls_only_when_the_plan_changes(world: World) -> None:
@@ -138,7 +149,7 @@ def test_an_slo_edit_replans_and_rolls_only_when_the_plan_changes(world: World) 
     assert same["hash"] == first["hash"]
     assert [e[1] for e in world.events[seen:]] == ["Replanned"]
     workers = [c for c in world.kube.calls[mark:] if c[1] == STATEFULSET.plural]
-    assert workers and all(c[0] == "get" for c in workers)  # looked at, not written
+    assert workers and all(c[0] in ("get", "list") for c in workers)  # looked at, not written
 
     # Below what the plan reaches: it no longer meets the bound, so another plan runs.
     tight = round(reached * 0.9, 4)

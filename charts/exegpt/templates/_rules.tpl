@@ -47,10 +47,11 @@ or in each watched namespace (Role). */}}
   resources: ["services"]
   verbs: ["get", "create", "patch"]
 # Creates the worker StatefulSets, patches them to roll a new plan, and deletes the
-# other strategy's StatefulSets when a replan switches RoundRobin <-> WorkloadAware.
+# other strategy's StatefulSets when a replan switches RoundRobin <-> WorkloadAware;
+# lists a deployment's (by its labels) once per pass instead of reading each role.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Lists profiling Jobs to follow attempts and failures, creates one per attempt, reads
 # one back when a concurrent pass created it first (409 AlreadyExists), and deletes the
 # failed ones (with their pods) once retries are exhausted and the failure is recorded.
