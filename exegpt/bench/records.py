@@ -8,9 +8,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from exegpt.planner.workload import Workload
 from exegpt.runner.engine import Finished
 
 WARMUP_FRACTION = 0.2  # of a closed loop's completions
@@ -157,3 +159,25 @@ def error_pct(predicted: float, measured: float) -> float:
     if not (measured > 0 and math.isfinite(measured) and math.isfinite(predicted)):
         return math.nan
     return 100.0 * (predicted - measured) / measured
+
+
+def served_fields(
+    requests: int, served: Workload, latency: Latency, workload: Workload
+) -> dict[str, Any]:
+    """What a bench row says of the requests it served (``served``: their lengths) and of
+    how its p99-length latency was measured on them."""
+    return {
+        "served": {
+            "requests": requests,
+            "mean_input": served.mean_input,
+            "mean_output": served.mean_output,
+            "output_p99": served.output_p99,
+        },
+        "latency_measurement": {
+            "method": latency.method,
+            "requests": latency.requests,
+            "band_tokens": list(latency.band),
+            "p99_length": served.output_p99,
+            "workload_p99_length": workload.output_p99,
+        },
+    }

@@ -82,6 +82,7 @@ from exegpt.bench.records import (
     nearest_rank,
     open_loop_e2e_p99,
     p99_length_latency,
+    served_fields,
     served_in_window,
 )
 from exegpt.bench.report import _jsonable, format_table, summarize
@@ -259,19 +260,7 @@ def measure_config(
             "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
         },
         "meets_bound": bool(at_bound.seconds <= bound),
-        "served": {
-            "requests": len(steady),
-            "mean_input": served.mean_input,
-            "mean_output": served.mean_output,
-            "output_p99": served.output_p99,
-        },
-        "latency_measurement": {
-            "method": latency.method,
-            "requests": latency.requests,
-            "band_tokens": list(latency.band),
-            "p99_length": served.output_p99,
-            "workload_p99_length": workload.output_p99,
-        },
+        **served_fields(len(steady), served, latency, workload),
         "closed_loop": {
             "requests": len(driven.closed),
             "concurrency": job.concurrency,

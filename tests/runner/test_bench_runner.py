@@ -20,6 +20,7 @@ from exegpt.bench.device import BenchDevice
 from exegpt.bench.load import make_requests
 from exegpt.bench.profile import CPU_MODELS
 from exegpt.bench.records import (
+    Latency,
     Record,
     Window,
     after_warmup,
@@ -27,6 +28,7 @@ from exegpt.bench.records import (
     in_window,
     nearest_rank,
     p99_length_latency,
+    served_fields,
     served_in_window,
     steady_window,
 )
@@ -451,3 +453,28 @@ def test_rounds_interleave_the_configurations(monkeypatch: pytest.MonkeyPatch) -
     assert {r: b["rounds"] for r, b in report["summary"]["by_role"].items()} == dict.fromkeys(
         roles, 2
     )
+
+
+def test_a_row_says_what_it_served_and_how_its_latency_was_measured() -> None:
+    """Both serving benches describe a row's served requests and its p99-length latency
+    measurement with the same fields (``served_fields``)."""
+    from exegpt.planner.workload import Workload
+
+    served = Workload.from_pairs([10, 30, 20, 40], [5, 7, 9, 100], "served")
+    workload = get_workload("chat")
+    latency = Latency(seconds=0.5, method="band median", requests=21, band=(95, 105))
+    fields = served_fields(4, served, latency, workload)
+    assert fields["served"] == {
+        "requests": 4,
+        "mean_input": 25.0,
+        "mean_output": served.mean_output,
+        "output_p99": served.output_p99,
+    }
+    assert served.mean_output == pytest.approx(30.25)
+    assert fields["latency_measurement"] == {
+        "method": "band median",
+        "requests": 21,
+        "band_tokens": [95, 105],
+        "p99_length": served.output_p99,
+        "workload_p99_length": workload.output_p99,
+    }
