@@ -4,7 +4,8 @@ and a word-level tokenizer trained with ``tokenizers`` at test time (nothing dow
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +140,17 @@ def in_process_engine(model: Path, **engine_args: Any) -> Iterator[InProcessEngi
         torch.set_num_threads(threads)
         os.environ.clear()
         os.environ.update(environment)
+
+
+def stop_servers(procs: Iterable[subprocess.Popen[Any]], timeout_s: float = 30.0) -> None:
+    """Stop started servers: ask each in turn, then wait for each, killing one that has
+    not stopped within ``timeout_s``."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

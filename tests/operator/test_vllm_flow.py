@@ -170,6 +170,8 @@ def server_log(tmp_path: Path) -> Iterator[Path]:
 async def test_a_server_started_from_those_arguments_serves_completions_and_chat(
     cluster: Cluster, operator: Operator, tiny_llama: Path, server_log: Path
 ) -> None:
+    from vllm_tiny import stop_servers
+
     _, sts = await _flow(cluster)
     [c] = sts["spec"]["template"]["spec"]["containers"]
     args = list(c["args"])
@@ -211,12 +213,7 @@ async def test_a_server_started_from_those_arguments_serves_completions_and_chat
         lengths = parse_length_histograms(metrics)
         assert sum(lengths.input) == 2 and sum(lengths.output) == 2
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_servers([proc])
 
 
 async def _wait_healthy(
@@ -347,6 +344,7 @@ async def test_a_server_over_two_nodes_serves_completions(
     pipeline stage after the first needs on vLLM's CPU backend, without Inductor's code
     generation, which takes about a minute per process on two cores)."""
     from vllm_pods import Node, expanded
+    from vllm_tiny import stop_servers
 
     _, rank0, other = await _two_nodes(cluster)
     port, master_port = _free_port(), _free_port()
@@ -380,11 +378,4 @@ async def test_a_server_over_two_nodes_serves_completions(
         assert procs[1].poll() is None
         assert "PP rank 1" in logs[1].read_text()  # the second stage ran on the other node
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers(procs)

@@ -24,7 +24,7 @@ import torch
 pytest.importorskip("vllm")
 
 from planner_builders import config
-from vllm_tiny import save_tiny_llama
+from vllm_tiny import save_tiny_llama, stop_servers
 
 from exegpt.planner.plan import Plan, Prediction, SearchStats
 from exegpt.planner.vllm_args import SERVER_MODULE, KvTransfer, server_args
@@ -130,14 +130,7 @@ def disaggregated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         _wait(f"{urls['router']}/health", procs, logs)
         yield {"model": model, "urls": urls, "logs": logs}
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers(reversed(procs))
 
 
 def _hf_greedy(model: Path) -> list[int]:
