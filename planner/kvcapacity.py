@@ -12,9 +12,11 @@ longest output (a block is one slot). It holds at most:
 
 vLLM pages the cache in blocks of ``VLLM_BLOCK_SIZE`` tokens: it is given the tokens the
 planner reserves for the steady batch (its mean context plus three standard deviations
-of the sum, and the encoding in flight; Static: the longest input and output of every
-sequence), in blocks, plus one block per sequence for the partly filled last block of
-each.
+of the sum, and the encoding in flight), in blocks, plus one block per sequence for
+the partly filled last block of each. A Static batch on vLLM holds at most the whole
+input and output of each of its sequences (vLLM frees each as it finishes, so the batch
+never holds more): their expected sum plus three standard deviations of it, never more
+than the longest input and output of every sequence.
 """
 
 from __future__ import annotations
@@ -71,8 +73,19 @@ def _paged_tokens(config: ExecutionConfig, moments: Moments, steady_decode_batch
     if config.strategy == "WorkloadAware":
         return reserved_tokens(config.decode_batch, m) + config.encode_batch * m.mean_input
     if config.strategy == "Static":
-        return config.encode_batch * float(m.max_input + m.max_output)
+        return static_batch_tokens(config.encode_batch, m)
     return reserved_tokens(config.decode_batch, m)
+
+
+def static_batch_tokens(batch: int, moments: Moments) -> float:
+    """KV tokens a Static batch of ``batch`` sequences holds at most on vLLM: the sum
+    of their inputs and outputs, at its mean plus ``KV_SAFETY_SIGMAS`` standard
+    deviations (the standard deviation of one sequence's input plus output bounded by
+    the sum of the two's), capped at the longest input and output of every sequence."""
+    m = moments
+    one = m.input.std + m.output.std
+    total = batch * (m.mean_input + m.mean_output) + KV_SAFETY_SIGMAS * math.sqrt(batch) * one
+    return min(total, batch * float(m.max_input + m.max_output))
 
 
 def encoder_kv_capacity(config: ExecutionConfig, moments: Moments, engine: Engine) -> KvCapacity:

@@ -36,8 +36,11 @@ The full mode runs the configurations interleaved, twice (A B C, A B C), so that
 far a measurement moves between rounds stands beside its error, for a tight bound
 (the 30th percentile of the Static configurations' predicted latencies, as ``exegpt
 bench runner``) and a loose one (the 70th). ``--quick``: the tight bound, the plan,
-stock vLLM and Static, one round, fewer requests. ``--json`` prints one JSON object and
-nothing else. Also runnable as ``python -m exegpt.bench.vllm``.
+stock vLLM and Static, one round, fewer requests, and the profile and serving overhead
+of the last run on this machine reused where there is one (``exegpt.bench.vllm_measured``;
+``--fresh`` measures them again; the report's ``profile.reused`` says which).
+``--json`` prints one JSON object and nothing else. Also runnable as
+``python -m exegpt.bench.vllm``.
 """
 
 from __future__ import annotations
@@ -76,11 +79,17 @@ from exegpt.bench.records import (
 )
 from exegpt.bench.report import _jsonable
 from exegpt.bench.runner import bench_workload, replay_e2e_p99
+from exegpt.bench.vllm_measured import Measured
+from exegpt.bench.vllm_measured import key as measured_key
+from exegpt.bench.vllm_measured import load as load_measured
+from exegpt.bench.vllm_measured import now as measured_now
+from exegpt.bench.vllm_measured import save as save_measured
 from exegpt.bench.vllm_overhead import describe, measure_overhead, with_overhead
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
 from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
 from exegpt.planner.architecture import Architecture
+from exegpt.planner.costs import Group
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, StrategyChoice
 from exegpt.planner.profile import Profile
@@ -91,8 +100,8 @@ from exegpt.runner.config import ModelConfig
 from exegpt.runner.profiler import ProfileOptions
 from exegpt.runner.vllm_checkpoint import cached_checkpoint
 from exegpt.runner.vllm_model import write_model_dir
-from exegpt.runner.vllm_profiler import VllmProfiler, step_prediction
-from exegpt.runner.vllm_steps import VllmEngine
+from exegpt.runner.vllm_profiler import VllmProfiler
+from exegpt.runner.vllm_steps import VllmEngine, vllm_version
 
 LOAD = 0.5  # Poisson arrival rate over the predicted throughput (as ``bench runner``)
 BOUNDS = {"tight": 30, "loose": 70}  # percentiles of the Static configurations' latencies
@@ -113,11 +122,12 @@ class Mode:
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
     overhead_repeats: int = 2
+    reuse_measured: bool = False  # reuse the last profile and overhead of this machine
 
 
 QUICK = Mode(
     "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
-    overhead_batches=(1, 8, 32), overhead_repeats=1,
+    overhead_batches=(1, 8, 32), overhead_repeats=1, reuse_measured=True,
 )  # fmt: skip
 FULL = Mode(
     "full", 45.0, 200, 120, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
@@ -198,14 +208,27 @@ def select(
             continue
         out.append(Entry(role, as_plan(plan, base.config), sim))
     if "pipeline" in roles:
-        if plan.config.strategy != "RoundRobin":
-            notes.append(f"pipeline row left out: the plan is {plan.config.strategy}")
+        # the plan's schedule where it is RoundRobin; else the best RoundRobin plan under
+        # the bound (a pipeline runs the ExeGPT schedule, not Static or stock vLLM)
+        rr = plan if plan.config.strategy == "RoundRobin" else schedule(
+            request.model_copy(update={"strategy": "RoundRobin"}), profile
+        )  # fmt: skip
+        if not isinstance(rr, Plan):
+            notes.append(
+                f"pipeline row left out: no RoundRobin plan meets the bound ({rr.message})"
+            )
         else:
+            if rr is not plan:
+                notes.append(
+                    f"the pipeline row runs the best RoundRobin plan "
+                    f"({summarize_config(rr.config)}) over {PIPELINE_STAGES} stages: the plan "
+                    f"is {plan.config.strategy}"
+                )
             pipe = request.model_copy(
                 update={"gpus": PIPELINE_STAGES, "gpus_per_node": PIPELINE_STAGES,
                         "strategy": "RoundRobin"}
             )  # fmt: skip
-            config = pipeline_config(plan.config)
+            config = pipeline_config(rr.config)
             out.append(Entry("pipeline", as_plan(plan, config), Simulator(pipe, profile), "fixed"))
     if "workload-aware" in roles:
         pair = request.model_copy(
@@ -421,7 +444,7 @@ def evaluate(
             "counted": len(open_loop),
             "engine": runs.poisson_counters,
         },
-        "steps": step_check(runs.closed_counters, closed, profile, config),
+        "steps": step_check(runs.closed_counters, closed, sim, config),
         "client": {
             "cpu_s": runs.client_cpu_s,
             "wall_s": runs.wall_s,
@@ -432,15 +455,16 @@ def evaluate(
 
 
 def step_check(
-    counters: dict[str, float], closed: Sequence[Record], profile: Profile, config: ExecutionConfig
+    counters: dict[str, float], closed: Sequence[Record], sim: Simulator, config: ExecutionConfig
 ) -> dict[str, Any]:
     """The closed loop's engine steps as the server counted them, beside the profile:
     the loop's seconds per step (first arrival to last completion over the steps vLLM
     counted: the model, the engine core, the workers' messages, the API server and the
-    client, all on this machine's cores) against the profile's step at the mean decode
-    batch (the tokens per step, less the prefill tokens spread over the steps) and mean
-    context. Where the throughput misses, this says whether the steps cost more than
-    the profile priced (serving's overhead) or the batching differs."""
+    client, all on this machine's cores) against the step the simulator prices for the
+    same work (``CostModel.mixed_iteration``: the mean decode batch, the tokens per step
+    less the prompt tokens spread over the steps, at the mean context, plus the prompts
+    that joined per step at their mean length). Where the throughput misses, this says
+    whether the steps cost more than the profile priced or the batching differs."""
     steps = counters.get("steps", 0.0)
     if not closed or not steps or config.strategy == "WorkloadAware":
         return {}
@@ -450,16 +474,19 @@ def step_check(
     decode_tokens = max(tokens - prefill_tokens, 0.0)
     batch = decode_tokens / steps
     context = statistics.fmean(r.input_tokens + r.output_tokens / 2 for r in closed)
-    b = max(1, round(batch))
-    decode = step_prediction(profile, 1, "decode", b, round(context))
+    length = statistics.fmean(r.input_tokens for r in closed)
+    joins = len(closed) / steps
+    g = Group(config.pipeline_stages, config.tensor_parallel)
+    priced = sim.costs.mixed_iteration(g, batch, context, joins, length, config.micro_batches)
     per_step = span / steps
     return {
         "steps": steps,
         "mean_step_tokens": counters["mean_step_tokens"],
         "mean_decode_batch": batch,
+        "prompts_per_step": joins,
         "seconds_per_step": per_step,
-        "profile_decode_step_s": decode,
-        "over_profile_pct": error_pct(per_step, decode),
+        "profile_step_s": priced,
+        "over_profile_pct": error_pct(per_step, priced),
     }
 
 
@@ -527,33 +554,66 @@ def measure_profile(
     return profile, started, time.monotonic() - t0
 
 
-def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Profile, measure the server's overhead, plan, run every configuration; the
+def measure(
+    architecture: Architecture,
+    workload: Workload,
+    mode: Mode,
+    model_dir: Path,
+    root: Path,
+    environment: dict[str, str],
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> Measured:
+    """The in-process profile, then the server's overhead per step at ``mode``'s
+    batches (a stock server rendered from a plan of the in-process profile)."""
+    at = measured_now()
+    bare, engine_start_s, profile_s = measure_profile(architecture, mode.profile_seconds, log)
+    log(f"profiled in {profile_s:.0f} s (the engine started in {engine_start_s:.0f} s)")
+    template = schedule(plan_request(architecture, workload, None), bare)
+    if not isinstance(template, Plan):
+        raise RuntimeError(f"nothing can be planned: {template.message}")
+    points, overhead_s = measure_overhead(
+        bare, template, model_dir, workload.input.max, workload.output.max,
+        root / "overhead", environment, mode.overhead_batches, mode.overhead_repeats, rng,
+    )  # fmt: skip
+    log(f"serving overhead: {describe(points)} ({overhead_s:.0f} s)")
+    return Measured(bare, points, engine_start_s, profile_s, overhead_s, at)
+
+
+def bench(
+    mode: Mode, *, seed: int, fresh: bool = False, log: Callable[[str], None] = lambda _m: None
+) -> dict[str, Any]:
+    """Profile, measure the server's overhead (or, in a mode that may, reuse the last
+    measurement on this machine unless ``fresh``), plan, run every configuration; the
     report."""
     start = time.monotonic()
+    started_at = measured_now()
     environment = dict(os.environ)  # before vLLM sets its own variables in this process
     architecture = CPU_MODEL
     workload = bench_workload()
     notes: list[str] = []
-    bare, engine_start_s, profile_s = measure_profile(architecture, mode.profile_seconds, log)
-    log(f"profiled in {profile_s:.0f} s (the engine started in {engine_start_s:.0f} s)")
     rng = np.random.default_rng(seed)
     model_dir = cached_checkpoint(
         ModelConfig.from_architecture(architecture), checkpoint_root(), "float32", seed
     )
+    kept = (
+        checkpoint_root()
+        / "measured"
+        / measured_key(architecture, vllm_version(), torch.__version__, PROFILE_MAX_BATCH)
+    )
     with tempfile.TemporaryDirectory(prefix="exegpt-bench-vllm-") as tmp:
         root = Path(tmp)
-        # a plan of the in-process profile: the document the overhead's server is
-        # rendered from, and what would have been planned without the overhead
-        template = schedule(plan_request(architecture, workload, None), bare)
-        if not isinstance(template, Plan):
-            raise RuntimeError(f"nothing can be planned: {template.message}")
-        points, overhead_s = measure_overhead(
-            bare, template, model_dir, workload.input.max, workload.output.max,
-            root / "overhead", environment, mode.overhead_batches, mode.overhead_repeats, rng,
+        measured = load_measured(kept) if mode.reuse_measured and not fresh else None
+        if measured is not None:
+            log(f"reusing the profile and serving overhead measured at {measured.measured_at}")
+        else:
+            measured = measure(architecture, workload, mode, model_dir, root, environment, rng, log)
+            save_measured(kept, measured)
+        bare, points = measured.bare, measured.points
+        engine_start_s, profile_s, overhead_s = (
+            measured.engine_start_s, measured.profile_s, measured.overhead_s
         )  # fmt: skip
         profile = with_overhead(bare, points)
-        log(f"serving overhead: {describe(points)} ({overhead_s:.0f} s)")
         request = plan_request(architecture, workload, None)
         pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
         bounds = dict(zip(mode.bounds, pcts, strict=True))
@@ -612,6 +672,8 @@ def bench(mode: Mode, *, seed: int, log: Callable[[str], None] = lambda _m: None
             "notes": bare.provenance.notes,
             "serving_overhead": describe(points),
             "serving_overhead_seconds": overhead_s,
+            "measured_at": measured.measured_at,
+            "reused": measured.measured_at < started_at,
             "planned_without_overhead": planned_bare,
         },
         "pipeline": {
@@ -643,9 +705,15 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--quick", action="store_true",
-        help="the tight bound, the plan, stock vLLM and Static, one round",
+        help="the tight bound, the plan, stock vLLM and Static, one round; reuses the last "
+        "profile measured on this machine",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="request lengths and prompts")
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="--quick: measure the profile and the serving overhead again instead of "
+        "reusing the last measurement on this machine",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -653,7 +721,7 @@ def run(argv: list[str]) -> int:
         if not args.json:
             print(message, file=sys.stderr, flush=True)
 
-    report = bench(QUICK if args.quick else FULL, seed=args.seed, log=log)
+    report = bench(QUICK if args.quick else FULL, seed=args.seed, fresh=args.fresh, log=log)
     if args.json:
         print(json.dumps(_jsonable(report)))
     else:

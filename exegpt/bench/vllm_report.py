@@ -127,7 +127,7 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{'':57} engine: {s['steps']:.0f} steps, {s['mean_decode_batch']:.1f} decodes "
                 f"per step, {1e3 * s['seconds_per_step']:.2f} ms per step against the "
-                f"profile's {1e3 * s['profile_decode_step_s']:.2f} ms "
+                f"{1e3 * s['profile_step_s']:.2f} ms priced "
                 f"({_num(s['over_profile_pct'], '+.0f')} %); client CPU "
                 f"{100 * c['client']['cpu_fraction']:.0f} % of a core"
             )

@@ -94,6 +94,26 @@ def test_the_plan_and_its_baselines_run_as_the_operator_renders_them(
                 "--pipeline-parallel-size") == "2"  # fmt: skip
 
 
+def test_the_pipeline_row_runs_the_best_round_robin_plan_when_the_plan_is_not(
+    profile: Profile, loose: tuple[Plan, float]
+) -> None:
+    plan, bound = loose
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
+    static = plan.baselines["Static"]
+    assert static is not None
+    as_static = bench.as_plan(plan, static.config)  # a plan whose schedule is Static
+    entries, notes = bench.select(as_static, request, profile, ("plan", "pipeline"))
+
+    pipeline = {e.role: e for e in entries}["pipeline"]
+    rr = schedule(request.model_copy(update={"strategy": "RoundRobin"}), profile)
+    assert isinstance(rr, Plan)
+    assert pipeline.config.strategy == "RoundRobin"
+    assert pipeline.config.encode_batch == rr.config.encode_batch
+    assert pipeline.config.decode_steps_per_encode == rr.config.decode_steps_per_encode
+    assert pipeline.config.pipeline_stages == 2
+    assert any("best RoundRobin plan" in n and "the plan is Static" in n for n in notes)
+
+
 def test_a_failure_is_told_by_its_error_line() -> None:
     exc = RuntimeError("pipeline exited 1:\nINFO start\nValueError: PP is not supported\nbye")
     assert bench.failure(exc) == "ValueError: PP is not supported"

@@ -131,3 +131,19 @@ def test_static_memory_per_engine_is_its_kv_and_its_encoding() -> None:
     assert a.memory_per_gpu_bytes - b.memory_per_gpu_bytes == pytest.approx(
         kv_own + act_own - kv_paged - act_paged, abs=2
     )
+
+
+def test_vllm_pages_a_static_batch_at_what_its_sequences_hold() -> None:
+    kv = kv_capacity(STATIC, MOMENTS, "vLLM", 0.0)
+    m = MOMENTS
+    expected = 12 * (m.mean_input + m.mean_output)
+    margin = 3 * math.sqrt(12) * (m.input.std + m.output.std)
+    assert kv.blocks == math.ceil((expected + margin) / VLLM_BLOCK_SIZE) + 12
+    # paging needs far less than a worst-case slot per sequence
+    assert kv.tokens < kv_capacity(STATIC, MOMENTS, "ExeGPT", 0.0).tokens
+
+
+def test_a_static_batch_never_pages_more_than_its_worst_case() -> None:
+    one = config("Static", encode_batch=1)
+    kv = kv_capacity(one, MOMENTS, "vLLM", 0.0)
+    assert kv.blocks == math.ceil(SLOT / VLLM_BLOCK_SIZE) + 1
