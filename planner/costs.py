@@ -214,6 +214,23 @@ class CostModel:
             return steady(stage, chain, micro, stages)
         return fill_drain(stage, chain, micro, stages)
 
+    def step_floor(self, group: Group) -> float:
+        """Busy time of the slowest stage for a step that carries almost nothing (one
+        one-token prompt): what a step costs whatever it carries (the layers' fixed
+        work, the LM head's and the engine's per-step costs)."""
+        return self.encode_stage(group, 1.0, 1.0)
+
+    def joined_prefill(self, group: Group, stage: float) -> float:
+        """A stage's busy time ``stage`` encoding prompts, when the engine packs them
+        into a step that runs anyway (vLLM: a prefill joins the running batch's decode
+        step): less the step's floor, which that step pays once."""
+        return max(stage - self.step_floor(group), 0.0)
+
+    def joined_pass(self, group: Group, latency: float, micro: int) -> float:
+        """An encoding pass of ``latency`` seconds (``encode_pass``) packed into steps
+        that run anyway: less the floor of a step of ``micro`` micro-batches."""
+        return max(latency - self.step(self.step_floor(group), 0.0, micro, group.stages), 0.0)
+
     def mixed_iteration(
         self, group: Group, batch: float, context: float, joins: float, length: float, micro: int
     ) -> float:
@@ -224,8 +241,12 @@ class CostModel:
         mb, mj = batch / micro, joins / micro
         stage = self.decode_stage(group, mb, context)
         if mj > 0:
-            # The prefill work scales with the tokens joining; measured per query at batch 1.
-            stage += (mj / group.dp) * self.encode_stage(group, group.dp, length)
+            # The prefill work scales with the tokens joining; measured per query at
+            # batch 1, less what a step costs whatever it carries when decodes run too.
+            one = self.encode_stage(group, group.dp, length)
+            if mb > 0:
+                one = self.joined_prefill(group, one)
+            stage += (mj / group.dp) * one
         chain, _ = self._p2p_chain(group, (mb + mj * length) / group.dp * self.hidden * self.elem)
         return self.step(stage, chain, micro, group.stages)
 

@@ -6,8 +6,10 @@ drives pipeline stages, how it batches prompts, and how it admits them.
   drain, ``pipeline.py``); decoder-only prompts run packed (each prompt's own tokens,
   no padding), encoder-decoder prompts padded to the batch's longest.
 * **vLLM**: as many batches in flight as the pipeline has stages (overlapped steps);
-  prompts packed; at most ``max_num_batched_tokens`` tokens per step, a longer
-  prefill chunked over several steps (chunked prefill); a paged KV cache in blocks of
+  prompts packed, and packed into the running batch's decode step (a step that
+  encodes while others decode pays the step's fixed costs once); at most
+  ``max_num_batched_tokens`` tokens per step, a longer prefill chunked over several
+  steps (chunked prefill); a paged KV cache in blocks of
   ``kv_block_tokens`` tokens, allocated as sequences grow.
 
 Static batching admits a batch only when none runs and runs it until its longest
@@ -45,6 +47,10 @@ class EngineModel:
     """Tokens per step at most (chunked prefill); ``None``: a step takes any prefill."""
     kv_block_tokens: int | None = None
     """Paged KV cache block size; ``None``: a slot per sequence."""
+    prefill_joins_decodes: bool = False
+    """A prompt's prefill is packed into the running batch's decode step (vLLM), so a
+    step that encodes while others decode pays a step's fixed costs once; ``False``:
+    the encoding is a step of its own."""
     static_frees_finished: bool = False
     """A static batch's prompts are packed and each sequence is freed as it finishes
     (vLLM); ``False``: FasterTransformer's fixed batch, prompts padded and every slot
@@ -68,6 +74,7 @@ VLLM = EngineModel(
     pads_encoder_decoder=False,
     token_budget=VLLM_MAX_NUM_BATCHED_TOKENS,
     kv_block_tokens=VLLM_BLOCK_SIZE,
+    prefill_joins_decodes=True,
     static_frees_finished=True,
 )
 

@@ -78,14 +78,18 @@ class PipelineSteps:
         lengths: PrefillLengths,
         micro: int,
         chunks: int = 1,
+        joined: bool = False,
     ) -> float:
         """Encode ``prompts`` (their lengths) in ``micro`` micro-batches, in
         ``chunks`` steps (chunked prefill), from ``t``; when the last first token is
-        back."""
+        back. ``joined``: the engine packs the encoding into the running batch's next
+        decode step (vLLM), so it costs its work less a step's floor."""
         k = self.k
         if self.stages == 1:
             xs, ws = lengths.of(prompts)
             _, latency = k.encode_pass(group, float(prompts.size), xs, ws, micro, chunks)
+            if joined:
+                latency = k.joined_pass(group, latency, micro)
             self.now = max(t, self.now) + latency
             return self.now
         end = t
@@ -94,6 +98,8 @@ class PipelineSteps:
             for mb in np.array_split(part, len(split(part.size, micro))):
                 xs, ws = lengths.of(mb)
                 stage = k.prefill_stage(group, float(mb.size), xs, ws)
+                if joined:
+                    stage = k.joined_prefill(group, stage)
                 mean = sum(x * w for x, w in zip(xs, ws, strict=True))
                 jobs.append((stage, k.encode_p2p(group, float(mb.size), mean)[0]))
             end = self._run(t, jobs)

@@ -1,7 +1,8 @@
 """RoundRobin (RRA): every GPU runs both phases; an encoding of ``B_E`` queries every
 ``N_D`` decode iterations.
 
-Analytic: a cycle is one encoding then ``N_D`` decode iterations. In steady state as
+Analytic: a cycle is one encoding then ``N_D`` decode iterations (on vLLM the encoding
+is packed into one of those iterations: it adds its work, not a step of its own). In steady state as
 many queries leave per cycle as join, so by Little's law the decode batch is
 ``B_D = B_E x E[d] / N_D``. The encoding is a step of its own through every stage,
 in the plan's micro-batches, priced at the prompt lengths the engine batches; what
@@ -46,9 +47,15 @@ class RoundRobin:
         # delay every decode micro-batch behind them (the event mode's stage timeline
         # shows the difference, docs/simulator.md).
         _, t_enc = k.encode_pass(enc, b_e, lengths, weights, micro, chunks)
-        t_cycle = n_d * t_iter + t_enc
         d99 = m.steps_p99
-        latency = t_enc + d99 * t_iter + (d99 / n_d) * t_enc
+        if sim.engine.prefill_joins_decodes:
+            # vLLM: the encoding rides in one of the N_D decode steps (the running
+            # batch's); a query's own prefill step is one of those steps.
+            t_enc = k.joined_pass(enc, t_enc, micro)
+            latency = t_iter + t_enc + d99 * t_iter + (d99 / n_d) * t_enc
+        else:
+            latency = t_enc + d99 * t_iter + (d99 / n_d) * t_enc
+        t_cycle = n_d * t_iter + t_enc
         memory = sim.round_robin_memory(c, b_d)
         return sim.finish(c, b_e / t_cycle, latency, latency + t_cycle, memory, b_d)
 
@@ -78,7 +85,8 @@ class RoundRobin:
                 new = np.arange(nxt, hi)
                 log.admitted[new] = t
                 chunks = engine.prefill_steps(float(ins[new].sum()))
-                t = pipe.encode(t, enc, ins[new], prefill, micro, chunks)
+                joined = engine.prefill_joins_decodes and batch.size > 0
+                t = pipe.encode(t, enc, ins[new], prefill, micro, chunks, joined)
                 fresh = log.steps[new] > 0
                 log.done[new[~fresh]] = t
                 batch.join(new[fresh], log, ins)

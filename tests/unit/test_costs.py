@@ -159,6 +159,18 @@ def test_mixed_iteration_without_joins_is_a_decode_iteration() -> None:
     assert k.mixed_iteration(g, 64, 512, 4, 256, 2) > k.iteration(g, 64, 512, 2)
 
 
+def test_a_prompt_joining_running_decodes_adds_its_work_not_a_second_step() -> None:
+    k = cost_model("opt-13b")
+    g = Group(1, 1)
+    alone = k.mixed_iteration(g, 0, 0, 1, 256, 1)
+    assert alone == pytest.approx(k.encode_stage(g, 1, 256))  # nothing running: a whole step
+    joined = k.mixed_iteration(g, 64, 512, 1, 256, 1) - k.iteration(g, 64, 512, 1)
+    assert joined == pytest.approx(k.encode_stage(g, 1, 256) - k.step_floor(g))
+    assert 0 < k.step_floor(g) < k.encode_stage(g, 1, 256)
+    # a pass packed into running steps never costs less than nothing
+    assert k.joined_pass(g, 0.5 * k.step_floor(g), 1) == 0.0
+
+
 # -- memory --------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["opt-13b", "llama-2-7b", "t5-11b"])
 def test_one_gpu_holds_every_weight(model: str) -> None:
