@@ -11,17 +11,22 @@ with the client. None of that is in the profile's steps.
 
 A stock vLLM server (the operator's arguments for a Continuous configuration of
 ``max_num_seqs`` the largest batch measured) is sent ``batch`` streamed requests at
-once, every one of the same prompt and output length, so that all but the first step
-decode exactly ``batch`` sequences; the engine's step counter (``/metrics``) gives the
-steps, and the client the wall time from the first request sent to the last token.
-The server's seconds per step less the profile's model step at that batch and mean
-context (its step without its ``engine`` curve) is what serving adds; the least of
-``repeats`` runs at each batch (as the profile keeps the least of its timings on the
-CPU), fitted to a line in the batch, replaces the profile's ``engine`` curve.
+once, every one of the same prompt and output length, so that after their prefill
+every step decodes exactly ``batch`` sequences. A request's decode steps are the time
+from its first token to its last over its ``OUTPUT_TOKENS - 1`` decoded tokens (the
+median over the batch's requests): the connections' set-up and the prefill step are
+not spread over the decode steps (the prefill is priced from the profile's encoding;
+``CostModel.mixed_iteration``). The server's decode step less the profile's model step
+at that batch and mean context (its step without its ``engine`` curve) is what serving
+adds; the least of ``repeats`` runs at each batch (as the profile keeps the least of
+its timings on the CPU), fitted to a line in the batch, replaces the profile's
+``engine`` curve. The engine's step counter (``/metrics``) is kept beside, as a check
+that the batch decoded together.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from exegpt.bench.openai_load import Client, Request
+from exegpt.bench.openai_load import Client, Request, Timed
 from exegpt.bench.vllm_servers import read_counters, serve
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.profile import Curve, EngineOverhead, Profile
@@ -54,6 +59,13 @@ class Point:
     @property
     def overhead_s(self) -> float:
         return self.server_step_s - self.model_step_s
+
+
+def decode_step(timed: Sequence[Timed]) -> float:
+    """Seconds per decode step of requests of ``OUTPUT_TOKENS`` tokens decoded
+    together: the median over requests of first token to last token over the tokens
+    decoded after the first."""
+    return statistics.median((t.last_token - t.first_token) / (t.output_tokens - 1) for t in timed)
 
 
 def model_step(profile: Profile, batch: int, context: int) -> float:
@@ -114,14 +126,13 @@ def measure_overhead(
                     for _ in range(b)
                 ]
                 before = read_counters(s.engines)["steps"]
-                t0 = time.monotonic()
                 timed = client.closed_loop(reqs, b)
-                wall = max(t.last_token for t in timed) - t0
                 steps = read_counters(s.engines)["steps"] - before
-                if steps > 0 and (best is None or wall / steps < best[0] / best[1]):
-                    best = (wall, steps)
+                step_s = decode_step(timed)
+                if best is None or step_s < best[0]:
+                    best = (step_s, steps)
             if best is not None:
-                points.append(Point(b, best[1], best[0] / best[1], model_step(profile, b, context)))
+                points.append(Point(b, best[1], best[0], model_step(profile, b, context)))
     return points, time.monotonic() - start
 
 

@@ -27,7 +27,7 @@ from exegpt.bench.device import BenchDevice
 from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
 from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
-from exegpt.bench.vllm_overhead import Point, model_step, with_overhead
+from exegpt.bench.vllm_overhead import Point, decode_step, model_step, with_overhead
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.plan import ExecutionConfig, Plan
@@ -45,8 +45,8 @@ def profile() -> Profile:
 
 @pytest.fixture(scope="module")
 def loose(profile: Profile) -> tuple[Plan, float]:
-    """The loose bound's plan (a RoundRobin schedule, from which the pipeline row is
-    built; under the tight bound Static on vLLM is itself the plan)."""
+    """The loose bound's plan (the planner's choice for vLLM: an ExeGPT schedule or a
+    baseline; the pipeline row runs a RoundRobin schedule either way)."""
     workload = bench_workload()
     request = bench.plan_request(bench.CPU_MODEL, workload, None)
     (bound,) = static_latency_percentiles(request, profile, [bench.BOUNDS["loose"]])
@@ -69,7 +69,11 @@ def test_the_plan_and_its_baselines_run_as_the_operator_renders_them(
     request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
     entries, notes = bench.select(plan, request, profile, ALL)
 
-    assert [e.role for e in entries] == list(ALL) and notes == []
+    assert [e.role for e in entries] == list(ALL)
+    if plan.config.strategy == "RoundRobin":
+        assert notes == []
+    else:  # the pipeline row is the best RoundRobin plan, and a note says so
+        assert len(notes) == 1 and "best RoundRobin plan" in notes[0]
     by = {e.role: e for e in entries}
     assert by["plan"].plan == plan
     stock, static = plan.baselines["Continuous"], plan.baselines["Static"]
@@ -304,3 +308,15 @@ def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile
             model_step(profile, b, 80) + 1e-3 + 2e-4 * b
         )
     assert "measured through vLLM's OpenAI server" in served.provenance.notes
+
+
+def test_the_servers_decode_step_leaves_out_the_connections_and_the_prefill() -> None:
+    # three requests decoded together at 10 ms a step after a prefill that ended at
+    # different times (one connection was slow to open): 95 decode steps each
+    timed = [
+        Timed(32, 96, arrival=0.0, first_token=f, last_token=f + 0.95, finished=f + 0.951)
+        for f in (0.30, 0.31, 0.90)
+    ]
+    assert decode_step(timed) == pytest.approx(0.01)
+    # whereas first request to last token over the steps would count the waits
+    assert (max(t.last_token for t in timed) - 0.0) / 96 > 0.018
