@@ -101,6 +101,13 @@ def nodes(shape: ServerShape, gpus_per_node: int) -> int:
     return vllm_nodes(shape.gpus, gpus_per_node)
 
 
+def executor_backend(gpus: int) -> str:
+    """vLLM's executor for a server of ``gpus`` workers: ``uni`` (the worker in the
+    engine core's process, vLLM's own choice for one) for one, else ``mp`` (a process
+    per worker, on one node or across nodes; never Ray)."""
+    return "uni" if gpus == 1 else "mp"
+
+
 def server_args(
     plan: Plan | WorkerPlan,
     *,
@@ -137,7 +144,7 @@ def server_args(
         "--port", str(port),
         "--tensor-parallel-size", str(shape.tensor_parallel),
         "--pipeline-parallel-size", str(shape.pipeline_stages),
-        "--distributed-executor-backend", "mp",
+        "--distributed-executor-backend", executor_backend(shape.gpus),
         "--max-model-len", str(max_model_len),
         "--max-num-seqs", str(shape.max_num_seqs),
     ]  # fmt: skip

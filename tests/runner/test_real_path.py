@@ -245,7 +245,8 @@ def test_every_example_starts_vllm_with_the_planners_numbers(path: Path, tmp_pat
                 shape.tensor_parallel,
                 shape.pipeline_stages,
             )
-            assert engine.distributed_executor_backend == "mp"
+            workers = shape.tensor_parallel * shape.pipeline_stages
+            assert engine.distributed_executor_backend == ("uni" if workers == 1 else "mp")
             if nodes > 1:
                 master = f"{names.statefulset(name, role)}-{replica}.{service}"
                 assert (engine.nnodes, engine.node_rank, engine.master_addr) == (

@@ -70,7 +70,7 @@ def test_vllm_parses_the_rendered_arguments(
     assert (engine.tensor_parallel_size, engine.pipeline_parallel_size) == (tp, pp)
     assert (engine.max_model_len, engine.block_size, engine.num_gpu_blocks_override) == (
         768, 16, 1000)  # fmt: skip
-    assert engine.distributed_executor_backend == "mp"
+    assert engine.distributed_executor_backend == ("uni" if tp * pp == 1 else "mp")
     batch = c.encode_batch if c.strategy == "Static" or role == "prefill" else c.decode_batch
     if c.strategy == "RoundRobin":  # B_E per prefill step, through ceil(256 / N_D) of them
         batch = c.encode_batch * -(-256 // c.decode_steps_per_encode)
