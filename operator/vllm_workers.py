@@ -57,7 +57,8 @@ SERVER_ROLES: dict[str, Role] = {
 }
 """The vLLM server each StatefulSet of ``plandoc.roles`` runs."""
 KV_CONNECTOR = "NixlConnector"
-"""WorkloadAware's KV hand-over between GPUs (NIXL); on the CPU, ``ExampleConnector``."""
+"""WorkloadAware's KV hand-over between GPUs (NIXL); on the CPU (tests and ``exegpt bench
+vllm``), ``KvTransfer.shared_directory``."""
 
 
 def vllm_args(

@@ -39,19 +39,35 @@ class KvCache:
     block_size: int
 
 
+SHARED_DIRECTORY_CONNECTOR = "SharedDirectoryConnector"
+SHARED_DIRECTORY_CONNECTOR_MODULE = "exegpt.runner.vllm_kv_connector"
+"""The CPU's KV connector: vLLM's ``ExampleConnector`` (a directory both instances share)
+made to hand over every prompt token but the last, one-token prompts included
+(docs/vllm.md)."""
+
+
 @dataclass(frozen=True)
 class KvTransfer:
     """The KV connector of a WorkloadAware instance: ``NixlConnector`` between GPUs, or
-    ``ExampleConnector`` with a ``storage_path`` shared by both instances on the CPU."""
+    on the CPU ``SharedDirectoryConnector`` (``shared_directory``) with a
+    ``storage_path`` shared by both instances. ``module_path``: the module vLLM imports
+    the connector from (vLLM's ``kv_connector_module_path``), None for vLLM's own."""
 
     connector: str = "NixlConnector"
     storage_path: str | None = None
+    module_path: str | None = None
+
+    @classmethod
+    def shared_directory(cls, storage_path: str) -> KvTransfer:
+        """The CPU's connector over ``storage_path``."""
+        return cls(SHARED_DIRECTORY_CONNECTOR, storage_path, SHARED_DIRECTORY_CONNECTOR_MODULE)
 
     def config(self) -> str:
-        extra = {} if self.storage_path is None else {"shared_storage_path": self.storage_path}
-        doc = {"kv_connector": self.connector, "kv_role": "kv_both"}
-        if extra:
-            doc["kv_connector_extra_config"] = extra  # type: ignore[assignment]
+        doc: dict[str, object] = {"kv_connector": self.connector, "kv_role": "kv_both"}
+        if self.storage_path is not None:
+            doc["kv_connector_extra_config"] = {"shared_storage_path": self.storage_path}
+        if self.module_path is not None:
+            doc["kv_connector_module_path"] = self.module_path
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 

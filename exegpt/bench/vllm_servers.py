@@ -1,8 +1,9 @@
 """vLLM's OpenAI servers for ``exegpt bench vllm``, started from exactly the arguments
 the operator renders for a plan (``planner/vllm_args.server_args``; only the weights
 directory and the address differ), and for a WorkloadAware plan a prefill server and a
-decode server sharing ``ExampleConnector``'s directory behind ``vllm-router``; and the
-engine's own counters read from their ``/metrics``.
+decode server sharing a directory (``KvTransfer.shared_directory``, the CPU's KV
+connector) behind ``vllm-router``; and the engine's own counters read from their
+``/metrics``.
 
 Each server runs in the environment the profile was measured in: one torch thread,
 not bound to a core (``OMP_NUM_THREADS=1``, ``VLLM_CPU_OMP_THREADS_BIND=nobind``), a
@@ -159,7 +160,7 @@ def _start(
     if plan.config.strategy == "WorkloadAware":
         storage = workdir / "kv"
         storage.mkdir(exist_ok=True)
-        transfer: KvTransfer | None = KvTransfer("ExampleConnector", str(storage))
+        transfer: KvTransfer | None = KvTransfer.shared_directory(str(storage))
         roles: tuple[Role, ...] = ("prefill", "decode")
     else:
         transfer, roles = None, ("server",)

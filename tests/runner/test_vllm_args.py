@@ -49,7 +49,7 @@ CASES: list[tuple[str, Plan, Role, dict[str, Any]]] = [
     ("prefill", _plan("WorkloadAware", encode_batch=8, decode_batch=64, encode_tp=2),
      "prefill", {"kv_transfer": KvTransfer()}),
     ("decode", _plan("WorkloadAware", encode_batch=8, decode_batch=64, tensor_parallel=2),
-     "decode", {"kv_transfer": KvTransfer("ExampleConnector", "/kv")}),
+     "decode", {"kv_transfer": KvTransfer.shared_directory("/kv")}),
 ]  # fmt: skip
 
 
@@ -87,6 +87,15 @@ def test_vllm_parses_the_rendered_arguments(
     if role != "server":
         kv = engine.kv_transfer_config
         assert kv.kv_role == "kv_both" and kv.kv_connector == extra["kv_transfer"].connector
+        assert kv.kv_connector_module_path == extra["kv_transfer"].module_path
+        from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+
+        # the connector class vLLM will load: its own NIXL, or the runner's on the CPU
+        cls = KVConnectorFactory.get_connector_class(kv)
+        if kv.kv_connector_module_path is not None:
+            assert (cls.__module__, cls.__name__) == (
+                "exegpt.runner.vllm_kv_connector", "SharedDirectoryConnector")  # fmt: skip
+            assert kv.get_from_extra_config("shared_storage_path", None) == "/kv"
     if label == "multinode":
         assert (engine.nnodes, engine.node_rank, engine.master_addr, engine.master_port) == (
             2, 0, "x-worker-0.x-stages", 29500)  # fmt: skip

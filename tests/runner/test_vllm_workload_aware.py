@@ -1,13 +1,13 @@
 """WorkloadAware on vLLM over the CPU connector: a prefill server and a decode server
-started from ``exegpt.planner.vllm_args`` (``ExampleConnector`` over a shared directory)
-behind ``vllm-router --vllm-pd-disaggregation`` give the greedy tokens of the model run
-alone, and the decode server's own counters show it loaded the prompt's KV instead of
-computing it again."""
+started from ``exegpt.planner.vllm_args`` (``SharedDirectoryConnector`` over a shared
+directory) behind ``vllm-router --vllm-pd-disaggregation`` give the greedy tokens of the
+model run alone for prompts of 1 to 300 tokens (across vLLM's 128-token KV blocks on the
+CPU), and the decode server's own counters show it loaded every prompt token's KV but the
+last one's and computed only that one."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -31,8 +31,12 @@ from exegpt.planner.vllm_args import SERVER_MODULE, KvTransfer, server_args
 
 pytestmark = pytest.mark.slow
 
-# longer than a KV block (128 tokens on the CPU): ExampleConnector hands over whole blocks
-PROMPT = [int(t) for t in torch.randint(3, 250, (300,), generator=torch.Generator().manual_seed(3))]
+# one-token prompts after a short one (which made ExampleConnector report -128 tokens to
+# load and fail the engine core), and lengths around vLLM's KV block (128 tokens on the
+# CPU) and the planner's (32)
+LENGTHS = (2, 1, 1, 31, 32, 33, 100, 128, 129, 300)
+_G = torch.Generator().manual_seed(3)
+PROMPTS = [[int(t) for t in torch.randint(3, 250, (n,), generator=_G)] for n in LENGTHS]
 NEW_TOKENS = 8
 
 
@@ -86,7 +90,7 @@ def disaggregated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             args = server_args(
                 _plan(), model_dir=str(model), served_model_name="tiny", dtype="float32",
                 max_input_tokens=320, max_output_tokens=32, port=port, gpus_per_node=1,
-                role=role, kv_transfer=KvTransfer("ExampleConnector", str(storage)),
+                role=role, kv_transfer=KvTransfer.shared_directory(str(storage)),
             )  # fmt: skip
             args[args.index("--host") + 1] = "127.0.0.1"
             logs.append(root / f"{role}.log")
@@ -133,15 +137,18 @@ def disaggregated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         stop_servers(reversed(procs))
 
 
-def _hf_greedy(model: Path) -> list[int]:
+def _hf_greedy(model: Path, prompts: list[list[int]]) -> list[list[int]]:
     import transformers as tf
 
     hf = tf.LlamaForCausalLM.from_pretrained(model, torch_dtype=torch.float32).eval()
-    seq = list(PROMPT)
+    out = []
     with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            seq.append(int(hf(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(PROMPT) :]
+        for prompt in prompts:
+            seq = list(prompt)
+            for _ in range(NEW_TOKENS):
+                seq.append(int(hf(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+            out.append(seq[len(prompt) :])
+    return out
 
 
 def _counter(metrics: str, name: str, **labels: str) -> float:
@@ -154,36 +161,39 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
+def _prompt_tokens(url: str) -> tuple[float, float]:
+    """A server's prompt tokens so far: (loaded through the KV connector, computed)."""
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    name = "vllm:prompt_tokens_by_source_total"
+    return (
+        _counter(metrics, name, source="external_kv_transfer"),
+        _counter(metrics, name, source="local_compute"),
+    )
+
+
+def _since(url: str, before: tuple[float, float]) -> tuple[float, float]:
+    now = _prompt_tokens(url)
+    return now[0] - before[0], now[1] - before[1]
+
+
 def test_prefill_decode_and_router_give_the_models_greedy_tokens_from_loaded_kv(
     disaggregated: dict[str, Any],
 ) -> None:
     urls = disaggregated["urls"]
-    decode_metrics = requests.get(f"{urls['decode']}/metrics", timeout=10).text
-    before = _counter(
-        decode_metrics, "vllm:prompt_tokens_by_source_total", source="external_kv_transfer"
-    )
-    body = {
-        "model": "tiny", "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0,
-        "ignore_eos": True, "return_token_ids": True,
-    }  # fmt: skip
-    r = requests.post(f"{urls['router']}/v1/completions", json=body, timeout=120)
-    assert r.status_code == 200, r.text
-    choice = r.json()["choices"][0]
-    assert choice["token_ids"] == _hf_greedy(disaggregated["model"])
+    expected = _hf_greedy(disaggregated["model"], PROMPTS)
+    for prompt, tokens in zip(PROMPTS, expected, strict=True):
+        decode_before = _prompt_tokens(urls["decode"])
+        prefill_before = _prompt_tokens(urls["prefill"])
+        body = {
+            "model": "tiny", "prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0,
+            "ignore_eos": True, "return_token_ids": True,
+        }  # fmt: skip
+        r = requests.post(f"{urls['router']}/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, (len(prompt), r.text)
+        assert r.json()["choices"][0]["token_ids"] == tokens, len(prompt)
 
-    decode_metrics = requests.get(f"{urls['decode']}/metrics", timeout=10).text
-    loaded = (
-        _counter(decode_metrics, "vllm:prompt_tokens_by_source_total",
-                 source="external_kv_transfer") - before
-    )  # fmt: skip
-    computed = _counter(
-        decode_metrics, "vllm:prompt_tokens_by_source_total", source="local_compute"
-    )
-    # the decode server took the prompt's KV (its whole blocks) from the prefill server
-    # and computed only the rest itself
-    assert loaded >= 256, decode_metrics
-    assert computed == len(PROMPT) - loaded, decode_metrics
-    prefill_metrics = requests.get(f"{urls['prefill']}/metrics", timeout=10).text
-    assert _counter(prefill_metrics, "vllm:prompt_tokens_by_source_total",
-                    source="local_compute") >= len(PROMPT)  # fmt: skip
-    assert re.search(r"External Cache Hit", disaggregated["logs"][1].read_text())
+        # the prefill server computed the prompt; the decode server took the KV of every
+        # prompt token but the last from it and computed the last one itself (a
+        # one-token prompt has nothing to hand over)
+        assert _since(urls["prefill"], prefill_before) == (0, len(prompt)), len(prompt)
+        assert _since(urls["decode"], decode_before) == (len(prompt) - 1, 1), len(prompt)
