@@ -1,7 +1,8 @@
 """What the operator process keeps in memory per deployment, between passes: the lock
 that serialises its passes, its failures in a row, the parsed spec and the planner's
 last result. Forgotten when the deployment is deleted, so the memory stays bounded by
-the deployments that exist."""
+the deployments that exist. It also counts the passes in flight, so that the operator
+can stop by letting them finish (``drain``) before it closes what they use."""
 
 from __future__ import annotations
 
@@ -51,6 +52,38 @@ class Deployments:
         self._by_uid: dict[str, DeploymentMemory] = {}
         self.written: dict[str, str] = {}
         self.profiles: dict[str, str] = {}  # ``reconcile.Context.profiles``
+        self._stopping = False  # set by ``drain``: no pass starts after it
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def stopping(self) -> bool:
+        """Whether the operator is stopping (``drain`` was called)."""
+        return self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        """Passes started and not yet ended."""
+        return self._in_flight
+
+    def pass_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def pass_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop starting passes, and wait up to ``timeout`` seconds for those in flight
+        to end; False if some were still running then."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def of(self, uid: str) -> DeploymentMemory:
         memory = self._by_uid.get(uid)

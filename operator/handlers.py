@@ -28,6 +28,9 @@ from .telemetry import OperatorMetrics, start_server
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 NO_LOG_EVENTS = logging.CRITICAL + 10
+STOP_GRACE_SECONDS = 5.0
+"""On stop, how long the passes in flight may take to finish before the operator closes
+its API client and planner threads under them."""
 log = logging.getLogger("exegpt.operator")
 
 
@@ -56,49 +59,101 @@ async def _pass(
     A pass that fails on an API error is retried with exponential backoff: the change
     handlers through kopf (a permanent error ends their retries), the periodic pass by
     skipping ticks until the backoff has passed. The failure is said in a condition,
-    logged with the deployment's name and counted in the operator's metrics."""
-    memory = memo.deployments.of(_uid(body))
+    logged with the deployment's name and counted in the operator's metrics.
+
+    Once the operator is stopping, no pass starts (the next start's resume pass takes
+    over: passes are level-based); one that the stop cuts short is logged as such."""
+    deployments: Deployments = memo.deployments
+    where = deployment_fields(str(body.metadata.namespace or ""), str(body.metadata.name or ""))
+    if deployments.stopping():
+        log.debug("%s pass not started: the operator is stopping", handler, extra=where)
+        return
+    deployments.pass_started()
+    try:
+        await _locked_pass(handler, body, memo, config, periodic, where)
+    finally:
+        deployments.pass_ended()
+
+
+async def _locked_pass(
+    handler: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    config: OperatorSettings,
+    periodic: bool,
+    where: dict[str, str],
+) -> None:
+    deployments: Deployments = memo.deployments
+    memory = deployments.of(_uid(body))
     generation = int(body.metadata.get("generation") or 0)
     if periodic and (
         memory.lock.locked() or memory.failures.backing_off(generation, time.monotonic())
     ):
         return  # a change handler is on it, or backing off; a later tick follows up
     telemetry: OperatorMetrics = memo.telemetry
-    where = deployment_fields(str(body.metadata.namespace or ""), str(body.metadata.name or ""))
     async with memory.lock:
+        if deployments.stopping():
+            return  # stopped while waiting for the lock
         ctx = Context(
             kube=memo.kube, settings=config, events=_events(body), clock=memo.clock,
-            metrics=memo.metrics, written=memo.deployments.written, cache=memory.cache,
-            executor=memo.executor, profiles=memo.deployments.profiles, telemetry=telemetry,
+            metrics=memo.metrics, written=deployments.written, cache=memory.cache,
+            executor=memo.executor, profiles=deployments.profiles, telemetry=telemetry,
         )  # fmt: skip
         started = time.monotonic()
         try:
             await reconcile(body, ctx)
-        except KubeError as exc:
-            telemetry.passes.inc(handler, "failed")
-            telemetry.failures.inc(handler, "KubeError")
-            failures = memory.failures
-            delay = failures.record(
-                exc, generation, time.monotonic(), config.error_retry_seconds,
-                config.error_retry_max_seconds,
-            )  # fmt: skip
-            await report_failure(memo.kube, body, failures, delay, _events(body), memo.clock)
-            message = f"API request failed: {exc}; next attempt in {delay:g} s"
-            log.error("%s pass failed: %s", handler, message, extra=where)
-            if periodic:
-                return
-            if failures.permanent:
-                raise kopf.PermanentError(message) from exc
-            raise kopf.TemporaryError(message, delay=delay) from exc
         except Exception as exc:
-            telemetry.passes.inc(handler, "failed")
-            telemetry.failures.inc(handler, type(exc).__name__)
-            log.exception("%s pass failed: %s", handler, exc, extra=where)
-            raise
+            if deployments.stopping():  # its client or planner threads closed under it
+                telemetry.passes.inc(handler, "stopped")
+                log.warning(
+                    "%s pass cut short: the operator stopped while it ran (%s: %s)",
+                    handler, type(exc).__name__, exc, extra=where,
+                )  # fmt: skip
+                return
+            error = await _failed(handler, body, memo, config, exc, periodic, where)
+            if error is exc:
+                raise
+            if error is not None:
+                raise error from exc
+            return  # a periodic pass backs off: a later tick tries again
         finally:
             telemetry.pass_seconds.observe(time.monotonic() - started, handler)
         memory.failures.clear()
         telemetry.passes.inc(handler, "ok")
+
+
+async def _failed(
+    handler: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    config: OperatorSettings,
+    exc: Exception,
+    periodic: bool,
+    where: dict[str, str],
+) -> Exception | None:
+    """Count, log and report a failed pass: the error to raise to kopf (``exc`` itself
+    but for an API error, whose retry is scheduled: kopf's error for a change handler,
+    None for a periodic pass, which backs off)."""
+    telemetry: OperatorMetrics = memo.telemetry
+    telemetry.passes.inc(handler, "failed")
+    telemetry.failures.inc(handler, type(exc).__name__)
+    if not isinstance(exc, KubeError):
+        log.exception("%s pass failed: %s", handler, exc, extra=where)
+        return exc
+    failures = memo.deployments.of(_uid(body)).failures
+    generation = int(body.metadata.get("generation") or 0)
+    delay = failures.record(
+        exc, generation, time.monotonic(), config.error_retry_seconds,
+        config.error_retry_max_seconds,
+    )  # fmt: skip
+    await report_failure(memo.kube, body, failures, delay, _events(body), memo.clock)
+    message = f"API request failed: {exc}; next attempt in {delay:g} s"
+    log.error("%s pass failed: %s", handler, message, extra=where)
+    if periodic:
+        return None
+    if failures.permanent:
+        return kopf.PermanentError(message)
+    return kopf.TemporaryError(message, delay=delay)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -143,6 +198,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        # The passes in flight finish first: they use the client and the planner threads.
+        deployments = getattr(memo, "deployments", None)
+        if deployments is not None and not await deployments.drain(STOP_GRACE_SECONDS):
+            log.warning(
+                "stopping with %d pass(es) still running after %g s: they are cut short",
+                deployments.in_flight, STOP_GRACE_SECONDS,
+            )  # fmt: skip
         server = getattr(memo, "metrics_server", None)
         if server is not None:
             memo.metrics_server = None

@@ -114,7 +114,7 @@ class OperatorMetrics:
     passes: Counter = field(
         default_factory=lambda: Counter(
             "exegpt_operator_passes_total",
-            "Reconcile passes by handler and result (ok, failed).",
+            "Reconcile passes by handler and result (ok, failed, stopped).",
             ("handler", "result"),
         )
     )

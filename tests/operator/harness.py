@@ -185,6 +185,59 @@ def call_of(request: kmock.Request) -> Call | None:
     )
 
 
+_DISPATCHING: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar(
+    "harness_dispatching", default=None
+)
+"""The request kmock's generic dispatch is matching, in the task that answers it."""
+
+
+class RequestLog:
+    """kmock's request log (``Emulator._requests``), keeping the last ``keep`` requests
+    (every one when ``keep`` is None, as tests want).
+
+    ``len()`` counts every request served: kmock numbers each request by it, and a
+    position in the log (``Cluster.mark``) is such a number. Iteration yields the
+    requests kept, and ``since`` those from a position on; ``first`` is the position of
+    the oldest one kept. A long run (a benchmark) bounds the log so that the emulator's
+    memory, and its garbage collector's pauses with it, stay flat. While kmock's generic
+    dispatch matches a request (``Emulator._dispatch``), iteration in the task answering
+    it yields that request alone."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        self.keep = keep
+        self.first = 0
+        self._kept: collections.deque[kmock.Request] = collections.deque()
+        self.dropped: Callable[[kmock.Request], None] = lambda _: None
+        """Called with each request the log lets go of."""
+
+    def append(self, request: kmock.Request) -> None:
+        self._kept.append(request)
+        if self.keep is not None and len(self._kept) > self.keep:
+            self.first += 1
+            self.dropped(self._kept.popleft())
+
+    def __len__(self) -> int:
+        return self.first + len(self._kept)
+
+    def __iter__(self) -> Iterator[kmock.Request]:
+        dispatching = _DISPATCHING.get()
+        if dispatching is not None:  # kmock matching one request (Emulator._dispatch)
+            return iter((dispatching,))
+        return iter(self._kept)
+
+    def since(self, position: int) -> list[kmock.Request]:
+        """The requests from ``position`` on; a LookupError if some of them are no longer
+        kept (the measurement would miss requests)."""
+        if position < self.first:
+            raise LookupError(
+                f"the request log keeps the last {self.keep} requests (from {self.first} "
+                f"on): those from {position} on are gone"
+            )
+        return list(itertools.islice(self._kept, position - self.first, None))
+
+
 # -- failure injection ---------------------------------------------------------------------
 
 
@@ -373,11 +426,41 @@ class Emulator(kmock.KubernetesEmulator):
         factory=dict, init=False
     )
     _indexed: int = attrs.field(default=-1, init=False)
+    keep_requests: int | None = None
+    """The request log keeps the last this many requests (None: all)."""
+    keep_versions: int | None = None
+    """Each object keeps its last this many versions (None: all; at least 2, so that a
+    deleted object keeps its last state)."""
+    keep_events: int | None = None
+    """The store keeps the newest this many Events (None: all), as an API server drops
+    them after its ``--event-ttl`` (an hour by default)."""
+    _events: collections.deque[tuple[Any, str | None, str]] = attrs.field(
+        factory=collections.deque, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        if self.keep_versions is not None and self.keep_versions < 2:
+            raise ValueError(f"keep_versions must be at least 2, not {self.keep_versions}")
+        log = RequestLog(self.keep_requests)
+        log.dropped = self._forget
+        self._requests = log  # type: ignore[assignment]
         # Replace (PUT) is answered like a patch: with the stored object.
         self.fallback[kmock.method.PUT] << self._serve_update
+
+    @property
+    def request_log(self) -> RequestLog:
+        return self._requests  # type: ignore[return-value]
+
+    def _remember(self, obj: Any, version: JSON) -> None:
+        """Add ``version`` to ``obj``'s history, keeping the last ``keep_versions``."""
+        obj.history.append(version)
+        if self.keep_versions is not None and len(obj.history) > self.keep_versions:
+            del obj.history[: len(obj.history) - self.keep_versions]
+
+    def versions_kept(self) -> int:
+        """Stored versions (and deletion markers) over every object."""
+        return sum(len(obj.history) for obj in self._objects.values())
 
     @property
     def resource_version(self) -> str:
@@ -422,7 +505,7 @@ class Emulator(kmock.KubernetesEmulator):
         method = str(request.method.value).upper()
         server = "_serve_update" if method == "PUT" else _SERVERS.get(request.action)
         if server is None or (method == "POST" and request.name):
-            return await kmock.RawHandler._handle(self, request)
+            return await self._dispatch(request)
         response: aiohttp.web.StreamResponse = await kmock.Response(payload=getattr(self, server))(
             request
         )
@@ -456,22 +539,45 @@ class Emulator(kmock.KubernetesEmulator):
         try:
             response = await self._respond(request)
         except kmock.KubernetesError as exc:
-            self.statuses[request.id] = exc.status
+            self._answered(request, exc.status)
             raise
         except Exception:
-            self.statuses[request.id] = 500
+            self._answered(request, 500)
             raise
         finally:
             self.in_flight -= not watch
-        self.statuses[request.id] = response.status
+        self._answered(request, response.status)
         # Answered: the log keeps the request, not the server's connection objects.
         object.__setattr__(request, "_raw_request", None)
         return response
 
+    async def _dispatch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """kmock's generic dispatch (discovery, and requests no handler here takes),
+        with the request log showing it this request alone: kmock finds a reaction by
+        filtering every request in the log to see whether the reaction's view holds this
+        one, a cost that grew with every request served (seconds per discovery request
+        after a few minutes of a benchmark). The emulator's reactions filter by the
+        request's own fields, never by its position in the log, so the answer is the
+        same."""
+        token = _DISPATCHING.set(request)
+        try:
+            response: aiohttp.web.StreamResponse = await kmock.RawHandler._handle(self, request)
+        finally:
+            _DISPATCHING.reset(token)
+        return response
+
+    def _forget(self, request: kmock.Request) -> None:
+        """The log let go of ``request``: its status goes too."""
+        self.statuses.pop(request.id, None)
+
+    def _answered(self, request: kmock.Request, status: int) -> None:
+        if request.id >= self.request_log.first:  # else the log no longer keeps it
+            self.statuses[request.id] = status
+
     async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         call = call_of(request)
         if call is None:
-            return await kmock.RawHandler._handle(self, request)
+            return await self._dispatch(request)
         fault = next((f for f in self.faults if f.matches(call)), None)
         if fault is not None:
             fault.hits.append(dataclasses.replace(call, status=fault.status))
@@ -511,11 +617,11 @@ class Emulator(kmock.KubernetesEmulator):
             if meta.get("finalizers"):
                 meta["deletionTimestamp"] = now_iso()
                 meta["resourceVersion"] = self._next_version()
-                obj.history.append(old)
+                self._remember(obj, old)
                 await self._publish(res, "MODIFIED", old)
             else:
                 meta["resourceVersion"] = self._next_version()
-                obj.history.append(old)
+                self._remember(obj, old)
                 obj.delete()
                 await self._publish(res, "DELETED", old)
             return
@@ -527,7 +633,7 @@ class Emulator(kmock.KubernetesEmulator):
         if _spec_part(new) != _spec_part(old):
             new_meta["generation"] = int(meta.get("generation", 1)) + 1
         new_meta["resourceVersion"] = self._next_version()
-        obj.history.append(new)
+        self._remember(obj, new)
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
             obj.delete()
             await self._publish(res, "DELETED", new)
@@ -565,14 +671,30 @@ class Emulator(kmock.KubernetesEmulator):
             creationTimestamp=now_iso(),
         )
         if key in self._objects:
-            self._objects[key].history.append(body)
+            self._remember(self._objects[key], body)
         else:
             fresh = self._indexed == len(self._objects)
             self._objects[key] = body
             if fresh:  # keep the index current without a rebuild
                 self._keys.setdefault(res, {})[(call.namespace, meta["name"])] = None
                 self._indexed += 1
+            if res.plural == "events" and self.keep_events is not None:
+                self._expire_events(key)
         await self._publish(res, "ADDED", body)
+
+    def _expire_events(self, key: tuple[Any, str | None, str]) -> None:
+        """Remember a new Event; drop the oldest beyond ``keep_events`` from the store."""
+        assert self.keep_events is not None
+        self._events.append(key)
+        while len(self._events) > self.keep_events:
+            old = self._events.popleft()
+            if old not in self._objects:
+                continue
+            fresh = self._indexed == len(self._objects)
+            del self._objects[old]
+            self._keys.get(old[0], {}).pop((old[1], old[2]), None)
+            if fresh:
+                self._indexed -= 1
 
     def _updated(self, call: Call, request: kmock.Request, old: JSON, data: Any) -> JSON:
         """The object after an update or patch (not stored yet)."""
@@ -1103,7 +1225,7 @@ class Cluster:
     def calls(self, since: int = 0, *, include_harness: bool = False) -> list[Call]:
         """API calls (discovery excluded) since a mark, the operator's only by default."""
         out = []
-        for request in list(self.emulator._requests)[since:]:
+        for request in self.emulator.request_log.since(since):
             call = call_of(request)
             if call is not None and (include_harness or not call.by_harness):
                 out.append(dataclasses.replace(call, status=self.emulator.statuses.get(call.id)))
@@ -1225,9 +1347,19 @@ def _source(fn: Callable[..., Any]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(crds: Iterable[JSON] | None = None) -> AsyncIterator[Cluster]:
-    """An emulated cluster serving on a local port in the running event loop."""
-    emulator = Emulator()
+async def running_cluster(
+    crds: Iterable[JSON] | None = None,
+    *,
+    keep_requests: int | None = None,
+    keep_versions: int | None = None,
+    keep_events: int | None = None,
+) -> AsyncIterator[Cluster]:
+    """An emulated cluster serving on a local port in the running event loop; a long
+    run bounds what it keeps (``Emulator.keep_requests``, ``keep_versions``,
+    ``keep_events``)."""
+    emulator = Emulator(
+        keep_requests=keep_requests, keep_versions=keep_versions, keep_events=keep_events
+    )
     async with emulator, kmock.Server(emulator):
         cluster = Cluster(emulator)
         await cluster.bootstrap([load_crd()] if crds is None else crds)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import kmock
@@ -23,6 +23,7 @@ from harness import (
     NAMESPACE,
     Cluster,
     Operator,
+    RequestLog,
     minimal_crd,
     running_cluster,
     selector_matches,
@@ -250,3 +251,71 @@ async def test_resource_requests_are_answered_by_key_whatever_was_served_before(
     assert dispatched == []
     await cluster.request("GET", "/api/v1")  # discovery still goes through kmock's
     assert dispatched == ["/api/v1"]
+
+
+async def test_discovery_looks_at_its_own_request_whatever_was_served_before(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kmock's generic dispatch filters every request in the log to match one; while it
+    does, the log shows it that request alone, so discovery costs the same after any
+    number of requests."""
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}}
+    await cluster.create(body)
+    for i in range(200):
+        await cluster.patch(CORE, "configmaps", NAMESPACE, "cm", {"data": {"i": str(i)}})
+    seen: list[int] = []
+    kept = RequestLog.__iter__
+
+    def counted(self: RequestLog) -> Iterator[Any]:
+        items = list(kept(self))
+        seen.append(len(items))
+        return iter(items)
+
+    monkeypatch.setattr(RequestLog, "__iter__", counted)
+    discovery = await cluster.request("GET", "/api/v1")
+    assert "configmaps" in {r["name"] for r in discovery["resources"]}
+    assert seen and max(seen) == 1
+    assert len(list(kept(cluster.emulator.request_log))) > 200  # outside it, every request
+
+
+async def test_a_bounded_emulator_keeps_the_last_requests_and_versions() -> None:
+    """A long run (the operator benchmark) bounds the request log and each object's
+    versions: positions in the log still count every request, statuses of the requests
+    let go are dropped with them, and asking for requests no longer kept fails."""
+    async with running_cluster([minimal_crd()], keep_requests=5, keep_versions=2) as cluster:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {}}
+        await cluster.create(body)
+        for i in range(8):
+            await cluster.patch(CORE, "configmaps", NAMESPACE, "cm", {"data": {"i": str(i)}})
+        served = cluster.mark()
+        log = cluster.emulator.request_log
+
+        assert served > 8 and len(list(log)) == 5 and log.first == served - 5
+        assert [c.body for c in cluster.calls(served - 2, include_harness=True)] == [
+            {"data": {"i": "6"}},
+            {"data": {"i": "7"}},
+        ]
+        assert all(c.status == 200 for c in cluster.calls(served - 5, include_harness=True))
+        assert len(cluster.emulator.statuses) <= 5
+        with pytest.raises(LookupError, match="keeps the last 5"):
+            cluster.calls(served - 6)
+
+        assert cluster.emulator.versions_kept() <= 2 * len(cluster.emulator._objects)
+        assert (cluster.stored(CORE, "configmaps", NAMESPACE, "cm") or {})["data"] == {"i": "7"}
+        await cluster.delete(CORE, "configmaps", NAMESPACE, "cm")
+        assert cluster.stored(CORE, "configmaps", NAMESPACE, "cm") is None
+        await cluster.create(body)  # a deleted object's last state is kept to recreate over
+        assert (cluster.stored(CORE, "configmaps", NAMESPACE, "cm") or {})["data"] == {}
+
+
+async def test_a_bounded_emulator_keeps_the_newest_events() -> None:
+    async with running_cluster([minimal_crd()], keep_events=3) as cluster:
+        for i in range(5):
+            await cluster.create(
+                {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"e{i}"}, "reason": "R"}
+            )
+        listed = await cluster.request("GET", "/api/v1/namespaces/default/events")
+        assert [o["metadata"]["name"] for o in listed["items"]] == ["e2", "e3", "e4"]
+        assert cluster.stored(CORE, "events", NAMESPACE, "e0") is None
+        await cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}})
+        assert cluster.stored(CORE, "configmaps", NAMESPACE, "cm") is not None

@@ -3,6 +3,10 @@ children, and a converged deployment costs only reads."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import kopf
 import pytest
 from builders import deployment
 from harness import (
@@ -10,6 +14,7 @@ from harness import (
     Cluster,
     Operator,
     condition,
+    exegpt_operator,
     is_condition,
     measured_profile,
     rendered,
@@ -105,3 +110,41 @@ async def test_a_job_created_just_before_a_crash_is_found_again(
     assert [c for c in cluster.writes_since(mark) if c.resource == "jobs"] == []
     assert len(cluster.jobs()) == 1
     assert condition(cluster.deployment("x"), "Profiled")["reason"] == "Profiling"  # type: ignore[index]
+
+
+async def test_stopping_the_operator_lets_the_pass_in_flight_finish(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    operator = exegpt_operator(cluster)
+    registry_of = operator.registry_factory
+
+    def as_deployed() -> kopf.OperatorRegistry:
+        registry = registry_of()
+
+        @kopf.on.startup(registry=registry)
+        def kopf_defaults(settings: kopf.OperatorSettings, **_: Any) -> None:
+            # As the operator runs: at exit, kopf leaves a timer that is in the middle of
+            # its pass running (the harness makes kopf wait for it).
+            settings.background.instant_exit_timeout = None
+
+        return registry
+
+    operator.registry_factory = as_deployed
+    async with operator:
+        await cluster.create(deployment("x"))
+        await cluster.wait_for(lambda: rendered(cluster))
+        await operator.settle("x")
+        plan = names.plan_configmap("x")
+        # The next periodic pass finds the plan ConfigMap gone (after a slow read) and
+        # plans again on the planner threads: it is still reading when the operator stops.
+        cluster.fail("get", "configmaps", status=0, delay=1.0, name=plan)
+        mark = cluster.mark()
+        await cluster.delete("v1", "configmaps", NAMESPACE, plan)
+        await cluster.wait_for_call("get", "configmaps", name=plan, since=mark)
+        caplog.set_level(logging.INFO)
+
+    # The pass finished (the ConfigMap is back) before the client and threads closed:
+    # no "cannot schedule new futures after shutdown", no pass cut short.
+    assert any(c["metadata"]["name"] == plan for c in cluster.configmaps())
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in noisy if "after shutdown" in m or "cut short" in m], noisy
