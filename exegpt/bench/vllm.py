@@ -19,7 +19,8 @@ differ):
 - **pipeline** (full mode): the plan's schedule over two pipeline stages (PP 2), one
   server of two workers (a failure to serve it is a note, with vLLM's error);
 - **workload-aware** (full mode): a prefill server and a decode server with
-  ``ExampleConnector`` over a shared directory behind ``vllm-router``.
+  ``SharedDirectoryConnector`` (``runner/vllm_kv_connector.py``) over a shared
+  directory behind ``vllm-router``.
 
 Each configuration gets a Poisson run at 50 % of its predicted throughput (the p99
 end-to-end latency and the time to first token, after a 10 % warm-up) and a closed loop
@@ -494,17 +495,18 @@ def step_check(
 
 
 def handover_note(row: dict[str, Any], turn: int) -> list[str]:
-    """A note when a WorkloadAware decode server computed prompts instead of loading
-    their KV from the prefill server (ExampleConnector hands over whole KV blocks)."""
+    """A note when a WorkloadAware decode server computed more prompt tokens than it
+    loaded from the prefill server (the CPU's connector hands over every prompt token
+    but the last; a prompt whose prefill vLLM split over several steps is computed
+    whole)."""
     e = row["closed_loop"]["engine"]
     loaded, computed = e["prompt_tokens_loaded"], e["prompt_tokens_computed"]
     if computed <= loaded:
         return []
     return [
         f"round {turn + 1}: the workload-aware decode server computed {computed:.0f} prompt "
-        f"tokens itself and loaded {loaded:.0f} through ExampleConnector, which hands over "
-        f"whole KV blocks only (the served prompts average {row['served']['mean_input']:.0f} "
-        "tokens; a KV block on vLLM's CPU backend is 128): its prefill is done twice"
+        f"tokens itself and loaded {loaded:.0f} through the KV connector (the served prompts "
+        f"average {row['served']['mean_input']:.0f} tokens): part of its prefill is done twice"
     ]
 
 
