@@ -91,8 +91,10 @@ def manifests(example: str) -> tuple[dict[str, Any], ...]:
 
 
 def test_both_strategies_are_covered() -> None:
+    # both ExeGPT schedules' workers are among the examples (an Auto plan may also be
+    # a baseline: stock vLLM where no ExeGPT schedule beats it)
     strategies = {planned(example)[2].strategy for example in CASES}
-    assert strategies == {"RoundRobin", "WorkloadAware"}
+    assert {"RoundRobin", "WorkloadAware"} <= strategies
 
 
 def test_a_vllm_server_over_several_nodes_is_covered() -> None:
