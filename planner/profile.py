@@ -32,8 +32,9 @@ SCHEMA_VERSION = 1
 # The version of the measured profiler (``exegpt profile``); part of a measured profile's
 # content key, so a new profiler invalidates cached profiles.
 MEASURED_PROFILER_VERSION = "xprofiler-3"
-# The version of the profiler that times vLLM's own steps (``exegpt profile --engine vllm``).
-VLLM_PROFILER_VERSION = "xprofiler-vllm-1"
+# The version of the profiler that times vLLM's own steps (``exegpt profile --engine vllm``);
+# 2: every step is the median of its timings (the least on the CPU before).
+VLLM_PROFILER_VERSION = "xprofiler-vllm-2"
 # The vLLM release the runtime image carries: the engine version of the profile key the
 # operator looks up for a deployment that runs on vLLM.
 VLLM_VERSION = "0.32.0"

@@ -68,7 +68,7 @@ def time_step(engine: VllmEngine, phase: Phase, batch: int, length: int) -> floa
         times = [s.seconds for s in engine.decode(batch, length, DECODE_STEPS + 1)[1:]]
     if not times:
         raise ValueError(f"no {phase} step of batch {batch}, length {length} could be timed")
-    return typical(times, engine.on_cpu)
+    return typical(times)
 
 
 def check_steps(
@@ -83,12 +83,12 @@ def check_steps(
             times[c].append((here, beside))
     out = []
     for c in cases:
-        grid_now = typical([b for _, b in times[c]], engine.on_cpu)
+        grid_now = typical([b for _, b in times[c]])
         grid_then = step_prediction(profile, tp, c.phase, *c.beside)
         out.append(
             StepCheck(
                 case=c,
-                measured_s=typical([h for h, _ in times[c]], engine.on_cpu),
+                measured_s=typical([h for h, _ in times[c]]),
                 predicted_s=step_prediction(profile, tp, c.phase, c.batch, c.length),
                 drift=grid_now / grid_then,
             )

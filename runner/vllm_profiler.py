@@ -203,14 +203,14 @@ class VllmProfiler:
                 step = engine.prefill(b, n)
                 if step is not None and i >= opts.warmup:
                     samples.append(step.seconds)
-            return typical(samples, not self.cuda) if samples else None
+            return typical(samples) if samples else None
         steps: list[StepTime] = engine.decode(b, n, self.decode_steps)[opts.warmup :]
         if not steps:
             return None
         for s in steps:
             if s.model_seconds is not None:
                 overhead.setdefault(b, []).append(max(s.seconds - s.model_seconds, 0.0))
-        return typical([s.seconds for s in steps], not self.cuda)
+        return typical([s.seconds for s in steps])
 
     def _fits(self, engine: VllmEngine, phase: Phase, b: int, n: int) -> bool:
         if b > self.options.max_batch:
@@ -313,7 +313,7 @@ class VllmProfiler:
                 t = self._point(engine, phase, *point, overhead)
                 if t is not None:
                     raw.passes[point].append(t)
-                    raw.measured[point] = typical(raw.passes[point], not self.cuda)
+                    raw.measured[point] = typical(raw.passes[point])
 
     def _head(self, engine: VllmEngine, tokens_axis: Sequence[int]) -> Curve:
         repeats = max(self.options.repeats, 3)

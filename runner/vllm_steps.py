@@ -81,14 +81,15 @@ class EngineSettings:
     cpu_threads: int | None = None
 
 
-def typical(samples: Sequence[float], cpu: bool) -> float:
-    """One time from repeated timings of the same step: on the CPU the least (the step
-    as long as it takes when no other work holds the cores; on a shared machine that
-    work comes and goes within seconds and slows a step by up to several times), on a
-    GPU the median."""
+def typical(samples: Sequence[float]) -> float:
+    """One time from repeated timings of the same step: their median. A step that other
+    work on the machine slowed is dropped, as a step that ran with the cores to itself
+    is: the planner prices the step the engine takes as it serves, and a server shares
+    its machine as the profiler did. (The least of the timings, kept on the CPU before,
+    priced every step 10 to 25 % faster than a server on this machine ran it.)"""
     if not samples:
         raise ValueError("no timings")
-    return float(min(samples) if cpu else statistics.median(samples))
+    return float(statistics.median(samples))
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class Mode:
     bounds: tuple[str, ...]
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
-    overhead_repeats: int = 2
+    overhead_repeats: int = 3
     reuse_measured: bool = False  # reuse the last profile and overhead of this machine
 
 

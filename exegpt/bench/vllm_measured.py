@@ -2,8 +2,9 @@
 steps and the server's overhead per step), kept between runs so that ``--quick`` can
 reuse the last measurement on this machine, as the operator reuses a cached profile.
 
-A measurement is kept in one JSON file per key: the vLLM and torch versions, the model,
-the profile's largest batch, and the machine (its processor and the cores this process
+A measurement is kept in one JSON file per key: the vLLM and torch versions, the
+profiler's version and how the server's steps are measured (:data:`MEASUREMENT`), the
+model, the profile's largest batch, and the machine (its processor and the cores this process
 may use); a measurement of another machine, engine or model is never reused. The file
 says when it was measured, and a report that reuses it says so.
 """
@@ -21,7 +22,11 @@ from typing import Any
 
 from exegpt.bench.vllm_overhead import Point, describe
 from exegpt.planner.architecture import Architecture
-from exegpt.planner.profile import Profile
+from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
+
+# How the server's steps are measured (``vllm_overhead``); a change makes kept
+# measurements stale. 2: the median of the repeated runs at each batch (the least before).
+MEASUREMENT = 2
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ def key(architecture: Architecture, engine_version: str, torch_version: str, max
         "architecture": architecture.model_dump(mode="json"),
         "vllm": engine_version,
         "torch": torch_version,
+        "profiler": VLLM_PROFILER_VERSION,
+        "measurement": MEASUREMENT,
         "max_batch": max_batch,
         "processor": _processor(),
         "cores": len(os.sched_getaffinity(0)),

@@ -18,8 +18,8 @@ median over the batch's requests): the connections' set-up and the prefill step 
 not spread over the decode steps (the prefill is priced from the profile's encoding;
 ``CostModel.mixed_iteration``). The server's decode step less the profile's model step
 at that batch and mean context (its step without its ``engine`` curve) is what serving
-adds; the least of ``repeats`` runs at each batch (as the profile keeps the least of
-its timings on the CPU), fitted to a line in the batch, replaces the profile's
+adds; the median of ``repeats`` runs at each batch (as the profile keeps the median of
+its timings), fitted to a line in the batch, replaces the profile's
 ``engine`` curve. The engine's step counter (``/metrics``) is kept beside, as a check
 that the batch decoded together.
 """
@@ -66,6 +66,14 @@ def decode_step(timed: Sequence[Timed]) -> float:
     together: the median over requests of first token to last token over the tokens
     decoded after the first."""
     return statistics.median((t.last_token - t.first_token) / (t.output_tokens - 1) for t in timed)
+
+
+def typical_run(runs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Of repeated runs at one batch, each (seconds per decode step, engine steps), the
+    run of the median step (the lower middle one of an even count): the step a server
+    takes as it serves, not its fastest (the profile's steps are medians too)."""
+    ordered = sorted(runs)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def model_step(profile: Profile, batch: int, context: int) -> float:
@@ -115,7 +123,7 @@ def measure_overhead(
         client = Client(s.url, "bench")
         client.warm()
         for b in batches:
-            best: tuple[float, float] | None = None
+            runs: list[tuple[float, float]] = []
             for _ in range(repeats):
                 reqs = [
                     Request(
@@ -128,11 +136,10 @@ def measure_overhead(
                 before = read_counters(s.engines)["steps"]
                 timed = client.closed_loop(reqs, b)
                 steps = read_counters(s.engines)["steps"] - before
-                step_s = decode_step(timed)
-                if best is None or step_s < best[0]:
-                    best = (step_s, steps)
-            if best is not None:
-                points.append(Point(b, best[1], best[0], model_step(profile, b, context)))
+                runs.append((decode_step(timed), steps))
+            if runs:
+                step_s, steps = typical_run(runs)
+                points.append(Point(b, steps, step_s, model_step(profile, b, context)))
     return points, time.monotonic() - start
 
 
