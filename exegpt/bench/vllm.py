@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,13 @@ from exegpt.bench.vllm_measured import key as measured_key
 from exegpt.bench.vllm_measured import load as load_measured
 from exegpt.bench.vllm_measured import now as measured_now
 from exegpt.bench.vllm_measured import save as save_measured
-from exegpt.bench.vllm_overhead import describe, measure_overhead, with_overhead
+from exegpt.bench.vllm_overhead import (
+    describe,
+    measure_overhead,
+    model_step,
+    stock_probe,
+    with_overhead,
+)
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
 from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
@@ -123,6 +129,8 @@ class Mode:
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
     overhead_repeats: int = 3
+    # the pipeline and WorkloadAware rows' servers' steps measured at
+    overhead_batches_shaped: tuple[int, ...] = (1, 8)
     reuse_measured: bool = False  # reuse the last profile and overhead of this machine
 
 
@@ -356,15 +364,16 @@ def evaluate(
     entry: Entry,
     runs: Runs,
     workload: Workload,
-    profile: Profile,
     bound: float,
     bare: Profile | None = None,
 ) -> dict[str, Any]:
-    """The row of one configuration: measured against predicted (``profile``) for the
-    requests it served; beside them, what ``bare`` (the in-process profile, without
-    the server's overhead) predicts for the same requests."""
+    """The row of one configuration: measured against predicted (the profile of its
+    simulator, with the serving overhead of its servers' shape) for the requests it
+    served; beside them, what ``bare`` (the in-process profile, without the server's
+    overhead) predicts for the same requests."""
     config = entry.config
-    sim = Simulator(entry.sim.request, profile)
+    sim = entry.sim
+    profile = sim.profile
     predicted = sim.evaluate(config)
     closed = records(runs.closed, runs.closed_counters["mean_prefill_s"])
     poisson = records(runs.poisson, runs.poisson_counters["mean_prefill_s"])
@@ -556,6 +565,82 @@ def measure_profile(
     return profile, started, time.monotonic() - t0
 
 
+def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
+    """The servers of ``entry``'s shape whose steps are timed at ``batches``: for a
+    pipeline, a stock server of its stages; for WorkloadAware, a pair of one prefill and
+    one decode server of its schedule, with room for the largest batch."""
+    top = max(batches)
+    c = entry.config
+    if c.strategy == "WorkloadAware":
+        config = ExecutionConfig(
+            strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=top,
+            decode_batch=top,
+        )  # fmt: skip
+    else:
+        config = ExecutionConfig(
+            strategy="Continuous", pipeline_stages=c.pipeline_stages, decode_batch=top
+        )
+    return as_plan(entry.plan, config)
+
+
+def shape_price(entry: Entry, bare: Profile) -> Callable[[int, int], float]:
+    """The model's step of a batch at a context through every stage of ``entry``'s
+    pipeline with one batch in flight (``CostModel.iteration``), without an engine
+    curve: what a probe of its shape (``shape_probe``) is compared with."""
+    costs = Simulator(entry.sim.request, bare.model_copy(update={"engine": None})).costs
+    c = entry.config
+    stages = c.pipeline_stages if c.strategy != "WorkloadAware" else 1
+    group = Group(stages, c.tensor_parallel)
+    return lambda b, n: costs.iteration(group, b, n, 1)
+
+
+SHAPED_ROLES = ("pipeline", "workload-aware")
+
+
+def measure_shapes(
+    entries: Sequence[tuple[str, Entry]],
+    bare: Profile,
+    model_dir: Path,
+    workload: Workload,
+    mode: Mode,
+    root: Path,
+    environment: dict[str, str],
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> tuple[list[tuple[str, Entry]], dict[str, Any]]:
+    """``entries`` with each pipeline and WorkloadAware row priced by a profile whose
+    engine curve was measured through servers of its shape (``vllm_overhead``); what
+    each shape's servers measured. A shape whose servers fail keeps the one-server
+    curve, with a note."""
+    out: list[tuple[str, Entry]] = []
+    shapes: dict[str, Any] = {}
+    for name, e in entries:
+        if e.role not in SHAPED_ROLES:
+            out.append((name, e))
+            continue
+        probe = shape_probe(e, mode.overhead_batches_shaped)
+        try:
+            points, seconds = measure_overhead(
+                probe, shape_price(e, bare), model_dir, workload.input.max,
+                workload.output.max, root / f"overhead-{e.role}", environment,
+                mode.overhead_batches_shaped, mode.overhead_repeats, rng,
+                bare.architecture.vocab_size,
+            )  # fmt: skip
+        except Exception as exc:
+            shapes[e.role] = {"failed": failure(exc)}
+            out.append((name, e))
+            continue
+        log(f"serving overhead of the {e.role} shape: {describe(points)} ({seconds:.0f} s)")
+        shapes[e.role] = {
+            "servers": summarize_config(probe.config),
+            "points": describe(points),
+            "seconds": seconds,
+        }
+        sim = Simulator(e.sim.request, with_overhead(bare, points))
+        out.append((name, replace(e, sim=sim)))
+    return out, shapes
+
+
 def measure(
     architecture: Architecture,
     workload: Workload,
@@ -575,8 +660,9 @@ def measure(
     if not isinstance(template, Plan):
         raise RuntimeError(f"nothing can be planned: {template.message}")
     points, overhead_s = measure_overhead(
-        bare, template, model_dir, workload.input.max, workload.output.max,
-        root / "overhead", environment, mode.overhead_batches, mode.overhead_repeats, rng,
+        stock_probe(template, mode.overhead_batches), lambda b, n: model_step(bare, b, n),
+        model_dir, workload.input.max, workload.output.max, root / "overhead", environment,
+        mode.overhead_batches, mode.overhead_repeats, rng, architecture.vocab_size,
     )  # fmt: skip
     log(f"serving overhead: {describe(points)} ({overhead_s:.0f} s)")
     return Measured(bare, points, engine_start_s, profile_s, overhead_s, at)
@@ -636,6 +722,15 @@ def bench(
             chosen, why = select(plan, plan_request(architecture, workload, bound), profile, roles)
             notes += [f"{name} bound: {n}" for n in why]
             entries += [(name, e) for e in chosen]
+        entries, shapes = measure_shapes(
+            entries, bare, model_dir, workload, mode, root, environment, rng, log
+        )
+        notes += [
+            f"the {role} row is priced with the one-server engine curve: its shape's servers "
+            f"failed ({got['failed']})"
+            for role, got in shapes.items()
+            if "failed" in got
+        ]
         rows: list[dict[str, Any]] = []
         for turn in range(mode.rounds):
             log(f"round {turn + 1}/{mode.rounds}")
@@ -650,7 +745,7 @@ def bench(
                         f"failed: {failure(runs)}"
                     )
                     continue
-                row = evaluate(entry, runs, workload, profile, bounds[name], bare)
+                row = evaluate(entry, runs, workload, bounds[name], bare)
                 rows.append({**row, "bound": name, "round": turn})
                 if entry.role == "workload-aware":
                     notes += handover_note(row, turn)
@@ -674,6 +769,7 @@ def bench(
             "notes": bare.provenance.notes,
             "serving_overhead": describe(points),
             "serving_overhead_seconds": overhead_s,
+            "serving_overhead_by_shape": shapes,
             "measured_at": measured.measured_at,
             "reused": measured.measured_at < started_at,
             "planned_without_overhead": planned_bare,

@@ -55,7 +55,7 @@ class Measured:
     def from_json(cls, doc: dict[str, Any]) -> Measured:
         points = [
             Point(int(p["batch"]), float(p["steps"]), float(p["server_step_s"]),
-                  float(p["model_step_s"]))
+                  float(p["model_step_s"]), int(p.get("stages", 1)))
             for p in doc["points"]
         ]  # fmt: skip
         return cls(

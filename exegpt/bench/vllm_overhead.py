@@ -22,13 +22,23 @@ adds; the median of ``repeats`` runs at each batch (as the profile keeps the med
 its timings), fitted to a line in the batch, replaces the profile's
 ``engine`` curve. The engine's step counter (``/metrics``) is kept beside, as a check
 that the batch decoded together.
+
+A server of another shape adds something else to a step: a pipeline's engine core
+hands every step to two workers and waits for both; a WorkloadAware pair runs two
+servers and a router. Here all of them share the machine's cores with the model, so
+``exegpt bench vllm`` measures the shape of each such row the same way: a stock server
+of two stages (one batch in flight, so a step passes both stages in turn: the model's
+step is ``stages`` stage steps and the hand-over, ``CostModel.iteration`` at one
+micro-batch, and what serving adds is charged once per stage, as the cost model charges
+the engine curve), and a WorkloadAware pair whose decode server's steps are timed
+through the router.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +58,19 @@ OUTPUT_TOKENS = 96
 
 @dataclass(frozen=True)
 class Point:
-    """One batch: the server's seconds per step, the profile's model step, and what
-    serving added (their difference)."""
+    """One batch: the server's seconds per step, the profile's model step (through every
+    stage of the server's pipeline), and what serving added to each stage's step (their
+    difference over the ``stages`` the step passed)."""
 
     batch: int
     steps: float
     server_step_s: float
     model_step_s: float
+    stages: int = 1
 
     @property
     def overhead_s(self) -> float:
-        return self.server_step_s - self.model_step_s
+        return (self.server_step_s - self.model_step_s) / self.stages
 
 
 def decode_step(timed: Sequence[Timed]) -> float:
@@ -99,8 +111,8 @@ def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
 
 
 def measure_overhead(
-    profile: Profile,
-    template: Plan,
+    probe: Plan,
+    price: Callable[[int, int], float],
     model_dir: Path,
     max_input: int,
     max_output: int,
@@ -109,17 +121,18 @@ def measure_overhead(
     batches: Sequence[int],
     repeats: int,
     rng: np.random.Generator,
+    vocab: int,
 ) -> tuple[list[Point], float]:
-    """The server's step at each of ``batches`` (a stock server of the largest), and the
-    seconds the measurement took (the server's start included)."""
+    """The step of ``probe``'s servers at each of ``batches``, beside ``price`` (the
+    model's step of a batch at a context through every stage of ``probe``'s pipeline,
+    without the engine curve), and the seconds the measurement took (the servers' start
+    included)."""
     start = time.monotonic()
-    config = ExecutionConfig(strategy="Continuous", decode_batch=max(batches))
-    plan = template.model_copy(update={"strategy": "Continuous", "config": config})
-    vocab = profile.architecture.vocab_size
     context = PROMPT_TOKENS + OUTPUT_TOKENS // 2
+    stages = probe.config.pipeline_stages
     points = []
     workdir.mkdir(parents=True, exist_ok=True)
-    with serve(plan, model_dir, max_input, max_output, workdir, environment) as s:
+    with serve(probe, model_dir, max_input, max_output, workdir, environment) as s:
         client = Client(s.url, "bench")
         client.warm()
         for b in batches:
@@ -139,8 +152,16 @@ def measure_overhead(
                 runs.append((decode_step(timed), steps))
             if runs:
                 step_s, steps = typical_run(runs)
-                points.append(Point(b, steps, step_s, model_step(profile, b, context)))
+                points.append(Point(b, steps, step_s, price(b, context), stages))
     return points, time.monotonic() - start
+
+
+def stock_probe(template: Plan, batches: Sequence[int]) -> Plan:
+    """``template``'s document as a stock vLLM server (Continuous) of one GPU with room
+    for the largest of ``batches``: the server whose steps the profile's engine curve
+    is measured on."""
+    config = ExecutionConfig(strategy="Continuous", decode_batch=max(batches))
+    return template.model_copy(update={"strategy": "Continuous", "config": config})
 
 
 def describe(points: Sequence[Point]) -> list[dict[str, Any]]:
@@ -150,6 +171,7 @@ def describe(points: Sequence[Point]) -> list[dict[str, Any]]:
             "steps": p.steps,
             "server_step_s": p.server_step_s,
             "model_step_s": p.model_step_s,
+            "stages": p.stages,
             "overhead_s": p.overhead_s,
         }
         for p in points

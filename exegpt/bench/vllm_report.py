@@ -164,6 +164,15 @@ def format_table(report: dict[str, Any]) -> str:
             f"the profile's model step {1e3 * point['model_step_s']:.2f} ms: serving adds "
             f"{1e3 * point['overhead_s']:.2f} ms"
         )
+    for role, shape in p.get("serving_overhead_by_shape", {}).items():
+        if "failed" in shape:
+            lines.append(f"{role} servers' steps: not measured ({shape['failed']})")
+            continue
+        adds = ", ".join(
+            f"{1e3 * point['overhead_s']:.2f} ms at batch {point['batch']}"
+            for point in shape["points"]
+        )
+        lines.append(f"{role} servers ({shape['servers']}): serving adds per stage {adds}")
     lines.append(
         f"({report['seconds']:.0f} s: the profile {p['seconds']:.0f} s after its engine's "
         f"start of {p['engine_start_s']:.0f} s, the server's overhead "

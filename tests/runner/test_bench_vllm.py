@@ -33,6 +33,7 @@ from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
+from exegpt.planner.vllm_args import KvTransfer
 from exegpt.planner.vllm_schedule import SCHEDULER_CLS
 from exegpt.runner.vllm_profiler import step_prediction
 
@@ -308,6 +309,46 @@ def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile
             model_step(profile, b, 80) + 1e-3 + 2e-4 * b
         )
     assert "measured through vLLM's OpenAI server" in served.provenance.notes
+
+
+def test_the_shaped_rows_are_measured_on_servers_of_their_shape(
+    profile: Profile, loose: tuple[Plan, float]
+) -> None:
+    plan, bound = loose
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
+    entries, _ = bench.select(plan, request, profile, ALL)
+    by = {e.role: e for e in entries}
+    model = Path("/weights/m")
+
+    pipe = bench.shape_probe(by["pipeline"], (1, 8))
+    assert pipe.config.strategy == "Continuous" and pipe.config.decode_batch == 8
+    args = render(pipe, "server", model, 194, 239, 8000)
+    assert _arg(args, "--pipeline-parallel-size") == "2"
+    assert "--scheduler-cls" not in args  # stock vLLM: the steps of its shape, no schedule
+
+    pair = bench.shape_probe(by["workload-aware"], (1, 8))
+    assert pair.config.strategy == "WorkloadAware"
+    assert (pair.config.encode_gpus, pair.config.decode_gpus) == (1, 1)
+    assert pair.config.decode_batch == 8 == pair.config.encode_batch
+    decode = render(pair, "decode", model, 194, 239, 8000, KvTransfer.shared_directory("/kv"))
+    assert _arg(decode, "--max-num-seqs") == "8"
+    assert json.loads(_arg(decode, "--kv-transfer-config"))["kv_role"] == "kv_both"
+
+    # a step of the probe's pipeline passes both stages in turn: twice the stage's layers'
+    # step plus the hand-over, no engine curve; a WorkloadAware decode server is one stage
+    bare = profile.model_copy(update={"engine": None})
+    one = model_step(bare, 8, 80)
+    two = bench.shape_price(by["pipeline"], profile)(8, 80)
+    assert one < two < 2 * one
+    assert bench.shape_price(by["workload-aware"], profile)(8, 80) == pytest.approx(one)
+
+
+def test_a_shapes_overhead_is_charged_once_per_stage(profile: Profile) -> None:
+    # a two-stage server whose step is the model's two stages plus 1 ms per stage
+    points = [Point(b, 96, 2e-3 + 2e-3 + 4e-4 * b, 2e-3 + 4e-4 * b, stages=2) for b in (1, 8)]
+    assert [p.overhead_s for p in points] == pytest.approx([1e-3, 1e-3])
+    served = with_overhead(profile, points)
+    assert served.engine is not None and served.engine.step.at(4) == pytest.approx(1e-3)
 
 
 def test_the_servers_decode_step_leaves_out_the_connections_and_the_prefill() -> None:
