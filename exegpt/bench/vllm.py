@@ -569,17 +569,13 @@ def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
     """The servers of ``entry``'s shape whose steps are timed at ``batches``: for a
     pipeline, a stock server of its stages; for WorkloadAware, a pair of one prefill and
     one decode server of its schedule, with room for the largest batch."""
+    if entry.config.strategy != "WorkloadAware":
+        return stock_probe(entry.plan, batches, entry.config.pipeline_stages)
     top = max(batches)
-    c = entry.config
-    if c.strategy == "WorkloadAware":
-        config = ExecutionConfig(
-            strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=top,
-            decode_batch=top,
-        )  # fmt: skip
-    else:
-        config = ExecutionConfig(
-            strategy="Continuous", pipeline_stages=c.pipeline_stages, decode_batch=top
-        )
+    config = ExecutionConfig(
+        strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=top,
+        decode_batch=top,
+    )  # fmt: skip
     return as_plan(entry.plan, config)
 
 

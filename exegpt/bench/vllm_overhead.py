@@ -80,14 +80,6 @@ def decode_step(timed: Sequence[Timed]) -> float:
     return statistics.median((t.last_token - t.first_token) / (t.output_tokens - 1) for t in timed)
 
 
-def typical_run(runs: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Of repeated runs at one batch, each (seconds per decode step, engine steps), the
-    run of the median step (the lower middle one of an even count): the step a server
-    takes as it serves, not its fastest (the profile's steps are medians too)."""
-    ordered = sorted(runs)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def model_step(profile: Profile, batch: int, context: int) -> float:
     """The profile's decode step at ``batch`` and ``context`` without its engine curve:
     the model's part of the step."""
@@ -151,16 +143,21 @@ def measure_overhead(
                 steps = read_counters(s.engines)["steps"] - before
                 runs.append((decode_step(timed), steps))
             if runs:
-                step_s, steps = typical_run(runs)
+                # the run of the median step (the lower middle one of an even count): the
+                # step a server takes as it serves, not its fastest (the profile's steps
+                # are medians too)
+                step_s, steps = statistics.median_low(runs)
                 points.append(Point(b, steps, step_s, price(b, context), stages))
     return points, time.monotonic() - start
 
 
-def stock_probe(template: Plan, batches: Sequence[int]) -> Plan:
-    """``template``'s document as a stock vLLM server (Continuous) of one GPU with room
-    for the largest of ``batches``: the server whose steps the profile's engine curve
-    is measured on."""
-    config = ExecutionConfig(strategy="Continuous", decode_batch=max(batches))
+def stock_probe(template: Plan, batches: Sequence[int], stages: int = 1) -> Plan:
+    """``template``'s document as a stock vLLM server (Continuous) of ``stages`` pipeline
+    stages with room for the largest of ``batches``: the server whose steps the
+    profile's engine curve is measured on."""
+    config = ExecutionConfig(
+        strategy="Continuous", pipeline_stages=stages, decode_batch=max(batches)
+    )
     return template.model_copy(update={"strategy": "Continuous", "config": config})
 
 
