@@ -78,8 +78,9 @@ from exegpt.bench.records import (
     served_in_window,
     steady_window,
 )
-from exegpt.bench.report import _jsonable
+from exegpt.bench.report import METRICS, _jsonable
 from exegpt.bench.runner import bench_workload, replay_e2e_p99
+from exegpt.bench.speed import at_speed
 from exegpt.bench.vllm_measured import Measured
 from exegpt.bench.vllm_measured import key as measured_key
 from exegpt.bench.vllm_measured import load as load_measured
@@ -95,6 +96,7 @@ from exegpt.bench.vllm_overhead import (
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
 from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
+from exegpt.bench.vllm_speed import CONTEXT, Reading, read_speed, speed_fields
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.costs import Group
 from exegpt.planner.events import EventSimulator
@@ -132,14 +134,17 @@ class Mode:
     # the pipeline and WorkloadAware rows' servers' steps measured at
     overhead_batches_shaped: tuple[int, ...] = (1, 8)
     reuse_measured: bool = False  # reuse the last profile and overhead of this machine
+    # the machine's speed read on each configuration's servers before and after its load
+    # (vllm_speed.py); --quick leaves it out (about 3 s a row)
+    speed_readings: bool = True
 
 
 QUICK = Mode(
     "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
-    overhead_batches=(1, 8, 32), overhead_repeats=1, reuse_measured=True,
+    overhead_batches=(1, 8, 32), overhead_repeats=1, reuse_measured=True, speed_readings=False,
 )  # fmt: skip
 FULL = Mode(
-    "full", 45.0, 200, 120, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
+    "full", 45.0, 200, 200, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
     ("tight", "loose"), ("tight",),
 )  # fmt: skip
 
@@ -294,6 +299,8 @@ class Runs:
     wall_s: float = math.nan
     argv: dict[str, list[str]] = field(default_factory=dict)
     start_s: float = math.nan
+    speed_before: Reading | None = None  # the machine's speed before the load ...
+    speed_after: Reading | None = None  # ... and after it
 
 
 def drive(
@@ -314,6 +321,8 @@ def drive(
     rate = LOAD * predicted.throughput_qps
     client = Client(served.url, "bench")
     client.warm()
+    price = reading_price(entry)
+    before = read_speed(client, price, rng, vocab) if mode.speed_readings else None
     cpu, wall = time.process_time(), time.monotonic()
     c0 = read_counters(served.engines)
     timed_poisson = client.poisson(poisson, gaps, rate)
@@ -321,10 +330,23 @@ def drive(
     timed_closed = client.closed_loop(closed, c)
     c2 = read_counters(served.engines)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    after = read_speed(client, price, rng, vocab) if mode.speed_readings else None
     return Runs(
         timed_poisson, timed_closed, rate, c, counters_between(c0, c1), counters_between(c1, c2),
-        client_cpu_s=cpu, wall_s=wall, argv=served.argv,
+        client_cpu_s=cpu, wall_s=wall, argv=served.argv, speed_before=before, speed_after=after,
     )  # fmt: skip
+
+
+def reading_price(entry: Entry) -> float:
+    """What ``entry``'s profile prices the step the machine's speed is read on
+    (``vllm_speed.py``): one request decoding alone at the reading's mean context,
+    through the row's decode stages, with what serving adds."""
+    sim, config = entry.sim, entry.config
+    if config.strategy == "WorkloadAware":
+        _, group = sim.workload_aware_groups(config)
+    else:
+        group = Group(config.pipeline_stages, config.tensor_parallel)
+    return sim.costs.iteration(group, 1, CONTEXT, 1)
 
 
 def run_round(
@@ -383,9 +405,12 @@ def evaluate(
         [r.input_tokens for r in steady], [r.output_tokens for r in steady],
         f"the {len(steady)} requests of the steady window",
     )  # fmt: skip
-    replayed = Simulator(sim.request.model_copy(update={"workload": served}), profile)
-    predicted_served = replayed.evaluate(config)
-    events = EventSimulator(sim.request, profile)
+    served_request = sim.request.model_copy(update={"workload": served})
+    # the profile at the machine's speed read on the servers right before the load: the
+    # prediction judged; the profile as measured at the start of the run, beside it
+    factor = runs.speed_before.factor if runs.speed_before is not None else 1.0
+    now = at_speed(profile, factor) if runs.speed_before is not None else profile
+    predicted_served = predict_served(served_request, sim.request, now, config, poisson)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -399,11 +424,7 @@ def evaluate(
         "ttft_p99_s": nearest_rank(ttft, 99),
         "latency_at_workload_p99_s": at_bound.seconds,
     }
-    pred = {
-        "throughput_qps": predicted_served.throughput_qps,
-        "latency_s": predicted_served.latency_s,
-        "e2e_p99_s": replay_e2e_p99(events, config, poisson),
-    }
+    pred = {k: predicted_served[k] for k in METRICS}
     pred_workload = {
         "throughput_qps": predicted.throughput_qps,
         "latency_s": predicted.latency_s,
@@ -412,12 +433,9 @@ def evaluate(
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     without: dict[str, Any] = {}
     if bare is not None:
-        b_served = Simulator(replayed.request, bare).evaluate(config)
-        b_pred = {
-            "throughput_qps": b_served.throughput_qps,
-            "latency_s": b_served.latency_s,
-            "e2e_p99_s": replay_e2e_p99(EventSimulator(sim.request, bare), config, poisson),
-        }
+        bare_now = at_speed(bare, factor) if runs.speed_before is not None else bare
+        b_served = predict_served(served_request, sim.request, bare_now, config, poisson)
+        b_pred = {k: b_served[k] for k in METRICS}
         without = {
             "predicted": b_pred,
             "error_pct": {k: error_pct(v, measured[k]) for k, v in b_pred.items()},
@@ -430,9 +448,12 @@ def evaluate(
         "summary": summarize_config(config),
         "processes": config.gpus_per_replica,
         "server_args": runs.argv,
-        "predicted": {**pred, "decode_batch": predicted_served.decode_batch},
+        "predicted": predicted_served,
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
+        "speed_reading": speed_reading(
+            runs, profile, served_request, sim.request, config, poisson, measured
+        ),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
             "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
@@ -461,6 +482,49 @@ def evaluate(
             "cpu_fraction": runs.client_cpu_s / runs.wall_s if runs.wall_s > 0 else math.nan,
         },
         "server_start_s": runs.start_s,
+    }
+
+
+def predict_served(
+    served: PlanRequest,
+    request: PlanRequest,
+    profile: Profile,
+    config: ExecutionConfig,
+    poisson: Sequence[Record],
+) -> dict[str, float]:
+    """What ``profile`` predicts for the requests served: the analytic mode for the
+    closed loop's steady window (``served``: its requests as the workload), the
+    discrete-event mode replaying the Poisson run."""
+    p = Simulator(served, profile).evaluate(config)
+    return {
+        "throughput_qps": p.throughput_qps,
+        "latency_s": p.latency_s,
+        "e2e_p99_s": replay_e2e_p99(EventSimulator(request, profile), config, poisson),
+        "decode_batch": p.decode_batch,
+    }
+
+
+def speed_reading(
+    runs: Runs,
+    profile: Profile,
+    served: PlanRequest,
+    request: PlanRequest,
+    config: ExecutionConfig,
+    poisson: Sequence[Record],
+    measured: dict[str, float],
+) -> dict[str, Any]:
+    """The machine's speed read before and after the row, and what the profile as
+    measured at the start of the run (``profile``, not scaled to that speed) predicted
+    for it."""
+    if runs.speed_before is None:
+        return {}
+    as_measured = predict_served(served, request, profile, config, poisson)
+    return {
+        **speed_fields(runs.speed_before, runs.speed_after),
+        "profile_as_measured": {
+            "predicted": as_measured,
+            "error_pct": {k: error_pct(as_measured[k], measured[k]) for k in METRICS},
+        },
     }
 
 

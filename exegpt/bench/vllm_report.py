@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from exegpt.bench.report import _stats, by_role_summary, summarize
+from exegpt.bench.report import METRICS, _stats, by_role_summary, summarize
 
 TARGET_OVER_VLLM = 1.3  # on the tight bound; never below 1.0 on any
 TARGET_OVER_STATIC = 2.0
@@ -44,6 +44,28 @@ def ratios(rows: Sequence[dict[str, Any]], base: str, bound: float) -> dict[str,
     }
 
 
+def speed_readings(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where the rows were predicted at the machine's speed read right before each ran
+    (``vllm_speed.py``): the errors of the profile as measured at the start of the run
+    beside them, the speeds read (as factors over the profile's) and how far the
+    machine moved while a row ran, before to after."""
+    read = [r["speed_reading"] for r in rows if r.get("speed_reading")]
+    if not read:
+        return {}
+    as_measured = [m["profile_as_measured"]["error_pct"] for m in read]
+    factors = [m["factor_before"] for m in read]
+    moved = [m["moved_pct"] for m in read if m["moved_pct"] is not None]
+    return {
+        "errors_pct_profile_as_measured": {k: _stats([e[k] for e in as_measured]) for k in METRICS},
+        "speed_readings": {
+            "rows": len(read),
+            "factor_before_min": min(factors),
+            "factor_before_max": max(factors),
+            "moved_during_row_pct": _stats(moved),
+        },
+    }
+
+
 def summary(rows: Sequence[dict[str, Any]], bounds: dict[str, float]) -> dict[str, Any]:
     """Prediction errors per metric over every configuration (pipeline and WA rows
     included), the ratios over stock vLLM and Static per bound (the tight one at the
@@ -68,6 +90,7 @@ def summary(rows: Sequence[dict[str, Any]], bounds: dict[str, float]) -> dict[st
     ]
     return {
         "errors_pct": errors,
+        **speed_readings(rows),
         "overall_pct": base["overall_pct"],
         "target_error_pct": TARGET_ERROR_PCT,
         "error_target_met": {
@@ -141,6 +164,21 @@ def format_table(report: dict[str, Any]) -> str:
             f"{summ['target_error_pct']:g} %: "
             f"{'met' if summ['error_target_met'][key] else 'missed'})"
         )
+    if "speed_readings" in summ:
+        ms = summ["speed_readings"]
+        moved = ms["moved_during_row_pct"]
+        lines.append(
+            f"predicted at the machine's speed read before each row: its speed "
+            f"{ms['factor_before_min']:.2f}x to {ms['factor_before_max']:.2f}x the profile's "
+            f"time per step; it moved by {_num(moved['median_abs_pct'], '.1f')} % (worst "
+            f"{_num(moved['worst_abs_pct'], '.1f')} %) while a row ran"
+        )
+        for key, label, _ in names:
+            e = summ["errors_pct_profile_as_measured"][key]
+            lines.append(
+                f"{label:18} error of the profile as measured (not read at speed): median "
+                f"{_num(e['median_abs_pct'], '.1f')} %, worst {_num(e['worst_abs_pct'], '.1f')} %"
+            )
     for name, b in summ["bounds"].items():
         for base in ("vllm", "static"):
             r = b[f"ratio_over_{base}"]
