@@ -129,7 +129,7 @@ class Mode:
     roles: tuple[str, ...]
     bounds: tuple[str, ...]
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
-    overhead_batches: tuple[int, ...] = (1, 8, 32, 96)  # the server's steps measured at
+    overhead_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 96)  # the server's steps at
     overhead_repeats: int = 3
     # the pipeline and WorkloadAware rows' servers' steps measured at
     overhead_batches_shaped: tuple[int, ...] = (1, 8)
@@ -141,7 +141,7 @@ class Mode:
 
 QUICK = Mode(
     "quick", 20.0, 100, 50, 1, ("plan", "vllm", "static"), ("tight",),
-    overhead_batches=(1, 8, 32), overhead_repeats=1, reuse_measured=True, speed_readings=False,
+    overhead_batches=(1, 4, 8, 32), overhead_repeats=1, reuse_measured=True, speed_readings=False,
 )  # fmt: skip
 FULL = Mode(
     "full", 45.0, 200, 200, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),

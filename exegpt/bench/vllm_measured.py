@@ -25,8 +25,9 @@ from exegpt.planner.architecture import Architecture
 from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
 
 # How the server's steps are measured (``vllm_overhead``); a change makes kept
-# measurements stale. 2: the median of the repeated runs at each batch (the least before).
-MEASUREMENT = 2
+# measurements stale. 2: the median of the repeated runs at each batch (the least before);
+# 3: batches 1, 2, 4, 8, 16, 32 and 96 (--quick 1, 4, 8, 32), joined point to point.
+MEASUREMENT = 3
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -29,7 +30,9 @@ from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
 from exegpt.bench.vllm_overhead import Point, decode_step, model_step, with_overhead
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
+from exegpt.bench.vllm_speed import CONTEXT, Reading, read_speed, speed_fields
 from exegpt.planner.analytic import analytic_profile
+from exegpt.planner.costs import Group
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
@@ -343,6 +346,26 @@ def test_the_shaped_rows_are_measured_on_servers_of_their_shape(
     assert bench.shape_price(by["workload-aware"], profile)(8, 80) == pytest.approx(one)
 
 
+def test_what_serving_adds_is_priced_at_each_measured_batch_not_on_a_fitted_line(
+    profile: Profile,
+) -> None:
+    # not linear in the batch (as measured here): a line through these would price
+    # batch 8 at about 1 ms
+    adds = {1: 0.65e-3, 8: 1.56e-3, 32: 1.60e-3, 96: 6.71e-3}
+    points = [Point(b, 96, model_step(profile, b, 80) + a, model_step(profile, b, 80))
+              for b, a in adds.items()]  # fmt: skip
+    served = with_overhead(profile, points)
+
+    assert served.engine is not None
+    for b, a in adds.items():
+        assert served.engine.step.at(b) == pytest.approx(a)
+    assert served.engine.step.at(4) == pytest.approx(0.65e-3 + (1.56e-3 - 0.65e-3) * 3 / 7)
+    # a server faster than the model's step at some batch adds nothing there
+    faster = [Point(1, 96, 1e-3, 2e-3), Point(8, 96, 5e-3, 4e-3)]
+    curve = with_overhead(profile, faster).engine
+    assert curve is not None and curve.step.at(1) == 0.0 and curve.step.at(8) == pytest.approx(1e-3)
+
+
 def test_a_shapes_overhead_is_charged_once_per_stage(profile: Profile) -> None:
     # a two-stage server whose step is the model's two stages plus 1 ms per stage
     points = [Point(b, 96, 2e-3 + 2e-3 + 4e-4 * b, 2e-3 + 4e-4 * b, stages=2) for b in (1, 8)]
@@ -361,3 +384,116 @@ def test_the_servers_decode_step_leaves_out_the_connections_and_the_prefill() ->
     assert decode_step(timed) == pytest.approx(0.01)
     # whereas first request to last token over the steps would count the waits
     assert (max(t.last_token for t in timed) - 0.0) / 96 > 0.018
+
+
+# -- the machine's speed, read on a row's own servers ----------------------------------------
+
+
+def test_the_machines_speed_is_read_on_the_servers_one_request_at_a_time(streaming: str) -> None:
+    # the stand-in server streams a token every 2 ms (and a little more: the event loop)
+    client = Client(streaming, "bench")
+    reading = read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=2)
+
+    assert 1.9e-3 <= reading.seconds < 6e-3
+    assert reading.priced == 1e-3 and reading.factor == pytest.approx(reading.seconds / 1e-3)
+    with pytest.raises(ValueError, match="repeats"):
+        read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=0)
+    with pytest.raises(ValueError, match="positive"):
+        read_speed(client, 0.0, np.random.default_rng(0), 100)
+
+
+def test_a_rows_readings_say_how_far_the_machine_moved_while_it_ran() -> None:
+    got = speed_fields(Reading(2e-3, 1e-3), Reading(2.2e-3, 1e-3))
+    assert got["factor_before"] == pytest.approx(2.0) and got["factor_after"] == pytest.approx(2.2)
+    assert got["moved_pct"] == pytest.approx(10.0)
+    assert speed_fields(Reading(2e-3, 1e-3), None)["moved_pct"] is None
+
+
+def test_the_reading_is_priced_as_the_rows_profile_prices_a_lone_decode(
+    profile: Profile, loose: tuple[Plan, float]
+) -> None:
+    plan, bound = loose
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
+    entries, _ = bench.select(plan, request, profile, ALL)
+    by = {e.role: e for e in entries}
+
+    one = step_prediction(profile, 1, "decode", 1, CONTEXT)  # the model's step and the engine's
+    assert bench.reading_price(by["vllm"]) == pytest.approx(one)
+    assert bench.reading_price(by["workload-aware"]) == pytest.approx(one)  # its decode server
+    two = by["pipeline"].sim.costs.iteration(Group(2, 1), 1, CONTEXT, 1)
+    assert bench.reading_price(by["pipeline"]) == pytest.approx(two) and two > one
+
+
+def _served(start: float, streams: int, each: int, seconds: float, gap: float) -> list[Timed]:
+    """``streams`` requests in flight at a time, each stream running ``each`` requests of
+    ``seconds`` back to back (``gap``: the streams' offsets)."""
+    out = []
+    for s in range(streams):
+        t = start + s * gap
+        for _ in range(each):
+            out.append(Timed(30, 40, t, t + 0.02, t + seconds - 0.001, t + seconds))
+            t += seconds
+    return out
+
+
+def _runs(before: Reading | None, after: Reading | None) -> bench.Runs:
+    counters = {"steps": 400.0, "mean_step_tokens": 8.0, "mean_prefill_s": 0.01}
+    poisson = [Timed(30, 40, 0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.3, 0.1 * i + 0.301)
+               for i in range(30)]  # fmt: skip
+    return bench.Runs(
+        poisson, _served(10.0, 4, 10, 0.4, 0.1), 5.0, 4, counters, counters,
+        speed_before=before, speed_after=after,
+    )  # fmt: skip
+
+
+def test_a_row_is_predicted_at_the_speed_read_before_its_load(
+    profile: Profile, loose: tuple[Plan, float]
+) -> None:
+    plan, bound = loose
+    workload = bench_workload()
+    request = bench.plan_request(bench.CPU_MODEL, workload, bound)
+    entry = next(e for e in bench.select(plan, request, profile, ("vllm",))[0] if e.role == "vllm")
+
+    plain = bench.evaluate(entry, _runs(None, None), workload, bound, None)
+    assert plain["speed_reading"] == {}
+
+    # the machine twice as slow as profiled before the load, 2.2x after it
+    row = bench.evaluate(
+        entry, _runs(Reading(2e-3, 1e-3), Reading(2.2e-3, 1e-3)), workload, bound, None
+    )
+    read = row["speed_reading"]
+    assert read["factor_before"] == pytest.approx(2.0) and read["moved_pct"] == pytest.approx(10)
+    # judged: every step twice as long (one stage, one GPU: no communication to keep)
+    assert row["predicted"]["throughput_qps"] == pytest.approx(
+        plain["predicted"]["throughput_qps"] / 2, rel=1e-6
+    )
+    assert row["predicted"]["latency_s"] == pytest.approx(2 * plain["predicted"]["latency_s"])
+    assert row["predicted"]["e2e_p99_s"] > plain["predicted"]["e2e_p99_s"]
+    # beside it, the profile as measured at the start of the run, with its own errors
+    as_measured = read["profile_as_measured"]
+    assert as_measured["predicted"] == plain["predicted"]
+    assert as_measured["error_pct"] == plain["error_pct"]
+    assert row["measured"] == plain["measured"]
+
+
+def test_the_summary_sets_the_profile_as_measured_beside_the_speed_read() -> None:
+    def read(factor: float, moved: float, error: float) -> dict[str, Any]:
+        errors = {"throughput_qps": error, "latency_s": -error, "e2e_p99_s": 2 * error}
+        return {
+            "factor_before": factor, "moved_pct": moved,
+            "profile_as_measured": {"predicted": {}, "error_pct": errors},
+        }  # fmt: skip
+
+    rows = [_row("plan", 30, 60), _row("vllm", 20, 50), _row("static", 10, 20)]
+    assert "speed_readings" not in report.summary(rows, {"tight": 0.5})
+    for r, got in zip(rows, (read(0.8, 5, 20), read(0.7, -12, -30), read(0.9, 1, 10)), strict=True):
+        r["speed_reading"] = got
+    s = report.summary(rows, {"tight": 0.5})
+
+    assert s["errors_pct_profile_as_measured"]["throughput_qps"]["median_abs_pct"] == 20
+    assert s["errors_pct_profile_as_measured"]["e2e_p99_s"]["worst_abs_pct"] == 60
+    assert s["speed_readings"]["factor_before_min"] == 0.7
+    assert s["speed_readings"]["factor_before_max"] == 0.9
+    assert s["speed_readings"]["moved_during_row_pct"] == {
+        "median_abs_pct": 5, "worst_abs_pct": 12
+    }  # fmt: skip
