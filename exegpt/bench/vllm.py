@@ -36,7 +36,11 @@ against the profile's step at the same tokens) or to the batching.
 The full mode runs the configurations interleaved, twice (A B C, A B C), so that how
 far a measurement moves between rounds stands beside its error, for a tight bound
 (the 30th percentile of the Static configurations' predicted latencies, as ``exegpt
-bench runner``) and a loose one (the 70th). ``--quick``: the tight bound, the plan,
+bench runner``) and a loose one (the 70th); and it reads the machine's speed on each
+configuration's servers right before its load and after it (``exegpt.bench.vllm_speed``:
+one request served alone against the profile's price of its step), predicts the row at
+that speed, and keeps the prediction from the profile as measured beside it.
+``--quick``: the tight bound, the plan,
 stock vLLM and Static, one round, fewer requests, and the profile and serving overhead
 of the last run on this machine reused where there is one (``exegpt.bench.vllm_measured``;
 ``--fresh`` measures them again; the report's ``profile.reused`` says which).

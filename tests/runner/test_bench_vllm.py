@@ -62,6 +62,15 @@ def loose(profile: Profile) -> tuple[Plan, float]:
 ALL = ("plan", "vllm", "static", "pipeline", "workload-aware")
 
 
+@pytest.fixture(scope="module")
+def by(profile: Profile, loose: tuple[Plan, float]) -> dict[str, bench.Entry]:
+    """Every row of the loose bound, by role."""
+    plan, bound = loose
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
+    entries, _ = bench.select(plan, request, profile, ALL)
+    return {e.role: e for e in entries}
+
+
 def _arg(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
@@ -315,12 +324,8 @@ def test_the_servers_overhead_becomes_the_profiles_engine_curve(profile: Profile
 
 
 def test_the_shaped_rows_are_measured_on_servers_of_their_shape(
-    profile: Profile, loose: tuple[Plan, float]
+    profile: Profile, by: dict[str, bench.Entry]
 ) -> None:
-    plan, bound = loose
-    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
-    entries, _ = bench.select(plan, request, profile, ALL)
-    by = {e.role: e for e in entries}
     model = Path("/weights/m")
 
     pipe = bench.shape_probe(by["pipeline"], (1, 8))
@@ -410,12 +415,8 @@ def test_a_rows_readings_say_how_far_the_machine_moved_while_it_ran() -> None:
 
 
 def test_the_reading_is_priced_as_the_rows_profile_prices_a_lone_decode(
-    profile: Profile, loose: tuple[Plan, float]
+    profile: Profile, by: dict[str, bench.Entry]
 ) -> None:
-    plan, bound = loose
-    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bound)
-    entries, _ = bench.select(plan, request, profile, ALL)
-    by = {e.role: e for e in entries}
 
     one = step_prediction(profile, 1, "decode", 1, CONTEXT)  # the model's step and the engine's
     assert bench.reading_price(by["vllm"]) == pytest.approx(one)
