@@ -40,10 +40,10 @@ bench runner``) and a loose one (the 70th); and it reads the machine's speed on 
 configuration's servers right before its load and after it (``exegpt.bench.vllm_speed``:
 one request served alone against the profile's price of its step), predicts the row at
 that speed, and keeps the prediction from the profile as measured beside it.
-``--quick``: the tight bound, the plan,
-stock vLLM and Static, one round, fewer requests, and the profile and serving overhead
-of the last run on this machine reused where there is one (``exegpt.bench.vllm_measured``;
-``--fresh`` measures them again; the report's ``profile.reused`` says which).
+``--quick``: the tight bound, the plan, stock vLLM and Static, one round, fewer
+requests, no speed reading, and the profile and serving overhead of the last run on
+this machine reused where there is one (``exegpt.bench.vllm_measured``; ``--fresh``
+measures them again; the report's ``profile.reused`` says which).
 ``--json`` prints one JSON object and nothing else. Also runnable as
 ``python -m exegpt.bench.vllm``.
 """
@@ -412,8 +412,7 @@ def evaluate(
     served_request = sim.request.model_copy(update={"workload": served})
     # the profile at the machine's speed read on the servers right before the load: the
     # prediction judged; the profile as measured at the start of the run, beside it
-    factor = runs.speed_before.factor if runs.speed_before is not None else 1.0
-    now = at_speed(profile, factor) if runs.speed_before is not None else profile
+    now = at_read_speed(profile, runs.speed_before)
     predicted_served = predict_served(served_request, sim.request, now, config, poisson)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
@@ -437,7 +436,7 @@ def evaluate(
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     without: dict[str, Any] = {}
     if bare is not None:
-        bare_now = at_speed(bare, factor) if runs.speed_before is not None else bare
+        bare_now = at_read_speed(bare, runs.speed_before)
         b_served = predict_served(served_request, sim.request, bare_now, config, poisson)
         b_pred = {k: b_served[k] for k in METRICS}
         without = {
@@ -487,6 +486,11 @@ def evaluate(
         },
         "server_start_s": runs.start_s,
     }
+
+
+def at_read_speed(profile: Profile, reading: Reading | None) -> Profile:
+    """``profile`` at the machine's speed ``reading`` read (as measured without one)."""
+    return profile if reading is None else at_speed(profile, reading.factor)
 
 
 def predict_served(
