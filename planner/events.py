@@ -129,7 +129,10 @@ class EventSimulator:
         if (ins < 1).any() or (outs < 1).any():
             raise ValueError("input and output lengths must be >= 1")
         run = self._simulate(config, a - a[0], ins, outs)
-        return Timeline(arrival=a.copy(), admitted=run.admitted + a[0], done=run.done + a[0])
+        # A query reaches the engine what the server adds to a request after it arrives
+        # (the profile's engine.request_s): every time after its arrival shifts by it.
+        late = a[0] + self.analytic.request_overhead
+        return Timeline(arrival=a.copy(), admitted=run.admitted + late, done=run.done + late)
 
     def _check(self, config: ExecutionConfig) -> None:
         problem = self.analytic.check_shape(config)
@@ -193,6 +196,7 @@ class EventSimulator:
         else:
             latency = float(np.nanmax(lat))
         e2e = float(np.percentile((run.done - run.arrival)[sel], 99)) if sel.any() else 0.0
+        e2e += self.analytic.request_overhead  # the same shift for every query
         mean_batch = run.batch_time / run.decode_time if run.decode_time > 0 else 0.0
         q = qps * config.replicas
         tokens = float(run.outputs[in_window].mean()) if count else 0.0

@@ -266,11 +266,19 @@ class EngineOverhead(BaseModel):
     sequence its token; the chain's handling of the command; and what the model's step
     loses to the caches all this leaves behind. The cost model charges it once per step
     to every pipeline stage (the driver runs the engine's loop; another stage receives
-    and unpacks the command)."""
+    and unpacks the command). Beside it, what a request spends in the server outside the
+    steps, which only its end-to-end latency sees."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     step: Curve = Field(description="seconds per step, by the sequences in the step")
+    request_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds each request spends in the server beyond the engine's steps "
+        "(the API server's handling of it before the engine sees it, and the delivery of "
+        "its tokens): added to every request's end-to-end latency",
+    )
 
 
 class Provenance(BaseModel):

@@ -9,7 +9,9 @@ and its discrete-event run; this module holds what they share: the shape checks,
 groups of GPUs each phase runs on, and the memory per GPU.
 
 The latency is the paper's: the time to generate an output of the 99th-percentile
-length, queueing excluded. ``e2e_p99_s`` adds the wait for the next admission slot.
+length, queueing excluded. ``e2e_p99_s`` adds the wait for the next admission slot and
+what a request spends in the server outside the steps (the profile's
+``engine.request_s``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Simulator:
         # larger reservation of the two).
         self.kv_engine: Engine = "vLLM" if request.engine == "vLLM" else "ExeGPT"
         self.tp_degrees = set(profile.tp_degrees)
+        # What a request spends in the server outside the engine's steps (its e2e only).
+        self.request_overhead = profile.engine.request_s if profile.engine is not None else 0.0
 
     # -- public -----------------------------------------------------------------------
     def evaluate(self, config: ExecutionConfig) -> Prediction:
@@ -121,7 +125,7 @@ class Simulator:
             throughput_qps=q,
             throughput_tps=q * self.m.mean_output,
             latency_s=latency,
-            e2e_p99_s=e2e,
+            e2e_p99_s=e2e + self.request_overhead,
             memory_per_gpu_bytes=int(memory),
             decode_batch=decode_batch,
             feasible=feasible,

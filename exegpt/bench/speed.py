@@ -120,8 +120,8 @@ def _grid(g: Grid, factor: float) -> Grid:
 
 
 def at_speed(profile: Profile, factor: float) -> Profile:
-    """``profile`` on a machine ``factor`` times as slow: every compute table and the
-    engine's curve scaled (communication kept as it is)."""
+    """``profile`` on a machine ``factor`` times as slow: every compute table and what the
+    engine adds (to a step and to a request) scaled (communication kept as it is)."""
     if factor <= 0:
         raise ValueError(f"factor must be positive, got {factor}")
     tables = {
@@ -132,5 +132,11 @@ def at_speed(profile: Profile, factor: float) -> Profile:
         )
         for tp, t in profile.tensor_parallel.items()
     }
-    engine = EngineOverhead(step=_curve(profile.engine.step, factor)) if profile.engine else None
+    engine = (
+        EngineOverhead(
+            step=_curve(profile.engine.step, factor), request_s=profile.engine.request_s * factor
+        )
+        if profile.engine
+        else None
+    )
     return Profile(**{**profile.__dict__, "tensor_parallel": tables, "engine": engine})

@@ -100,7 +100,7 @@ from exegpt.bench.vllm_overhead import (
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
 from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
-from exegpt.bench.vllm_speed import CONTEXT, Reading, read_speed, speed_fields
+from exegpt.bench.vllm_speed import CONTEXT, Reading, at_reading, read_speed, speed_fields
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.costs import Group
 from exegpt.planner.events import EventSimulator
@@ -148,7 +148,7 @@ QUICK = Mode(
     overhead_batches=(1, 4, 8, 32), overhead_repeats=1, reuse_measured=True, speed_readings=False,
 )  # fmt: skip
 FULL = Mode(
-    "full", 45.0, 200, 200, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
+    "full", 45.0, 200, 400, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
     ("tight", "loose"), ("tight",),
 )  # fmt: skip
 
@@ -412,7 +412,7 @@ def evaluate(
     served_request = sim.request.model_copy(update={"workload": served})
     # the profile at the machine's speed read on the servers right before the load: the
     # prediction judged; the profile as measured at the start of the run, beside it
-    now = at_read_speed(profile, runs.speed_before)
+    now = at_read_speed(profile, runs.speed_before, sim.request, config)
     predicted_served = predict_served(served_request, sim.request, now, config, poisson)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
@@ -436,7 +436,7 @@ def evaluate(
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     without: dict[str, Any] = {}
     if bare is not None:
-        bare_now = at_read_speed(bare, runs.speed_before)
+        bare_now = bare if runs.speed_before is None else at_speed(bare, runs.speed_before.factor)
         b_served = predict_served(served_request, sim.request, bare_now, config, poisson)
         b_pred = {k: b_served[k] for k in METRICS}
         without = {
@@ -455,7 +455,7 @@ def evaluate(
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
         "speed_reading": speed_reading(
-            runs, profile, served_request, sim.request, config, poisson, measured
+            runs, profile, served_request, sim.request, config, poisson, measured, now
         ),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
@@ -488,9 +488,13 @@ def evaluate(
     }
 
 
-def at_read_speed(profile: Profile, reading: Reading | None) -> Profile:
-    """``profile`` at the machine's speed ``reading`` read (as measured without one)."""
-    return profile if reading is None else at_speed(profile, reading.factor)
+def at_read_speed(
+    profile: Profile, reading: Reading | None, request: PlanRequest, config: ExecutionConfig
+) -> Profile:
+    """``profile`` at the machine's speed ``reading`` read, with what the server adds to
+    a request outside its steps (``vllm_speed.at_reading``); as measured without a
+    reading."""
+    return profile if reading is None else at_reading(profile, reading, request, config)
 
 
 def predict_served(
@@ -520,15 +524,18 @@ def speed_reading(
     config: ExecutionConfig,
     poisson: Sequence[Record],
     measured: dict[str, float],
+    now: Profile,
 ) -> dict[str, Any]:
-    """The machine's speed read before and after the row, and what the profile as
-    measured at the start of the run (``profile``, not scaled to that speed) predicted
-    for it."""
+    """The machine's speed read before and after the row, what the server added to the
+    reading's request outside its steps (``now``: the profile the row is predicted
+    from), and what the profile as measured at the start of the run (``profile``, not
+    scaled to that speed) predicted for it."""
     if runs.speed_before is None:
         return {}
     as_measured = predict_served(served, request, profile, config, poisson)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
+        "request_overhead_s": now.engine.request_s if now.engine is not None else 0.0,
         "profile_as_measured": {
             "predicted": as_measured,
             "error_pct": {k: error_pct(as_measured[k], measured[k]) for k in METRICS},

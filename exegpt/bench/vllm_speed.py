@@ -26,17 +26,29 @@ every compute table and the engine curve scaled), a prediction made before the r
 load runs, as ``exegpt bench runner`` profiles again right before each configuration;
 the prediction from the profile as measured at the start stays in the report beside
 it, and the reading after the load says how far the machine moved while the row ran.
+
+The same request's end-to-end latency, less what the profile at that speed prices for
+it (its steps, replayed alone through the row's configuration), is what the server adds
+to a request outside the engine's steps: the API server's handling of it before the
+engine sees it, and the delivery of its stream. The row is predicted with it as its
+profile's ``engine.request_s`` (:func:`at_reading`), which every request's end-to-end
+latency carries.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
 import numpy as np
 
 from exegpt.bench.openai_load import Client, Request
+from exegpt.bench.speed import at_speed
 from exegpt.bench.vllm_overhead import OUTPUT_TOKENS, PROMPT_TOKENS, decode_step
+from exegpt.planner.events import EventSimulator
+from exegpt.planner.plan import ExecutionConfig, PlanRequest
+from exegpt.planner.profile import Curve, EngineOverhead, Profile
 
 REPEATS = 5  # the request served alone this many times (after one untimed); the median kept
 CONTEXT = PROMPT_TOKENS + OUTPUT_TOKENS // 2  # the mean context of its decode steps
@@ -45,10 +57,12 @@ CONTEXT = PROMPT_TOKENS + OUTPUT_TOKENS // 2  # the mean context of its decode s
 @dataclass(frozen=True)
 class Reading:
     """One reading: the server's decode step of one request alone (median seconds over
-    the repeats), and the row's profile's price of it."""
+    the repeats), the row's profile's price of it, and the request's end-to-end latency
+    as the client saw it (median seconds: sent to the end of its stream)."""
 
     seconds: float
     priced: float
+    e2e_s: float = math.nan
 
     @property
     def factor(self) -> float:
@@ -69,13 +83,14 @@ def read_speed(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if price <= 0:
         raise ValueError(f"the priced step must be positive, got {price}")
-    steps = []
+    steps, e2e = [], []
     for i in range(repeats + 1):  # the first, untimed: a server's first long request is slow
         prompt = tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS))
         timed = client.closed_loop([Request(prompt, OUTPUT_TOKENS, int(rng.integers(0, 2**31)))], 1)
         if i:
             steps.append(decode_step(timed))
-    return Reading(statistics.median(steps), price)
+            e2e.append(timed[0].finished - timed[0].arrival)
+    return Reading(statistics.median(steps), price, statistics.median(e2e))
 
 
 def speed_fields(before: Reading, after: Reading | None) -> dict[str, float | None]:
@@ -85,9 +100,40 @@ def speed_fields(before: Reading, after: Reading | None) -> dict[str, float | No
     moved = None if after is None else 100.0 * (after.factor / before.factor - 1.0)
     return {
         "step_before_s": before.seconds,
+        "request_e2e_before_s": before.e2e_s,
         "step_after_s": None if after is None else after.seconds,
         "priced_step_s": before.priced,
         "factor_before": before.factor,
         "factor_after": None if after is None else after.factor,
         "moved_pct": moved,
     }
+
+
+def with_request_overhead(profile: Profile, seconds: float) -> Profile:
+    """``profile`` with ``seconds`` as what the server adds to every request outside the
+    engine's steps (``engine.request_s``)."""
+    step = profile.engine.step if profile.engine is not None else Curve(x=[1.0], seconds=[0.0])
+    engine = EngineOverhead(step=step, request_s=seconds)
+    return profile.model_copy(update={"engine": engine})
+
+
+def lone_request_e2e(profile: Profile, request: PlanRequest, config: ExecutionConfig) -> float:
+    """What ``profile`` prices the reading's request alone through ``config``: its steps,
+    replayed (without what the server adds to a request)."""
+    bare = with_request_overhead(profile, 0.0)
+    timeline = EventSimulator(request, bare).replay(config, [0.0], [PROMPT_TOKENS], [OUTPUT_TOKENS])
+    return float(timeline.e2e[0])
+
+
+def at_reading(
+    profile: Profile, reading: Reading, request: PlanRequest, config: ExecutionConfig
+) -> Profile:
+    """``profile`` at the speed ``reading`` read (``at_speed``), with what the server
+    added to the reading's request beyond its priced steps as every request's
+    ``engine.request_s`` (never below zero; left as it is where the reading has no
+    end-to-end latency)."""
+    now = at_speed(profile, reading.factor)
+    if not math.isfinite(reading.e2e_s):
+        return now
+    extra = reading.e2e_s - lone_request_e2e(now, request, config)
+    return with_request_overhead(now, max(extra, 0.0))

@@ -28,9 +28,17 @@ from exegpt.bench.device import BenchDevice
 from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
 from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
+from exegpt.bench.speed import at_speed
 from exegpt.bench.vllm_overhead import Point, decode_step, model_step, with_overhead
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
-from exegpt.bench.vllm_speed import CONTEXT, Reading, read_speed, speed_fields
+from exegpt.bench.vllm_speed import (
+    CONTEXT,
+    Reading,
+    at_reading,
+    lone_request_e2e,
+    read_speed,
+    speed_fields,
+)
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.costs import Group
 from exegpt.planner.plan import ExecutionConfig, Plan
@@ -401,6 +409,8 @@ def test_the_machines_speed_is_read_on_the_servers_one_request_at_a_time(streami
 
     assert 1.9e-3 <= reading.seconds < 6e-3
     assert reading.priced == 1e-3 and reading.factor == pytest.approx(reading.seconds / 1e-3)
+    # the request's end-to-end latency as the client saw it: at least its 95 decode steps
+    assert 95 * reading.seconds < reading.e2e_s < 95 * reading.seconds + 0.5
     with pytest.raises(ValueError, match="repeats"):
         read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=0)
     with pytest.raises(ValueError, match="positive"):
@@ -423,6 +433,27 @@ def test_the_reading_is_priced_as_the_rows_profile_prices_a_lone_decode(
     assert bench.reading_price(by["workload-aware"]) == pytest.approx(one)  # its decode server
     two = by["pipeline"].sim.costs.iteration(Group(2, 1), 1, CONTEXT, 1)
     assert bench.reading_price(by["pipeline"]) == pytest.approx(two) and two > one
+
+
+def test_what_the_server_adds_to_a_request_is_its_reading_beyond_its_priced_steps(
+    by: dict[str, bench.Entry],
+) -> None:
+    entry = by["vllm"]
+    profile, request, config = entry.sim.profile, entry.sim.request, entry.config
+    slow = at_speed(profile, 2.0)
+    steps = lone_request_e2e(slow, request, config)  # the prefill and 95 decode steps
+    assert steps > 95 * 2 * bench.reading_price(entry) * 0.9
+
+    # the machine twice as slow, and the request 20 ms longer than its steps
+    read = Reading(2e-3, 1e-3, e2e_s=steps + 0.020)
+    now = at_reading(profile, read, request, config)
+    assert now.engine is not None and now.engine.request_s == pytest.approx(0.020)
+    assert now.tensor_parallel == slow.tensor_parallel  # the tables at the speed read
+    # a request faster than its priced steps adds nothing (never below zero) ...
+    faster = at_reading(profile, Reading(2e-3, 1e-3, e2e_s=0.5 * steps), request, config)
+    assert faster.engine is not None and faster.engine.request_s == 0.0
+    # ... and a reading without the request's latency leaves the profile's own
+    assert at_reading(profile, Reading(2e-3, 1e-3), request, config) == slow
 
 
 def _served(start: float, streams: int, each: int, seconds: float, gap: float) -> list[Timed]:
@@ -464,6 +495,7 @@ def test_a_row_is_predicted_at_the_speed_read_before_its_load(
     )
     read = row["speed_reading"]
     assert read["factor_before"] == pytest.approx(2.0) and read["moved_pct"] == pytest.approx(10)
+    assert read["request_overhead_s"] == 0.0  # the readings carry no request latency
     # judged: every step twice as long (one stage, one GPU: no communication to keep)
     assert row["predicted"]["throughput_qps"] == pytest.approx(
         plain["predicted"]["throughput_qps"] / 2, rel=1e-6
@@ -475,6 +507,18 @@ def test_a_row_is_predicted_at_the_speed_read_before_its_load(
     assert as_measured["predicted"] == plain["predicted"]
     assert as_measured["error_pct"] == plain["error_pct"]
     assert row["measured"] == plain["measured"]
+
+    # a reading whose request took 30 ms beyond its priced steps: every request's e2e
+    # carries them, and nothing else moves
+    slow = at_speed(entry.sim.profile, 2.0)
+    e2e = lone_request_e2e(slow, entry.sim.request, entry.config) + 0.030
+    late = bench.evaluate(
+        entry, _runs(Reading(2e-3, 1e-3, e2e), Reading(2.2e-3, 1e-3)), workload, bound, None
+    )
+    assert late["speed_reading"]["request_overhead_s"] == pytest.approx(0.030)
+    assert late["predicted"]["e2e_p99_s"] == pytest.approx(row["predicted"]["e2e_p99_s"] + 0.030)
+    assert late["predicted"]["throughput_qps"] == row["predicted"]["throughput_qps"]
+    assert late["predicted"]["latency_s"] == row["predicted"]["latency_s"]
 
 
 def test_the_summary_sets_the_profile_as_measured_beside_the_speed_read() -> None:

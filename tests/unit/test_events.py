@@ -15,7 +15,7 @@ from exegpt.planner.architecture import get_architecture
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.hardware import get_gpu
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest
-from exegpt.planner.profile import Profile
+from exegpt.planner.profile import Curve, EngineOverhead, Profile
 from exegpt.planner.scheduler import schedule
 from exegpt.planner.workload import LengthDistribution, Workload
 from exegpt.planner.workload_presets import get_workload
@@ -204,6 +204,48 @@ def test_a_query_replayed_alone_takes_its_encoding_and_its_decode_steps() -> Non
     assert timeline.admitted[0] == 2.0
     assert timeline.done[0] == pytest.approx(2.0 + first + rest)
     assert timeline.e2e[0] == pytest.approx(first + rest)
+
+
+def _with_request_overhead(profile: Profile, seconds: float) -> Profile:
+    engine = EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]), request_s=seconds)
+    return profile.model_copy(update={"engine": engine})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        _continuous(),
+        ExecutionConfig(strategy="Static", encode_batch=4),
+        ExecutionConfig(strategy="RoundRobin", encode_batch=2, decode_steps_per_encode=4),
+    ],
+    ids=["Continuous", "Static", "RoundRobin"],
+)
+def test_what_the_server_adds_to_a_request_delays_every_query_by_as_much(
+    config: ExecutionConfig,
+) -> None:
+    request = _request("S", gpus=1)
+    profile = _profile("opt-13b", "nvidia-a100-80gb")
+    rng = np.random.default_rng(3)
+    inputs, outputs = request.workload.sample(60, rng)
+    arrival = 3.0 + np.cumsum(rng.exponential(0.2, size=60))
+    steps = EventSimulator(request, _with_request_overhead(profile, 0.0))
+    served = EventSimulator(request, _with_request_overhead(profile, 0.015))
+
+    a = steps.replay(config, arrival, inputs, outputs)
+    b = served.replay(config, arrival, inputs, outputs)
+    # the engine sees every query 15 ms after it arrived: the same timeline, 15 ms later
+    assert np.array_equal(b.arrival, a.arrival)
+    assert np.allclose(b.admitted, a.admitted + 0.015)
+    assert np.allclose(b.e2e, a.e2e + 0.015)
+    # sampled runs and the analytic mode carry it in their e2e p99 alike
+    run_a = steps.run(config, np.random.default_rng(1), queries=400, arrival_rate=2.0)
+    run_b = served.run(config, np.random.default_rng(1), queries=400, arrival_rate=2.0)
+    assert run_b.e2e_p99_s == pytest.approx(run_a.e2e_p99_s + 0.015)
+    assert run_b.throughput_qps == run_a.throughput_qps
+    assert served.analytic.evaluate(config).e2e_p99_s == pytest.approx(
+        steps.analytic.evaluate(config).e2e_p99_s + 0.015
+    )
+    assert served.analytic.evaluate(config).latency_s == steps.analytic.evaluate(config).latency_s
 
 
 def test_a_static_batch_returns_all_its_queries_when_its_longest_output_ends() -> None:
