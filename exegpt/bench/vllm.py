@@ -645,12 +645,21 @@ def measure_profile(
 
 
 def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
-    """The servers of ``entry``'s shape whose steps are timed at ``batches``: for a
-    pipeline, a stock server of its stages; for WorkloadAware, a pair of one prefill and
-    one decode server of its schedule, with room for the largest batch."""
-    if entry.config.strategy != "WorkloadAware":
-        return stock_probe(entry.plan, batches, entry.config.pipeline_stages)
+    """The servers of ``entry``'s shape whose steps are timed at ``batches`` (sequences
+    per step): for a pipeline, a server of its stages under the ExeGPT schedule that
+    starts one request every iteration into the smaller of the batches in flight, so
+    that as many batches as stages, of ``batch`` sequences each, fill its pipeline as
+    they fill the row's (``runner/vllm_scheduler.py``); for WorkloadAware, a pair of
+    one prefill and one decode server of its schedule, with room for the largest batch."""
     top = max(batches)
+    c = entry.config
+    if c.strategy != "WorkloadAware":
+        config = ExecutionConfig(
+            strategy="RoundRobin", pipeline_stages=c.pipeline_stages,
+            micro_batches=c.micro_batches, encode_batch=1, decode_steps_per_encode=1,
+            decode_batch=top * c.micro_batches,
+        )  # fmt: skip
+        return as_plan(entry.plan, config)
     config = ExecutionConfig(
         strategy="WorkloadAware", encode_gpus=1, decode_gpus=1, encode_batch=top,
         decode_batch=top,
@@ -659,14 +668,16 @@ def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
 
 
 def shape_price(entry: Entry, bare: Profile) -> Callable[[int, int], float]:
-    """The model's step of a batch at a context through every stage of ``entry``'s
-    pipeline with one batch in flight (``CostModel.iteration``), without an engine
-    curve: what a probe of its shape (``shape_probe``) is compared with."""
+    """The model's decode iteration at a context through every stage of ``entry``'s
+    pipeline, ``batch`` sequences in each of its micro-batches (``CostModel.iteration``),
+    without an engine curve: what a probe of its shape (``shape_probe``) is compared
+    with."""
     costs = Simulator(entry.sim.request, bare.model_copy(update={"engine": None})).costs
     c = entry.config
-    stages = c.pipeline_stages if c.strategy != "WorkloadAware" else 1
-    group = Group(stages, c.tensor_parallel)
-    return lambda b, n: costs.iteration(group, b, n, 1)
+    if c.strategy == "WorkloadAware":
+        return lambda b, n: costs.iteration(Group(1, c.tensor_parallel), b, n, 1)
+    group, micro = Group(c.pipeline_stages, c.tensor_parallel), c.micro_batches
+    return lambda b, n: costs.iteration(group, b * micro, n, micro)
 
 
 SHAPED_ROLES = ("pipeline", "workload-aware")
@@ -699,7 +710,7 @@ def measure_shapes(
                 probe, shape_price(e, bare), model_dir, workload.input.max,
                 workload.output.max, root / f"overhead-{e.role}", environment,
                 mode.overhead_batches_shaped, mode.overhead_repeats, rng,
-                bare.architecture.vocab_size,
+                bare.architecture.vocab_size, in_flight=probe.config.micro_batches,
             )  # fmt: skip
         except Exception as exc:
             shapes[e.role] = {"failed": failure(exc)}

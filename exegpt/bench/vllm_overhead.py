@@ -26,12 +26,13 @@ that the batch decoded together.
 A server of another shape adds something else to a step: a pipeline's engine core
 hands every step to two workers and waits for both; a WorkloadAware pair runs two
 servers and a router. Here all of them share the machine's cores with the model, so
-``exegpt bench vllm`` measures the shape of each such row the same way: a stock server
-of two stages (one batch in flight, so a step passes both stages in turn: the model's
-step is ``stages`` stage steps and the hand-over, ``CostModel.iteration`` at one
-micro-batch, and what serving adds is charged once per stage, as the cost model charges
-the engine curve), and a WorkloadAware pair whose decode server's steps are timed
-through the router.
+``exegpt bench vllm`` measures the shape of each such row the same way: a server of two
+stages under the ExeGPT schedule, which fills its pipeline with two batches of
+``batch`` sequences in flight as the row's schedule does (a request's decode step is
+then one iteration of both; the model's iteration is ``CostModel.iteration`` at two
+micro-batches, and what serving adds is charged once per stage and micro-batch, as the
+cost model charges the engine curve), and a WorkloadAware pair whose decode server's
+steps are timed through the router.
 """
 
 from __future__ import annotations
@@ -118,11 +119,13 @@ def measure_overhead(
     repeats: int,
     rng: np.random.Generator,
     vocab: int,
+    in_flight: int = 1,
 ) -> tuple[list[Point], float]:
-    """The step of ``probe``'s servers at each of ``batches``, beside ``price`` (the
-    model's step of a batch at a context through every stage of ``probe``'s pipeline,
-    without the engine curve), and the seconds the measurement took (the servers' start
-    included)."""
+    """The step of ``probe``'s servers at each of ``batches`` sequences per step (with
+    ``in_flight`` batches in flight, as many times the requests), beside ``price`` (the
+    model's step of such batches at a context through every stage of ``probe``'s
+    pipeline, without the engine curve), and the seconds the measurement took (the
+    servers' start included)."""
     start = time.monotonic()
     context = PROMPT_TOKENS + OUTPUT_TOKENS // 2
     stages = probe.config.pipeline_stages
@@ -140,10 +143,10 @@ def measure_overhead(
                         OUTPUT_TOKENS,
                         int(rng.integers(0, 2**31)),
                     )
-                    for _ in range(b)
+                    for _ in range(b * in_flight)
                 ]
                 before = read_counters(s.engines)["steps"]
-                timed = client.closed_loop(reqs, b)
+                timed = client.closed_loop(reqs, b * in_flight)
                 steps = read_counters(s.engines)["steps"] - before
                 runs.append((decode_step(timed), steps))
             if runs:

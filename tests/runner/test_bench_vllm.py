@@ -336,11 +336,15 @@ def test_the_shaped_rows_are_measured_on_servers_of_their_shape(
 ) -> None:
     model = Path("/weights/m")
 
+    # a pipeline: its stages under the ExeGPT schedule, one request started every
+    # iteration into the smaller batch in flight, so two batches of 8 fill it
     pipe = bench.shape_probe(by["pipeline"], (1, 8))
-    assert pipe.config.strategy == "Continuous" and pipe.config.decode_batch == 8
+    c = pipe.config
+    assert (c.strategy, c.pipeline_stages, c.micro_batches) == ("RoundRobin", 2, 2)
+    assert (c.encode_batch, c.decode_steps_per_encode, c.decode_batch) == (1, 1, 16)
     args = render(pipe, "server", model, 194, 239, 8000)
     assert _arg(args, "--pipeline-parallel-size") == "2"
-    assert "--scheduler-cls" not in args  # stock vLLM: the steps of its shape, no schedule
+    assert _arg(args, "--scheduler-cls") == SCHEDULER_CLS
 
     pair = bench.shape_probe(by["workload-aware"], (1, 8))
     assert pair.config.strategy == "WorkloadAware"
@@ -350,11 +354,13 @@ def test_the_shaped_rows_are_measured_on_servers_of_their_shape(
     assert _arg(decode, "--max-num-seqs") == "8"
     assert json.loads(_arg(decode, "--kv-transfer-config"))["kv_role"] == "kv_both"
 
-    # a step of the probe's pipeline passes both stages in turn: twice the stage's layers'
-    # step plus the hand-over, no engine curve; a WorkloadAware decode server is one stage
+    # an iteration of the probe's pipeline: two micro-batches of 8 through both stages,
+    # no engine curve; a WorkloadAware decode server is one stage
     bare = profile.model_copy(update={"engine": None})
     one = model_step(bare, 8, 80)
     two = bench.shape_price(by["pipeline"], profile)(8, 80)
+    costs = bench.Simulator(by["pipeline"].sim.request, bare).costs
+    assert two == pytest.approx(costs.iteration(Group(2, 1), 16, 80, 2))
     assert one < two < 2 * one
     assert bench.shape_price(by["workload-aware"], profile)(8, 80) == pytest.approx(one)
 
