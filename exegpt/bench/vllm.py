@@ -84,13 +84,13 @@ from exegpt.bench.records import (
 )
 from exegpt.bench.report import METRICS, _jsonable
 from exegpt.bench.runner import bench_workload, replay_e2e_p99
-from exegpt.bench.speed import at_speed
 from exegpt.bench.vllm_measured import Measured
 from exegpt.bench.vllm_measured import key as measured_key
 from exegpt.bench.vllm_measured import load as load_measured
 from exegpt.bench.vllm_measured import now as measured_now
 from exegpt.bench.vllm_measured import save as save_measured
 from exegpt.bench.vllm_overhead import (
+    Point,
     describe,
     measure_overhead,
     model_step,
@@ -100,7 +100,15 @@ from exegpt.bench.vllm_overhead import (
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
 from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
-from exegpt.bench.vllm_speed import CONTEXT, Reading, at_reading, read_speed, speed_fields
+from exegpt.bench.vllm_speed import (
+    CONTEXT,
+    Reading,
+    at_reading,
+    read_speed,
+    served_request,
+    speed_fields,
+    with_request_overhead,
+)
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.costs import Group
 from exegpt.planner.events import EventSimulator
@@ -410,10 +418,10 @@ def evaluate(
         f"the {len(steady)} requests of the steady window",
     )  # fmt: skip
     served_request = sim.request.model_copy(update={"workload": served})
-    # the profile at the machine's speed read on the servers right before the load: the
-    # prediction judged; the profile as measured at the start of the run, beside it
-    now = at_read_speed(profile, runs.speed_before, sim.request, config)
-    predicted_served = predict_served(served_request, sim.request, now, config, poisson)
+    # judged: the profile as measured at the start of the run, as the operator predicts
+    # from its profile; beside it, the profile at the machine's speed read on the
+    # servers right before the load (``speed_reading``)
+    predicted_served = predict_served(served_request, sim.request, profile, config, poisson)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -436,8 +444,7 @@ def evaluate(
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     without: dict[str, Any] = {}
     if bare is not None:
-        bare_now = bare if runs.speed_before is None else at_speed(bare, runs.speed_before.factor)
-        b_served = predict_served(served_request, sim.request, bare_now, config, poisson)
+        b_served = predict_served(served_request, sim.request, bare, config, poisson)
         b_pred = {k: b_served[k] for k in METRICS}
         without = {
             "predicted": b_pred,
@@ -455,7 +462,7 @@ def evaluate(
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
         "speed_reading": speed_reading(
-            runs, profile, served_request, sim.request, config, poisson, measured, now
+            runs, profile, served_request, sim.request, config, poisson, measured
         ),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
@@ -524,21 +531,21 @@ def speed_reading(
     config: ExecutionConfig,
     poisson: Sequence[Record],
     measured: dict[str, float],
-    now: Profile,
 ) -> dict[str, Any]:
     """The machine's speed read before and after the row, what the server added to the
-    reading's request outside its steps (``now``: the profile the row is predicted
-    from), and what the profile as measured at the start of the run (``profile``, not
-    scaled to that speed) predicted for it."""
+    reading's request outside its steps, and what ``profile`` (as measured at the start
+    of the run) predicts for the row at the speed read before it (``at_read_speed``): the
+    share of the row's error that the machine's drift explains."""
     if runs.speed_before is None:
         return {}
-    as_measured = predict_served(served, request, profile, config, poisson)
+    now = at_read_speed(profile, runs.speed_before, request, config)
+    at_read = predict_served(served, request, now, config, poisson)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
         "request_overhead_s": now.engine.request_s if now.engine is not None else 0.0,
-        "profile_as_measured": {
-            "predicted": as_measured,
-            "error_pct": {k: error_pct(as_measured[k], measured[k]) for k in METRICS},
+        "at_speed_read": {
+            "predicted": at_read,
+            "error_pct": {k: error_pct(at_read[k], measured[k]) for k in METRICS},
         },
     }
 
@@ -644,6 +651,19 @@ def measure_profile(
     return profile, started, time.monotonic() - t0
 
 
+def served_by_probe(
+    profile: Profile, points: Sequence[Point], request: PlanRequest, config: ExecutionConfig
+) -> Profile:
+    """``profile`` with what its probe's servers (of ``config``) added to a request served
+    alone (its batch-1 point: one request of ``vllm_overhead.PROMPT_TOKENS`` and
+    ``OUTPUT_TOKENS``) beyond the steps ``profile`` prices for it, as every request's
+    ``engine.request_s`` (``vllm_speed.served_request``)."""
+    lone = next((p for p in points if p.batch == 1), None)
+    if lone is None:
+        return profile
+    return served_request(profile, lone.request_e2e_s, request, config)
+
+
 def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
     """The servers of ``entry``'s shape whose steps are timed at ``batches`` (sequences
     per step): for a pipeline, a server of its stages under the ExeGPT schedule that
@@ -722,8 +742,13 @@ def measure_shapes(
             "points": describe(points),
             "seconds": seconds,
         }
-        sim = Simulator(e.sim.request, with_overhead(bare, points))
-        out.append((name, replace(e, sim=sim)))
+        shaped = with_overhead(bare, points)
+        if probe.config.micro_batches == 1:
+            shaped = served_by_probe(shaped, points, e.sim.request, probe.config)
+        else:  # its lone requests travel alone, not as the probe's two batches: the server's
+            kept = e.sim.profile.engine
+            shaped = with_request_overhead(shaped, kept.request_s if kept else 0.0)
+        out.append((name, replace(e, sim=Simulator(e.sim.request, shaped))))
     return out, shapes
 
 
@@ -787,8 +812,9 @@ def bench(
         engine_start_s, profile_s, overhead_s = (
             measured.engine_start_s, measured.profile_s, measured.overhead_s
         )  # fmt: skip
-        profile = with_overhead(bare, points)
         request = plan_request(architecture, workload, None)
+        stock = ExecutionConfig(strategy="Continuous", decode_batch=max(mode.overhead_batches))
+        profile = served_by_probe(with_overhead(bare, points), points, request, stock)
         pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
         bounds = dict(zip(mode.bounds, pcts, strict=True))
         entries: list[tuple[str, Entry]] = []

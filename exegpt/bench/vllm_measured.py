@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
 
 # How the server's steps are measured (``vllm_overhead``); a change makes kept
 # measurements stale. 2: the median of the repeated runs at each batch (the least before);
-# 3: batches 1, 2, 4, 8, 16, 32 and 96 (--quick 1, 4, 8, 32), joined point to point.
-MEASUREMENT = 3
+# 3: batches 1, 2, 4, 8, 16, 32 and 96 (--quick 1, 4, 8, 32), joined point to point;
+# 4: each batch's requests' end-to-end latency kept (what the server adds to a request).
+MEASUREMENT = 4
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Measured:
     def from_json(cls, doc: dict[str, Any]) -> Measured:
         points = [
             Point(int(p["batch"]), float(p["steps"]), float(p["server_step_s"]),
-                  float(p["model_step_s"]), int(p.get("stages", 1)))
+                  float(p["model_step_s"]), int(p.get("stages", 1)),
+                  float(p.get("request_e2e_s", math.nan)))
             for p in doc["points"]
         ]  # fmt: skip
         return cls(

@@ -37,6 +37,7 @@ steps are timed through the router.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,7 @@ class Point:
     server_step_s: float
     model_step_s: float
     stages: int = 1
+    request_e2e_s: float = math.nan  # a request's end-to-end latency (median), as sent
 
     @property
     def overhead_s(self) -> float:
@@ -135,7 +137,7 @@ def measure_overhead(
         client = Client(s.url, "bench")
         client.warm()
         for b in batches:
-            runs: list[tuple[float, float]] = []
+            runs: list[tuple[float, float, float]] = []
             for _ in range(repeats):
                 reqs = [
                     Request(
@@ -148,13 +150,15 @@ def measure_overhead(
                 before = read_counters(s.engines)["steps"]
                 timed = client.closed_loop(reqs, b * in_flight)
                 steps = read_counters(s.engines)["steps"] - before
-                runs.append((decode_step(timed), steps))
+                e2e = statistics.median(t.finished - t.arrival for t in timed)
+                runs.append((decode_step(timed), steps, e2e))
             if runs:
                 # the run of the median step (the lower middle one of an even count): the
                 # step a server takes as it serves, not its fastest (the profile's steps
                 # are medians too)
-                step_s, steps = statistics.median_low(runs)
-                points.append(Point(b, steps, step_s, price(b, context), stages))
+                step_s, steps, _ = statistics.median_low(runs)
+                request_s = statistics.median(r[2] for r in runs)
+                points.append(Point(b, steps, step_s, price(b, context), stages, request_s))
     return points, time.monotonic() - start
 
 
@@ -177,6 +181,7 @@ def describe(points: Sequence[Point]) -> list[dict[str, Any]]:
             "model_step_s": p.model_step_s,
             "stages": p.stages,
             "overhead_s": p.overhead_s,
+            "request_e2e_s": p.request_e2e_s,
         }
         for p in points
     ]

@@ -45,18 +45,18 @@ def ratios(rows: Sequence[dict[str, Any]], base: str, bound: float) -> dict[str,
 
 
 def speed_readings(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Where the rows were predicted at the machine's speed read right before each ran
-    (``vllm_speed.py``): the errors of the profile as measured at the start of the run
-    beside them, the speeds read (as factors over the profile's) and how far the
-    machine moved while a row ran, before to after."""
+    """Where the machine's speed was read right before each row ran (``vllm_speed.py``):
+    the errors of the rows predicted at that speed, beside the judged ones, the speeds
+    read (as factors over the profile's) and how far the machine moved while a row ran,
+    before to after."""
     read = [r["speed_reading"] for r in rows if r.get("speed_reading")]
     if not read:
         return {}
-    as_measured = [m["profile_as_measured"]["error_pct"] for m in read]
+    at_read = [m["at_speed_read"]["error_pct"] for m in read]
     factors = [m["factor_before"] for m in read]
     moved = [m["moved_pct"] for m in read if m["moved_pct"] is not None]
     return {
-        "errors_pct_profile_as_measured": {k: _stats([e[k] for e in as_measured]) for k in METRICS},
+        "errors_pct_at_speed_read": {k: _stats([e[k] for e in at_read]) for k in METRICS},
         "speed_readings": {
             "rows": len(read),
             "factor_before_min": min(factors),
@@ -168,15 +168,15 @@ def format_table(report: dict[str, Any]) -> str:
         ms = summ["speed_readings"]
         moved = ms["moved_during_row_pct"]
         lines.append(
-            f"predicted at the machine's speed read before each row: its speed "
-            f"{ms['factor_before_min']:.2f}x to {ms['factor_before_max']:.2f}x the profile's "
-            f"time per step; it moved by {_num(moved['median_abs_pct'], '.1f')} % (worst "
+            f"the machine's speed read before each row: {ms['factor_before_min']:.2f}x to "
+            f"{ms['factor_before_max']:.2f}x the profile's time per step; it moved by "
+            f"{_num(moved['median_abs_pct'], '.1f')} % (worst "
             f"{_num(moved['worst_abs_pct'], '.1f')} %) while a row ran"
         )
         for key, label, _ in names:
-            e = summ["errors_pct_profile_as_measured"][key]
+            e = summ["errors_pct_at_speed_read"][key]
             lines.append(
-                f"{label:18} error of the profile as measured (not read at speed): median "
+                f"{label:18} error predicted at the speed read: median "
                 f"{_num(e['median_abs_pct'], '.1f')} %, worst {_num(e['worst_abs_pct'], '.1f')} %"
             )
     for name, b in summ["bounds"].items():

@@ -132,8 +132,17 @@ def at_reading(
     added to the reading's request beyond its priced steps as every request's
     ``engine.request_s`` (never below zero; left as it is where the reading has no
     end-to-end latency)."""
-    now = at_speed(profile, reading.factor)
-    if not math.isfinite(reading.e2e_s):
-        return now
-    extra = reading.e2e_s - lone_request_e2e(now, request, config)
-    return with_request_overhead(now, max(extra, 0.0))
+    return served_request(at_speed(profile, reading.factor), reading.e2e_s, request, config)
+
+
+def served_request(
+    profile: Profile, e2e_s: float, request: PlanRequest, config: ExecutionConfig
+) -> Profile:
+    """``profile`` with what the server added to the reading's request (``e2e_s``: its
+    end-to-end latency, served alone through ``config``) beyond the steps ``profile``
+    prices for it as every request's ``engine.request_s``: never below zero; the
+    profile as it is where there is no such latency (NaN)."""
+    if not math.isfinite(e2e_s):
+        return profile
+    extra = e2e_s - lone_request_e2e(profile, request, config)
+    return with_request_overhead(profile, max(extra, 0.0))

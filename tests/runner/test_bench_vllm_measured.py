@@ -16,7 +16,7 @@ from exegpt.planner.analytic import analytic_profile
 
 def _measured() -> vllm_measured.Measured:
     bare = analytic_profile(CPU_MODEL, BenchDevice.cpu().gpu, "float32")
-    points = [Point(1, 96.0, 0.002, 0.0013), Point(32, 98.0, 0.007, 0.0046)]
+    points = [Point(1, 96.0, 0.002, 0.0013, 1, 0.21), Point(32, 98.0, 0.007, 0.0046, 1, 0.69)]
     return vllm_measured.Measured(bare, points, 25.0, 45.0, 40.0, "2026-12-05T03:00:00+00:00")
 
 
