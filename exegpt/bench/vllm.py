@@ -38,8 +38,12 @@ far a measurement moves between rounds stands beside its error, for a tight boun
 (the 30th percentile of the Static configurations' predicted latencies, as ``exegpt
 bench runner``) and a loose one (the 70th); and it reads the machine's speed on each
 configuration's servers right before its load and after it (``exegpt.bench.vllm_speed``:
-one request served alone against the profile's price of its step), predicts the row at
-that speed, and keeps the prediction from the profile as measured beside it.
+one request served alone against the profile's price of its step). Every row is judged
+on the prediction from the profile measured at the start of the run, as the operator
+predicts from its profile; the prediction at the speed read before the row stands
+beside it, with its errors, as the share of the error the machine's drift explains.
+The profile carries what a server adds to a request outside its steps, measured with
+the server's steps (``served_by_probe``).
 ``--quick``: the tight bound, the plan, stock vLLM and Static, one round, fewer
 requests, no speed reading, and the profile and serving overhead of the last run on
 this machine reused where there is one (``exegpt.bench.vllm_measured``; ``--fresh``

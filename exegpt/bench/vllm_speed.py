@@ -21,18 +21,24 @@ set against the row's profile's price of that step (the model's decode step at b
 through the row's decode stages, with what serving adds). :func:`Reading.factor` above
 1: the machine is slower than profiled.
 
-The row is predicted from its profile at that speed (``exegpt.bench.speed.at_speed``:
-every compute table and the engine curve scaled), a prediction made before the row's
-load runs, as ``exegpt bench runner`` profiles again right before each configuration;
-the prediction from the profile as measured at the start stays in the report beside
-it, and the reading after the load says how far the machine moved while the row ran.
+The row is predicted from its profile at that speed as well (``exegpt.bench.speed.
+at_speed``: every compute table and the engine curve scaled), a prediction made before
+the row's load runs, beside the judged one from the profile as measured at the start
+of the run; the reading after the load says how far the machine moved while the row
+ran. A reading is a few seconds of a machine whose speed moves within seconds: in one
+run it tracked a slowing machine (the rows' median errors 7.0 / 5.3 / 10.9 % at the
+speed read, 11.0 / 14.0 / 19.4 % from the profile as measured), in the next it read
+the machine 7 to 20 % faster than the rows then ran (24.3 / 19.1 / 24.2 % against
+6.5 / 5.3 / 8.4 %; docs/vllm.md), so it explains drift and does not replace the
+profile.
 
 The same request's end-to-end latency, less what the profile at that speed prices for
 it (its steps, replayed alone through the row's configuration), is what the server adds
 to a request outside the engine's steps: the API server's handling of it before the
-engine sees it, and the delivery of its stream. The row is predicted with it as its
-profile's ``engine.request_s`` (:func:`at_reading`), which every request's end-to-end
-latency carries.
+engine sees it, and the delivery of its stream. The row's prediction at the speed
+read carries it as its profile's ``engine.request_s`` (:func:`at_reading`), which every
+request's end-to-end latency carries; the judged profile carries the same measured on
+the probe's lone requests with the server's steps (:func:`served_request`).
 """
 
 from __future__ import annotations

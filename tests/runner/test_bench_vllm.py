@@ -462,6 +462,24 @@ def test_what_the_server_adds_to_a_request_is_its_reading_beyond_its_priced_step
     assert at_reading(profile, Reading(2e-3, 1e-3), request, config) == slow
 
 
+def test_the_profile_carries_what_the_probe_added_to_its_lone_requests(
+    profile: Profile, by: dict[str, bench.Entry]
+) -> None:
+    request = by["vllm"].sim.request
+    stock = ExecutionConfig(strategy="Continuous", decode_batch=96)
+    steps = lone_request_e2e(profile, request, stock)
+    points = [
+        Point(1, 96.0, 0.004, 0.003, request_e2e_s=steps + 0.012),
+        Point(8, 98.0, 0.006, 0.005, request_e2e_s=steps + 0.9),  # eight at once: not used
+    ]
+    got = bench.served_by_probe(profile, points, request, stock)
+    assert got.engine is not None and got.engine.request_s == pytest.approx(0.012)
+    assert bench.served_by_probe(profile, points[1:], request, stock) == profile
+    # a measurement kept before the requests' latency was: nothing added
+    old = [Point(1, 96.0, 0.004, 0.003)]
+    assert bench.served_by_probe(profile, old, request, stock) == profile
+
+
 def _served(start: float, streams: int, each: int, seconds: float, gap: float) -> list[Timed]:
     """``streams`` requests in flight at a time, each stream running ``each`` requests of
     ``seconds`` back to back (``gap``: the streams' offsets)."""
