@@ -98,6 +98,7 @@ from exegpt.bench.vllm_overhead import (
     describe,
     measure_overhead,
     model_step,
+    stock_config,
     stock_probe,
     with_overhead,
 )
@@ -817,7 +818,7 @@ def bench(
             measured.engine_start_s, measured.profile_s, measured.overhead_s
         )  # fmt: skip
         request = plan_request(architecture, workload, None)
-        stock = ExecutionConfig(strategy="Continuous", decode_batch=max(mode.overhead_batches))
+        stock = stock_config(mode.overhead_batches)
         profile = served_by_probe(with_overhead(bare, points), points, request, stock)
         pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
         bounds = dict(zip(mode.bounds, pcts, strict=True))

@@ -162,14 +162,15 @@ def measure_overhead(
     return points, time.monotonic() - start
 
 
-def stock_probe(template: Plan, batches: Sequence[int], stages: int = 1) -> Plan:
-    """``template``'s document as a stock vLLM server (Continuous) of ``stages`` pipeline
-    stages with room for the largest of ``batches``: the server whose steps the
-    profile's engine curve is measured on."""
-    config = ExecutionConfig(
-        strategy="Continuous", pipeline_stages=stages, decode_batch=max(batches)
-    )
-    return template.model_copy(update={"strategy": "Continuous", "config": config})
+def stock_config(batches: Sequence[int]) -> ExecutionConfig:
+    """A stock vLLM server (Continuous) with room for the largest of ``batches``: the
+    server whose steps the profile's engine curve is measured on."""
+    return ExecutionConfig(strategy="Continuous", decode_batch=max(batches))
+
+
+def stock_probe(template: Plan, batches: Sequence[int]) -> Plan:
+    """``template``'s document as the server of ``stock_config``."""
+    return template.model_copy(update={"strategy": "Continuous", "config": stock_config(batches)})
 
 
 def describe(points: Sequence[Point]) -> list[dict[str, Any]]:
