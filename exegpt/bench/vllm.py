@@ -500,15 +500,6 @@ def evaluate(
     }
 
 
-def at_read_speed(
-    profile: Profile, reading: Reading | None, request: PlanRequest, config: ExecutionConfig
-) -> Profile:
-    """``profile`` at the machine's speed ``reading`` read, with what the server adds to
-    a request outside its steps (``vllm_speed.at_reading``); as measured without a
-    reading."""
-    return profile if reading is None else at_reading(profile, reading, request, config)
-
-
 def predict_served(
     served: PlanRequest,
     request: PlanRequest,
@@ -539,11 +530,11 @@ def speed_reading(
 ) -> dict[str, Any]:
     """The machine's speed read before and after the row, what the server added to the
     reading's request outside its steps, and what ``profile`` (as measured at the start
-    of the run) predicts for the row at the speed read before it (``at_read_speed``): the
+    of the run) predicts for the row at the speed read before it (``at_reading``): the
     share of the row's error that the machine's drift explains."""
     if runs.speed_before is None:
         return {}
-    now = at_read_speed(profile, runs.speed_before, request, config)
+    now = at_reading(profile, runs.speed_before, request, config)
     at_read = predict_served(served, request, now, config, poisson)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
