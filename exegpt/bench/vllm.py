@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exegpt.bench.openai_load import Client, Timed, make_requests, records
+from exegpt.bench.openai_load import Client, Request, Timed, make_requests, records
 from exegpt.bench.paper import static_latency_percentiles, summarize_config
 from exegpt.bench.records import (
     POISSON_WARMUP_FRACTION,
@@ -108,7 +108,8 @@ from exegpt.bench.vllm_servers import Served, counters_between, read_counters, s
 from exegpt.bench.vllm_speed import (
     CONTEXT,
     Reading,
-    at_reading,
+    Readings,
+    at_readings,
     read_speed,
     served_request,
     speed_fields,
@@ -316,8 +317,8 @@ class Runs:
     wall_s: float = math.nan
     argv: dict[str, list[str]] = field(default_factory=dict)
     start_s: float = math.nan
-    speed_before: Reading | None = None  # the machine's speed before the load ...
-    speed_after: Reading | None = None  # ... and after it
+    speed_before: Readings | None = None  # the machine's speed before the load ...
+    speed_after: Reading | None = None  # ... and after it (at the closed loop's batch)
 
 
 def drive(
@@ -338,32 +339,85 @@ def drive(
     rate = LOAD * predicted.throughput_qps
     client = Client(served.url, "bench")
     client.warm()
-    price = reading_price(entry)
-    before = read_speed(client, price, rng, vocab) if mode.speed_readings else None
+    at_poisson, at_closed = reading_batches(entry, predicted.decode_batch, poisson, gaps, rate)
+
+    def read(batch: int) -> Reading | None:
+        if not mode.speed_readings:
+            return None
+        return read_speed(client, reading_price(entry, batch), rng, vocab, batch=batch)
+
+    # the speed read right before each load, at the batch it runs (a lone request's
+    # reading first: what the server adds to a request), and after the last
+    lone = read(1)
+    before_poisson = lone if at_poisson == 1 else read(at_poisson)
     cpu, wall = time.process_time(), time.monotonic()
     c0 = read_counters(served.engines)
     timed_poisson = client.poisson(poisson, gaps, rate)
     c1 = read_counters(served.engines)
-    timed_closed = client.closed_loop(closed, c)
-    c2 = read_counters(served.engines)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-    after = read_speed(client, price, rng, vocab) if mode.speed_readings else None
+    before_closed = read(at_closed)
+    cpu2, wall2 = time.process_time(), time.monotonic()
+    c2 = read_counters(served.engines)
+    timed_closed = client.closed_loop(closed, c)
+    c3 = read_counters(served.engines)
+    cpu += time.process_time() - cpu2
+    wall += time.monotonic() - wall2
+    after = read(at_closed)
+    before = (
+        Readings(lone, before_poisson, before_closed)
+        if lone is not None and before_poisson is not None and before_closed is not None
+        else None
+    )
     return Runs(
-        timed_poisson, timed_closed, rate, c, counters_between(c0, c1), counters_between(c1, c2),
+        timed_poisson, timed_closed, rate, c, counters_between(c0, c1), counters_between(c2, c3),
         client_cpu_s=cpu, wall_s=wall, argv=served.argv, speed_before=before, speed_after=after,
     )  # fmt: skip
 
 
-def reading_price(entry: Entry) -> float:
+def reading_price(entry: Entry, batch: int = 1) -> float:
     """What ``entry``'s profile prices the step the machine's speed is read on
-    (``vllm_speed.py``): one request decoding alone at the reading's mean context,
-    through the row's decode stages, with what serving adds."""
+    (``vllm_speed.py``): ``batch`` requests decoding together at the reading's mean
+    context, through the row's decode stages, with what serving adds."""
     sim, config = entry.sim, entry.config
     if config.strategy == "WorkloadAware":
         _, group = sim.workload_aware_groups(config)
     else:
         group = Group(config.pipeline_stages, config.tensor_parallel)
-    return sim.costs.iteration(group, 1, CONTEXT, 1)
+    return sim.costs.iteration(group, batch, CONTEXT, 1)
+
+
+def reading_batches(
+    entry: Entry,
+    closed_batch: float,
+    poisson: Sequence[Request],
+    gaps: Sequence[float],
+    rate: float,
+) -> tuple[int, int]:
+    """The batches the machine's speed is read at for ``entry``'s two loads: the
+    sequences its Poisson run keeps running (the replay of its requests at their
+    planned arrivals, through Little's law: their seconds in the engine over the run's
+    span) and those of its closed loop (``closed_batch``, the predicted decode batch),
+    each rounded and at most what the row's schedule admits at once (a batch sent at
+    once must decode together): Static's batch, stock vLLM's ``max_num_seqs``, and for
+    the ExeGPT schedule's RoundRobin and WorkloadAware the encode batch."""
+    config = entry.config
+    if config.strategy == "Static":
+        top = config.encode_batch
+    elif config.strategy == "Continuous":
+        top = config.decode_batch
+    else:
+        top = min(config.encode_batch, config.decode_batch)
+    arrivals = np.cumsum(np.asarray(gaps, dtype=float)) / rate
+    timeline = EventSimulator(entry.sim.request, entry.sim.profile).replay(
+        config, list(arrivals), [len(r.prompt) for r in poisson], [r.max_tokens for r in poisson]
+    )
+    done = np.asarray(timeline.done)
+    span = float(done.max() - arrivals[0])
+    running = float(np.sum(done - np.asarray(timeline.admitted))) / span if span > 0 else 1.0
+    return (
+        max(1, min(top, round(running))),
+        max(1, min(top, round(closed_batch))),
+    )
 
 
 def run_round(
@@ -423,10 +477,18 @@ def evaluate(
         f"the {len(steady)} requests of the steady window",
     )  # fmt: skip
     served_request = sim.request.model_copy(update={"workload": served})
-    # judged: the profile as measured at the start of the run, as the operator predicts
-    # from its profile; beside it, the profile at the machine's speed read on the
-    # servers right before the load (``speed_reading``)
-    predicted_served = predict_served(served_request, sim.request, profile, config, poisson)
+    # judged: the profile at the machine's speed read on the row's servers right before
+    # its load, at the batch each load runs (``vllm_speed.at_readings``); beside it, the
+    # profile as measured at the start of the run (the same where nothing was read)
+    closed_at, poisson_at = (
+        (profile, profile)
+        if runs.speed_before is None
+        else at_readings(profile, runs.speed_before, sim.request, config)
+    )
+    predicted_served = predict_served(
+        served_request, sim.request, closed_at, config, poisson, poisson_at
+    )
+    as_measured = predict_served(served_request, sim.request, profile, config, poisson)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -466,9 +528,11 @@ def evaluate(
         "predicted": predicted_served,
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
-        "speed_reading": speed_reading(
-            runs, profile, served_request, sim.request, config, poisson, measured
-        ),
+        "profile_as_measured": {
+            "predicted": as_measured,
+            "error_pct": {k: error_pct(as_measured[k], measured[k]) for k in METRICS},
+        },
+        "speed_reading": speed_reading(runs, closed_at),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
             "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
@@ -506,43 +570,31 @@ def predict_served(
     profile: Profile,
     config: ExecutionConfig,
     poisson: Sequence[Record],
+    replayed: Profile | None = None,
 ) -> dict[str, float]:
     """What ``profile`` predicts for the requests served: the analytic mode for the
     closed loop's steady window (``served``: its requests as the workload), the
-    discrete-event mode replaying the Poisson run."""
+    discrete-event mode replaying the Poisson run (on ``replayed`` where given: the
+    profile at the Poisson load's speed)."""
     p = Simulator(served, profile).evaluate(config)
+    replay = EventSimulator(request, replayed if replayed is not None else profile)
     return {
         "throughput_qps": p.throughput_qps,
         "latency_s": p.latency_s,
-        "e2e_p99_s": replay_e2e_p99(EventSimulator(request, profile), config, poisson),
+        "e2e_p99_s": replay_e2e_p99(replay, config, poisson),
         "decode_batch": p.decode_batch,
     }
 
 
-def speed_reading(
-    runs: Runs,
-    profile: Profile,
-    served: PlanRequest,
-    request: PlanRequest,
-    config: ExecutionConfig,
-    poisson: Sequence[Record],
-    measured: dict[str, float],
-) -> dict[str, Any]:
-    """The machine's speed read before and after the row, what the server added to the
-    reading's request outside its steps, and what ``profile`` (as measured at the start
-    of the run) predicts for the row at the speed read before it (``at_reading``): the
-    share of the row's error that the machine's drift explains."""
+def speed_reading(runs: Runs, judged: Profile) -> dict[str, Any]:
+    """The machine's speed read before and after the row (``vllm_speed.speed_fields``),
+    and what the server added to the reading's lone request outside its steps, which
+    every request of the judged prediction carries."""
     if runs.speed_before is None:
         return {}
-    now = at_reading(profile, runs.speed_before, request, config)
-    at_read = predict_served(served, request, now, config, poisson)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
-        "request_overhead_s": now.engine.request_s if now.engine is not None else 0.0,
-        "at_speed_read": {
-            "predicted": at_read,
-            "error_pct": {k: error_pct(at_read[k], measured[k]) for k in METRICS},
-        },
+        "request_overhead_s": judged.engine.request_s if judged.engine is not None else 0.0,
     }
 
 

@@ -45,25 +45,33 @@ def ratios(rows: Sequence[dict[str, Any]], base: str, bound: float) -> dict[str,
 
 
 def speed_readings(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Where the machine's speed was read right before each row ran (``vllm_speed.py``):
-    the errors of the rows predicted at that speed, beside the judged ones, the speeds
-    read (as factors over the profile's) and how far the machine moved while a row ran,
-    before to after."""
+    """The errors of the rows predicted from the profile as measured at the start of
+    the run, beside the judged ones (at the machine's speed read right before each load,
+    ``vllm_speed.py``); where the speed was read, the factors read (over the profile's
+    time per step) and how far the machine moved while a closed loop ran."""
+    as_measured = [
+        r["profile_as_measured"]["error_pct"] for r in rows if "profile_as_measured" in r
+    ]
+    out: dict[str, Any] = {}
+    if as_measured:
+        out["errors_pct_profile_as_measured"] = {
+            k: _stats([e[k] for e in as_measured]) for k in METRICS
+        }
     read = [r["speed_reading"] for r in rows if r.get("speed_reading")]
     if not read:
-        return {}
-    at_read = [m["at_speed_read"]["error_pct"] for m in read]
-    factors = [m["factor_before"] for m in read]
+        return out
+    factors = [m[f"{load}_factor"] for m in read for load in ("poisson", "closed")]
+    lone = [m["lone_factor"] for m in read]
     moved = [m["moved_pct"] for m in read if m["moved_pct"] is not None]
-    return {
-        "errors_pct_at_speed_read": {k: _stats([e[k] for e in at_read]) for k in METRICS},
-        "speed_readings": {
-            "rows": len(read),
-            "factor_before_min": min(factors),
-            "factor_before_max": max(factors),
-            "moved_during_row_pct": _stats(moved),
-        },
+    out["speed_readings"] = {
+        "rows": len(read),
+        "factor_before_min": min(factors),
+        "factor_before_max": max(factors),
+        "lone_factor_min": min(lone),
+        "lone_factor_max": max(lone),
+        "moved_during_row_pct": _stats(moved),
     }
+    return out
 
 
 def summary(rows: Sequence[dict[str, Any]], bounds: dict[str, float]) -> dict[str, Any]:
@@ -168,15 +176,17 @@ def format_table(report: dict[str, Any]) -> str:
         ms = summ["speed_readings"]
         moved = ms["moved_during_row_pct"]
         lines.append(
-            f"the machine's speed read before each row: {ms['factor_before_min']:.2f}x to "
-            f"{ms['factor_before_max']:.2f}x the profile's time per step; it moved by "
-            f"{_num(moved['median_abs_pct'], '.1f')} % (worst "
-            f"{_num(moved['worst_abs_pct'], '.1f')} %) while a row ran"
+            f"the machine's speed read before each load, at its batch: "
+            f"{ms['factor_before_min']:.2f}x to {ms['factor_before_max']:.2f}x the profile's "
+            f"time per step (a lone request: {ms['lone_factor_min']:.2f}x to "
+            f"{ms['lone_factor_max']:.2f}x); it moved by {_num(moved['median_abs_pct'], '.1f')} "
+            f"% (worst {_num(moved['worst_abs_pct'], '.1f')} %) while a closed loop ran"
         )
+    if "errors_pct_profile_as_measured" in summ:
         for key, label, _ in names:
-            e = summ["errors_pct_at_speed_read"][key]
+            e = summ["errors_pct_profile_as_measured"][key]
             lines.append(
-                f"{label:18} error predicted at the speed read: median "
+                f"{label:18} error from the profile as measured: median "
                 f"{_num(e['median_abs_pct'], '.1f')} %, worst {_num(e['worst_abs_pct'], '.1f')} %"
             )
     for name, b in summ["bounds"].items():

@@ -62,13 +62,15 @@ CONTEXT = PROMPT_TOKENS + OUTPUT_TOKENS // 2  # the mean context of its decode s
 
 @dataclass(frozen=True)
 class Reading:
-    """One reading: the server's decode step of one request alone (median seconds over
-    the repeats), the row's profile's price of it, and the request's end-to-end latency
-    as the client saw it (median seconds: sent to the end of its stream)."""
+    """One reading: the server's decode step of ``batch`` requests decoding together
+    (median seconds over the repeats), the row's profile's price of it, and a request's
+    end-to-end latency as the client saw it (median seconds: sent to the end of its
+    stream; a lone request's where ``batch`` is 1)."""
 
     seconds: float
     priced: float
     e2e_s: float = math.nan
+    batch: int = 1
 
     @property
     def factor(self) -> float:
@@ -82,37 +84,64 @@ def read_speed(
     rng: np.random.Generator,
     vocab: int,
     repeats: int = REPEATS,
+    batch: int = 1,
 ) -> Reading:
-    """Serve one request alone ``repeats`` times through ``client``; its decode step
-    beside ``price`` (the profile's step at batch 1 and context ``CONTEXT``)."""
+    """Serve ``batch`` requests at once through ``client``, ``repeats`` times; their
+    decode step beside ``price`` (the profile's step at ``batch`` and context
+    ``CONTEXT``)."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     if price <= 0:
         raise ValueError(f"the priced step must be positive, got {price}")
     steps, e2e = [], []
     for i in range(repeats + 1):  # the first, untimed: a server's first long request is slow
-        prompt = tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS))
-        timed = client.closed_loop([Request(prompt, OUTPUT_TOKENS, int(rng.integers(0, 2**31)))], 1)
+        requests = [
+            Request(
+                tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
+                OUTPUT_TOKENS,
+                int(rng.integers(0, 2**31)),
+            )
+            for _ in range(batch)
+        ]
+        timed = client.closed_loop(requests, batch)
         if i:
             steps.append(decode_step(timed))
-            e2e.append(timed[0].finished - timed[0].arrival)
-    return Reading(statistics.median(steps), price, statistics.median(e2e))
+            e2e.append(statistics.median(t.finished - t.arrival for t in timed))
+    return Reading(statistics.median(steps), price, statistics.median(e2e), batch)
 
 
-def speed_fields(before: Reading, after: Reading | None) -> dict[str, float | None]:
-    """A row's readings for the report: the factor before (the one its prediction is
-    priced at) and after, and how far the machine moved while the row's load ran
-    (per cent)."""
-    moved = None if after is None else 100.0 * (after.factor / before.factor - 1.0)
-    return {
-        "step_before_s": before.seconds,
-        "request_e2e_before_s": before.e2e_s,
-        "step_after_s": None if after is None else after.seconds,
-        "priced_step_s": before.priced,
-        "factor_before": before.factor,
+@dataclass(frozen=True)
+class Readings:
+    """A row's readings at one time, on its own servers: a request served alone (its
+    end-to-end latency: what the server adds to a request), and the decode steps of as
+    many requests at once as the row's Poisson load and its closed loop keep running
+    (``reading_batches``): the machine's speed at the batch each load runs."""
+
+    lone: Reading
+    poisson: Reading
+    closed: Reading
+
+
+def speed_fields(before: Readings, after: Reading | None) -> dict[str, float | None]:
+    """A row's readings for the report: the factor read before each load at its batch
+    (the one its prediction is priced at) and the lone request's, the factor after the
+    row at the closed loop's batch, and how far the machine moved while the closed loop
+    ran (per cent)."""
+    fields: dict[str, float | None] = {
+        "request_e2e_before_s": before.lone.e2e_s,
+        "factor_before": before.closed.factor,
         "factor_after": None if after is None else after.factor,
-        "moved_pct": moved,
+        "moved_pct": None if after is None else 100.0 * (after.factor / before.closed.factor - 1),
     }
+    for name in ("lone", "poisson", "closed"):
+        r = getattr(before, name)
+        fields[f"{name}_batch"] = r.batch
+        fields[f"{name}_step_s"] = r.seconds
+        fields[f"{name}_priced_step_s"] = r.priced
+        fields[f"{name}_factor"] = r.factor
+    return fields
 
 
 def with_request_overhead(profile: Profile, seconds: float) -> Profile:
@@ -131,14 +160,22 @@ def lone_request_e2e(profile: Profile, request: PlanRequest, config: ExecutionCo
     return float(timeline.e2e[0])
 
 
-def at_reading(
-    profile: Profile, reading: Reading, request: PlanRequest, config: ExecutionConfig
-) -> Profile:
-    """``profile`` at the speed ``reading`` read (``at_speed``), with what the server
-    added to the reading's request beyond its priced steps as every request's
-    ``engine.request_s`` (never below zero; left as it is where the reading has no
-    end-to-end latency)."""
-    return served_request(at_speed(profile, reading.factor), reading.e2e_s, request, config)
+def at_readings(
+    profile: Profile, readings: Readings, request: PlanRequest, config: ExecutionConfig
+) -> tuple[Profile, Profile]:
+    """``profile`` at the speed read at the closed loop's batch and at the Poisson
+    load's (``at_speed``), each with what the server added to the lone request beyond
+    its steps priced at the lone request's speed as every request's
+    ``engine.request_s`` (never below zero; the profile's own where the lone reading
+    has no end-to-end latency)."""
+    lone = served_request(
+        at_speed(profile, readings.lone.factor), readings.lone.e2e_s, request, config
+    )
+    request_s = lone.engine.request_s if lone.engine is not None else 0.0
+    return (
+        with_request_overhead(at_speed(profile, readings.closed.factor), request_s),
+        with_request_overhead(at_speed(profile, readings.poisson.factor), request_s),
+    )
 
 
 def served_request(

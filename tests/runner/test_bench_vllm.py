@@ -25,7 +25,7 @@ from aiohttp import web
 from exegpt.bench import vllm as bench
 from exegpt.bench import vllm_report as report
 from exegpt.bench.device import BenchDevice
-from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed
+from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed, make_requests, records
 from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
 from exegpt.bench.speed import at_speed
@@ -34,7 +34,8 @@ from exegpt.bench.vllm_servers import counters_between, parse_counters, render
 from exegpt.bench.vllm_speed import (
     CONTEXT,
     Reading,
-    at_reading,
+    Readings,
+    at_readings,
     lone_request_e2e,
     read_speed,
     speed_fields,
@@ -408,37 +409,73 @@ def test_the_servers_decode_step_leaves_out_the_connections_and_the_prefill() ->
 # -- the machine's speed, read on a row's own servers ----------------------------------------
 
 
-def test_the_machines_speed_is_read_on_the_servers_one_request_at_a_time(streaming: str) -> None:
+def test_the_machines_speed_is_read_on_the_servers_a_batch_at_a_time(streaming: str) -> None:
     # the stand-in server streams a token every 2 ms (and a little more: the event loop)
     client = Client(streaming, "bench")
     reading = read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=2)
 
-    assert 1.9e-3 <= reading.seconds < 6e-3
+    assert 1.9e-3 <= reading.seconds < 6e-3 and reading.batch == 1
     assert reading.priced == 1e-3 and reading.factor == pytest.approx(reading.seconds / 1e-3)
     # the request's end-to-end latency as the client saw it: at least its 95 decode steps
     assert 95 * reading.seconds < reading.e2e_s < 95 * reading.seconds + 0.5
+    # four requests at once, each streamed at its own pace by the stand-in
+    four = read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=1, batch=4)
+    assert four.batch == 4 and 1.9e-3 <= four.seconds < 6e-3
     with pytest.raises(ValueError, match="repeats"):
         read_speed(client, 1e-3, np.random.default_rng(0), 100, repeats=0)
+    with pytest.raises(ValueError, match="batch"):
+        read_speed(client, 1e-3, np.random.default_rng(0), 100, batch=0)
     with pytest.raises(ValueError, match="positive"):
         read_speed(client, 0.0, np.random.default_rng(0), 100)
 
 
+def _readings(lone: float, poisson: float, closed: float, e2e: float = math.nan) -> Readings:
+    """Readings of factors ``lone``, ``poisson`` and ``closed`` (priced at 1 ms)."""
+    return Readings(
+        Reading(lone * 1e-3, 1e-3, e2e), Reading(poisson * 1e-3, 1e-3, batch=2),
+        Reading(closed * 1e-3, 1e-3, batch=8),
+    )  # fmt: skip
+
+
 def test_a_rows_readings_say_how_far_the_machine_moved_while_it_ran() -> None:
-    got = speed_fields(Reading(2e-3, 1e-3), Reading(2.2e-3, 1e-3))
+    got = speed_fields(_readings(1.5, 1.8, 2.0), Reading(2.2e-3, 1e-3, batch=8))
     assert got["factor_before"] == pytest.approx(2.0) and got["factor_after"] == pytest.approx(2.2)
     assert got["moved_pct"] == pytest.approx(10.0)
-    assert speed_fields(Reading(2e-3, 1e-3), None)["moved_pct"] is None
+    assert got["lone_factor"] == pytest.approx(1.5) and got["poisson_factor"] == pytest.approx(1.8)
+    assert (got["lone_batch"], got["poisson_batch"], got["closed_batch"]) == (1, 2, 8)
+    assert speed_fields(_readings(1.5, 1.8, 2.0), None)["moved_pct"] is None
 
 
-def test_the_reading_is_priced_as_the_rows_profile_prices_a_lone_decode(
+def test_the_reading_is_priced_as_the_rows_profile_prices_a_batch_decoding(
     profile: Profile, by: dict[str, bench.Entry]
 ) -> None:
-
     one = step_prediction(profile, 1, "decode", 1, CONTEXT)  # the model's step and the engine's
     assert bench.reading_price(by["vllm"]) == pytest.approx(one)
     assert bench.reading_price(by["workload-aware"]) == pytest.approx(one)  # its decode server
     two = by["pipeline"].sim.costs.iteration(Group(2, 1), 1, CONTEXT, 1)
     assert bench.reading_price(by["pipeline"]) == pytest.approx(two) and two > one
+    eight = step_prediction(profile, 1, "decode", 8, CONTEXT)
+    assert bench.reading_price(by["vllm"], 8) == pytest.approx(eight) and eight > one
+
+
+def test_the_speed_is_read_at_the_batches_the_rows_loads_run(by: dict[str, bench.Entry]) -> None:
+    rng = np.random.default_rng(0)
+    workload = bench_workload()
+    requests = make_requests(workload, 200, rng, bench.CPU_MODEL.vocab_size)
+    gaps = [float(g) for g in rng.exponential(1.0, 200)]
+    stock = by["vllm"]
+    cap = stock.config.decode_batch
+    rate = stock.sim.evaluate(stock.config).throughput_qps
+    # the closed loop's batch as predicted (at most the server's max_num_seqs); the
+    # Poisson run's, what its replay keeps running: fewer at a lighter load
+    poisson, closed = bench.reading_batches(stock, cap - 0.4, requests, gaps, 0.9 * rate)
+    assert closed == cap and 1 <= poisson <= cap
+    light, _ = bench.reading_batches(stock, cap, requests, gaps, 0.1 * rate)
+    assert light < poisson or poisson == 1
+    # a schedule that admits one request at a time is read one request at a time
+    pipeline = by["pipeline"]
+    assert pipeline.config.encode_batch == 1
+    assert bench.reading_batches(pipeline, 20.0, requests, gaps, 1.0) == (1, 1)
 
 
 def test_what_the_server_adds_to_a_request_is_its_reading_beyond_its_priced_steps(
@@ -450,16 +487,19 @@ def test_what_the_server_adds_to_a_request_is_its_reading_beyond_its_priced_step
     steps = lone_request_e2e(slow, request, config)  # the prefill and 95 decode steps
     assert steps > 95 * 2 * bench.reading_price(entry) * 0.9
 
-    # the machine twice as slow, and the request 20 ms longer than its steps
-    read = Reading(2e-3, 1e-3, e2e_s=steps + 0.020)
-    now = at_reading(profile, read, request, config)
-    assert now.engine is not None and now.engine.request_s == pytest.approx(0.020)
-    assert now.tensor_parallel == slow.tensor_parallel  # the tables at the speed read
+    # the lone request read twice as slow and 20 ms longer than its steps; the loads'
+    # batches read 3x and 4x as slow
+    closed, poisson = at_readings(profile, _readings(2.0, 3.0, 4.0, steps + 0.020), request, config)
+    for got, factor in ((closed, 4.0), (poisson, 3.0)):
+        assert got.engine is not None and got.engine.request_s == pytest.approx(0.020)
+        assert got.tensor_parallel == at_speed(profile, factor).tensor_parallel
     # a request faster than its priced steps adds nothing (never below zero) ...
-    faster = at_reading(profile, Reading(2e-3, 1e-3, e2e_s=0.5 * steps), request, config)
+    faster, _ = at_readings(profile, _readings(2.0, 3.0, 4.0, 0.5 * steps), request, config)
     assert faster.engine is not None and faster.engine.request_s == 0.0
     # ... and a reading without the request's latency leaves the profile's own
-    assert at_reading(profile, Reading(2e-3, 1e-3), request, config) == slow
+    plain, _ = at_readings(profile, _readings(2.0, 3.0, 4.0), request, config)
+    own = profile.engine.request_s if profile.engine is not None else 0.0
+    assert plain.engine is not None and plain.engine.request_s == own
 
 
 def test_the_profile_carries_what_the_probe_added_to_its_lone_requests(
@@ -502,7 +542,7 @@ def _runs(before: Reading | None, after: Reading | None) -> bench.Runs:
     )  # fmt: skip
 
 
-def test_a_row_is_judged_on_its_profile_with_the_speed_read_before_its_load_beside_it(
+def test_a_row_is_judged_at_the_speed_read_before_each_load_with_the_profile_beside_it(
     profile: Profile, loose: tuple[Plan, float]
 ) -> None:
     plan, bound = loose
@@ -512,61 +552,76 @@ def test_a_row_is_judged_on_its_profile_with_the_speed_read_before_its_load_besi
 
     plain = bench.evaluate(entry, _runs(None, None), workload, bound, None)
     assert plain["speed_reading"] == {}
+    assert plain["profile_as_measured"]["predicted"] == plain["predicted"]
 
-    # the machine twice as slow as profiled before the load, 2.2x after it
+    # the machine twice as slow as profiled at the closed loop's batch before it, 2.2x
+    # after it, 3x at the Poisson run's batch
     row = bench.evaluate(
-        entry, _runs(Reading(2e-3, 1e-3), Reading(2.2e-3, 1e-3)), workload, bound, None
-    )
+        entry, _runs(_readings(1.5, 3.0, 2.0), Reading(2.2e-3, 1e-3, batch=8)),
+        workload, bound, None,
+    )  # fmt: skip
     read = row["speed_reading"]
     assert read["factor_before"] == pytest.approx(2.0) and read["moved_pct"] == pytest.approx(10)
     assert read["request_overhead_s"] == 0.0  # the readings carry no request latency
-    # judged: the profile as measured at the start of the run, reading or not
-    assert row["predicted"] == plain["predicted"]
-    assert row["error_pct"] == plain["error_pct"] and row["measured"] == plain["measured"]
-    # beside it, at the speed read: every step twice as long (one stage, one GPU: no
-    # communication to keep)
-    at_read = read["at_speed_read"]["predicted"]
-    assert at_read["throughput_qps"] == pytest.approx(
+    assert row["measured"] == plain["measured"]
+    # beside the judged prediction: the profile as measured at the start of the run
+    assert row["profile_as_measured"] == plain["profile_as_measured"]
+    # judged at the speed read: the closed loop's steps twice as long (one stage, one
+    # GPU: no communication to keep), the Poisson run's three times
+    got = row["predicted"]
+    assert got["throughput_qps"] == pytest.approx(
         plain["predicted"]["throughput_qps"] / 2, rel=1e-6
     )
-    assert at_read["latency_s"] == pytest.approx(2 * plain["predicted"]["latency_s"])
-    assert at_read["e2e_p99_s"] > plain["predicted"]["e2e_p99_s"]
-    assert read["at_speed_read"]["error_pct"]["latency_s"] == pytest.approx(
-        100 * (at_read["latency_s"] / row["measured"]["latency_s"] - 1)
+    assert got["latency_s"] == pytest.approx(2 * plain["predicted"]["latency_s"])
+    slower = bench.predict_served(
+        request, request, profile, entry.config, records(_runs(None, None).poisson, 0.01),
+        at_speed(entry.sim.profile, 3.0),
+    )  # fmt: skip
+    assert got["e2e_p99_s"] == pytest.approx(slower["e2e_p99_s"])
+    assert got["e2e_p99_s"] > plain["predicted"]["e2e_p99_s"]
+    assert row["error_pct"]["latency_s"] == pytest.approx(
+        100 * (got["latency_s"] / row["measured"]["latency_s"] - 1)
     )
 
-    # a reading whose request took 30 ms beyond its priced steps: every request's e2e
-    # at the speed read carries them, and nothing else moves
-    slow = at_speed(entry.sim.profile, 2.0)
+    # a lone request that took 30 ms beyond its priced steps: every request's e2e
+    # carries them, and nothing else moves
+    slow = at_speed(entry.sim.profile, 1.5)
     e2e = lone_request_e2e(slow, entry.sim.request, entry.config) + 0.030
     late = bench.evaluate(
-        entry, _runs(Reading(2e-3, 1e-3, e2e), Reading(2.2e-3, 1e-3)), workload, bound, None
-    )["speed_reading"]
-    assert late["request_overhead_s"] == pytest.approx(0.030)
-    got = late["at_speed_read"]["predicted"]
-    assert got["e2e_p99_s"] == pytest.approx(at_read["e2e_p99_s"] + 0.030)
-    assert got["throughput_qps"] == at_read["throughput_qps"]
-    assert got["latency_s"] == at_read["latency_s"]
+        entry, _runs(_readings(1.5, 3.0, 2.0, e2e), Reading(2.2e-3, 1e-3, batch=8)),
+        workload, bound, None,
+    )  # fmt: skip
+    assert late["speed_reading"]["request_overhead_s"] == pytest.approx(0.030)
+    assert late["predicted"]["e2e_p99_s"] == pytest.approx(got["e2e_p99_s"] + 0.030)
+    assert late["predicted"]["throughput_qps"] == got["throughput_qps"]
+    assert late["predicted"]["latency_s"] == got["latency_s"]
 
 
-def test_the_summary_sets_the_errors_at_the_speed_read_beside_the_judged_ones() -> None:
-    def read(factor: float, moved: float, error: float) -> dict[str, Any]:
-        errors = {"throughput_qps": error, "latency_s": -error, "e2e_p99_s": 2 * error}
+def test_the_summary_sets_the_errors_from_the_profile_as_measured_beside_the_judged_ones() -> None:
+    def read(factor: float, moved: float) -> dict[str, Any]:
         return {
-            "factor_before": factor, "moved_pct": moved,
-            "at_speed_read": {"predicted": {}, "error_pct": errors},
+            "lone_factor": factor - 0.1, "poisson_factor": factor + 0.05,
+            "closed_factor": factor, "moved_pct": moved,
         }  # fmt: skip
 
+    def as_measured(error: float) -> dict[str, Any]:
+        errors = {"throughput_qps": error, "latency_s": -error, "e2e_p99_s": 2 * error}
+        return {"predicted": {}, "error_pct": errors}
+
     rows = [_row("plan", 30, 60), _row("vllm", 20, 50), _row("static", 10, 20)]
-    assert "speed_readings" not in report.summary(rows, {"tight": 0.5})
-    for r, got in zip(rows, (read(0.8, 5, 20), read(0.7, -12, -30), read(0.9, 1, 10)), strict=True):
+    s = report.summary(rows, {"tight": 0.5})
+    assert "speed_readings" not in s and "errors_pct_profile_as_measured" not in s
+    for r, error in zip(rows, (20, -30, 10), strict=True):
+        r["profile_as_measured"] = as_measured(error)
+    for r, got in zip(rows, (read(0.8, 5), read(0.7, -12), read(0.9, 1)), strict=True):
         r["speed_reading"] = got
     s = report.summary(rows, {"tight": 0.5})
 
-    assert s["errors_pct_at_speed_read"]["throughput_qps"]["median_abs_pct"] == 20
-    assert s["errors_pct_at_speed_read"]["e2e_p99_s"]["worst_abs_pct"] == 60
+    assert s["errors_pct_profile_as_measured"]["throughput_qps"]["median_abs_pct"] == 20
+    assert s["errors_pct_profile_as_measured"]["e2e_p99_s"]["worst_abs_pct"] == 60
     assert s["speed_readings"]["factor_before_min"] == 0.7
-    assert s["speed_readings"]["factor_before_max"] == 0.9
+    assert s["speed_readings"]["factor_before_max"] == pytest.approx(0.95)
+    assert s["speed_readings"]["lone_factor_min"] == pytest.approx(0.6)
     assert s["speed_readings"]["moved_during_row_pct"] == {
         "median_abs_pct": 5, "worst_abs_pct": 12
     }  # fmt: skip
