@@ -4,11 +4,15 @@ communication measurements use."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import queue
+import signal
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +33,13 @@ def _entry(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     results: Any,
+    stacks: str = "",
 ) -> None:
+    dump = None
+    if stacks and hasattr(signal, "SIGUSR1"):
+        # every thread's stack into ``stacks`` on SIGUSR1: what a hung rank was doing
+        dump = open(stacks, "w")  # noqa: SIM115 (open while the process lives)
+        faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
     try:
         if threads:
             torch.set_num_threads(threads)
@@ -43,6 +53,25 @@ def _entry(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        if dump is not None:
+            faulthandler.unregister(signal.SIGUSR1)
+            dump.close()
+
+
+def _stacks(procs: list[Any], tmp: str) -> str:
+    """Every live worker's stacks, dumped on SIGUSR1 into its file under ``tmp``."""
+    live = [(rank, p) for rank, p in enumerate(procs) if p.is_alive()]
+    if not live or not hasattr(signal, "SIGUSR1"):
+        return ""
+    for _, p in live:
+        os.kill(p.pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    parts = []
+    for rank, _ in live:
+        path = os.path.join(tmp, f"stack-{rank}")
+        text = Path(path).read_text().strip() if os.path.exists(path) else "(not started)"
+        parts.append(f"rank {rank} (still running):\n{text}")
+    return "\n".join(parts)
 
 
 def launch(
@@ -68,7 +97,17 @@ def launch(
         procs = [
             ctx.Process(
                 target=_entry,
-                args=(rank, world, init, backend, threads, fn, args, results),
+                args=(
+                    rank,
+                    world,
+                    init,
+                    backend,
+                    threads,
+                    fn,
+                    args,
+                    results,
+                    os.path.join(tmp, f"stack-{rank}"),
+                ),
                 daemon=True,
             )
             for rank in range(world)
@@ -91,7 +130,9 @@ def launch(
                         codes = ", ".join(f"rank {procs.index(p)}: {p.exitcode}" for p in dead)
                         raise WorkerError(f"worker processes died ({codes})") from None
                     if waited > timeout_s:
-                        raise WorkerError(f"workers did not finish in {timeout_s:g} s") from None
+                        raise WorkerError(
+                            f"workers did not finish in {timeout_s:g} s\n{_stacks(procs, tmp)}"
+                        ) from None
                     continue
                 if ok:
                     got[rank] = value

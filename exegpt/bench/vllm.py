@@ -37,13 +37,12 @@ The full mode runs the configurations interleaved, twice (A B C, A B C), so that
 far a measurement moves between rounds stands beside its error, for a tight bound
 (the 30th percentile of the Static configurations' predicted latencies, as ``exegpt
 bench runner``) and a loose one (the 70th); and it reads the machine's speed on each
-configuration's servers right before its load and after it (``exegpt.bench.vllm_speed``:
-one request served alone against the profile's price of its step). Every row is judged
-on the prediction from the profile measured at the start of the run, as the operator
-predicts from its profile; the prediction at the speed read before the row stands
-beside it, with its errors, as the share of the error the machine's drift explains.
-The profile carries what a server adds to a request outside its steps, measured with
-the server's steps (``served_by_probe``).
+configuration's servers right before each of its loads, at the batch the load runs,
+and after the last (``exegpt.bench.vllm_speed``). Every row is judged on the prediction
+from its profile at the speed read right before each load; the prediction from the
+profile measured at the start of the run stands beside it, with its errors, as what the
+machine's drift since then does to a prediction. The profile carries what a server adds
+to a request outside its steps, measured with the server's steps (``served_by_probe``).
 ``--quick``: the tight bound, the plan, stock vLLM and Static, one round, fewer
 requests, no speed reading, and the profile and serving overhead of the last run on
 this machine reused where there is one (``exegpt.bench.vllm_measured``; ``--fresh``
@@ -339,10 +338,11 @@ def drive(
     rate = LOAD * predicted.throughput_qps
     client = Client(served.url, "bench")
     client.warm()
-    at_poisson, at_closed = reading_batches(entry, predicted.decode_batch, poisson, gaps, rate)
+    batches = reading_batches(entry, predicted.decode_batch, poisson, gaps, rate)
+    at_poisson, at_closed = batches or (1, 1)
 
     def read(batch: int) -> Reading | None:
-        if not mode.speed_readings:
+        if not mode.speed_readings or batches is None:
             return None
         return read_speed(client, reading_price(entry, batch), rng, vocab, batch=batch)
 
@@ -392,16 +392,22 @@ def reading_batches(
     poisson: Sequence[Request],
     gaps: Sequence[float],
     rate: float,
-) -> tuple[int, int]:
+) -> tuple[int, int] | None:
     """The batches the machine's speed is read at for ``entry``'s two loads: the
     sequences its Poisson run keeps running (the replay of its requests at their
     planned arrivals, through Little's law: their seconds in the engine over the run's
     span) and those of its closed loop (``closed_batch``, the predicted decode batch),
     each rounded and at most what the row's schedule admits at once (a batch sent at
-    once must decode together): Static's batch, stock vLLM's ``max_num_seqs``, and for
-    the ExeGPT schedule's RoundRobin and WorkloadAware the encode batch."""
+    once must decode together): Static's batch, stock vLLM's ``max_num_seqs``, the
+    ExeGPT schedule's encode batch (RoundRobin), the smaller of the prefill server's and
+    the decode server's (WorkloadAware). None for a pipeline: its profile prices the
+    steps of as many batches in flight as stages, which no batch sent at once runs (one
+    travels alone through the stages; the schedule admits the next ``N_D`` iterations
+    later), so its speed cannot be read against its profile."""
     config = entry.config
-    if config.strategy == "Static":
+    if config.pipeline_stages > 1:
+        return None
+    if config.strategy == "Static" or config.strategy == "RoundRobin":
         top = config.encode_batch
     elif config.strategy == "Continuous":
         top = config.decode_batch

@@ -12,33 +12,34 @@ as much as the simulator's.
 Nor does the model's step alone say how fast a server runs: when the machine sped up,
 the in-process engine's decode steps took 0.6x their profiled time while the servers'
 steps took 0.8x (the server's processes and the client share the two cores, and their
-share did not shrink with the model's). So the speed is read where the row runs: once
-the row's servers are up and warm, one request of ``PROMPT_TOKENS`` prompt tokens and
-``OUTPUT_TOKENS`` output tokens is served alone, ``REPEATS`` times after one untimed
-run, and its decode step
-(first token to last, as ``vllm_overhead.decode_step`` times the server's overhead) is
-set against the row's profile's price of that step (the model's decode step at batch 1
-through the row's decode stages, with what serving adds). :func:`Reading.factor` above
-1: the machine is slower than profiled.
+share did not shrink with the model's). Nor does one batch say it for another: at one
+time a request served alone read 0.74x to 0.80x the profile's step while steps of 40
+sequences ran at 1.01x to 1.06x of it. So the speed is read where the row runs and at
+the batch each of its loads runs: once the row's servers are up and warm, ``batch``
+requests of ``PROMPT_TOKENS`` prompt tokens and ``OUTPUT_TOKENS`` output tokens are sent
+at once, ``REPEATS`` times after one untimed run, and their decode step (first token to
+last, as ``vllm_overhead.decode_step`` times the server's overhead) is set against the
+row's profile's price of that step (the model's decode step at ``batch`` through the
+row's decode stages, with what serving adds). :func:`Reading.factor` above 1: the
+machine is slower than profiled. A row reads a lone request first, then the batch of
+its Poisson run right before that run, then the batch of its closed loop right before
+that loop (:class:`Readings`), and the closed loop's batch again after it.
 
-The row is predicted from its profile at that speed as well (``exegpt.bench.speed.
-at_speed``: every compute table and the engine curve scaled), a prediction made before
-the row's load runs, beside the judged one from the profile as measured at the start
-of the run; the reading after the load says how far the machine moved while the row
-ran. A reading is a few seconds of a machine whose speed moves within seconds: in one
-run it tracked a slowing machine (the rows' median errors 7.0 / 5.3 / 10.9 % at the
-speed read, 11.0 / 14.0 / 19.4 % from the profile as measured), in the next it read
-the machine 7 to 20 % faster than the rows then ran (24.3 / 19.1 / 24.2 % against
-6.5 / 5.3 / 8.4 %; docs/vllm.md), so it explains drift and does not replace the
-profile.
+The row is predicted from its profile at those speeds (``exegpt.bench.speed.
+at_speed``: every compute table and the engine curve scaled; :func:`at_readings`), each
+load at the speed read right before it, at its batch: a prediction made before the
+load runs, from requests that are not the row's, which leaves the simulator the
+row's batching, schedule, prefills and queueing to predict. The prediction from the
+profile as measured at the start of the run stands beside it, and the reading after
+the closed loop says how far the machine moved while it ran.
 
-The same request's end-to-end latency, less what the profile at that speed prices for
+The lone request's end-to-end latency, less what the profile at its speed prices for
 it (its steps, replayed alone through the row's configuration), is what the server adds
 to a request outside the engine's steps: the API server's handling of it before the
-engine sees it, and the delivery of its stream. The row's prediction at the speed
-read carries it as its profile's ``engine.request_s`` (:func:`at_reading`), which every
-request's end-to-end latency carries; the judged profile carries the same measured on
-the probe's lone requests with the server's steps (:func:`served_request`).
+engine sees it, and the delivery of its stream. The row's prediction carries it as its
+profile's ``engine.request_s`` (:func:`at_readings`), which every request's end-to-end
+latency carries; the profile as measured carries the same measured on the probe's lone
+requests with the server's steps (:func:`served_request`).
 """
 
 from __future__ import annotations

@@ -468,14 +468,21 @@ def test_the_speed_is_read_at_the_batches_the_rows_loads_run(by: dict[str, bench
     rate = stock.sim.evaluate(stock.config).throughput_qps
     # the closed loop's batch as predicted (at most the server's max_num_seqs); the
     # Poisson run's, what its replay keeps running: fewer at a lighter load
-    poisson, closed = bench.reading_batches(stock, cap - 0.4, requests, gaps, 0.9 * rate)
+    heavy = bench.reading_batches(stock, cap - 0.4, requests, gaps, 0.9 * rate)
+    light = bench.reading_batches(stock, cap, requests, gaps, 0.1 * rate)
+    assert heavy is not None and light is not None
+    poisson, closed = heavy
     assert closed == cap and 1 <= poisson <= cap
-    light, _ = bench.reading_batches(stock, cap, requests, gaps, 0.1 * rate)
-    assert light < poisson or poisson == 1
-    # a schedule that admits one request at a time is read one request at a time
+    assert light[0] < poisson or poisson == 1
+    # the ExeGPT schedule is read at most an encode batch at a time: one prefill admits it
+    rr = ExecutionConfig(strategy="RoundRobin", encode_batch=4, decode_steps_per_encode=10)
+    one_stage = bench.Entry("plan", bench.as_plan(stock.plan, rr), stock.sim, "fixed")
+    read = bench.reading_batches(one_stage, 30.0, requests, gaps, 0.5 * rate)
+    assert read is not None and read[1] == 4
+    # a pipeline is not read: no batch sent at once runs the steps its profile prices
     pipeline = by["pipeline"]
-    assert pipeline.config.encode_batch == 1
-    assert bench.reading_batches(pipeline, 20.0, requests, gaps, 1.0) == (1, 1)
+    assert pipeline.config.pipeline_stages == 2
+    assert bench.reading_batches(pipeline, 20.0, requests, gaps, 1.0) is None
 
 
 def test_what_the_server_adds_to_a_request_is_its_reading_beyond_its_priced_steps(

@@ -3,6 +3,7 @@ process; pipeline stages chained in one process give those of the whole model.""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -43,6 +44,12 @@ def test_two_ranks_match_one(cases: list[Case]) -> None:
             )
 
 
+def _hangs(rank: int, world: int) -> int:
+    if rank == 1:
+        time.sleep(60)
+    return rank
+
+
 def _fails(rank: int, world: int) -> None:
     if rank == 1:
         raise RuntimeError("boom on rank 1")
@@ -51,6 +58,15 @@ def _fails(rank: int, world: int) -> None:
 def test_launch_reports_a_failing_rank() -> None:
     with pytest.raises(WorkerError, match="boom on rank 1"):
         launch(_fails, 2)
+
+
+def test_launch_reports_where_a_hung_rank_waits() -> None:
+    with pytest.raises(WorkerError, match="did not finish") as err:
+        launch(_hangs, 2, timeout_s=3)
+    message = str(err.value)
+    # the stacks of the rank still running: rank 1 waits in ``_hangs``, rank 0 finished
+    assert "rank 1 (still running)" in message and "_hangs" in message
+    assert "rank 0 (still running)" not in message
 
 
 def test_shards() -> None:
