@@ -39,10 +39,11 @@ far a measurement moves between rounds stands beside its error, for a tight boun
 bench runner``) and a loose one (the 70th); and it reads the machine's speed on each
 configuration's servers right before each of its loads, at the batch the load runs,
 and after the last (``exegpt.bench.vllm_speed``). Every row is judged on the prediction
-from its profile at the speed read right before each load; the prediction from the
-profile measured at the start of the run stands beside it, with its errors, as what the
-machine's drift since then does to a prediction. The profile carries what a server adds
-to a request outside its steps, measured with the server's steps (``served_by_probe``).
+from the profile measured at the start of the run, as the operator predicts from its
+profile; the prediction at the speeds read before its loads stands beside it, with its
+errors, as the share of the error the machine's drift explains. The profile carries
+what a server adds to a request outside its steps, measured with the server's steps
+(``served_by_probe``).
 ``--quick``: the tight bound, the plan, stock vLLM and Static, one round, fewer
 requests, no speed reading, and the profile and serving overhead of the last run on
 this machine reused where there is one (``exegpt.bench.vllm_measured``; ``--fresh``
@@ -483,18 +484,18 @@ def evaluate(
         f"the {len(steady)} requests of the steady window",
     )  # fmt: skip
     served_request = sim.request.model_copy(update={"workload": served})
-    # judged: the profile at the machine's speed read on the row's servers right before
-    # its load, at the batch each load runs (``vllm_speed.at_readings``); beside it, the
-    # profile as measured at the start of the run (the same where nothing was read)
-    closed_at, poisson_at = (
-        (profile, profile)
-        if runs.speed_before is None
-        else at_readings(profile, runs.speed_before, sim.request, config)
-    )
-    predicted_served = predict_served(
-        served_request, sim.request, closed_at, config, poisson, poisson_at
-    )
-    as_measured = predict_served(served_request, sim.request, profile, config, poisson)
+    # judged: the profile as measured at the start of the run, as the operator predicts
+    # from its profile; beside it, the profile at the machine's speed read on the row's
+    # servers right before each load, at the batch it runs (``vllm_speed.at_readings``)
+    predicted_served = predict_served(served_request, sim.request, profile, config, poisson)
+    at_read: dict[str, float] = {}
+    request_s = profile.engine.request_s if profile.engine is not None else 0.0
+    if runs.speed_before is not None:
+        closed_at, poisson_at = at_readings(profile, runs.speed_before, sim.request, config)
+        at_read = predict_served(
+            served_request, sim.request, closed_at, config, poisson, poisson_at
+        )
+        request_s = closed_at.engine.request_s if closed_at.engine is not None else 0.0
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -534,11 +535,7 @@ def evaluate(
         "predicted": predicted_served,
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
-        "profile_as_measured": {
-            "predicted": as_measured,
-            "error_pct": {k: error_pct(as_measured[k], measured[k]) for k in METRICS},
-        },
-        "speed_reading": speed_reading(runs, closed_at),
+        "speed_reading": speed_reading(runs, at_read, measured, request_s),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
             "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
@@ -592,15 +589,23 @@ def predict_served(
     }
 
 
-def speed_reading(runs: Runs, judged: Profile) -> dict[str, Any]:
-    """The machine's speed read before and after the row (``vllm_speed.speed_fields``),
-    and what the server added to the reading's lone request outside its steps, which
-    every request of the judged prediction carries."""
+def speed_reading(
+    runs: Runs, at_read: dict[str, float], measured: dict[str, float], request_s: float
+) -> dict[str, Any]:
+    """The machine's speed read before each load and after the row
+    (``vllm_speed.speed_fields``), what the server added to the reading's lone request
+    outside its steps (``request_s``), and what the profile at the speeds read predicts
+    for the row (``at_read``), with its errors: the share of the row's error that the
+    machine's drift explains."""
     if runs.speed_before is None:
         return {}
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
-        "request_overhead_s": judged.engine.request_s if judged.engine is not None else 0.0,
+        "request_overhead_s": request_s,
+        "at_speed_read": {
+            "predicted": at_read,
+            "error_pct": {k: error_pct(at_read[k], measured[k]) for k in METRICS},
+        },
     }
 
 

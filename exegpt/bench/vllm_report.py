@@ -45,33 +45,28 @@ def ratios(rows: Sequence[dict[str, Any]], base: str, bound: float) -> dict[str,
 
 
 def speed_readings(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The errors of the rows predicted from the profile as measured at the start of
-    the run, beside the judged ones (at the machine's speed read right before each load,
-    ``vllm_speed.py``); where the speed was read, the factors read (over the profile's
+    """Where the machine's speed was read right before each load (``vllm_speed.py``):
+    the errors of the rows predicted at those speeds, beside the judged ones (from the
+    profile as measured at the start of the run), the factors read (over the profile's
     time per step) and how far the machine moved while a closed loop ran."""
-    as_measured = [
-        r["profile_as_measured"]["error_pct"] for r in rows if "profile_as_measured" in r
-    ]
-    out: dict[str, Any] = {}
-    if as_measured:
-        out["errors_pct_profile_as_measured"] = {
-            k: _stats([e[k] for e in as_measured]) for k in METRICS
-        }
     read = [r["speed_reading"] for r in rows if r.get("speed_reading")]
     if not read:
-        return out
+        return {}
+    at_read = [m["at_speed_read"]["error_pct"] for m in read]
     factors = [m[f"{load}_factor"] for m in read for load in ("poisson", "closed")]
     lone = [m["lone_factor"] for m in read]
     moved = [m["moved_pct"] for m in read if m["moved_pct"] is not None]
-    out["speed_readings"] = {
-        "rows": len(read),
-        "factor_before_min": min(factors),
-        "factor_before_max": max(factors),
-        "lone_factor_min": min(lone),
-        "lone_factor_max": max(lone),
-        "moved_during_row_pct": _stats(moved),
+    return {
+        "errors_pct_at_speed_read": {k: _stats([e[k] for e in at_read]) for k in METRICS},
+        "speed_readings": {
+            "rows": len(read),
+            "factor_before_min": min(factors),
+            "factor_before_max": max(factors),
+            "lone_factor_min": min(lone),
+            "lone_factor_max": max(lone),
+            "moved_during_row_pct": _stats(moved),
+        },
     }
-    return out
 
 
 def summary(rows: Sequence[dict[str, Any]], bounds: dict[str, float]) -> dict[str, Any]:
@@ -182,11 +177,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{ms['lone_factor_max']:.2f}x); it moved by {_num(moved['median_abs_pct'], '.1f')} "
             f"% (worst {_num(moved['worst_abs_pct'], '.1f')} %) while a closed loop ran"
         )
-    if "errors_pct_profile_as_measured" in summ:
+    if "errors_pct_at_speed_read" in summ:
         for key, label, _ in names:
-            e = summ["errors_pct_profile_as_measured"][key]
+            e = summ["errors_pct_at_speed_read"][key]
             lines.append(
-                f"{label:18} error from the profile as measured: median "
+                f"{label:18} error predicted at the speeds read: median "
                 f"{_num(e['median_abs_pct'], '.1f')} %, worst {_num(e['worst_abs_pct'], '.1f')} %"
             )
     for name, b in summ["bounds"].items():

@@ -25,21 +25,22 @@ machine is slower than profiled. A row reads a lone request first, then the batc
 its Poisson run right before that run, then the batch of its closed loop right before
 that loop (:class:`Readings`), and the closed loop's batch again after it.
 
-The row is predicted from its profile at those speeds (``exegpt.bench.speed.
+The row is also predicted from its profile at those speeds (``exegpt.bench.speed.
 at_speed``: every compute table and the engine curve scaled; :func:`at_readings`), each
 load at the speed read right before it, at its batch: a prediction made before the
-load runs, from requests that are not the row's, which leaves the simulator the
-row's batching, schedule, prefills and queueing to predict. The prediction from the
-profile as measured at the start of the run stands beside it, and the reading after
-the closed loop says how far the machine moved while it ran.
+load runs, beside the judged one from the profile as measured at the start of the run;
+the reading after the closed loop says how far the machine moved while it ran. A
+reading is seconds of a machine whose speed moves within seconds, and in the bench's
+records it has explained the drift less often than it has added its own (docs/vllm.md,
+step 5), so it stands beside the judged prediction and does not replace it.
 
 The lone request's end-to-end latency, less what the profile at its speed prices for
 it (its steps, replayed alone through the row's configuration), is what the server adds
 to a request outside the engine's steps: the API server's handling of it before the
-engine sees it, and the delivery of its stream. The row's prediction carries it as its
-profile's ``engine.request_s`` (:func:`at_readings`), which every request's end-to-end
-latency carries; the profile as measured carries the same measured on the probe's lone
-requests with the server's steps (:func:`served_request`).
+engine sees it, and the delivery of its stream. The prediction at the speeds read carries it
+as its profile's ``engine.request_s`` (:func:`at_readings`), which every request's
+end-to-end latency carries; the judged profile carries the same measured on the probe's
+lone requests with the server's steps (:func:`served_request`).
 """
 
 from __future__ import annotations

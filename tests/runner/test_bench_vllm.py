@@ -549,7 +549,7 @@ def _runs(before: Reading | None, after: Reading | None) -> bench.Runs:
     )  # fmt: skip
 
 
-def test_a_row_is_judged_at_the_speed_read_before_each_load_with_the_profile_beside_it(
+def test_a_row_is_judged_on_its_profile_with_the_speeds_read_before_its_loads_beside_it(
     profile: Profile, loose: tuple[Plan, float]
 ) -> None:
     plan, bound = loose
@@ -559,7 +559,6 @@ def test_a_row_is_judged_at_the_speed_read_before_each_load_with_the_profile_bes
 
     plain = bench.evaluate(entry, _runs(None, None), workload, bound, None)
     assert plain["speed_reading"] == {}
-    assert plain["profile_as_measured"]["predicted"] == plain["predicted"]
 
     # the machine twice as slow as profiled at the closed loop's batch before it, 2.2x
     # after it, 3x at the Poisson run's batch
@@ -570,12 +569,12 @@ def test_a_row_is_judged_at_the_speed_read_before_each_load_with_the_profile_bes
     read = row["speed_reading"]
     assert read["factor_before"] == pytest.approx(2.0) and read["moved_pct"] == pytest.approx(10)
     assert read["request_overhead_s"] == 0.0  # the readings carry no request latency
-    assert row["measured"] == plain["measured"]
-    # beside the judged prediction: the profile as measured at the start of the run
-    assert row["profile_as_measured"] == plain["profile_as_measured"]
-    # judged at the speed read: the closed loop's steps twice as long (one stage, one
-    # GPU: no communication to keep), the Poisson run's three times
-    got = row["predicted"]
+    # judged: the profile as measured at the start of the run, reading or not
+    assert row["predicted"] == plain["predicted"]
+    assert row["error_pct"] == plain["error_pct"] and row["measured"] == plain["measured"]
+    # beside it, at the speeds read: the closed loop's steps twice as long (one stage,
+    # one GPU: no communication to keep), the Poisson run's three times
+    got = read["at_speed_read"]["predicted"]
     assert got["throughput_qps"] == pytest.approx(
         plain["predicted"]["throughput_qps"] / 2, rel=1e-6
     )
@@ -586,46 +585,42 @@ def test_a_row_is_judged_at_the_speed_read_before_each_load_with_the_profile_bes
     )  # fmt: skip
     assert got["e2e_p99_s"] == pytest.approx(slower["e2e_p99_s"])
     assert got["e2e_p99_s"] > plain["predicted"]["e2e_p99_s"]
-    assert row["error_pct"]["latency_s"] == pytest.approx(
+    assert read["at_speed_read"]["error_pct"]["latency_s"] == pytest.approx(
         100 * (got["latency_s"] / row["measured"]["latency_s"] - 1)
     )
 
-    # a lone request that took 30 ms beyond its priced steps: every request's e2e
-    # carries them, and nothing else moves
+    # a lone request that took 30 ms beyond its priced steps: every request's e2e at
+    # the speeds read carries them, and nothing else moves
     slow = at_speed(entry.sim.profile, 1.5)
     e2e = lone_request_e2e(slow, entry.sim.request, entry.config) + 0.030
     late = bench.evaluate(
         entry, _runs(_readings(1.5, 3.0, 2.0, e2e), Reading(2.2e-3, 1e-3, batch=8)),
         workload, bound, None,
-    )  # fmt: skip
-    assert late["speed_reading"]["request_overhead_s"] == pytest.approx(0.030)
-    assert late["predicted"]["e2e_p99_s"] == pytest.approx(got["e2e_p99_s"] + 0.030)
-    assert late["predicted"]["throughput_qps"] == got["throughput_qps"]
-    assert late["predicted"]["latency_s"] == got["latency_s"]
+    )["speed_reading"]  # fmt: skip
+    assert late["request_overhead_s"] == pytest.approx(0.030)
+    later = late["at_speed_read"]["predicted"]
+    assert later["e2e_p99_s"] == pytest.approx(got["e2e_p99_s"] + 0.030)
+    assert later["throughput_qps"] == got["throughput_qps"]
+    assert later["latency_s"] == got["latency_s"]
 
 
-def test_the_summary_sets_the_errors_from_the_profile_as_measured_beside_the_judged_ones() -> None:
-    def read(factor: float, moved: float) -> dict[str, Any]:
+def test_the_summary_sets_the_errors_at_the_speeds_read_beside_the_judged_ones() -> None:
+    def read(factor: float, moved: float, error: float) -> dict[str, Any]:
+        errors = {"throughput_qps": error, "latency_s": -error, "e2e_p99_s": 2 * error}
         return {
             "lone_factor": factor - 0.1, "poisson_factor": factor + 0.05,
             "closed_factor": factor, "moved_pct": moved,
+            "at_speed_read": {"predicted": {}, "error_pct": errors},
         }  # fmt: skip
 
-    def as_measured(error: float) -> dict[str, Any]:
-        errors = {"throughput_qps": error, "latency_s": -error, "e2e_p99_s": 2 * error}
-        return {"predicted": {}, "error_pct": errors}
-
     rows = [_row("plan", 30, 60), _row("vllm", 20, 50), _row("static", 10, 20)]
-    s = report.summary(rows, {"tight": 0.5})
-    assert "speed_readings" not in s and "errors_pct_profile_as_measured" not in s
-    for r, error in zip(rows, (20, -30, 10), strict=True):
-        r["profile_as_measured"] = as_measured(error)
-    for r, got in zip(rows, (read(0.8, 5), read(0.7, -12), read(0.9, 1)), strict=True):
+    assert "speed_readings" not in report.summary(rows, {"tight": 0.5})
+    for r, got in zip(rows, (read(0.8, 5, 20), read(0.7, -12, -30), read(0.9, 1, 10)), strict=True):
         r["speed_reading"] = got
     s = report.summary(rows, {"tight": 0.5})
 
-    assert s["errors_pct_profile_as_measured"]["throughput_qps"]["median_abs_pct"] == 20
-    assert s["errors_pct_profile_as_measured"]["e2e_p99_s"]["worst_abs_pct"] == 60
+    assert s["errors_pct_at_speed_read"]["throughput_qps"]["median_abs_pct"] == 20
+    assert s["errors_pct_at_speed_read"]["e2e_p99_s"]["worst_abs_pct"] == 60
     assert s["speed_readings"]["factor_before_min"] == 0.7
     assert s["speed_readings"]["factor_before_max"] == pytest.approx(0.95)
     assert s["speed_readings"]["lone_factor_min"] == pytest.approx(0.6)
