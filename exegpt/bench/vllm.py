@@ -486,16 +486,8 @@ def evaluate(
     served_request = sim.request.model_copy(update={"workload": served})
     # judged: the profile as measured at the start of the run, as the operator predicts
     # from its profile; beside it, the profile at the machine's speed read on the row's
-    # servers right before each load, at the batch it runs (``vllm_speed.at_readings``)
+    # servers right before each load, at the batch it runs (``speed_reading``)
     predicted_served = predict_served(served_request, sim.request, profile, config, poisson)
-    at_read: dict[str, float] = {}
-    request_s = profile.engine.request_s if profile.engine is not None else 0.0
-    if runs.speed_before is not None:
-        closed_at, poisson_at = at_readings(profile, runs.speed_before, sim.request, config)
-        at_read = predict_served(
-            served_request, sim.request, closed_at, config, poisson, poisson_at
-        )
-        request_s = closed_at.engine.request_s if closed_at.engine is not None else 0.0
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -535,7 +527,9 @@ def evaluate(
         "predicted": predicted_served,
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
-        "speed_reading": speed_reading(runs, at_read, measured, request_s),
+        "speed_reading": speed_reading(
+            runs, profile, served_request, sim.request, config, poisson, measured
+        ),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
             "error_pct": {k: error_pct(v, measured_workload[k]) for k, v in pred_workload.items()},
@@ -590,18 +584,26 @@ def predict_served(
 
 
 def speed_reading(
-    runs: Runs, at_read: dict[str, float], measured: dict[str, float], request_s: float
+    runs: Runs,
+    profile: Profile,
+    served: PlanRequest,
+    request: PlanRequest,
+    config: ExecutionConfig,
+    poisson: Sequence[Record],
+    measured: dict[str, float],
 ) -> dict[str, Any]:
     """The machine's speed read before each load and after the row
     (``vllm_speed.speed_fields``), what the server added to the reading's lone request
-    outside its steps (``request_s``), and what the profile at the speeds read predicts
-    for the row (``at_read``), with its errors: the share of the row's error that the
-    machine's drift explains."""
+    outside its steps, and what ``profile`` (as measured at the start of the run)
+    predicts for the row at the speeds read before its loads (``at_readings``), with its
+    errors: the share of the row's error that the machine's drift explains."""
     if runs.speed_before is None:
         return {}
+    closed_at, poisson_at = at_readings(profile, runs.speed_before, request, config)
+    at_read = predict_served(served, request, closed_at, config, poisson, poisson_at)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
-        "request_overhead_s": request_s,
+        "request_overhead_s": closed_at.engine.request_s if closed_at.engine is not None else 0.0,
         "at_speed_read": {
             "predicted": at_read,
             "error_pct": {k: error_pct(at_read[k], measured[k]) for k in METRICS},
