@@ -75,6 +75,19 @@ class Point:
         return (self.server_step_s - self.model_step_s) / self.stages
 
 
+def probe_requests(n: int, rng: np.random.Generator, vocab: int) -> list[Request]:
+    """``n`` requests of ``PROMPT_TOKENS`` random prompt tokens (the three special tokens
+    left out) and ``OUTPUT_TOKENS`` output tokens, each with its own seed."""
+    return [
+        Request(
+            tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
+            OUTPUT_TOKENS,
+            int(rng.integers(0, 2**31)),
+        )
+        for _ in range(n)
+    ]
+
+
 def decode_step(timed: Sequence[Timed]) -> float:
     """Seconds per decode step of requests of ``OUTPUT_TOKENS`` tokens decoded
     together: the median over requests of first token to last token over the tokens
@@ -139,14 +152,7 @@ def measure_overhead(
         for b in batches:
             runs: list[tuple[float, float, float]] = []
             for _ in range(repeats):
-                reqs = [
-                    Request(
-                        tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
-                        OUTPUT_TOKENS,
-                        int(rng.integers(0, 2**31)),
-                    )
-                    for _ in range(b * in_flight)
-                ]
+                reqs = probe_requests(b * in_flight, rng, vocab)
                 before = read_counters(s.engines)["steps"]
                 timed = client.closed_loop(reqs, b * in_flight)
                 steps = read_counters(s.engines)["steps"] - before

@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exegpt.bench.openai_load import Client, Request
+from exegpt.bench.openai_load import Client
 from exegpt.bench.speed import at_speed
-from exegpt.bench.vllm_overhead import OUTPUT_TOKENS, PROMPT_TOKENS, decode_step
+from exegpt.bench.vllm_overhead import OUTPUT_TOKENS, PROMPT_TOKENS, decode_step, probe_requests
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, PlanRequest
 from exegpt.planner.profile import Curve, EngineOverhead, Profile
@@ -99,14 +99,7 @@ def read_speed(
         raise ValueError(f"the priced step must be positive, got {price}")
     steps, e2e = [], []
     for i in range(repeats + 1):  # the first, untimed: a server's first long request is slow
-        requests = [
-            Request(
-                tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
-                OUTPUT_TOKENS,
-                int(rng.integers(0, 2**31)),
-            )
-            for _ in range(batch)
-        ]
+        requests = probe_requests(batch, rng, vocab)
         timed = client.closed_loop(requests, batch)
         if i:
             steps.append(decode_step(timed))
@@ -128,9 +121,9 @@ class Readings:
 
 def speed_fields(before: Readings, after: Reading | None) -> dict[str, float | None]:
     """A row's readings for the report: the factor read before each load at its batch
-    (the one its prediction is priced at) and the lone request's, the factor after the
-    row at the closed loop's batch, and how far the machine moved while the closed loop
-    ran (per cent)."""
+    (the one its prediction at the speeds read is priced at) and the lone request's,
+    the factor after the row at the closed loop's batch, and how far the machine moved
+    while the closed loop ran (per cent)."""
     fields: dict[str, float | None] = {
         "request_e2e_before_s": before.lone.e2e_s,
         "factor_before": before.closed.factor,
