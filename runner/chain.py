@@ -292,6 +292,14 @@ def _ship_kv(m: Member, cmd: Command) -> None:
     m.runner.release(cmd.seq_ids)
 
 
+def _drain_shipping(m: Member) -> None:
+    """Wait until the last shipped caches have been taken. A send that is dropped
+    (its rank's member freed at stop) before the decoder posts its receive is lost,
+    and that decoder waits for it forever."""
+    if m.shipping is not None:
+        m.shipping.flush()
+
+
 def _admit_kv(m: Member, link: Link, cmd: Command) -> None:
     """Decoder ranks: receive the caches of newly encoded sequences."""
     m.runner.release(cmd.release)
@@ -417,6 +425,7 @@ def serve_stage(m: Member, device: torch.device) -> None:
         if cmd.op == Op.STOP:
             _forward(m, link, cmd, None)
             link.flush()
+            _drain_shipping(m)
             return
         tokens = step(m, link, cmd, x)
         if tokens is not None:
@@ -483,6 +492,7 @@ class ChainClient:
         return torch.tensor(flat, dtype=torch.long, device=self.device)
 
     def stop(self) -> None:
-        if self.local is not None and self.local.group is None and self.chain.stages == 1:
-            return
-        self.run([(Command(Op.STOP), None)])
+        if self.local is None or self.local.group is not None or self.chain.stages > 1:
+            self.run([(Command(Op.STOP), None)])
+        if self.local is not None:
+            _drain_shipping(self.local)

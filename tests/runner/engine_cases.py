@@ -166,3 +166,30 @@ def stress(engine: Any, requests: list[tuple[tuple[int, ...], int, bool]]) -> Ou
 def stress_worker(rank: int, world: int, specs: list[ReplicaSpec], seed: int) -> Any:
     """``stress_requests(seed)`` on every spec's replica in turn."""
     return _each_spec(rank, specs, lambda engine: stress(engine, stress_requests(seed)))
+
+
+def _slow_admissions(delay_s: float) -> None:
+    """Make this rank take its admitted caches ``delay_s`` late (a busy decoder)."""
+    from exegpt.runner import chain
+
+    admit = chain._admit_kv
+
+    def late(*args: Any) -> None:
+        time.sleep(delay_s)
+        admit(*args)
+
+    chain._admit_kv = late  # type: ignore[assignment]
+
+
+def one_token_late_admission_worker(rank: int, world: int, spec: ReplicaSpec) -> Any:
+    """A request that ends at its prefill (one output token) while the decoder rank
+    (the last) admits its caches late: the engine stops before the decoder takes them."""
+    if rank == world - 1:
+        _slow_admissions(0.5)
+
+    def one(engine: Any) -> Outcome:
+        got = _Collector(1)
+        engine.submit(GenerationRequest(tuple(PROMPTS[6]), 1), got.sink(0))
+        return got.wait([])
+
+    return _each_spec(rank, [spec], one)

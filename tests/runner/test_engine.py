@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from engine_cases import LENGTHS, PROMPTS, config, drive, world_worker
+from engine_cases import (
+    LENGTHS,
+    PROMPTS,
+    config,
+    drive,
+    one_token_late_admission_worker,
+    world_worker,
+)
 from tiny import hf_greedy, save_hf
 
 from exegpt.runner.config import ModelConfig
@@ -95,6 +102,20 @@ def test_spawned_workload_aware_moves_caches_between_different_layouts(models: A
     by_layer, by_head = results[0]
     assert by_layer.tokens == opt_ref
     assert by_head.tokens == llama_ref
+
+
+@pytest.mark.slow
+def test_stopping_waits_until_the_decoder_took_the_last_shipped_caches(models: Any) -> None:
+    """Encoders stopped while the decoder is yet to take their last caches (a request
+    that ended at its prefill) wait for it: a send dropped with its rank's state is
+    lost, and the decoder would wait for it forever."""
+    llama, llama_ref = models["llama"]
+    assert LENGTHS[6] == 1
+    spec = spec_for(llama, config("WorkloadAware", encode_gpus=2, encode_tp=2, decode_gpus=1,
+                                  encode_batch=3, decode_batch=5))  # fmt: skip
+    results = launch(one_token_late_admission_worker, 3, spec, timeout_s=60)
+    assert results[0][0].tokens == [llama_ref[6]]
+    assert results[1:] == [[None], [None]]
 
 
 @pytest.mark.slow
