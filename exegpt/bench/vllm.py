@@ -148,7 +148,7 @@ class Mode:
     bounds: tuple[str, ...]
     fidelity_bounds: tuple[str, ...] = ()  # bounds whose pipeline and WA rows run
     overhead_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 96)  # the server's steps at
-    overhead_repeats: int = 3
+    overhead_repeats: int = 7
     # the pipeline and WorkloadAware rows' servers' steps measured at
     overhead_batches_shaped: tuple[int, ...] = (1, 8)
     reuse_measured: bool = False  # reuse the last profile and overhead of this machine

@@ -28,8 +28,9 @@ from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
 # How the server's steps are measured (``vllm_overhead``); a change makes kept
 # measurements stale. 2: the median of the repeated runs at each batch (the least before);
 # 3: batches 1, 2, 4, 8, 16, 32 and 96 (--quick 1, 4, 8, 32), joined point to point;
-# 4: each batch's requests' end-to-end latency kept (what the server adds to a request).
-MEASUREMENT = 4
+# 4: each batch's requests' end-to-end latency kept (what the server adds to a request);
+# 5: the batches measured in turn, seven times over (three runs of one batch in a row).
+MEASUREMENT = 5
 
 
 @dataclass(frozen=True)

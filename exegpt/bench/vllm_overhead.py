@@ -19,8 +19,9 @@ not spread over the decode steps (the prefill is priced from the profile's encod
 ``CostModel.mixed_iteration``). The server's decode step less the profile's model step
 at that batch and mean context (its step without its ``engine`` curve) is what serving
 adds; the median of ``repeats`` runs at each batch (as the profile keeps the median of
-its timings), joined point to point (``with_overhead``), replaces the profile's
-``engine`` curve. The engine's step counter (``/metrics``) is kept beside, as a check
+its timings; the batches taken in turn, ``probe_order``), made non-decreasing in the
+batch and joined point to point (``with_overhead``), replaces the profile's ``engine``
+curve. The engine's step counter (``/metrics``) is kept beside, as a check
 that the batch decoded together.
 
 A server of another shape adds something else to a step: a pipeline's engine core
@@ -104,14 +105,15 @@ def model_step(profile: Profile, batch: int, context: int) -> float:
 
 def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
     """``profile`` with its engine curve replaced by the piecewise-linear curve through
-    ``points`` (never below zero; linear beyond the first and last batch). Not a line
+    ``points`` (never below zero, never falling as the batch grows: ``non_decreasing``;
+    linear beyond the first and last batch). Not a line
     fitted through them: what serving adds is not linear in the batch (here 0.65, 1.56,
     1.60 and 6.71 ms at batches 1, 8, 32 and 96), and a line that the largest batch
     pulls priced the small batches' steps, where a tight bound's configurations run,
     about 10 % short."""
     ordered = sorted(points, key=lambda p: p.batch)
     batches = [p.batch for p in ordered]
-    seconds = [max(p.overhead_s, 0.0) for p in ordered]
+    seconds = non_decreasing([max(p.overhead_s, 0.0) for p in ordered])
     engine = EngineOverhead(step=Curve(x=[float(b) for b in batches], seconds=seconds))
     note = (
         f"engine curve measured through vLLM's OpenAI server: {1e3 * seconds[0]:.2f} ms per "
@@ -120,6 +122,23 @@ def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
     notes = "; ".join(x for x in (profile.provenance.notes, note) if x)
     provenance = profile.provenance.model_copy(update={"notes": notes})
     return profile.model_copy(update={"engine": engine, "provenance": provenance})
+
+
+def non_decreasing(values: Sequence[float]) -> list[float]:
+    """The least-squares non-decreasing sequence through ``values`` (adjacent values that
+    fall are pooled to their mean). What serving adds to a step grows with the
+    sequences it streams; a measured batch below a smaller one is the machine's drift
+    between the two measurements (at batch 4: 0.28 to 1.54 ms over the day's runs, each
+    a fraction of a second long), and the configurations run near that batch were priced
+    short or long by it."""
+    blocks: list[tuple[float, int]] = []  # (mean, count)
+    for v in values:
+        mean, count = float(v), 1
+        while blocks and blocks[-1][0] > mean:
+            m, c = blocks.pop()
+            mean, count = (m * c + mean * count) / (c + count), c + count
+        blocks.append((mean, count))
+    return [m for m, c in blocks for _ in range(c)]
 
 
 def measure_overhead(
@@ -146,26 +165,34 @@ def measure_overhead(
     stages = probe.config.pipeline_stages
     points = []
     workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict[int, list[tuple[float, float, float]]] = {b: [] for b in batches}
     with serve(probe, model_dir, max_input, max_output, workdir, environment) as s:
         client = Client(s.url, "bench")
         client.warm()
-        for b in batches:
-            runs: list[tuple[float, float, float]] = []
-            for _ in range(repeats):
-                reqs = probe_requests(b * in_flight, rng, vocab)
-                before = read_counters(s.engines)["steps"]
-                timed = client.closed_loop(reqs, b * in_flight)
-                steps = read_counters(s.engines)["steps"] - before
-                e2e = statistics.median(t.finished - t.arrival for t in timed)
-                runs.append((decode_step(timed), steps, e2e))
-            if runs:
-                # the run of the median step (the lower middle one of an even count): the
-                # step a server takes as it serves, not its fastest (the profile's steps
-                # are medians too)
-                step_s, steps, _ = statistics.median_low(runs)
-                request_s = statistics.median(r[2] for r in runs)
-                points.append(Point(b, steps, step_s, price(b, context), stages, request_s))
+        for b in probe_order(batches, repeats):
+            reqs = probe_requests(b * in_flight, rng, vocab)
+            before = read_counters(s.engines)["steps"]
+            timed = client.closed_loop(reqs, b * in_flight)
+            steps = read_counters(s.engines)["steps"] - before
+            e2e = statistics.median(t.finished - t.arrival for t in timed)
+            runs[b].append((decode_step(timed), steps, e2e))
+    for b in batches:
+        if runs[b]:
+            # the run of the median step (the lower middle one of an even count): the
+            # step a server takes as it serves, not its fastest (the profile's steps
+            # are medians too)
+            step_s, steps, _ = statistics.median_low(runs[b])
+            request_s = statistics.median(r[2] for r in runs[b])
+            points.append(Point(b, steps, step_s, price(b, context), stages, request_s))
     return points, time.monotonic() - start
+
+
+def probe_order(batches: Sequence[int], repeats: int) -> list[int]:
+    """The batches in the order they are measured: every batch once, ``repeats`` times
+    over, so that each batch's median spans the whole probe and the machine's drift
+    (several per cent within a minute here) spreads over every batch alike, instead of
+    one batch's runs falling together into a slow or a fast moment."""
+    return [b for _ in range(repeats) for b in batches]
 
 
 def stock_config(batches: Sequence[int]) -> ExecutionConfig:

@@ -29,7 +29,14 @@ from exegpt.bench.openai_load import Client, Request, RequestFailed, Timed, make
 from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
 from exegpt.bench.speed import at_speed
-from exegpt.bench.vllm_overhead import Point, decode_step, model_step, with_overhead
+from exegpt.bench.vllm_overhead import (
+    Point,
+    decode_step,
+    model_step,
+    non_decreasing,
+    probe_order,
+    with_overhead,
+)
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
 from exegpt.bench.vllm_speed import (
     CONTEXT,
@@ -384,6 +391,30 @@ def test_what_serving_adds_is_priced_at_each_measured_batch_not_on_a_fitted_line
     faster = [Point(1, 96, 1e-3, 2e-3), Point(8, 96, 5e-3, 4e-3)]
     curve = with_overhead(profile, faster).engine
     assert curve is not None and curve.step.at(1) == 0.0 and curve.step.at(8) == pytest.approx(1e-3)
+
+
+def test_a_measured_batch_below_a_smaller_one_is_pooled_with_it(profile: Profile) -> None:
+    # as measured at 17:34 UTC: batch 4 below batch 2 (the machine's drift between them)
+    adds = {1: 0.37e-3, 2: 0.97e-3, 4: 0.28e-3, 8: 1.22e-3, 16: 1.15e-3, 32: 2.89e-3}
+    points = [Point(b, 96, model_step(profile, b, 80) + a, model_step(profile, b, 80))
+              for b, a in adds.items()]  # fmt: skip
+    curve = with_overhead(profile, points).engine
+    assert curve is not None
+    got = [curve.step.at(b) for b in adds]
+    assert got == pytest.approx([0.37e-3, 0.625e-3, 0.625e-3, 1.185e-3, 1.185e-3, 2.89e-3])
+    assert got == sorted(got)
+
+
+def test_non_decreasing_is_the_least_squares_fit_that_never_falls() -> None:
+    assert non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert non_decreasing([3.0, 1.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert non_decreasing([1.0, 4.0, 2.0, 0.0, 5.0]) == pytest.approx([1.0, 2.0, 2.0, 2.0, 5.0])
+    assert non_decreasing([]) == []
+
+
+def test_the_probe_takes_the_batches_in_turn() -> None:
+    assert probe_order((1, 8, 32), 3) == [1, 8, 32, 1, 8, 32, 1, 8, 32]
+    assert probe_order((4,), 2) == [4, 4]
 
 
 def test_a_shapes_overhead_is_charged_once_per_stage(profile: Profile) -> None:
