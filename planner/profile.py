@@ -279,6 +279,14 @@ class EngineOverhead(BaseModel):
         "(the API server's handling of it before the engine sees it, and the delivery of "
         "its tokens): added to every request's end-to-end latency",
     )
+    handover_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds a WorkloadAware decode instance's steps grow by for each "
+        "request handed over to it (taking in the prompt's KV cache, computing its last "
+        "token, and where the instances share a host's cores, the prefill side's work for "
+        "it): charged to the decode step the request joins",
+    )
 
 
 class Provenance(BaseModel):

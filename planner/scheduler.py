@@ -301,6 +301,7 @@ def _workload_aware_upper_bound(
     its encoders, each at its most efficient batch."""
     enc, dec = sim.workload_aware_groups(base)
     decode = _decode_time_per_query(sim, dec, dec, base.micro_batches, bound, "decode")
+    decode += sim.handover  # each query's hand-over, whatever the batch
     encode = _encode_time_per_query(sim, enc, enc, bound, "encode", 2.0)
     slowest = max(decode, encode)
     return base.replicas * UB_MARGIN / slowest if slowest > 0 else float("inf")

@@ -59,6 +59,8 @@ class Simulator:
         self.tp_degrees = set(profile.tp_degrees)
         # What a request spends in the server outside the engine's steps (its e2e only).
         self.request_overhead = profile.engine.request_s if profile.engine is not None else 0.0
+        # What a WorkloadAware decode instance's steps take per request handed over.
+        self.handover = profile.engine.handover_s if profile.engine is not None else 0.0
 
     # -- public -----------------------------------------------------------------------
     def evaluate(self, config: ExecutionConfig) -> Prediction:

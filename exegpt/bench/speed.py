@@ -121,7 +121,7 @@ def _grid(g: Grid, factor: float) -> Grid:
 
 def at_speed(profile: Profile, factor: float) -> Profile:
     """``profile`` on a machine ``factor`` times as slow: every compute table and what the
-    engine adds (to a step and to a request) scaled (communication kept as it is)."""
+    engine adds (to a step, a request and a hand-over) scaled (communication kept as it is)."""
     if factor <= 0:
         raise ValueError(f"factor must be positive, got {factor}")
     tables = {
@@ -134,7 +134,9 @@ def at_speed(profile: Profile, factor: float) -> Profile:
     }
     engine = (
         EngineOverhead(
-            step=_curve(profile.engine.step, factor), request_s=profile.engine.request_s * factor
+            step=_curve(profile.engine.step, factor),
+            request_s=profile.engine.request_s * factor,
+            handover_s=profile.engine.handover_s * factor,
         )
         if profile.engine
         else None

@@ -96,10 +96,13 @@ from exegpt.bench.vllm_measured import save as save_measured
 from exegpt.bench.vllm_overhead import (
     Point,
     describe,
+    describe_handover,
+    handover_cost,
     measure_overhead,
     model_step,
     stock_config,
     stock_probe,
+    with_handover,
     with_overhead,
 )
 from exegpt.bench.vllm_profile import CPU_MODEL
@@ -748,7 +751,7 @@ def shape_probe(entry: Entry, batches: Sequence[int]) -> Plan:
     return as_plan(entry.plan, config)
 
 
-def shape_price(entry: Entry, bare: Profile) -> Callable[[int, int], float]:
+def shape_price(entry: Entry, bare: Profile) -> Callable[[float, float], float]:
     """The model's decode iteration at a context through every stage of ``entry``'s
     pipeline, ``batch`` sequences in each of its micro-batches (``CostModel.iteration``),
     without an engine curve: what a probe of its shape (``shape_probe``) is compared
@@ -786,12 +789,14 @@ def measure_shapes(
             out.append((name, e))
             continue
         probe = shape_probe(e, mode.overhead_batches_shaped)
+        pair = probe.config.strategy == "WorkloadAware"
         try:
-            points, seconds = measure_overhead(
+            points, seconds, loads = measure_overhead(
                 probe, shape_price(e, bare), model_dir, workload.input.max,
                 workload.output.max, root / f"overhead-{e.role}", environment,
                 mode.overhead_batches_shaped, mode.overhead_repeats, rng,
                 bare.architecture.vocab_size, in_flight=probe.config.micro_batches,
+                handover_batch=max(mode.overhead_batches_shaped) if pair else None,
             )  # fmt: skip
         except Exception as exc:
             shapes[e.role] = {"failed": failure(exc)}
@@ -804,6 +809,11 @@ def measure_shapes(
             "seconds": seconds,
         }
         shaped = with_overhead(bare, points)
+        if loads:
+            handover = handover_cost([s for s, _ in loads], [lg for _, lg in loads])
+            shapes[e.role]["handover"] = describe_handover(handover, loads)
+            log(f"a hand-over costs the decode server's step {1e3 * handover:.2f} ms")
+            shaped = with_handover(shaped, handover)
         if probe.config.micro_batches == 1:
             shaped = served_by_probe(shaped, points, e.sim.request, probe.config)
         else:  # its lone requests travel alone, not as the probe's two batches: the server's
@@ -831,8 +841,9 @@ def measure(
     template = schedule(plan_request(architecture, workload, None), bare)
     if not isinstance(template, Plan):
         raise RuntimeError(f"nothing can be planned: {template.message}")
-    points, overhead_s = measure_overhead(
-        stock_probe(template, mode.overhead_batches), lambda b, n: model_step(bare, b, n),
+    points, overhead_s, _ = measure_overhead(
+        stock_probe(template, mode.overhead_batches),
+        lambda b, n: model_step(bare, round(b), round(n)),
         model_dir, workload.input.max, workload.output.max, root / "overhead", environment,
         mode.overhead_batches, mode.overhead_repeats, rng, architecture.vocab_size,
     )  # fmt: skip

@@ -34,6 +34,15 @@ then one iteration of both; the model's iteration is ``CostModel.iteration`` at 
 micro-batches, and what serving adds is charged once per stage and micro-batch, as the
 cost model charges the engine curve), and a WorkloadAware pair whose decode server's
 steps are timed through the router.
+
+A WorkloadAware pair also pays for every request it hands over, on the decode server's
+steps: the prompt's KV cache taken in, its last token computed, and here the prefill
+server's and the router's work for the request on the same cores. Its probe therefore
+also runs requests that join and leave (``handover_cost``): closed loops of
+``batch + 2`` requests in flight over a decode batch of ``batch``, with long outputs
+and with short ones, in turn; the short ones join four times as often, and the
+difference of their decode steps (each less the model's step at its batch and context)
+per join is what a hand-over costs (the profile's ``engine.handover_s``).
 """
 
 from __future__ import annotations
@@ -143,7 +152,7 @@ def non_decreasing(values: Sequence[float]) -> list[float]:
 
 def measure_overhead(
     probe: Plan,
-    price: Callable[[int, int], float],
+    price: Callable[[float, float], float],
     model_dir: Path,
     max_input: int,
     max_output: int,
@@ -154,18 +163,22 @@ def measure_overhead(
     rng: np.random.Generator,
     vocab: int,
     in_flight: int = 1,
-) -> tuple[list[Point], float]:
+    handover_batch: int | None = None,
+) -> tuple[list[Point], float, list[tuple[Churn, Churn]]]:
     """The step of ``probe``'s servers at each of ``batches`` sequences per step (with
     ``in_flight`` batches in flight, as many times the requests), beside ``price`` (the
     model's step of such batches at a context through every stage of ``probe``'s
     pipeline, without the engine curve), and the seconds the measurement took (the
-    servers' start included)."""
+    servers' start included). With ``handover_batch``, also ``repeats`` pairs of loads
+    that join and leave a decode batch of that size (short outputs, long outputs:
+    ``churn``; ``handover_cost`` reads what a hand-over costs from them)."""
     start = time.monotonic()
     context = PROMPT_TOKENS + OUTPUT_TOKENS // 2
     stages = probe.config.pipeline_stages
     points = []
     workdir.mkdir(parents=True, exist_ok=True)
     runs: dict[int, list[tuple[float, float, float]]] = {b: [] for b in batches}
+    loads: list[tuple[Churn, Churn]] = []
     with serve(probe, model_dir, max_input, max_output, workdir, environment) as s:
         client = Client(s.url, "bench")
         client.warm()
@@ -176,6 +189,12 @@ def measure_overhead(
             steps = read_counters(s.engines)["steps"] - before
             e2e = statistics.median(t.finished - t.arrival for t in timed)
             runs[b].append((decode_step(timed), steps, e2e))
+        if handover_batch is not None:
+            b = handover_batch
+            for _ in range(repeats):
+                short = churn(client, b, churn_requests(24 * b, SHORT_OUTPUTS, rng, vocab), price)
+                long = churn(client, b, churn_requests(6 * b, LONG_OUTPUTS, rng, vocab), price)
+                loads.append((short, long))
     for b in batches:
         if runs[b]:
             # the run of the median step (the lower middle one of an even count): the
@@ -184,7 +203,95 @@ def measure_overhead(
             step_s, steps, _ = statistics.median_low(runs[b])
             request_s = statistics.median(r[2] for r in runs[b])
             points.append(Point(b, steps, step_s, price(b, context), stages, request_s))
-    return points, time.monotonic() - start
+    return points, time.monotonic() - start, loads
+
+
+@dataclass(frozen=True)
+class Churn:
+    """A closed loop of requests joining and leaving a decode batch: the requests'
+    decode step (median), the joins per step at a full batch, and the model's step at
+    that batch and the loop's mean context (no engine curve)."""
+
+    step_s: float
+    joins_per_step: float
+    model_step_s: float
+
+    @property
+    def residual_s(self) -> float:
+        return self.step_s - self.model_step_s
+
+
+# outputs of the hand-over probe's loads: long (as the lockstep probe's, spread) and
+# short (a quarter of it), so that the short ones join four times as often
+LONG_OUTPUTS = (OUTPUT_TOKENS // 2, OUTPUT_TOKENS * 3 // 2)
+SHORT_OUTPUTS = (OUTPUT_TOKENS // 8, OUTPUT_TOKENS * 3 // 8)
+
+
+def churn_requests(
+    n: int, outputs: tuple[int, int], rng: np.random.Generator, vocab: int
+) -> list[Request]:
+    """``n`` requests of ``PROMPT_TOKENS`` random prompt tokens and outputs uniform over
+    ``outputs`` (both ends included), each with its own seed."""
+    lo, hi = outputs
+    return [
+        Request(
+            tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
+            int(rng.integers(lo, hi + 1)),
+            int(rng.integers(0, 2**31)),
+        )
+        for _ in range(n)
+    ]
+
+
+def churn(
+    client: Client, batch: int, reqs: Sequence[Request], price: Callable[[float, float], float]
+) -> Churn:
+    """``reqs`` served as a closed loop of ``batch + 2`` in flight over a decode batch of
+    ``batch`` (the two extra keep it full while a request is handed over)."""
+    timed = client.closed_loop(reqs, batch + 2)
+    mean_output = statistics.fmean(r.max_tokens for r in reqs)
+    # a request decodes in `max_tokens` steps of the decode server, the first computing
+    # its last prompt token
+    context = PROMPT_TOKENS + mean_output / 2
+    return Churn(decode_step(timed), batch / mean_output, price(batch, context))
+
+
+def handover_cost(short: Sequence[Churn], long: Sequence[Churn]) -> float:
+    """Seconds a hand-over adds to the decode step it joins: the difference between the
+    short and the long loads' residual steps (the median of each; the model's step at
+    their contexts taken out) over their difference in joins per step; never below 0."""
+    if not short or not long:
+        raise ValueError("a hand-over's cost needs short and long loads")
+    dj = statistics.median(c.joins_per_step for c in short) - statistics.median(
+        c.joins_per_step for c in long
+    )
+    if dj <= 0:
+        raise ValueError("the short loads must join more often than the long ones")
+    dr = statistics.median(c.residual_s for c in short) - statistics.median(
+        c.residual_s for c in long
+    )
+    return max(dr / dj, 0.0)
+
+
+def with_handover(profile: Profile, seconds: float) -> Profile:
+    """``profile`` whose hand-over to a WorkloadAware decode server costs ``seconds``
+    (``engine.handover_s``; a profile without an engine curve gets a flat zero one)."""
+    engine = profile.engine or EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]))
+    return profile.model_copy(update={"engine": engine.model_copy(update={"handover_s": seconds})})
+
+
+def describe_handover(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:
+    def one(c: Churn) -> dict[str, float]:
+        return {
+            "step_s": c.step_s,
+            "joins_per_step": c.joins_per_step,
+            "model_step_s": c.model_step_s,
+        }
+
+    return {
+        "seconds": seconds,
+        "loads": [{"short": one(s), "long": one(lg)} for s, lg in loads],
+    }
 
 
 def probe_order(batches: Sequence[int], repeats: int) -> list[int]:

@@ -142,9 +142,8 @@ def speed_fields(before: Readings, after: Reading | None) -> dict[str, float | N
 def with_request_overhead(profile: Profile, seconds: float) -> Profile:
     """``profile`` with ``seconds`` as what the server adds to every request outside the
     engine's steps (``engine.request_s``)."""
-    step = profile.engine.step if profile.engine is not None else Curve(x=[1.0], seconds=[0.0])
-    engine = EngineOverhead(step=step, request_s=seconds)
-    return profile.model_copy(update={"engine": engine})
+    engine = profile.engine or EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]))
+    return profile.model_copy(update={"engine": engine.model_copy(update={"request_s": seconds})})
 
 
 def lone_request_e2e(profile: Profile, request: PlanRequest, config: ExecutionConfig) -> float:

@@ -4,9 +4,11 @@ Analytic: the encoders encode batches back to back, each a step through the enco
 pipeline priced at the prompt lengths the engine batches (the next encoding starts
 when the pipeline is free for it: after the whole pass with fill-and-drain steps);
 each encoder stage sends its layers' KV to the decoders, overlapping the next
-encoding. The decoders keep a decode batch of up to ``B_D``. Throughput is the
-slowest of encoding, KV transfer and decoding; when encoding is the bottleneck the
-decode batch settles below ``B_D`` (found on the flow balance).
+encoding. The decoders keep a decode batch of up to ``B_D``; every query handed over
+adds the profile's ``engine.handover_s`` to the decode step it joins (on average
+``batch / mean_steps`` joins per iteration). Throughput is the slowest of encoding, KV
+transfer and decoding; when encoding is the bottleneck the decode batch settles below
+``B_D`` (found on the flow balance).
 """
 
 from __future__ import annotations
@@ -54,19 +56,24 @@ class WorkloadAware:
         t_kv = k.kv_transfer(b_e, m.mean_input, links, inter)
         lam = b_e / max(enc_period, t_kv, 1e-12)
 
+        def iteration(batch: float) -> float:
+            # the decode step, with the hand-overs of the queries joining it
+            joins = batch / m.mean_steps
+            return k.iteration(dec, batch, m.mean_context, micro) + joins * sim.handover
+
         def decode_rate(batch: float) -> float:
-            return batch / max(m.mean_steps * k.iteration(dec, batch, m.mean_context, micro), 1e-12)
+            return batch / max(m.mean_steps * iteration(batch), 1e-12)
 
         batch = float(c.decode_batch)
         if m.mean_steps <= 0:
             qps, t_iter = lam, 0.0
         elif lam >= decode_rate(batch):
             qps = decode_rate(batch)
-            t_iter = k.iteration(dec, batch, m.mean_context, micro)
+            t_iter = iteration(batch)
         else:
             batch = settle(decode_rate, lam, batch)
             qps = lam
-            t_iter = k.iteration(dec, batch, m.mean_context, micro)
+            t_iter = iteration(batch)
         latency = enc_lat + t_kv + (m.steps_p99 + 1) * t_iter
         memory = sim.workload_aware_memory(c)
         return sim.finish(c, qps, latency, latency + enc_period, memory, batch)
@@ -115,9 +122,11 @@ class WorkloadAware:
             # Join whatever has arrived at the decoders, up to the decode batch.
             if not batch.size and ready_ids and ready_t[0] > t:
                 t = ready_t[0]
+            joined = 0
             while ready_ids and ready_t[0] <= t and batch.size < cap:
                 take, rest = ready_ids[0][: cap - batch.size], ready_ids[0][cap - batch.size :]
                 batch.join(take, log, ins)
+                joined += take.size
                 waiting -= take.size
                 if rest.size:
                     ready_ids[0] = rest
@@ -129,7 +138,7 @@ class WorkloadAware:
                     t = max(t, enc_free, float(log.arrival[nxt]))
                 continue
             start_t = t
-            t = pipe.decode(t, dec, batch.size, batch.context(), micro)
+            t = pipe.decode(t, dec, batch.size, batch.context(), micro) + joined * an.handover
             log.note_batch(batch.size, t - start_t)
             batch.step(t, log)
 

@@ -30,11 +30,19 @@ from exegpt.bench.paper import static_latency_percentiles
 from exegpt.bench.runner import bench_workload
 from exegpt.bench.speed import at_speed
 from exegpt.bench.vllm_overhead import (
+    LONG_OUTPUTS,
+    PROMPT_TOKENS,
+    SHORT_OUTPUTS,
+    Churn,
     Point,
+    churn,
+    churn_requests,
     decode_step,
+    handover_cost,
     model_step,
     non_decreasing,
     probe_order,
+    with_handover,
     with_overhead,
 )
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
@@ -46,6 +54,7 @@ from exegpt.bench.vllm_speed import (
     lone_request_e2e,
     read_speed,
     speed_fields,
+    with_request_overhead,
 )
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.costs import Group
@@ -423,6 +432,104 @@ def test_a_shapes_overhead_is_charged_once_per_stage(profile: Profile) -> None:
     assert [p.overhead_s for p in points] == pytest.approx([1e-3, 1e-3])
     served = with_overhead(profile, points)
     assert served.engine is not None and served.engine.step.at(4) == pytest.approx(1e-3)
+
+
+# -- what a WorkloadAware pair's hand-over costs its decode server ---------------------------
+
+
+def _decode_server(joins: float, context: float, handover: float) -> Churn:
+    """A load on a decode server whose step is the model's (2 ms plus 10 us a token of
+    context), 1 ms of serving, and ``handover`` per join."""
+    model = 2e-3 + 1e-5 * context
+    return Churn(model + 1e-3 + joins * handover, joins, model)
+
+
+def test_a_hand_over_costs_what_the_short_loads_add_per_join() -> None:
+    short = [_decode_server(8 / 24, 44, 0.012) for _ in range(3)]
+    long = [_decode_server(8 / 96, 80, 0.012) for _ in range(3)]
+    # the model's step at each load's context is taken out: its shorter contexts do not
+    # hide part of the cost
+    assert handover_cost(short, long) == pytest.approx(0.012)
+    # the median of each: one round caught in a slow moment moves nothing
+    slow = Churn(short[0].step_s * 1.4, short[0].joins_per_step, short[0].model_step_s)
+    assert handover_cost([*short[:2], slow], long) == pytest.approx(0.012)
+    # a pair whose hand-over is free reads 0, never less
+    assert handover_cost([_decode_server(8 / 24, 44, 0.0)], long[:1]) == pytest.approx(0.0)
+    faster = Churn(short[0].model_step_s, short[0].joins_per_step, short[0].model_step_s)
+    assert handover_cost([faster], long) == 0.0
+    with pytest.raises(ValueError, match="join more often"):
+        handover_cost(long, short)
+    with pytest.raises(ValueError, match="short and long"):
+        handover_cost([], long)
+
+
+def test_the_hand_over_loads_keep_a_full_batch_joining_and_leaving(streaming: str) -> None:
+    rng = np.random.default_rng(0)
+    short = churn_requests(48, SHORT_OUTPUTS, rng, 2048)
+    long = churn_requests(12, LONG_OUTPUTS, rng, 2048)
+    assert all(len(r.prompt) == PROMPT_TOKENS for r in short + long)
+    assert {r.max_tokens for r in short} <= set(range(SHORT_OUTPUTS[0], SHORT_OUTPUTS[1] + 1))
+    assert {r.max_tokens for r in long} <= set(range(LONG_OUTPUTS[0], LONG_OUTPUTS[1] + 1))
+    assert len({r.seed for r in short}) == 48
+
+    # on the stand-in server (a token every 2 ms): each request joins once and stays as
+    # many steps as its tokens, so a full batch of 2 sees 2 / mean output joins a step
+    priced: list[tuple[float, float]] = []
+
+    def price(b: float, n: float) -> float:
+        priced.append((b, n))
+        return 1e-3
+
+    load = churn(Client(streaming, "bench"), 2, short[:8], price)
+    mean = sum(r.max_tokens for r in short[:8]) / 8
+    assert load.joins_per_step == pytest.approx(2 / mean)
+    assert priced == [(2, PROMPT_TOKENS + mean / 2)]
+    assert load.model_step_s == 1e-3
+    assert 0.002 <= load.step_s < 0.02
+
+
+def test_a_profile_carries_the_hand_over_through_every_rewrite(profile: Profile) -> None:
+    served = with_handover(with_overhead(profile, [Point(1, 96, 5e-3, 4e-3)]), 0.012)
+    assert served.engine is not None and served.engine.handover_s == 0.012
+    assert served.engine.step.at(1) == pytest.approx(1e-3)
+    # what the server adds to a request is set beside it, not in its place
+    both = with_request_overhead(served, 0.02)
+    assert both.engine is not None
+    assert (both.engine.handover_s, both.engine.request_s) == (0.012, 0.02)
+    # a slower machine hands over slower too
+    slow = at_speed(both, 1.5).engine
+    assert slow is not None and slow.handover_s == pytest.approx(0.018)
+    assert with_handover(profile.model_copy(update={"engine": None}), 0.01).engine is not None
+
+
+def test_only_the_workload_aware_pair_is_measured_handing_over(
+    profile: Profile, by: dict[str, bench.Entry], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    asked: dict[str, int | None] = {}
+
+    def measured(probe: Plan, *args: Any, handover_batch: int | None = None, **kw: Any) -> Any:
+        asked[probe.config.strategy] = handover_batch
+        points = [Point(b, 96, 6e-3 + 1e-4 * b, 4e-3 + 1e-4 * b) for b in (1, 8)]
+        loads = []
+        if handover_batch is not None:
+            loads = [(_decode_server(8 / 24, 44, 0.01), _decode_server(8 / 96, 80, 0.01))] * 3
+        return points, 1.0, loads
+
+    monkeypatch.setattr(bench, "measure_overhead", measured)
+    entries = [(r, by[r]) for r in ("plan", "pipeline", "workload-aware")]
+    out, shapes = bench.measure_shapes(
+        entries, profile, tmp_path, bench_workload(), bench.FULL, tmp_path, {},
+        np.random.default_rng(0), lambda _: None,
+    )  # fmt: skip
+    assert asked == {"RoundRobin": None, "WorkloadAware": 8}
+    got = {name: e.sim.profile.engine for name, e in out}
+    assert got["workload-aware"] is not None and got["pipeline"] is not None
+    assert got["workload-aware"].handover_s == pytest.approx(0.01)
+    assert got["pipeline"].handover_s == 0.0
+    assert out[0][1] is by["plan"]  # a one-server row keeps its profile
+    assert shapes["workload-aware"]["handover"]["seconds"] == pytest.approx(0.01)
+    assert len(shapes["workload-aware"]["handover"]["loads"]) == 3
+    assert "handover" not in shapes["pipeline"]
 
 
 def test_the_servers_decode_step_leaves_out_the_connections_and_the_prefill() -> None:
