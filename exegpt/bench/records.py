@@ -83,8 +83,14 @@ def steady_window(records: Sequence[Record], concurrency: int) -> Window:
     of completions, at least ``concurrency``) to the last completion that was followed
     by a new submission (the ``n - concurrency``-th); both ends are completion times,
     so that a strategy finishing requests in bursts (Static) is counted in whole bursts."""
-    n = len(records)
-    done = sorted(r.finished for r in records)
+    return window_of([r.finished for r in records], concurrency)
+
+
+def window_of(finished: Sequence[float], concurrency: int) -> Window:
+    """:func:`steady_window` of a closed loop whose requests finished at ``finished``
+    (a real run's or a replay's)."""
+    n = len(finished)
+    done = sorted(finished)
     first = max(math.ceil(WARMUP_FRACTION * n), concurrency)
     last = n - concurrency
     if last - first < 2:

@@ -89,7 +89,7 @@ from exegpt.bench.report import _jsonable, format_table, summarize
 from exegpt.bench.speed import SpeedProbe, at_speed, bench_profiler, priced, speed_ratio
 from exegpt.planner.architecture import Architecture, get_architecture
 from exegpt.planner.costs import Group
-from exegpt.planner.events import EventSimulator
+from exegpt.planner.events import EventSimulator, Timeline
 from exegpt.planner.plan import ExecutionConfig, Plan, PlanRequest, Prediction, StrategyChoice
 from exegpt.planner.profile import Profile
 from exegpt.planner.scheduler import schedule
@@ -339,6 +339,36 @@ def repeat_row(
         "moved_pct": error_pct(measured, first_e2e),
         "predicted_moved_pct": error_pct(predicted, first_predicted),
     }
+
+
+def replay_closed_loop(
+    events: EventSimulator,
+    config: ExecutionConfig,
+    records: Sequence[Record],
+    concurrency: int,
+) -> Timeline:
+    """The simulator's run of a closed loop's own requests: in the order they were sent,
+    with their lengths, ``concurrency`` at once and each later one sent as an earlier one
+    finishes. The replay takes arrival times, so the loop's are found by passes: every
+    request arriving at once first, then each request from the ``concurrency + 1``-th
+    arriving when the replay finished as many as precede it by ``concurrency``, until the
+    arrivals stop moving. A loop that keeps more in flight than the engine admits never
+    runs dry, and the second pass settles it; one that keeps fewer settles a request
+    further each pass (one in flight: about as many passes as requests)."""
+    order = sorted(records, key=lambda r: r.arrival)
+    ins = [r.input_tokens for r in order]
+    outs = [r.output_tokens for r in order]
+    n = len(order)
+    arrival = np.zeros(n)
+    timeline = events.replay(config, arrival, ins, outs)
+    for _ in range(2 * n + 2):
+        sent = np.zeros(n)
+        sent[concurrency:] = np.sort(timeline.done)[: max(n - concurrency, 0)]
+        if np.allclose(sent, arrival, rtol=0.0, atol=1e-9):
+            break
+        arrival = sent
+        timeline = events.replay(config, arrival, ins, outs)
+    return timeline
 
 
 def replay_e2e_p99(

@@ -85,9 +85,10 @@ from exegpt.bench.records import (
     served_fields,
     served_in_window,
     steady_window,
+    window_of,
 )
 from exegpt.bench.report import METRICS, _jsonable
-from exegpt.bench.runner import bench_workload, replay_e2e_p99
+from exegpt.bench.runner import bench_workload, replay_closed_loop, replay_e2e_p99
 from exegpt.bench.vllm_measured import Measured
 from exegpt.bench.vllm_measured import key as measured_key
 from exegpt.bench.vllm_measured import load as load_measured
@@ -490,7 +491,8 @@ def evaluate(
     # judged: the profile as measured at the start of the run, as the operator predicts
     # from its profile; beside it, the profile at the machine's speed read on the row's
     # servers right before each load, at the batch it runs (``speed_reading``)
-    predicted_served = predict_served(served_request, sim.request, profile, config, poisson)
+    loads = Loads(closed, runs.concurrency, poisson)
+    predicted_served = predict_served(served_request, sim.request, profile, config, loads)
     window_records = in_window(closed, window)
     latency = p99_length_latency(window_records, served.output_p99)
     at_bound = p99_length_latency(window_records, workload.output_p99)
@@ -513,7 +515,7 @@ def evaluate(
     measured_workload = {**measured, "latency_s": at_bound.seconds}
     without: dict[str, Any] = {}
     if bare is not None:
-        b_served = predict_served(served_request, sim.request, bare, config, poisson)
+        b_served = predict_served(served_request, sim.request, bare, config, loads)
         b_pred = {k: b_served[k] for k in METRICS}
         without = {
             "predicted": b_pred,
@@ -531,7 +533,7 @@ def evaluate(
         "measured": measured,
         "error_pct": {k: error_pct(v, measured[k]) for k, v in pred.items()},
         "speed_reading": speed_reading(
-            runs, profile, served_request, sim.request, config, poisson, measured
+            runs, profile, served_request, sim.request, config, loads, measured
         ),
         "workload_prediction": {
             "predicted": {**pred_workload, "decode_batch": predicted.decode_batch},
@@ -564,24 +566,42 @@ def evaluate(
     }
 
 
+@dataclass(frozen=True)
+class Loads:
+    """A row's two loads as served: the closed loop's requests (and how many it kept in
+    flight) and the Poisson run's."""
+
+    closed: Sequence[Record]
+    concurrency: int
+    poisson: Sequence[Record]
+
+
 def predict_served(
     served: PlanRequest,
     request: PlanRequest,
     profile: Profile,
     config: ExecutionConfig,
-    poisson: Sequence[Record],
+    loads: Loads,
     replayed: Profile | None = None,
 ) -> dict[str, float]:
-    """What ``profile`` predicts for the requests served: the analytic mode for the
-    closed loop's steady window (``served``: its requests as the workload), the
-    discrete-event mode replaying the Poisson run (on ``replayed`` where given: the
-    profile at the Poisson load's speed)."""
+    """What ``profile`` predicts for the requests served. Throughput: the discrete-event
+    mode replaying the closed loop (its requests in the order sent, as many in flight:
+    ``replay_closed_loop``) over the same steady window as measured. The p99-length
+    latency and the decode batch: the analytic mode for the steady window's requests
+    (``served``: its requests as the workload), whose steady-state throughput stands
+    beside (``analytic_throughput_qps``). The e2e p99: the discrete-event mode replaying
+    the Poisson run (on ``replayed`` where given: the profile at the Poisson load's
+    speed)."""
     p = Simulator(served, profile).evaluate(config)
+    closed = replay_closed_loop(
+        EventSimulator(request, profile), config, loads.closed, loads.concurrency
+    )
     replay = EventSimulator(request, replayed if replayed is not None else profile)
     return {
-        "throughput_qps": p.throughput_qps,
+        "throughput_qps": window_of([float(t) for t in closed.done], loads.concurrency).throughput,
+        "analytic_throughput_qps": p.throughput_qps,
         "latency_s": p.latency_s,
-        "e2e_p99_s": replay_e2e_p99(replay, config, poisson),
+        "e2e_p99_s": replay_e2e_p99(replay, config, loads.poisson),
         "decode_batch": p.decode_batch,
     }
 
@@ -592,7 +612,7 @@ def speed_reading(
     served: PlanRequest,
     request: PlanRequest,
     config: ExecutionConfig,
-    poisson: Sequence[Record],
+    loads: Loads,
     measured: dict[str, float],
 ) -> dict[str, Any]:
     """The machine's speed read before each load and after the row
@@ -603,7 +623,7 @@ def speed_reading(
     if runs.speed_before is None:
         return {}
     closed_at, poisson_at = at_readings(profile, runs.speed_before, request, config)
-    at_read = predict_served(served, request, closed_at, config, poisson, poisson_at)
+    at_read = predict_served(served, request, closed_at, config, loads, poisson_at)
     return {
         **speed_fields(runs.speed_before, runs.speed_after),
         "request_overhead_s": closed_at.engine.request_s if closed_at.engine is not None else 0.0,

@@ -31,11 +31,15 @@ from exegpt.bench.records import (
     served_fields,
     served_in_window,
     steady_window,
+    window_of,
 )
 from exegpt.bench.report import _jsonable, summarize
 from exegpt.cli import main
 from exegpt.planner.analytic import analytic_profile
-from exegpt.planner.architecture import Architecture
+from exegpt.planner.architecture import Architecture, get_architecture
+from exegpt.planner.events import EventSimulator
+from exegpt.planner.hardware import get_gpu
+from exegpt.planner.plan import ExecutionConfig, PlanRequest
 from exegpt.planner.workload_presets import get_workload
 from exegpt.runner.engine import Finished, Timings
 
@@ -86,6 +90,48 @@ def test_steady_window_counts_whole_bursts() -> None:
     assert (w.start, w.end, w.completions) == (10.0, 30.0, 20)
     with pytest.raises(ValueError, match="no steady window"):
         steady_window([rec(1, finished=float(i)) for i in range(8)], concurrency=4)
+
+
+def _events() -> EventSimulator:
+    arch = get_architecture("llama-2-7b")
+    request = PlanRequest(
+        architecture=arch, gpu=get_gpu("nvidia-a100-80gb"), gpus=1, workload=get_workload("S")
+    )
+    return EventSimulator(request, analytic_profile(arch, get_gpu("nvidia-a100-80gb")))
+
+
+def test_a_closed_loop_is_replayed_sending_each_request_as_an_earlier_one_finishes() -> None:
+    events = _events()
+    config = ExecutionConfig(strategy="Continuous", decode_batch=4)
+    rng = np.random.default_rng(2)
+    ins, outs = (rng.integers(10, 200, 30), rng.integers(5, 60, 30))
+    # sent at times that say in which order; the replay keeps that order
+    sent = [rec(int(o), arrival=float(30 - k)) for k, o in enumerate(outs)]
+    sent = [
+        Record(int(i), r.output_tokens, r.arrival, 0, 0, 0, 0)
+        for i, r in zip(ins, sent, strict=True)
+    ]
+    order = sorted(sent, key=lambda r: r.arrival)
+
+    # one at a time: each request arrives as the one before it finishes
+    one = bench.replay_closed_loop(events, config, sent, concurrency=1)
+    alone = [
+        events.replay(config, [0.0], [r.input_tokens], [r.output_tokens]).done[0] for r in order
+    ]
+    assert one.done == pytest.approx(np.cumsum(alone))
+    assert one.arrival[1:] == pytest.approx(one.done[:-1])
+
+    # more in flight than the engine admits: the engine never waits for the client, and
+    # the replay is that of every request waiting from the start
+    busy = bench.replay_closed_loop(events, config, sent, concurrency=12)
+    backlog = events.replay(
+        config, np.zeros(30), [r.input_tokens for r in order], [r.output_tokens for r in order]
+    )
+    assert busy.done == pytest.approx(backlog.done)
+    assert (busy.arrival[12:] > 0).all() and (busy.arrival[:12] == 0).all()
+    # its steady window, as a run's
+    w = window_of(list(busy.done), 12)
+    assert w == steady_window([rec(1, finished=float(t)) for t in busy.done], 12)
 
 
 def test_in_window_keeps_requests_encoded_and_finished_inside() -> None:
