@@ -27,8 +27,10 @@ end-to-end latency and the time to first token, after a 10 % warm-up) and a clos
 that keeps it saturated (throughput over the steady window, the p99-length latency), as
 ``exegpt bench runner`` measures its engine (``exegpt.bench.records``). The client
 streams every request (``exegpt.bench.openai_load``). The simulator is asked about the
-requests that were served: the analytic mode for the closed loop's steady window, the
-discrete-event mode replaying the Poisson run. The engine's own counters (vLLM's
+requests that were served: the discrete-event mode replaying the closed loop (its
+requests in the order sent, as many in flight) over the same steady window for the
+throughput, the analytic mode for the window's requests for the p99-length latency, the
+discrete-event mode replaying the Poisson run for the e2e p99. The engine's own counters (vLLM's
 ``/metrics``: steps, tokens per step, prefill and queue times) are read around each
 run, so that a miss can be traced to the steps (the window's seconds per engine step
 against the profile's step at the same tokens) or to the batching.
