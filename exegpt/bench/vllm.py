@@ -595,10 +595,9 @@ def predict_served(
     the Poisson run (on ``replayed`` where given: the profile at the Poisson load's
     speed)."""
     p = Simulator(served, profile).evaluate(config)
-    closed = replay_closed_loop(
-        EventSimulator(request, profile), config, loads.closed, loads.concurrency
-    )
-    replay = EventSimulator(request, replayed if replayed is not None else profile)
+    events = EventSimulator(request, profile)
+    closed = replay_closed_loop(events, config, loads.closed, loads.concurrency)
+    replay = events if replayed is None else EventSimulator(request, replayed)
     return {
         "throughput_qps": window_of([float(t) for t in closed.done], loads.concurrency).throughput,
         "analytic_throughput_qps": p.throughput_qps,

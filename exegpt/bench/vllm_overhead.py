@@ -85,15 +85,16 @@ class Point:
         return (self.server_step_s - self.model_step_s) / self.stages
 
 
+def random_prompt(rng: np.random.Generator, vocab: int) -> tuple[int, ...]:
+    """``PROMPT_TOKENS`` random prompt tokens (the three special tokens left out)."""
+    return tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS))
+
+
 def probe_requests(n: int, rng: np.random.Generator, vocab: int) -> list[Request]:
-    """``n`` requests of ``PROMPT_TOKENS`` random prompt tokens (the three special tokens
-    left out) and ``OUTPUT_TOKENS`` output tokens, each with its own seed."""
+    """``n`` requests of ``PROMPT_TOKENS`` random prompt tokens and ``OUTPUT_TOKENS``
+    output tokens, each with its own seed."""
     return [
-        Request(
-            tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
-            OUTPUT_TOKENS,
-            int(rng.integers(0, 2**31)),
-        )
+        Request(random_prompt(rng, vocab), OUTPUT_TOKENS, int(rng.integers(0, 2**31)))
         for _ in range(n)
     ]
 
@@ -235,9 +236,7 @@ def churn_requests(
     lo, hi = outputs
     return [
         Request(
-            tuple(int(t) for t in rng.integers(3, vocab, PROMPT_TOKENS)),
-            int(rng.integers(lo, hi + 1)),
-            int(rng.integers(0, 2**31)),
+            random_prompt(rng, vocab), int(rng.integers(lo, hi + 1)), int(rng.integers(0, 2**31))
         )
         for _ in range(n)
     ]
@@ -273,11 +272,17 @@ def handover_cost(short: Sequence[Churn], long: Sequence[Churn]) -> float:
     return max(dr / dj, 0.0)
 
 
+def with_engine(profile: Profile, **seconds: float) -> Profile:
+    """``profile`` with the given fields of its ``engine`` block set (a profile without
+    one gets a flat zero step curve), the others kept."""
+    engine = profile.engine or EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]))
+    return profile.model_copy(update={"engine": engine.model_copy(update=seconds)})
+
+
 def with_handover(profile: Profile, seconds: float) -> Profile:
     """``profile`` whose hand-over to a WorkloadAware decode server costs ``seconds``
-    (``engine.handover_s``; a profile without an engine curve gets a flat zero one)."""
-    engine = profile.engine or EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]))
-    return profile.model_copy(update={"engine": engine.model_copy(update={"handover_s": seconds})})
+    (``engine.handover_s``)."""
+    return with_engine(profile, handover_s=seconds)
 
 
 def describe_handover(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:

@@ -53,10 +53,16 @@ import numpy as np
 
 from exegpt.bench.openai_load import Client
 from exegpt.bench.speed import at_speed
-from exegpt.bench.vllm_overhead import OUTPUT_TOKENS, PROMPT_TOKENS, decode_step, probe_requests
+from exegpt.bench.vllm_overhead import (
+    OUTPUT_TOKENS,
+    PROMPT_TOKENS,
+    decode_step,
+    probe_requests,
+    with_engine,
+)
 from exegpt.planner.events import EventSimulator
 from exegpt.planner.plan import ExecutionConfig, PlanRequest
-from exegpt.planner.profile import Curve, EngineOverhead, Profile
+from exegpt.planner.profile import Profile
 
 REPEATS = 5  # the request served alone this many times (after one untimed); the median kept
 CONTEXT = PROMPT_TOKENS + OUTPUT_TOKENS // 2  # the mean context of its decode steps
@@ -142,8 +148,7 @@ def speed_fields(before: Readings, after: Reading | None) -> dict[str, float | N
 def with_request_overhead(profile: Profile, seconds: float) -> Profile:
     """``profile`` with ``seconds`` as what the server adds to every request outside the
     engine's steps (``engine.request_s``)."""
-    engine = profile.engine or EngineOverhead(step=Curve(x=[1.0], seconds=[0.0]))
-    return profile.model_copy(update={"engine": engine.model_copy(update={"request_s": seconds})})
+    return with_engine(profile, request_s=seconds)
 
 
 def lone_request_e2e(profile: Profile, request: PlanRequest, config: ExecutionConfig) -> float:
