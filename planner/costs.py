@@ -235,18 +235,26 @@ class CostModel:
         self, group: Group, batch: float, context: float, joins: float, length: float, micro: int
     ) -> float:
         """An iteration-level (continuous batching) step: ``batch`` decodes plus the
-        prefill of ``joins`` new queries of ``length`` tokens, in the same iteration."""
+        prefill of ``joins`` new queries of ``length`` tokens, in the same iteration.
+
+        The prompts that join one step are encoded together in it (vLLM packs their
+        tokens into the step), priced as the profile's encoding of that many prompts at
+        once; a fraction of a join (the analytic mode's mean rate, below one a copy) is
+        that fraction of one prompt's encoding. Either way less what a step costs
+        whatever it carries, when decodes run too (``joined_prefill``)."""
         if batch <= 0 and joins <= 0:
             return 0.0
         mb, mj = batch / micro, joins / micro
         stage = self.decode_stage(group, mb, context)
         if mj > 0:
-            # The prefill work scales with the tokens joining; measured per query at
-            # batch 1, less what a step costs whatever it carries when decodes run too.
-            one = self.encode_stage(group, group.dp, length)
-            if mb > 0:
-                one = self.joined_prefill(group, one)
-            stage += (mj / group.dp) * one
+            per_copy = mj / group.dp
+            if per_copy <= 1.0:
+                prompts = per_copy * self.encode_stage(group, group.dp, length)
+                floor = per_copy * self.step_floor(group)
+            else:
+                prompts = self.encode_stage(group, mj, length)
+                floor = self.step_floor(group)
+            stage += max(prompts - floor, 0.0) if mb > 0 else prompts
         chain, _ = self._p2p_chain(group, (mb + mj * length) / group.dp * self.hidden * self.elem)
         return self.step(stage, chain, micro, group.stages)
 

@@ -93,11 +93,30 @@ def window_of(finished: Sequence[float], concurrency: int) -> Window:
     done = sorted(finished)
     first = max(math.ceil(WARMUP_FRACTION * n), concurrency)
     last = n - concurrency
-    if last - first < 2:
+    if window_size(n, concurrency) < 2:
         raise ValueError(
             f"{n} requests at concurrency {concurrency} leave no steady window; run more"
         )
     return Window(done[first - 1], done[last - 1], last - first)
+
+
+def requests_for_window(completions: float, concurrency: int) -> int:
+    """The fewest requests a closed loop of ``concurrency`` in flight needs for its
+    steady window (``window_of``) to hold ``completions`` completions."""
+    need = max(completions, 2.0)  # window_of needs two
+    # the warm-up is WARMUP_FRACTION of the requests, or the concurrency where larger
+    n = max(
+        math.ceil((need + concurrency) / (1.0 - WARMUP_FRACTION)),
+        math.ceil(need) + 2 * concurrency,
+    )
+    while window_size(n, concurrency) < need:
+        n += 1
+    return n
+
+
+def window_size(n: int, concurrency: int) -> int:
+    """Completions in the steady window of ``n`` requests at ``concurrency``."""
+    return n - concurrency - max(math.ceil(WARMUP_FRACTION * n), concurrency)
 
 
 def in_window(records: Sequence[Record], w: Window) -> list[Record]:

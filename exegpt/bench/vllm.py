@@ -84,6 +84,7 @@ from exegpt.bench.records import (
     nearest_rank,
     open_loop_e2e_p99,
     p99_length_latency,
+    requests_for_window,
     served_fields,
     served_in_window,
     steady_window,
@@ -161,6 +162,9 @@ class Mode:
     # the machine's speed read on each configuration's servers before and after its load
     # (vllm_speed.py); --quick leaves it out (about 3 s a row)
     speed_readings: bool = True
+    # a closed loop's steady window lasts at least this long at the predicted throughput
+    # (more requests where the loop would be over in a few seconds)
+    min_window_s: float = 0.0
 
 
 QUICK = Mode(
@@ -169,7 +173,7 @@ QUICK = Mode(
 )  # fmt: skip
 FULL = Mode(
     "full", 45.0, 200, 400, 2, ("plan", "vllm", "static", "pipeline", "workload-aware"),
-    ("tight", "loose"), ("tight",),
+    ("tight", "loose"), ("tight",), min_window_s=10.0,
 )  # fmt: skip
 
 
@@ -338,7 +342,11 @@ def drive(
     """Run the Poisson load, then the closed loop, on ``entry``'s servers."""
     predicted = entry.sim.evaluate(entry.config)
     c = concurrency(entry.config, predicted.decode_batch)
-    closed_n = max(mode.closed_requests, MIN_CLOSED_PER_CONCURRENCY * c)
+    closed_n = max(
+        mode.closed_requests,
+        MIN_CLOSED_PER_CONCURRENCY * c,
+        requests_for_window(mode.min_window_s * predicted.throughput_qps, c),
+    )
     closed = make_requests(workload, closed_n, rng, vocab)
     poisson = make_requests(workload, mode.poisson_requests, rng, vocab)
     gaps = [float(g) for g in rng.exponential(1.0, mode.poisson_requests)]

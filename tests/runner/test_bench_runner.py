@@ -28,10 +28,12 @@ from exegpt.bench.records import (
     in_window,
     nearest_rank,
     p99_length_latency,
+    requests_for_window,
     served_fields,
     served_in_window,
     steady_window,
     window_of,
+    window_size,
 )
 from exegpt.bench.report import _jsonable, summarize
 from exegpt.cli import main
@@ -90,6 +92,19 @@ def test_steady_window_counts_whole_bursts() -> None:
     assert (w.start, w.end, w.completions) == (10.0, 30.0, 20)
     with pytest.raises(ValueError, match="no steady window"):
         steady_window([rec(1, finished=float(i)) for i in range(8)], concurrency=4)
+
+
+@pytest.mark.parametrize(
+    ("completions", "concurrency"), [(0, 4), (2, 4), (100, 16), (480, 50), (410, 64), (99.5, 256)]
+)
+def test_a_closed_loop_is_sized_for_the_completions_its_window_must_hold(
+    completions: float, concurrency: int
+) -> None:
+    n = requests_for_window(completions, concurrency)
+    finished = [float(i) for i in range(1, n + 1)]
+    assert window_of(finished, concurrency).completions >= completions
+    # the fewest: one request less leaves a shorter window (or, below two, none)
+    assert window_size(n - 1, concurrency) < max(completions, 2)
 
 
 def _events() -> EventSimulator:

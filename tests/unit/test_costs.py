@@ -171,6 +171,26 @@ def test_a_prompt_joining_running_decodes_adds_its_work_not_a_second_step() -> N
     assert k.joined_pass(g, 0.5 * k.step_floor(g), 1) == 0.0
 
 
+def test_prompts_joining_one_step_are_encoded_together() -> None:
+    k = cost_model("opt-13b")
+    g = Group(1, 1)
+    decode = k.iteration(g, 64, 512, 1)
+    eight = k.mixed_iteration(g, 64, 512, 8, 256, 1) - decode
+    assert eight == pytest.approx(k.encode_stage(g, 8, 256) - k.step_floor(g))
+    # one encoding of eight prompts (the step's floor paid once), not eight of one
+    one = k.mixed_iteration(g, 64, 512, 1, 256, 1) - decode
+    assert one == pytest.approx(k.encode_stage(g, 1, 256) - k.step_floor(g))
+    assert eight != pytest.approx(8 * one)
+    # nothing running: the eight prompts' step
+    assert k.mixed_iteration(g, 0, 0, 8, 256, 1) == pytest.approx(k.encode_stage(g, 8, 256))
+    # a fraction of a join (the analytic mode's mean rate) is that fraction of one,
+    # meeting the batched price at one join a copy
+    half = k.mixed_iteration(g, 64, 512, 0.5, 256, 1) - decode
+    assert half == pytest.approx(0.5 * one)
+    just_over = k.mixed_iteration(g, 64, 512, 1.0 + 1e-9, 256, 1) - decode
+    assert just_over == pytest.approx(one, rel=1e-6)
+
+
 # -- memory --------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["opt-13b", "llama-2-7b", "t5-11b"])
 def test_one_gpu_holds_every_weight(model: str) -> None:
