@@ -85,6 +85,7 @@ def request_to_dict(request: PlanRequest) -> dict[str, Any]:
         "strategy": request.strategy,
         "engine": request.engine,
         "latency_bound_s": request.latency_bound_s,
+        "latency_margin": request.latency_margin,
         "workload": workload_to_dict(request.workload),
     }
 
@@ -180,6 +181,11 @@ def _header(request: PlanRequest) -> list[str]:
         else f"{_seconds(request.latency_bound_s)} to generate a p99-length output "
         f"({w.output.percentile(99)} tokens)"
     )
+    if request.planning_bound_s is not None and request.latency_margin:
+        bound += (
+            f"; planned within {_seconds(request.planning_bound_s)} "
+            f"({request.latency_margin:.0%} kept free)"
+        )
     rows = [
         ("model", f"{a.name} ({params:.1f}B parameters, {request.dtype})"),
         (

@@ -68,7 +68,7 @@ from .podspec import PLAN_KEY
 from .profiling import ProfilingDecision, decide, failure_record, has_profile, recorded_failure
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
-from .spec import ExeGPTDeploymentSpec
+from .spec import ExeGPTDeploymentSpec, SloSpec
 from .status import (
     AlternativeStatus,
     ConditionStatus,
@@ -564,6 +564,15 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
 
 
 # -- 3. plan -------------------------------------------------------------------------------
+def _slo_inputs(slo: SloSpec) -> dict[str, Any]:
+    """The SLO as planning reads it; no margin is left out, so that a deployment that
+    sets none keeps the hash (and the plan) it had before margins existed."""
+    doc = slo.model_dump(mode="json")
+    if not doc.get("latency_margin"):
+        doc.pop("latency_margin", None)
+    return doc
+
+
 def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
     """What planning depends on; an unchanged hash means the plan stands. ``spec`` is
     the spec planned with: after a drift replan its workload is the observed one."""
@@ -574,7 +583,7 @@ def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
             mode="json", include={"gpus", "gpu_type", "gpus_per_node"}
         ),
         "workload": spec.workload.model_dump(mode="json"),
-        "slo": spec.slo.model_dump(mode="json"),
+        "slo": _slo_inputs(spec.slo),
         "strategy": spec.strategy,
         "profile": profile.key,
     }
@@ -621,6 +630,7 @@ async def _plan(
     if isinstance(result, Infeasible):
         p.status.infeasible = InfeasibleStatus(
             latency_bound_seconds=result.latency_bound_s,
+            latency_margin=result.latency_margin,
             best_latency_seconds=result.best_latency_s,
             message=result.message,
             inputs_hash=digest,
@@ -689,6 +699,7 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
         encode_stages=c.encode_stages,
         decode_gpus=c.decode_gpus,
         latency_bound_seconds=plan.latency_bound_s,
+        latency_margin=plan.latency_margin,
         predicted=_predicted(plan.predicted),
         baselines={k: _predicted(v.predicted) for k, v in plan.baselines.items() if v},
         alternatives=[

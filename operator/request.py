@@ -67,6 +67,7 @@ def plan_request(spec: ExeGPTDeploymentSpec) -> PlanRequest:
         dtype=spec.model.dtype,
         workload=workload,
         latency_bound_s=spec.slo.latency,
+        latency_margin=spec.slo.latency_margin,
         strategy=spec.strategy,
         engine=engine,
         executable_only=True,  # the plan is deployed: only what the workers run

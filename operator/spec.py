@@ -387,6 +387,17 @@ class SloSpec(BaseModel):
         "99th-percentile output length, queueing excluded (ExeGPT's latency bound), "
         "e.g. '3.1s', '500ms', or seconds; absent: no bound (maximum throughput).",
     )
+    latency_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        alias="latencyMargin",
+        description="Fraction of the latency bound kept free for the planner's "
+        "prediction error (0 to 0.5, default 0): the plan is chosen so that its predicted "
+        "latency is within latency x (1 - latencyMargin). A plan sits at the edge of its "
+        "bound, so one predicted a few per cent short misses it; 0.1 covers the median "
+        "error measured on vLLM (docs/vllm.md).",
+    )
 
 
 ProfilingMode = Literal["Measured", "Analytic"]

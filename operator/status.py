@@ -75,6 +75,9 @@ class PlanStatus(_Model):
     encode_stages: int = Field(default=1, alias="encodeStages")
     decode_gpus: int = Field(default=0, alias="decodeGpus")
     latency_bound_seconds: float | None = Field(default=None, alias="latencyBoundSeconds")
+    latency_margin: float = Field(
+        default=0.0, alias="latencyMargin", description="fraction of the bound kept free"
+    )
     predicted: PredictedStatus
     baselines: dict[str, PredictedStatus] = Field(
         default_factory=dict, description="Static and Continuous under the same bound"
@@ -92,6 +95,7 @@ class PlanStatus(_Model):
 
 class InfeasibleStatus(_Model):
     latency_bound_seconds: float | None = Field(default=None, alias="latencyBoundSeconds")
+    latency_margin: float = Field(default=0.0, alias="latencyMargin")
     best_latency_seconds: float | None = Field(default=None, alias="bestLatencySeconds")
     message: str
     inputs_hash: str = Field(alias="inputsHash")

@@ -112,6 +112,13 @@ class PlanRequest(BaseModel):
     dtype: Dtype = "float16"
     workload: Workload
     latency_bound_s: float | None = Field(default=None, gt=0)
+    latency_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the bound kept free for the prediction's error: plans are "
+        "searched under latency_bound_s x (1 - latency_margin)",
+    )
     strategy: StrategyChoice = "Auto"
     engine: EngineChoice = Field(
         default="ExeGPT", description="the engine the plan is for; Auto: vLLM where it runs"
@@ -123,6 +130,14 @@ class PlanRequest(BaseModel):
         default=False,
         description="only configurations the XRunner workers run (planner/runnable.py)",
     )
+
+    @property
+    def planning_bound_s(self) -> float | None:
+        """The bound configurations are searched under: the latency bound less its
+        margin."""
+        if self.latency_bound_s is None:
+            return None
+        return self.latency_bound_s * (1.0 - self.latency_margin)
 
 
 class Plan(BaseModel):
@@ -141,6 +156,9 @@ class Plan(BaseModel):
         description="best Static and Continuous configurations under the same bound",
     )
     latency_bound_s: float | None = None
+    latency_margin: float = Field(
+        default=0.0, description="fraction of the bound kept free: searched under the rest"
+    )
     search: SearchStats
     reason: str = Field(default="", description="why this strategy won, in one sentence")
 
@@ -152,6 +170,7 @@ class Infeasible(BaseModel):
 
     kind: Literal["Infeasible"] = "Infeasible"
     latency_bound_s: float | None
+    latency_margin: float = 0.0
     best_latency_s: float | None = Field(description="lowest latency any feasible config reaches")
     best: Candidate | None = None
     message: str

@@ -520,7 +520,7 @@ def _schedule(
     candidates: tuple[Strategy, ...] = wanted + (BASELINES if request.strategy == "Auto" else ())
     search = _Search(
         sim=sim,
-        bound=request.latency_bound_s,
+        bound=request.planning_bound_s,
         exhaustive=exhaustive,
         deadline=None if time_limit_s is None else start + time_limit_s,
         wanted=wanted,
@@ -562,6 +562,7 @@ def _schedule(
         alternatives=[c for c in ranked[1:] if c.config.strategy not in BASELINES][:3],
         baselines=baselines,
         latency_bound_s=request.latency_bound_s,
+        latency_margin=request.latency_margin,
         search=stats,
         reason=_reason(best, search, wanted, request),
     )
@@ -574,6 +575,8 @@ def _reason(
     if len(wanted) == 1:
         return f"{chosen} was requested by spec.strategy"
     bound = f"the {request.latency_bound_s:g} s bound" if request.latency_bound_s else "no bound"
+    if request.latency_bound_s and request.latency_margin:
+        bound += f" less its {request.latency_margin:.0%} margin"
     if chosen in BASELINES:
         own = max(
             (c.predicted.throughput_qps for s in wanted if (c := search.best(s)) is not None),
@@ -620,6 +623,7 @@ def _lowest_latency(search: _Search, shapes: list[ExecutionConfig]) -> None:
 
 def _infeasible(request: PlanRequest, search: _Search, stats: SearchStats) -> Infeasible:
     bound = request.latency_bound_s
+    margin = request.latency_margin
     if stats.truncated and search.best_latency is None:
         message = (
             f"the search stopped at its time limit after {stats.evaluated} configurations, "
@@ -631,17 +635,27 @@ def _infeasible(request: PlanRequest, search: _Search, stats: SearchStats) -> In
             f"{request.gpus} x {request.gpu.name}; add GPUs or use a larger GPU type"
         )
     else:
-        message = (
-            f"no configuration meets the latency bound of {bound:g} s; the lowest "
-            f"reachable is {search.best_latency:.3f} s: loosen spec.slo.latency to at "
-            f"least that, or add GPUs"
-            if bound is not None
-            else "no configuration meets the constraints"
-        )
+        if bound is None:
+            message = "no configuration meets the constraints"
+        elif margin:
+            message = (
+                f"no configuration meets the latency bound of {bound:g} s less its "
+                f"{margin:.0%} margin ({bound * (1.0 - margin):.3f} s); the lowest reachable "
+                f"is {search.best_latency:.3f} s: loosen spec.slo.latency to at least "
+                f"{search.best_latency / (1.0 - margin):.3f} s, lower "
+                "spec.slo.latencyMargin, or add GPUs"
+            )
+        else:
+            message = (
+                f"no configuration meets the latency bound of {bound:g} s; the lowest "
+                f"reachable is {search.best_latency:.3f} s: loosen spec.slo.latency to at "
+                f"least that, or add GPUs"
+            )
         if stats.truncated:
             message += " (the search stopped at its time limit)"
     return Infeasible(
         latency_bound_s=bound,
+        latency_margin=margin,
         best_latency_s=search.best_latency,
         best=search.best_latency_candidate,
         message=message,

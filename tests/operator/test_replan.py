@@ -151,3 +151,21 @@ async def test_a_strategy_switch_replaces_the_workers(cluster: Cluster, operator
     deleted = {c.name for c in cluster.writes_since() if c.verb == "delete"}
     assert deleted == {"x-encoder", "x-decoder"}
     await operator.settle("x")
+
+
+async def test_a_latency_margin_replans_under_the_rest_of_the_bound(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await profiled_and_planned(cluster)
+    before = plan(cluster)
+    assert before["latencyMargin"] == 0.0
+
+    await cluster.patch_deployment("x", {"spec": {"slo": {"latencyMargin": 0.3}}})
+
+    await cluster.wait_for(lambda: plan(cluster).get("latencyMargin") == 0.3)
+    after = plan(cluster)
+    assert after["inputsHash"] != before["inputsHash"]
+    # the status keeps the user's bound; the plan is predicted within 70 % of it
+    assert after["latencyBoundSeconds"] == before["latencyBoundSeconds"] == 3.1
+    assert after["predicted"]["latencySeconds"] <= 0.7 * 3.1
+    assert before["predicted"]["latencySeconds"] > 0.7 * 3.1

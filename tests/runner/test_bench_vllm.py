@@ -768,3 +768,19 @@ def test_the_summary_sets_the_errors_at_the_speeds_read_beside_the_judged_ones()
     assert s["speed_readings"]["moved_during_row_pct"] == {
         "median_abs_pct": 5, "worst_abs_pct": 12
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("margin", ["0.8", "-0.1"])
+def test_a_latency_margin_out_of_range_is_refused_before_anything_runs(
+    margin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.run(["--quick", "--latency-margin", margin])
+    assert exc.value.code == 2
+    assert "--latency-margin: give a fraction from 0 to 0.5" in capsys.readouterr().err
+
+
+def test_the_bench_plans_with_the_margin_its_baselines_share() -> None:
+    wl = bench_workload()
+    request = bench.plan_request(bench.CPU_MODEL, wl, 1.0, margin=0.1)
+    assert request.planning_bound_s == pytest.approx(0.9)

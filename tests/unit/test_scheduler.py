@@ -230,6 +230,35 @@ def test_an_impossibly_tight_bound_is_infeasible_with_the_lowest_latency(
     assert _plan(looser).predicted.latency_s <= result.best_latency_s * 1.001
 
 
+def test_a_latency_margin_plans_under_the_rest_of_the_bound() -> None:
+    bound = 2.0
+    at_edge = _plan(_small(gpus=2, workload="S", bound=bound))
+    kept = _small(gpus=2, workload="S", bound=bound).model_copy(update={"latency_margin": 0.2})
+    plan = _plan(kept)
+    # the plan and its baselines are searched under 80 % of the bound
+    assert plan.predicted.latency_s <= 0.8 * bound
+    assert all(c is None or c.predicted.latency_s <= 0.8 * bound for c in plan.baselines.values())
+    # the same as a plan for the lower bound without a margin, reported with the user's bound
+    same = _plan(_small(gpus=2, workload="S", bound=0.8 * bound))
+    assert plan.config == same.config
+    assert (plan.latency_bound_s, plan.latency_margin) == (bound, 0.2)
+    assert "margin" in plan.reason
+    assert plan.predicted.throughput_qps <= at_edge.predicted.throughput_qps
+
+
+def test_an_infeasible_bound_with_a_margin_says_what_bound_would_do() -> None:
+    req = _small(gpus=2, workload="S", bound=1e-3).model_copy(update={"latency_margin": 0.5})
+    result = _infeasible(req)
+    assert result.latency_margin == 0.5
+    assert result.best_latency_s is not None
+    assert "spec.slo.latencyMargin" in result.message
+    needed = result.best_latency_s / 0.5
+    assert f"{needed:.3f}" in result.message
+    # that bound, with the same margin, gives a plan
+    looser = req.model_copy(update={"latency_bound_s": needed * 1.001})
+    assert _plan(looser).predicted.latency_s <= result.best_latency_s * 1.001
+
+
 def test_a_model_that_fits_nowhere_is_infeasible_for_memory() -> None:
     result = _infeasible(request(model="gpt3-175b", gpus=2, bound=10.0))
     assert result.best_latency_s is None

@@ -65,6 +65,14 @@ def test_examples_parse_and_build_a_request(path: Path) -> None:
     assert request.latency_bound_s == m.spec.slo.latency
 
 
+def test_the_latency_margin_reaches_the_plan_request() -> None:
+    r = plan_request(parse_spec(spec(**{"slo": {"latency": "2s", "latencyMargin": 0.1}})))
+    assert r.latency_bound_s == pytest.approx(2.0)
+    assert r.latency_margin == pytest.approx(0.1)
+    assert r.planning_bound_s == pytest.approx(1.8)
+    assert plan_request(parse_spec(spec(**{"slo": {"latency": "2s"}}))).latency_margin == 0.0
+
+
 def test_case_study_example_values() -> None:
     m = parse_manifest(yaml.safe_load((EXAMPLES_DIR / "opt-13b-summarization.yaml").read_text()))
     assert m.spec.model.name == "opt-13b"
@@ -160,6 +168,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "spec.slo.latency: invalid duration '3 parsecs'",
     ),
     ("boolean duration", {"slo.latency": True}, "spec.slo.latency: invalid duration"),
+    ("margin above a half", {"slo.latencyMargin": 0.8}, "spec.slo.latencyMargin:"),
+    ("negative margin", {"slo.latencyMargin": -0.1}, "spec.slo.latencyMargin:"),
     ("unknown preset", {"model.name": "gpt-5"}, "spec.model.name: unknown model preset 'gpt-5'"),
     ("unknown gpu", {"hardware.gpuType": "tpu-v5"}, "spec.hardware.gpuType: unknown GPU type"),
     ("partial nodes", {"hardware.gpus": 12}, "spec.hardware.gpus: 12 GPUs span more than one node"),
