@@ -565,7 +565,7 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
 
 # -- 3. plan -------------------------------------------------------------------------------
 def _slo_inputs(slo: SloSpec) -> dict[str, Any]:
-    """The SLO as planning reads it; no margin is left out, so that a deployment that
+    """The SLO as planning reads it, a zero margin left out, so that a deployment that
     sets none keeps the hash (and the plan) it had before margins existed."""
     doc = slo.model_dump(mode="json")
     if not doc.get("latency_margin"):
