@@ -248,13 +248,9 @@ class CostModel:
         stage = self.decode_stage(group, mb, context)
         if mj > 0:
             per_copy = mj / group.dp
-            if per_copy <= 1.0:
-                prompts = per_copy * self.encode_stage(group, group.dp, length)
-                floor = per_copy * self.step_floor(group)
-            else:
-                prompts = self.encode_stage(group, mj, length)
-                floor = self.step_floor(group)
-            stage += max(prompts - floor, 0.0) if mb > 0 else prompts
+            share, together = (per_copy, group.dp) if per_copy <= 1.0 else (1.0, mj)
+            prompts = self.encode_stage(group, together, length)
+            stage += share * (self.joined_prefill(group, prompts) if mb > 0 else prompts)
         chain, _ = self._p2p_chain(group, (mb + mj * length) / group.dp * self.hidden * self.elem)
         return self.step(stage, chain, micro, group.stages)
 
