@@ -86,6 +86,7 @@ def request_to_dict(request: PlanRequest) -> dict[str, Any]:
         "engine": request.engine,
         "latency_bound_s": request.latency_bound_s,
         "latency_margin": request.latency_margin,
+        "min_gain": request.min_gain,
         "workload": workload_to_dict(request.workload),
     }
 
@@ -200,10 +201,19 @@ def _header(request: PlanRequest) -> list[str]:
             f"correlation {w.correlation:g}",
         ),
         ("latency bound", bound),
-        ("strategy", request.strategy),
+        ("strategy", _strategy(request)),
         ("engine", request.engine),
     ]
     return [f"  {k:<14} {v}" for k, v in rows]
+
+
+def _strategy(request: PlanRequest) -> str:
+    if request.strategy != "Auto" or not request.min_gain:
+        return request.strategy
+    return (
+        f"Auto (a schedule replaces a simpler one when predicted more than "
+        f"{request.min_gain:.0%} faster)"
+    )
 
 
 def _comparison(rows: Sequence[tuple[str, Candidate | None]]) -> list[str]:

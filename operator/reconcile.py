@@ -68,7 +68,7 @@ from .podspec import PLAN_KEY
 from .profiling import ProfilingDecision, decide, failure_record, has_profile, recorded_failure
 from .request import SpecError, plan_request
 from .settings import OperatorSettings
-from .spec import ExeGPTDeploymentSpec, SloSpec
+from .spec import ExeGPTDeploymentSpec
 from .status import (
     AlternativeStatus,
     ConditionStatus,
@@ -103,7 +103,7 @@ WORKER_COMPONENTS = (
     names.ROUTER,
     *(names.nodes_of(c) for c in (names.WORKER, names.ENCODER, names.DECODER)),
 )  # every StatefulSet a plan may run; one the current plan does not is deleted
-PLANNER_VERSION = "1"
+PLANNER_VERSION = "2"  # raised when the same spec plans differently (2: margin and gain defaults)
 # Pod fields the operator never sets that widen what a pod may reach or run: set on a
 # child by someone else, they are removed (see docs/operator.md).
 FOREIGN_POD_FIELDS = (
@@ -564,15 +564,6 @@ async def _read_lengths(p: _Pass, port: int) -> LengthHistograms:
 
 
 # -- 3. plan -------------------------------------------------------------------------------
-def _slo_inputs(slo: SloSpec) -> dict[str, Any]:
-    """The SLO as planning reads it, a zero margin left out, so that a deployment that
-    sets none keeps the hash (and the plan) it had before margins existed."""
-    doc = slo.model_dump(mode="json")
-    if not doc.get("latency_margin"):
-        doc.pop("latency_margin", None)
-    return doc
-
-
 def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
     """What planning depends on; an unchanged hash means the plan stands. ``spec`` is
     the spec planned with: after a drift replan its workload is the observed one."""
@@ -583,8 +574,9 @@ def inputs_hash(spec: ExeGPTDeploymentSpec, profile: Profile) -> str:
             mode="json", include={"gpus", "gpu_type", "gpus_per_node"}
         ),
         "workload": spec.workload.model_dump(mode="json"),
-        "slo": _slo_inputs(spec.slo),
+        "slo": spec.slo.model_dump(mode="json"),
         "strategy": spec.strategy,
+        "min_gain": spec.min_gain,
         "profile": profile.key,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
@@ -700,6 +692,7 @@ def plan_status(plan: Plan, digest: str, worker_hash: str, configmap: str) -> Pl
         decode_gpus=c.decode_gpus,
         latency_bound_seconds=plan.latency_bound_s,
         latency_margin=plan.latency_margin,
+        min_gain=plan.min_gain,
         predicted=_predicted(plan.predicted),
         baselines={k: _predicted(v.predicted) for k, v in plan.baselines.items() if v},
         alternatives=[

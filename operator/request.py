@@ -68,6 +68,7 @@ def plan_request(spec: ExeGPTDeploymentSpec) -> PlanRequest:
         workload=workload,
         latency_bound_s=spec.slo.latency,
         latency_margin=spec.slo.latency_margin,
+        min_gain=spec.min_gain,
         strategy=spec.strategy,
         engine=engine,
         executable_only=True,  # the plan is deployed: only what the workers run

@@ -388,15 +388,15 @@ class SloSpec(BaseModel):
         "e.g. '3.1s', '500ms', or seconds; absent: no bound (maximum throughput).",
     )
     latency_margin: float = Field(
-        default=0.0,
+        default=0.1,
         ge=0.0,
         le=0.5,
         alias="latencyMargin",
         description="Fraction of the latency bound kept free for the planner's "
-        "prediction error (0 to 0.5, default 0): the plan is chosen so that its predicted "
-        "latency is within latency x (1 - latencyMargin). A plan sits at the edge of its "
-        "bound, so one predicted a few per cent short misses it; 0.1 covers the median "
-        "error measured on vLLM (docs/vllm.md).",
+        "prediction error (0 to 0.5, default 0.1; 0 plans at the bound itself): the plan "
+        "is chosen so that its predicted latency is within latency x (1 - latencyMargin). "
+        "A plan sits at the edge of its bound, so one predicted a few per cent short "
+        "misses it; 0.1 covers the median error measured on vLLM (docs/vllm.md).",
     )
 
 
@@ -577,6 +577,18 @@ class ExeGPTDeploymentSpec(BaseModel):
         description="Allocation strategy: Auto (the planner picks the best), RoundRobin "
         "(every GPU encodes and decodes) or WorkloadAware (GPUs split between encoding "
         "and decoding).",
+    )
+    min_gain: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        alias="minGain",
+        description="Under strategy Auto, the predicted throughput gain a schedule must "
+        "show over a simpler one to be chosen (0 to 1, default 0.1): the engine's own "
+        "continuous batching (stock vLLM) is kept unless Static is predicted more than "
+        "minGain faster, and those unless an ExeGPT schedule is. A gain inside the "
+        "prediction's error is no gain: 0.1 covers the median error measured on vLLM "
+        "(docs/vllm.md); 0 picks the highest predicted throughput.",
     )
     engine: EngineChoice = Field(
         default="Auto",

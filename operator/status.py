@@ -78,6 +78,9 @@ class PlanStatus(_Model):
     latency_margin: float = Field(
         default=0.0, alias="latencyMargin", description="fraction of the bound kept free"
     )
+    min_gain: float = Field(
+        default=0.0, alias="minGain", description="gain a schedule needed over a simpler one"
+    )
     predicted: PredictedStatus
     baselines: dict[str, PredictedStatus] = Field(
         default_factory=dict, description="Static and Continuous under the same bound"

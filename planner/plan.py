@@ -120,6 +120,15 @@ class PlanRequest(BaseModel):
         "searched under latency_bound_s x (1 - latency_margin)",
     )
     strategy: StrategyChoice = "Auto"
+    min_gain: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="under strategy Auto, the predicted throughput gain a schedule must "
+        "show over a simpler one to be chosen instead (continuous batching, then Static, "
+        "then the ExeGPT schedules): 0.1 keeps continuous batching unless another "
+        "schedule is predicted more than 10 % faster",
+    )
     engine: EngineChoice = Field(
         default="ExeGPT", description="the engine the plan is for; Auto: vLLM where it runs"
     )
@@ -158,6 +167,9 @@ class Plan(BaseModel):
     latency_bound_s: float | None = None
     latency_margin: float = Field(
         default=0.0, description="fraction of the bound kept free: searched under the rest"
+    )
+    min_gain: float = Field(
+        default=0.0, description="gain a schedule needed over a simpler one to be chosen"
     )
     search: SearchStats
     reason: str = Field(default="", description="why this strategy won, in one sentence")

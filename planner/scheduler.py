@@ -551,7 +551,7 @@ def _schedule(
         if not search.truncated:
             _lowest_latency(search, [b for _, b in rr + waa])
         return _infeasible(request, search, stats)
-    best = ranked[0]
+    best = _simplest_worth_it(ranked, request.min_gain)
     baselines = {"Static": search.best("Static"), "Continuous": search.best("Continuous")}
     return Plan(
         strategy=best.config.strategy,
@@ -559,13 +559,42 @@ def _schedule(
         config=best.config,
         predicted=best.predicted,
         # the next best ExeGPT schedules; the baselines are reported as such
-        alternatives=[c for c in ranked[1:] if c.config.strategy not in BASELINES][:3],
+        alternatives=[c for c in ranked if c is not best and c.config.strategy not in BASELINES][
+            :3
+        ],
         baselines=baselines,
         latency_bound_s=request.latency_bound_s,
         latency_margin=request.latency_margin,
+        min_gain=request.min_gain,
         search=stats,
         reason=_reason(best, search, wanted, request),
     )
+
+
+# How simple each schedule is to run: continuous batching is what the engine does on its
+# own (stock vLLM), Static admits whole batches, the ExeGPT schedules throttle encodings
+# (RoundRobin) or split the GPUs (WorkloadAware).
+_SIMPLICITY: dict[Strategy, int] = {
+    "Continuous": 0, "Static": 1, "RoundRobin": 2, "WorkloadAware": 2
+}  # fmt: skip
+
+
+def _simplest_worth_it(ranked: list[Candidate], min_gain: float) -> Candidate:
+    """The candidate to run: from the simplest kind of schedule up, each kind's best
+    replaces the choice so far only when its predicted throughput is more than
+    ``min_gain`` above it. With no gain asked for, the best ranked."""
+    if min_gain <= 0.0:
+        return ranked[0]
+    chosen: Candidate | None = None
+    for level in sorted(set(_SIMPLICITY.values())):
+        top = next((c for c in ranked if _SIMPLICITY[c.config.strategy] == level), None)
+        if top is None:
+            continue
+        gain = (1.0 + min_gain) * (chosen.predicted.throughput_qps if chosen else 0.0)
+        if chosen is None or top.predicted.throughput_qps > gain:
+            chosen = top
+    assert chosen is not None  # ranked is not empty
+    return chosen
 
 
 def _reason(
@@ -585,18 +614,38 @@ def _reason(
         what = _baseline_name(chosen, request.engine)
         if own <= 0.0:
             return f"{what}: no ExeGPT schedule meets {bound} within memory"
+        ratio = own / max(best.predicted.throughput_qps, 1e-12)
+        kept = (
+            f", less than the {request.min_gain:.0%} gain spec.minGain asks for"
+            if ratio > 1.0 and request.min_gain > 0.0
+            else ""
+        )
         return (
-            f"{what}: the best ExeGPT schedule reaches "
-            f"{own / max(best.predicted.throughput_qps, 1e-12):.2f}x its throughput under {bound}"
+            f"{what}: the best ExeGPT schedule reaches {ratio:.2f}x its throughput "
+            f"under {bound}{kept}"
         )
     other: Strategy = "WorkloadAware" if chosen == "RoundRobin" else "RoundRobin"
     rival = search.best(other)
     if rival is None:
         if request.latency_bound_s is None:
-            return f"{chosen}: no {other} configuration fits on {request.gpus} x {request.gpu.name}"
-        return f"{chosen}: no {other} configuration meets {bound} within memory"
-    ratio = best.predicted.throughput_qps / max(rival.predicted.throughput_qps, 1e-12)
-    return f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"
+            why = f"{chosen}: no {other} configuration fits on {request.gpus} x {request.gpu.name}"
+        else:
+            why = f"{chosen}: no {other} configuration meets {bound} within memory"
+    else:
+        ratio = best.predicted.throughput_qps / max(rival.predicted.throughput_qps, 1e-12)
+        why = f"{chosen}: {ratio:.2f}x the throughput of the best {other} under {bound}"
+    return why + _over_baseline(best, search, request.engine)
+
+
+def _over_baseline(best: Candidate, search: _Search, engine: str) -> str:
+    """How far the chosen ExeGPT schedule is predicted above the best baseline (the
+    engine's own batching) under the same bound; empty where none meets it."""
+    found = [c for s in BASELINES if (c := search.best(s)) is not None]
+    if not found:
+        return ""
+    top = max(found, key=lambda c: c.predicted.throughput_qps)
+    ratio = best.predicted.throughput_qps / max(top.predicted.throughput_qps, 1e-12)
+    return f", {ratio:.2f}x {_baseline_name(top.config.strategy, engine)}"
 
 
 def _baseline_name(strategy: Strategy, engine: str) -> str:

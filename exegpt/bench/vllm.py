@@ -122,6 +122,7 @@ from exegpt.bench.vllm_speed import (
     speed_fields,
     with_request_overhead,
 )
+from exegpt.operator.spec import ExeGPTDeploymentSpec, SloSpec
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.costs import Group
 from exegpt.planner.events import EventSimulator
@@ -139,9 +140,11 @@ from exegpt.runner.vllm_steps import VllmEngine, vllm_version
 
 LOAD = 0.5  # Poisson arrival rate over the predicted throughput (as ``bench runner``)
 BOUNDS = {"tight": 30, "loose": 70}  # percentiles of the Static configurations' latencies
-# the plans keep 10 % of each bound free (spec.slo.latencyMargin): a plan sits at its
-# bound's edge, and the predicted latency is off by about that much on this machine
-LATENCY_MARGIN = 0.1
+# the plans take the resource's defaults: 10 % of each bound kept free
+# (spec.slo.latencyMargin) and a schedule chosen over a simpler one only when predicted
+# more than 10 % faster (spec.minGain), the simulator's error on vLLM on this machine
+LATENCY_MARGIN = float(SloSpec.model_fields["latency_margin"].default)
+MIN_GAIN = float(ExeGPTDeploymentSpec.model_fields["min_gain"].default)
 MIN_CLOSED_PER_CONCURRENCY = 4
 PIPELINE_STAGES = 2
 PROFILE_MAX_BATCH = 128
@@ -206,6 +209,7 @@ def plan_request(
     gpus: int = 1,
     strategy: StrategyChoice = "Auto",
     margin: float = 0.0,
+    min_gain: float = 0.0,
 ) -> PlanRequest:
     from exegpt.bench.device import BenchDevice
 
@@ -213,7 +217,7 @@ def plan_request(
     return PlanRequest(
         architecture=architecture, gpu=device.gpu, gpus=gpus, gpus_per_node=gpus,
         dtype="float32", workload=workload, latency_bound_s=bound, strategy=strategy,
-        engine="vLLM", latency_margin=margin,
+        engine="vLLM", latency_margin=margin, min_gain=min_gain,
     )  # fmt: skip
 
 
@@ -891,10 +895,12 @@ def bench(
     fresh: bool = False,
     log: Callable[[str], None] = lambda _m: None,
     margin: float = LATENCY_MARGIN,
+    min_gain: float = MIN_GAIN,
 ) -> dict[str, Any]:
     """Profile, measure the server's overhead (or, in a mode that may, reuse the last
     measurement on this machine unless ``fresh``), plan with ``margin`` of each bound
-    kept free, run every configuration; the report (rows judged against the whole
+    kept free and ``min_gain`` asked of a schedule over a simpler one, run every
+    configuration; the report (rows judged against the whole
     bound)."""
     start = time.monotonic()
     started_at = measured_now()
@@ -931,7 +937,7 @@ def bench(
         entries: list[tuple[str, Entry]] = []
         planned_bare: dict[str, Any] = {}
         for name, bound in bounds.items():
-            bounded = plan_request(architecture, workload, bound, margin=margin)
+            bounded = plan_request(architecture, workload, bound, margin=margin, min_gain=min_gain)
             plan = schedule(bounded, profile)
             if not isinstance(plan, Plan):
                 raise RuntimeError(f"no plan meets the {bound:.3f} s bound: {plan.message}")
@@ -987,6 +993,7 @@ def bench(
         "workload": workload.describe(),
         "latency_bounds_s": bounds,
         "latency_margin": margin,
+        "min_gain": min_gain,
         "bound_rule": {k: f"p{BOUNDS[k]} of the Static configurations' latencies" for k in bounds},
         "profile": {
             "engine_start_s": engine_start_s,
@@ -1039,6 +1046,11 @@ def run(argv: list[str]) -> int:
         "whole bound",
     )  # fmt: skip
     parser.add_argument(
+        "--min-gain", type=float, default=MIN_GAIN, metavar="FRACTION",
+        help="predicted gain a schedule needs over a simpler one to be chosen "
+        f"(spec.minGain; default {MIN_GAIN})",
+    )  # fmt: skip
+    parser.add_argument(
         "--fresh", action="store_true",
         help="--quick: measure the profile and the serving overhead again instead of "
         "reusing the last measurement on this machine",
@@ -1052,9 +1064,11 @@ def run(argv: list[str]) -> int:
 
     if not 0.0 <= args.latency_margin <= 0.5:
         parser.error("--latency-margin: give a fraction from 0 to 0.5, e.g. 0.1")
+    if not 0.0 <= args.min_gain <= 1.0:
+        parser.error("--min-gain: give a fraction from 0 to 1, e.g. 0.1")
     report = bench(
         QUICK if args.quick else FULL, seed=args.seed, fresh=args.fresh, log=log,
-        margin=args.latency_margin,
+        margin=args.latency_margin, min_gain=args.min_gain,
     )  # fmt: skip
     if args.json:
         print(json.dumps(_jsonable(report)))

@@ -19,29 +19,42 @@ TARGET_ERROR_PCT = 10.0  # median absolute error per metric
 def ratios(rows: Sequence[dict[str, Any]], base: str, bound: float) -> dict[str, Any]:
     """The plan's throughput over ``base``'s, measured in each round (both in the same
     round) and predicted (the planner's figures for the workload): per round, and
-    their median."""
+    their median.
+
+    Where the plan is ``base``'s configuration (the planner chose stock vLLM, or
+    Static), the plan runs the same servers as the baseline: the ratio is 1 by
+    identity. The two rows are still served; their quotient is reported as
+    ``served_twice``, what the machine's drift alone makes of one configuration."""
     per_round = []
+    same = False
     for turn in sorted({r.get("round", 0) for r in rows}):
         by = {r["role"]: r for r in rows if r.get("round", 0) == turn}
         plan, other = by.get("plan"), by.get(base)
         if plan is None or other is None:
             continue
+        same = plan["config"] == other["config"]
         mp, mb = plan["measured"]["throughput_qps"], other["measured"]["throughput_qps"]
         pp = plan["workload_prediction"]["predicted"]["throughput_qps"]
         pb = other["workload_prediction"]["predicted"]["throughput_qps"]
         per_round.append({
-            "round": turn, "plan_qps": mp, f"{base}_qps": mb, "measured": mp / mb,
-            "predicted": pp / pb, "plan_meets_bound": plan["meets_bound"],
+            "round": turn, "plan_qps": mp, f"{base}_qps": mb,
+            "measured": 1.0 if same else mp / mb, "predicted": 1.0 if same else pp / pb,
+            **({"served_twice": mp / mb} if same else {}),
+            "plan_meets_bound": plan["meets_bound"],
             f"{base}_meets_bound": other["meets_bound"],
         })  # fmt: skip
     if not per_round:
         return {"bound_s": bound}
-    return {
+    out = {
         "bound_s": bound,
+        "same_configuration": same,
         "measured": statistics.median(r["measured"] for r in per_round),
         "predicted": statistics.median(r["predicted"] for r in per_round),
         "rounds": per_round,
     }
+    if same:
+        out["served_twice"] = statistics.median(r["served_twice"] for r in per_round)
+    return out
 
 
 def speed_readings(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -187,7 +200,13 @@ def format_table(report: dict[str, Any]) -> str:
     for name, b in summ["bounds"].items():
         for base in ("vllm", "static"):
             r = b[f"ratio_over_{base}"]
-            if "measured" in r:
+            if "measured" in r and r.get("same_configuration"):
+                lines.append(
+                    f"{name} bound ({r['bound_s']:.3f} s): the plan is the {base} "
+                    f"configuration (1.00x); served twice, it measured {r['served_twice']:.2f}x "
+                    "itself"
+                )
+            elif "measured" in r:
                 lines.append(
                     f"{name} bound ({r['bound_s']:.3f} s): plan / {base} throughput "
                     f"{r['measured']:.2f}x measured, {r['predicted']:.2f}x predicted"

@@ -158,7 +158,7 @@ async def test_a_latency_margin_replans_under_the_rest_of_the_bound(
 ) -> None:
     await profiled_and_planned(cluster)
     before = plan(cluster)
-    assert before["latencyMargin"] == 0.0
+    assert before["latencyMargin"] == 0.1  # the default
 
     await cluster.patch_deployment("x", {"spec": {"slo": {"latencyMargin": 0.3}}})
 
@@ -169,3 +169,23 @@ async def test_a_latency_margin_replans_under_the_rest_of_the_bound(
     assert after["latencyBoundSeconds"] == before["latencyBoundSeconds"] == 3.1
     assert after["predicted"]["latencySeconds"] <= 0.7 * 3.1
     assert before["predicted"]["latencySeconds"] > 0.7 * 3.1
+
+
+async def test_a_minimum_gain_replans_and_is_reported(cluster: Cluster, operator: Operator) -> None:
+    await profiled_and_planned(cluster)
+    before = plan(cluster)
+    assert before["minGain"] == 0.1  # the default
+    assert before["strategy"] == "RoundRobin"
+    gain = before["predicted"]["throughputQps"] / before["baselines"]["Continuous"]["throughputQps"]
+    assert 1.1 < gain < 2.0
+    # A gain RoundRobin does not reach over continuous batching: that batching runs.
+    await cluster.patch_deployment("x", {"spec": {"minGain": 1.0}})
+
+    await cluster.wait_for(lambda: plan(cluster).get("minGain") == 1.0)
+    after = plan(cluster)
+    assert after["inputsHash"] != before["inputsHash"]
+    assert after["strategy"] == "Continuous"
+    assert after["predicted"] == before["baselines"]["Continuous"]
+    assert f"reaches {gain:.2f}x its throughput" in after["reason"]
+    assert "less than the 100% gain spec.minGain asks for" in after["reason"]
+    assert after["hash"] != before["hash"]

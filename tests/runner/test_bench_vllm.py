@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from builders import spec
 
 from exegpt.bench import vllm as bench
 from exegpt.bench import vllm_report as report
@@ -56,6 +57,7 @@ from exegpt.bench.vllm_speed import (
     speed_fields,
     with_request_overhead,
 )
+from exegpt.operator.spec import parse_spec
 from exegpt.planner.analytic import analytic_profile
 from exegpt.planner.costs import Group
 from exegpt.planner.plan import ExecutionConfig, Plan
@@ -184,6 +186,7 @@ def _row(role: str, measured: float, predicted: float, turn: int = 0, **kw: Any)
     metrics = {"throughput_qps": measured, "latency_s": 1.0, "e2e_p99_s": 2.0}
     return {
         "role": role, "round": turn, "bound": kw.pop("bound", "tight"),
+        "config": kw.pop("config", {"strategy": role}),
         "measured": {**metrics, "latency_at_workload_p99_s": 1.0},
         "predicted": dict(metrics), "error_pct": errors,
         "workload_prediction": {"predicted": {"throughput_qps": predicted}, "error_pct": errors},
@@ -202,6 +205,25 @@ def test_ratios_are_taken_within_each_round_and_their_median_reported() -> None:
     assert [x["measured"] for x in r["rounds"]] == [1.5, 1.2, 2.0]
     assert r["measured"] == 1.5 and r["predicted"] == pytest.approx(1.2)
     assert report.ratios(rows, "static", 0.5) == {"bound_s": 0.5}
+
+
+def test_a_plan_that_is_the_baseline_is_one_times_it_and_its_repeat_is_reported() -> None:
+    stock = {"strategy": "Continuous", "decode_batch": 32}
+    rows = [
+        _row("plan", 40, 50, 0, config=stock), _row("vllm", 44, 50, 0, config=stock),
+        _row("plan", 45, 50, 1, config=stock), _row("vllm", 43, 50, 1, config=stock),
+    ]  # fmt: skip
+    r = report.ratios(rows, "vllm", 2.0)
+
+    assert r["same_configuration"] is True
+    assert r["measured"] == 1.0 and r["predicted"] == 1.0
+    assert [x["served_twice"] for x in r["rounds"]] == [40 / 44, 45 / 43]
+    assert r["served_twice"] == pytest.approx((40 / 44 + 45 / 43) / 2)
+    # another configuration is compared as measured
+    rows[1]["config"] = rows[3]["config"] = {"strategy": "Continuous", "decode_batch": 16}
+    other = report.ratios(rows, "vllm", 2.0)
+    assert other["same_configuration"] is False and "served_twice" not in other
+    assert other["measured"] == pytest.approx((40 / 44 + 45 / 43) / 2)
 
 
 def test_the_summary_gives_median_and_worst_errors_ratios_and_targets() -> None:
@@ -768,6 +790,25 @@ def test_the_summary_sets_the_errors_at_the_speeds_read_beside_the_judged_ones()
     assert s["speed_readings"]["moved_during_row_pct"] == {
         "median_abs_pct": 5, "worst_abs_pct": 12
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("gain", ["1.5", "-0.1"])
+def test_a_minimum_gain_out_of_range_is_refused_before_anything_runs(
+    gain: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.run(["--quick", "--min-gain", gain])
+    assert exc.value.code == 2
+    assert "--min-gain: give a fraction from 0 to 1" in capsys.readouterr().err
+
+
+def test_the_bench_plans_with_the_resources_defaults() -> None:
+    # what a user who sets neither field gets: the defaults of the resource
+    defaults = parse_spec(spec())
+    assert bench.LATENCY_MARGIN == defaults.slo.latency_margin == 0.1
+    assert bench.MIN_GAIN == defaults.min_gain == 0.1
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), 1.0, min_gain=0.1)
+    assert request.min_gain == 0.1
 
 
 @pytest.mark.parametrize("margin", ["0.8", "-0.1"])

@@ -180,9 +180,59 @@ def test_reason_without_a_rival_says_why() -> None:
     assert unbounded.reason.startswith("RoundRobin: no WorkloadAware configuration fits on 1 x ")
     assert "bound" not in unbounded.reason
     bounded = _plan(_small(gpus=1, bound=3.0))
-    assert bounded.reason == (
-        "RoundRobin: no WorkloadAware configuration meets the 3 s bound within memory"
+    assert bounded.reason.startswith(
+        "RoundRobin: no WorkloadAware configuration meets the 3 s bound within memory, "
     )
+    # and how far it is predicted above the engine's own best batching
+    cont = bounded.baselines["Continuous"]
+    assert cont is not None
+    ratio = bounded.predicted.throughput_qps / cont.predicted.throughput_qps
+    assert bounded.reason.endswith(
+        f", {ratio:.2f}x Continuous (the own engine's continuous batching)"
+    )
+
+
+def test_a_schedule_replaces_continuous_batching_only_by_more_than_the_gain() -> None:
+    # With no gain asked for, RoundRobin wins here by a margin the test reads off the plan
+    req = _small(gpus=1, bound=3.0)
+    best = _plan(req)
+    assert best.strategy == "RoundRobin" and best.min_gain == 0.0
+    base = max(
+        (c for c in best.baselines.values() if c is not None),
+        key=lambda c: c.predicted.throughput_qps,
+    )
+    gain = best.predicted.throughput_qps / base.predicted.throughput_qps - 1.0
+    assert gain > 0.01
+    # a gain just under what it reaches keeps RoundRobin
+    under = _plan(req.model_copy(update={"min_gain": gain - 0.01}))
+    assert under.config == best.config and under.min_gain == pytest.approx(gain - 0.01)
+    # a gain just over it keeps the simpler schedule, the best baseline, and says why
+    over = _plan(req.model_copy(update={"min_gain": gain + 0.01}))
+    assert over.config == base.config
+    assert over.predicted == base.predicted
+    assert f"{1 + gain:.2f}x its throughput" in over.reason
+    assert f"less than the {gain + 0.01:.0%} gain spec.minGain asks for" in over.reason
+    # the ExeGPT schedule passed over heads the alternatives
+    assert over.alternatives[0].config == best.config
+    # under a fixed strategy the gain has nothing to choose between
+    fixed = req.model_copy(update={"strategy": "RoundRobin", "min_gain": gain + 0.01})
+    assert _plan(fixed).config == best.config
+
+
+def test_static_replaces_continuous_batching_only_by_more_than_the_gain() -> None:
+    req = _small(gpus=1, bound=3.0)
+    best = _plan(req)
+    static, cont = best.baselines["Static"], best.baselines["Continuous"]
+    assert static is not None and cont is not None
+    ratio = static.predicted.throughput_qps / cont.predicted.throughput_qps
+    top = best.predicted.throughput_qps / max(
+        static.predicted.throughput_qps, cont.predicted.throughput_qps
+    )
+    # a gain the ExeGPT schedule does not reach over the best baseline: the choice is
+    # between the two baselines, continuous batching unless Static beats it by the gain
+    gain = top  # more than top - 1
+    chosen = _plan(req.model_copy(update={"min_gain": gain})).config
+    assert chosen == (static.config if ratio > 1.0 + gain else cont.config)
 
 
 def test_auto_is_at_least_as_good_as_either_strategy_alone() -> None:

@@ -70,7 +70,16 @@ def test_the_latency_margin_reaches_the_plan_request() -> None:
     assert r.latency_bound_s == pytest.approx(2.0)
     assert r.latency_margin == pytest.approx(0.1)
     assert r.planning_bound_s == pytest.approx(1.8)
-    assert plan_request(parse_spec(spec(**{"slo": {"latency": "2s"}}))).latency_margin == 0.0
+    # unset: 0.1 (the median error measured on vLLM); 0 plans at the bound itself
+    assert plan_request(parse_spec(spec(**{"slo": {"latency": "2s"}}))).latency_margin == 0.1
+    none = plan_request(parse_spec(spec(**{"slo": {"latency": "2s", "latencyMargin": 0}})))
+    assert none.planning_bound_s == pytest.approx(2.0)
+
+
+def test_the_minimum_gain_reaches_the_plan_request() -> None:
+    assert plan_request(parse_spec(spec())).min_gain == 0.1
+    assert plan_request(parse_spec(spec(minGain=0))).min_gain == 0.0
+    assert plan_request(parse_spec(spec(minGain=0.25))).min_gain == 0.25
 
 
 def test_case_study_example_values() -> None:
@@ -170,6 +179,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("boolean duration", {"slo.latency": True}, "spec.slo.latency: invalid duration"),
     ("margin above a half", {"slo.latencyMargin": 0.8}, "spec.slo.latencyMargin:"),
     ("negative margin", {"slo.latencyMargin": -0.1}, "spec.slo.latencyMargin:"),
+    ("gain above one", {"minGain": 1.5}, "spec.minGain:"),
+    ("negative gain", {"minGain": -0.1}, "spec.minGain:"),
     ("unknown preset", {"model.name": "gpt-5"}, "spec.model.name: unknown model preset 'gpt-5'"),
     ("unknown gpu", {"hardware.gpuType": "tpu-v5"}, "spec.hardware.gpuType: unknown GPU type"),
     ("partial nodes", {"hardware.gpus": 12}, "spec.hardware.gpus: 12 GPUs span more than one node"),
