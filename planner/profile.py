@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 MEASURED_PROFILER_VERSION = "xprofiler-3"
 # The version of the profiler that times vLLM's own steps (``exegpt profile --engine vllm``);
 # 2: every step is the median of its timings (the least on the CPU before).
-VLLM_PROFILER_VERSION = "xprofiler-vllm-2"
+VLLM_PROFILER_VERSION = "xprofiler-vllm-3"
 # The vLLM release the runtime image carries: the engine version of the profile key the
 # operator looks up for a deployment that runs on vLLM.
 VLLM_VERSION = "0.32.0"

@@ -550,6 +550,14 @@ def _schedule(
     if not ranked:
         if not search.truncated:
             _lowest_latency(search, [b for _, b in rr + waa])
+        low = search.best_latency_candidate
+        if not exhaustive and not search.truncated and low and search.meets(low.predicted):
+            # A configuration meets the bound that the binary searches stepped over: the
+            # profile's latency falls with the batch somewhere (a noisy measured point),
+            # so the lines are not monotone. Every point is searched instead.
+            left = None if time_limit_s is None else time_limit_s - stats.seconds
+            if left is None or left > 0:
+                return _schedule(request, profile, exhaustive=True, time_limit_s=left)
         return _infeasible(request, search, stats)
     best = _simplest_worth_it(ranked, request.min_gain)
     baselines = {"Static": search.best("Static"), "Continuous": search.best("Continuous")}

@@ -69,6 +69,7 @@ from .profiler import (
     fill_grid,
     grid_levels,
     length_levels,
+    non_decreasing_in_batch,
 )
 from .vllm_model import write_model_dir
 from .vllm_steps import EngineSettings, StepTime, VllmEngine, typical, vllm_version
@@ -344,7 +345,7 @@ class VllmProfiler:
         grid = fill_grid(raw.axes[0], raw.axes[1], measured, coarse)
         if phase == "decode":
             grid = affine_in_length(grid, measured)
-        return grid
+        return non_decreasing_in_batch(grid)
 
     def _engine_curve(self, overhead: dict[int, list[float]]) -> Curve | None:
         batches = sorted(b for b, v in overhead.items() if v)

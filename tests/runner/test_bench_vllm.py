@@ -819,6 +819,14 @@ def test_a_planning_setting_out_of_range_is_refused_before_anything_runs(
     assert message in capsys.readouterr().err
 
 
+def test_the_bench_searches_at_the_percentile_and_the_user_bound_is_above_it() -> None:
+    bounds = bench.bench_bounds([0.36, 1.8], 0.1)
+    assert bounds == pytest.approx([0.4, 2.0])
+    request = bench.plan_request(bench.CPU_MODEL, bench_workload(), bounds[0], margin=0.1)
+    assert request.planning_bound_s == pytest.approx(0.36)
+    assert bench.bench_bounds([0.36], 0.0) == [0.36]
+
+
 def test_the_bench_plans_with_the_margin_its_baselines_share() -> None:
     wl = bench_workload()
     request = bench.plan_request(bench.CPU_MODEL, wl, 1.0, margin=0.1)

@@ -200,6 +200,35 @@ def test_gpu_profile() -> None:
     assert all(s > 0 for row in p.tables(1).decode.seconds for s in row)
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]),  # already non-decreasing: unchanged
+        ([2.0, 1.0, 3.0], [1.5, 1.5, 3.0]),  # a dip pooled with the point before it
+        ([1.0, 4.0, 2.0, 0.0, 5.0], [1.0, 2.0, 2.0, 2.0, 5.0]),  # a run pooled to its mean
+        ([3.0, 2.0, 1.0], [2.0, 2.0, 2.0]),
+    ],
+)
+def test_a_falling_run_is_replaced_by_its_mean(values: list[float], expected: list[float]) -> None:
+    from exegpt.runner.profiler import non_decreasing
+
+    out = non_decreasing(values)
+    assert out == pytest.approx(expected)
+    assert sum(out) == pytest.approx(sum(values))  # least squares keeps the mean
+
+
+def test_each_length_becomes_non_decreasing_in_batch() -> None:
+    from exegpt.planner.profile import Grid
+    from exegpt.runner.profiler import non_decreasing_in_batch
+
+    # per-layer times of batches 1, 2, 3, 4 at two lengths; batch 3 measured low
+    grid = Grid(batch=[1, 2, 3, 4], length=[16, 64], seconds=[[5, 6], [6, 7], [3, 4], [8, 9]])
+    out = non_decreasing_in_batch(grid)
+    assert out.batch == grid.batch and out.length == grid.length
+    assert [r[0] for r in out.seconds] == pytest.approx([14 / 3] * 3 + [8])
+    assert [r[1] for r in out.seconds] == pytest.approx([17 / 3] * 3 + [9])
+
+
 def test_decode_rows_become_lines_through_their_points() -> None:
     from exegpt.planner.profile import Grid
     from exegpt.runner.profiler import affine_in_length

@@ -13,14 +13,16 @@ from planner_builders import profile_for, request, simulator
 
 from exegpt.planner.plan import (
     Candidate,
+    ExecutionConfig,
     Infeasible,
     Plan,
     PlanRequest,
     PlanResult,
     StrategyChoice,
 )
-from exegpt.planner.profile import Profile
+from exegpt.planner.profile import Grid, PhaseTables, Profile
 from exegpt.planner.scheduler import schedule
+from exegpt.planner.simulator import Simulator
 
 SMALL = "llama-2-7b"
 
@@ -422,3 +424,29 @@ def test_auto_plan_is_never_below_a_baseline_of_its_engine() -> None:
     assert isinstance(only_rr, Plan)
     assert only_rr.strategy == "RoundRobin"
     assert only_rr.predicted.throughput_qps < plan.predicted.throughput_qps
+
+
+def test_a_bound_met_only_past_a_slow_smallest_batch_is_still_planned() -> None:
+    # a profile whose batch-1 decode step is three times its measured cost (a noisy
+    # point): batch 1 misses the bound, larger batches meet it, so the binary searches,
+    # which stop at a line's first point that misses, step over every configuration
+    base = profile_for("llama-2-7b")
+    slow: dict[int, PhaseTables] = {}
+    for tp, tables in base.tensor_parallel.items():
+        d = tables.decode
+        rows = [list(r) for r in d.seconds]
+        rows[0] = [3 * x for x in rows[0]]
+        slow[tp] = tables.model_copy(
+            update={"decode": Grid(batch=d.batch, length=d.length, seconds=rows)}
+        )
+    prof = base.model_copy(update={"tensor_parallel": slow})
+    req = request(model="llama-2-7b", gpus=1, bound=0.8)
+    one = ExecutionConfig(strategy="Static", encode_batch=1)
+    assert Simulator(req, prof).evaluate(one).latency_s > 0.8
+
+    plan = schedule(req, prof)
+    every = schedule(req, prof, exhaustive=True)
+    assert isinstance(plan, Plan) and isinstance(every, Plan)
+    assert plan.config == every.config
+    assert plan.predicted.latency_s <= 0.8
+    assert plan.search.exhaustive
