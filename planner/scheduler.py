@@ -628,8 +628,10 @@ def _reason(
             if ratio > 1.0 and request.min_gain > 0.0
             else ""
         )
+        # a ratio just under 1 + minGain keeps its third digit, lest it read as the gain
+        digits = 3 if kept and round(ratio, 2) >= 1.0 + request.min_gain else 2
         return (
-            f"{what}: the best ExeGPT schedule reaches {ratio:.2f}x its throughput "
+            f"{what}: the best ExeGPT schedule reaches {ratio:.{digits}f}x its throughput "
             f"under {bound}{kept}"
         )
     other: Strategy = "WorkloadAware" if chosen == "RoundRobin" else "RoundRobin"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,6 +21,20 @@ GPU_TARGET_ERROR_PCT = 5.0  # on a GPU
 
 class NoDevice(RuntimeError):
     """The bench was asked for a device this machine does not have."""
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as the kernel reports it (``model name``), or "unknown":
+    benchmarks on the CPU differ by machine, so their records name it."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return "unknown"
 
 
 def gpu_type_of(device_name: str, memory_bytes: int) -> GpuType:

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exegpt.bench.device import BenchDevice, NoDevice
+from exegpt.bench.device import BenchDevice, NoDevice, cpu_model
 from exegpt.bench.load import Driven, Job, concurrency_for, make_requests, run_replica
 from exegpt.bench.paper import static_latency_percentiles, summarize_config
 from exegpt.bench.profile import CPU_MODELS
@@ -641,6 +641,7 @@ def bench(
             "gpu_type": device.gpu.name,
             "dtype": device.dtype,
             "machine": platform.machine(),
+            "cpu_model": cpu_model(),
             "cpus": _cpus(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exegpt.bench.device import cpu_model
 from exegpt.bench.openai_load import Client, Request, Timed, make_requests, records
 from exegpt.bench.paper import static_latency_percentiles, summarize_config
 from exegpt.bench.records import (
@@ -1029,6 +1030,7 @@ def bench(
         "notes": notes,
         "environment": {
             "machine": platform.machine(),
+            "cpu_model": cpu_model(),
             "cpus": len(os.sched_getaffinity(0)),
             "load_average": list(os.getloadavg()),
             "torch": torch.__version__,

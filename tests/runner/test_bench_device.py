@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,3 +100,14 @@ def test_the_bench_runs_on_a_gpu() -> None:
     for c in report["configs"]:
         for key in ("throughput_qps", "latency_s", "e2e_p99_s"):
             assert c["measured"][key] > 0 and c["predicted"][key] > 0
+
+
+def test_a_cpu_is_named_by_the_kernels_model_name(tmp_path: Path) -> None:
+    from exegpt.bench.device import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n")
+    assert cpu_model(info) == "AMD EPYC"
+    info.write_text("processor\t: 0\n")
+    assert cpu_model(info) == "unknown"
+    assert cpu_model(tmp_path / "absent") == "unknown"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from itertools import pairwise
 from typing import Any
@@ -216,6 +217,10 @@ def test_a_schedule_replaces_continuous_batching_only_by_more_than_the_gain() ->
     assert f"less than the {gain + 0.01:.0%} gain spec.minGain asks for" in over.reason
     # the ExeGPT schedule passed over heads the alternatives
     assert over.alternatives[0].config == best.config
+    # a ratio just under the gain is not printed as the gain itself
+    close = _plan(req.model_copy(update={"min_gain": gain + 0.001})).reason
+    shown = re.search(r"reaches ([0-9.]+)x", close)
+    assert shown is not None and float(shown.group(1)) < 1.0 + gain + 0.001
     # under a fixed strategy the gain has nothing to choose between
     fixed = req.model_copy(update={"strategy": "RoundRobin", "min_gain": gain + 0.01})
     assert _plan(fixed).config == best.config
