@@ -53,6 +53,7 @@ import torch
 from exegpt.planner import analytic
 from exegpt.planner.architecture import DTYPE_BYTES, Architecture, Dtype
 from exegpt.planner.hardware import GIB, GpuType, get_gpu
+from exegpt.planner.isotonic import non_decreasing
 from exegpt.planner.profile import (
     MEASURED_PROFILER_VERSION,
     Comm,
@@ -218,27 +219,11 @@ def affine_in_length(grid: Grid, measured: dict[tuple[int, int], float]) -> Grid
     return Grid(batch=list(grid.batch), length=list(grid.length), seconds=rows)
 
 
-def non_decreasing(values: Sequence[float]) -> list[float]:
-    """The closest non-decreasing sequence to ``values`` in least squares (isotonic
-    regression, pool-adjacent-violators): a run of points that falls is replaced by its
-    mean, so a dip is averaged with its neighbours instead of cut or lifted."""
-    blocks: list[list[float]] = []  # [sum, count] of each pooled run
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    out: list[float] = []
-    for total, count in blocks:
-        out += [total / count] * int(count)
-    return out
-
-
 def non_decreasing_in_batch(grid: Grid) -> Grid:
-    """``grid`` with each length's column made non-decreasing in batch
-    (``non_decreasing``): a step of more sequences does at least the work of one of
-    fewer, so a measured point below a smaller batch's is scatter. On a shared CPU the
+    """``grid`` with each length's column made non-decreasing in batch (isotonic
+    regression, ``planner.isotonic.non_decreasing``): a step of more sequences does at
+    least the work of one of fewer, so a measured point below a smaller batch's is
+    scatter. On a shared CPU the
     smallest batches' per-layer times, what is left of a step of a few milliseconds
     after the engine's share, scatter by a factor of two or more."""
     columns = [non_decreasing(col) for col in zip(*grid.seconds, strict=True)]

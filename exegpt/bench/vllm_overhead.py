@@ -59,6 +59,7 @@ import numpy as np
 
 from exegpt.bench.openai_load import Client, Request, Timed
 from exegpt.bench.vllm_servers import read_counters, serve
+from exegpt.planner.isotonic import non_decreasing
 from exegpt.planner.plan import ExecutionConfig, Plan
 from exegpt.planner.profile import Curve, EngineOverhead, Profile
 from exegpt.runner.vllm_profiler import step_prediction
@@ -123,6 +124,9 @@ def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
     about 10 % short."""
     ordered = sorted(points, key=lambda p: p.batch)
     batches = [p.batch for p in ordered]
+    # a measured batch below a smaller one is the machine's drift between the two
+    # measurements (at batch 4: 0.28 to 1.54 ms over the runs of 5 December, each a
+    # fraction of a second long), which priced the configurations near it short or long
     seconds = non_decreasing([max(p.overhead_s, 0.0) for p in ordered])
     engine = EngineOverhead(step=Curve(x=[float(b) for b in batches], seconds=seconds))
     note = (
@@ -132,23 +136,6 @@ def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
     notes = "; ".join(x for x in (profile.provenance.notes, note) if x)
     provenance = profile.provenance.model_copy(update={"notes": notes})
     return profile.model_copy(update={"engine": engine, "provenance": provenance})
-
-
-def non_decreasing(values: Sequence[float]) -> list[float]:
-    """The least-squares non-decreasing sequence through ``values`` (adjacent values that
-    fall are pooled to their mean). What serving adds to a step grows with the
-    sequences it streams; a measured batch below a smaller one is the machine's drift
-    between the two measurements (at batch 4: 0.28 to 1.54 ms over the day's runs, each
-    a fraction of a second long), and the configurations run near that batch were priced
-    short or long by it."""
-    blocks: list[tuple[float, int]] = []  # (mean, count)
-    for v in values:
-        mean, count = float(v), 1
-        while blocks and blocks[-1][0] > mean:
-            m, c = blocks.pop()
-            mean, count = (m * c + mean * count) / (c + count), c + count
-        blocks.append((mean, count))
-    return [m for m, c in blocks for _ in range(c)]
 
 
 def measure_overhead(

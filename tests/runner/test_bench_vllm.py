@@ -41,7 +41,6 @@ from exegpt.bench.vllm_overhead import (
     decode_step,
     handover_cost,
     model_step,
-    non_decreasing,
     probe_order,
     with_handover,
     with_overhead,
@@ -434,13 +433,6 @@ def test_a_measured_batch_below_a_smaller_one_is_pooled_with_it(profile: Profile
     got = [curve.step.at(b) for b in adds]
     assert got == pytest.approx([0.37e-3, 0.625e-3, 0.625e-3, 1.185e-3, 1.185e-3, 2.89e-3])
     assert got == sorted(got)
-
-
-def test_non_decreasing_is_the_least_squares_fit_that_never_falls() -> None:
-    assert non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
-    assert non_decreasing([3.0, 1.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    assert non_decreasing([1.0, 4.0, 2.0, 0.0, 5.0]) == pytest.approx([1.0, 2.0, 2.0, 2.0, 5.0])
-    assert non_decreasing([]) == []
 
 
 def test_the_probe_takes_the_batches_in_turn() -> None:

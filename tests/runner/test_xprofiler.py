@@ -200,23 +200,6 @@ def test_gpu_profile() -> None:
     assert all(s > 0 for row in p.tables(1).decode.seconds for s in row)
 
 
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]),  # already non-decreasing: unchanged
-        ([2.0, 1.0, 3.0], [1.5, 1.5, 3.0]),  # a dip pooled with the point before it
-        ([1.0, 4.0, 2.0, 0.0, 5.0], [1.0, 2.0, 2.0, 2.0, 5.0]),  # a run pooled to its mean
-        ([3.0, 2.0, 1.0], [2.0, 2.0, 2.0]),
-    ],
-)
-def test_a_falling_run_is_replaced_by_its_mean(values: list[float], expected: list[float]) -> None:
-    from exegpt.runner.profiler import non_decreasing
-
-    out = non_decreasing(values)
-    assert out == pytest.approx(expected)
-    assert sum(out) == pytest.approx(sum(values))  # least squares keeps the mean
-
-
 def test_each_length_becomes_non_decreasing_in_batch() -> None:
     from exegpt.planner.profile import Grid
     from exegpt.runner.profiler import non_decreasing_in_batch
