@@ -219,15 +219,36 @@ def affine_in_length(grid: Grid, measured: dict[tuple[int, int], float]) -> Grid
     return Grid(batch=list(grid.batch), length=list(grid.length), seconds=rows)
 
 
-def non_decreasing_in_batch(grid: Grid) -> Grid:
-    """``grid`` with each length's column made non-decreasing in batch (isotonic
-    regression, ``planner.isotonic.non_decreasing``): a step of more sequences does at
-    least the work of one of fewer, so a measured point below a smaller batch's is
-    scatter. On a shared CPU the
-    smallest batches' per-layer times, what is left of a step of a few milliseconds
-    after the engine's share, scatter by a factor of two or more."""
-    columns = [non_decreasing(col) for col in zip(*grid.seconds, strict=True)]
-    rows = [list(r) for r in zip(*columns, strict=True)]
+def non_decreasing_in_batch(
+    grid: Grid,
+    rest: Callable[[int, int], float] = lambda _b, _n: 0.0,
+    layers: int = 1,
+    floor: float = 0.0,
+) -> Grid:
+    """``grid`` of per-layer times such that the whole step, ``layers`` x the layer
+    time + ``rest(batch, length)`` (what the step spends besides its layers), never
+    falls as the batch grows at any length: each length's steps made non-decreasing
+    (isotonic regression, ``planner.isotonic.non_decreasing``) and split back, the
+    layers' share never below ``floor`` of the step. A step of more sequences does at
+    least the work of one of fewer, so a measured step below a smaller batch's is
+    scatter; on a shared CPU the smallest batches' steps, two or three milliseconds,
+    scatter by a third. Points whose step already rose are kept as they are (the
+    per-layer time itself may fall where the rest grows faster than the step)."""
+    steps = [
+        [layers * t + rest(b, n) for n, t in zip(grid.length, row, strict=True)]
+        for b, row in zip(grid.batch, grid.seconds, strict=True)
+    ]
+    columns = [non_decreasing(col) for col in zip(*steps, strict=True)]
+    rows: list[list[float]] = []
+    for i, b in enumerate(grid.batch):
+        row = []
+        for j, n in enumerate(grid.length):
+            step = columns[j][i]
+            if step == steps[i][j]:
+                row.append(grid.seconds[i][j])
+            else:
+                row.append(max(step - rest(b, n), floor * step) / layers)
+        rows.append(row)
     return Grid(batch=list(grid.batch), length=list(grid.length), seconds=rows)
 
 

@@ -329,11 +329,13 @@ class VllmProfiler:
         elem = DTYPE_BYTES[self.dtype]
         hidden = self.arch.hidden_size
 
-        def per_layer(b: int, n: int, step: float) -> float:
+        def rest(b: int, n: int) -> float:
             tokens = b * n if phase == "encode" else b
-            rest = head.at(b) + (engine.at(b) if engine is not None else 0.0)
-            rest += 2 * layers * comm.all_reduce_at(tp, tokens * hidden * elem)
-            return max(step - rest, MIN_LAYER_SHARE * step) / layers
+            other = head.at(b) + (engine.at(b) if engine is not None else 0.0)
+            return other + 2 * layers * comm.all_reduce_at(tp, tokens * hidden * elem)
+
+        def per_layer(b: int, n: int, step: float) -> float:
+            return max(step - rest(b, n), MIN_LAYER_SHARE * step) / layers
 
         measured = {p: per_layer(*p, t) for p, t in raw.measured.items()}
         coarse = None
@@ -345,7 +347,7 @@ class VllmProfiler:
         grid = fill_grid(raw.axes[0], raw.axes[1], measured, coarse)
         if phase == "decode":
             grid = affine_in_length(grid, measured)
-        return non_decreasing_in_batch(grid)
+        return non_decreasing_in_batch(grid, rest, layers, MIN_LAYER_SHARE)
 
     def _engine_curve(self, overhead: dict[int, list[float]]) -> Curve | None:
         batches = sorted(b for b, v in overhead.items() if v)

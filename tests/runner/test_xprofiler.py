@@ -200,7 +200,7 @@ def test_gpu_profile() -> None:
     assert all(s > 0 for row in p.tables(1).decode.seconds for s in row)
 
 
-def test_each_length_becomes_non_decreasing_in_batch() -> None:
+def test_each_lengths_steps_become_non_decreasing_in_batch() -> None:
     from exegpt.planner.profile import Grid
     from exegpt.runner.profiler import non_decreasing_in_batch
 
@@ -210,6 +210,19 @@ def test_each_length_becomes_non_decreasing_in_batch() -> None:
     assert out.batch == grid.batch and out.length == grid.length
     assert [r[0] for r in out.seconds] == pytest.approx([14 / 3] * 3 + [8])
     assert [r[1] for r in out.seconds] == pytest.approx([17 / 3] * 3 + [9])
+
+    # with two layers and a rest that grows with the batch it is the whole step that
+    # may not fall: steps 2x5+1=11, 2x4+2=10 (pooled to 10.5), 2x3+6=12 (rose: kept)
+    def rest(b: int, n: int) -> float:
+        return {1: 1.0, 2: 2.0, 3: 6.0}[b]
+
+    lone = Grid(batch=[1, 2, 3], length=[16], seconds=[[5.0], [4.0], [3.0]])
+    split = non_decreasing_in_batch(lone, rest, layers=2)
+    assert [r[0] for r in split.seconds] == pytest.approx([4.75, 4.25, 3.0])
+    # the layers' share never below the floor of the pooled step: steps 11, 18, 7
+    # pool to 11, 12.5, 12.5, and batch 2's rest (10) leaves its layers 2.5 of 12.5
+    floored = non_decreasing_in_batch(lone, lambda b, n: 10.0 if b == 2 else 1.0, 2, 0.2)
+    assert [r[0] for r in floored.seconds] == pytest.approx([5.0, 0.2 * 12.5 / 2, 11.5 / 2])
 
 
 def test_decode_rows_become_lines_through_their_points() -> None:
