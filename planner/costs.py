@@ -70,6 +70,7 @@ class CostModel:
         self._p2p = (profile.comm.send_recv_intra.fn(), profile.comm.send_recv_inter.fn())
         engine = profile.engine
         self._engine = engine.step.fn() if engine is not None else None
+        self._join = engine.join_s if engine is not None else 0.0
         self._memo: dict[tuple[object, ...], float] = {}
         self._boundaries: dict[Group, tuple[int, int]] = {}
 
@@ -108,9 +109,18 @@ class CostModel:
 
     # -- encode ----------------------------------------------------------------------------
     def encode_stage(self, group: Group, batch: float, length: float) -> float:
-        """Busy time of the slowest stage encoding ``batch`` queries of ``length`` tokens."""
+        """Busy time of the slowest stage encoding ``batch`` queries of ``length`` tokens,
+        with what admitting them costs the server (the profile's ``engine.join_s`` per
+        query of the busiest copy, spread over the stages: paid once per query)."""
         if batch <= 0:
             return 0.0
+        t = self._encode_model_stage(group, batch, length)
+        if self._join > 0.0:
+            t += self._join * _per_copy(batch, group.dp) / group.stages
+        return t
+
+    def _encode_model_stage(self, group: Group, batch: float, length: float) -> float:
+        """``encode_stage`` without the queries' admission."""
         key = ("e", group, batch, length)
         hit = self._memo.get(key)
         if hit is not None:
@@ -217,8 +227,9 @@ class CostModel:
     def step_floor(self, group: Group) -> float:
         """Busy time of the slowest stage for a step that carries almost nothing (one
         one-token prompt): what a step costs whatever it carries (the layers' fixed
-        work, the LM head's and the engine's per-step costs)."""
-        return self.encode_stage(group, 1.0, 1.0)
+        work, the LM head's and the engine's per-step costs), not the prompt's admission
+        (``engine.join_s``), which only a step that takes a query in pays."""
+        return self._encode_model_stage(group, 1.0, 1.0)
 
     def joined_prefill(self, group: Group, stage: float) -> float:
         """A stage's busy time ``stage`` encoding prompts, when the engine packs them

@@ -287,6 +287,15 @@ class EngineOverhead(BaseModel):
         "token, and where the instances share a host's cores, the prefill side's work for "
         "it): charged to the decode step the request joins",
     )
+    join_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds a step grows by for each request whose prompt it encodes, "
+        "beyond the prompt's encoding as the tables price it (the server's admission of "
+        "a new request: its input processing, the scheduler taking it in, its output's "
+        "set-up), where that work shares the cores with the model's steps: charged once "
+        "per prompt to the step that encodes it",
+    )
 
 
 class Provenance(BaseModel):

@@ -121,7 +121,8 @@ def _grid(g: Grid, factor: float) -> Grid:
 
 def at_speed(profile: Profile, factor: float) -> Profile:
     """``profile`` on a machine ``factor`` times as slow: every compute table and what the
-    engine adds (to a step, a request and a hand-over) scaled (communication kept as it is)."""
+    engine adds (to a step, a request, a hand-over and a join) scaled (communication kept
+    as it is)."""
     if factor <= 0:
         raise ValueError(f"factor must be positive, got {factor}")
     tables = {
@@ -137,6 +138,7 @@ def at_speed(profile: Profile, factor: float) -> Profile:
             step=_curve(profile.engine.step, factor),
             request_s=profile.engine.request_s * factor,
             handover_s=profile.engine.handover_s * factor,
+            join_s=profile.engine.join_s * factor,
         )
         if profile.engine
         else None

@@ -99,15 +99,19 @@ from exegpt.bench.vllm_measured import load as load_measured
 from exegpt.bench.vllm_measured import now as measured_now
 from exegpt.bench.vllm_measured import save as save_measured
 from exegpt.bench.vllm_overhead import (
+    JOIN_BATCH,
+    PROMPT_TOKENS,
     Point,
     describe,
     describe_handover,
     handover_cost,
+    join_cost,
     measure_overhead,
     model_step,
     stock_config,
     stock_probe,
     with_handover,
+    with_join,
     with_overhead,
 )
 from exegpt.bench.vllm_profile import CPU_MODEL
@@ -843,7 +847,7 @@ def measure_shapes(
                 workload.output.max, root / f"overhead-{e.role}", environment,
                 mode.overhead_batches_shaped, mode.overhead_repeats, rng,
                 bare.architecture.vocab_size, in_flight=probe.config.micro_batches,
-                handover_batch=max(mode.overhead_batches_shaped) if pair else None,
+                churn_batch=max(mode.overhead_batches_shaped) if pair else None,
             )  # fmt: skip
         except Exception as exc:
             shapes[e.role] = {"failed": failure(exc)}
@@ -888,14 +892,30 @@ def measure(
     template = schedule(plan_request(architecture, workload, None), bare)
     if not isinstance(template, Plan):
         raise RuntimeError(f"nothing can be planned: {template.message}")
-    points, overhead_s, _ = measure_overhead(
+    points, overhead_s, loads = measure_overhead(
         stock_probe(template, mode.overhead_batches),
         lambda b, n: model_step(bare, round(b), round(n)),
         model_dir, workload.input.max, workload.output.max, root / "overhead", environment,
         mode.overhead_batches, mode.overhead_repeats, rng, architecture.vocab_size,
+        churn_batch=JOIN_BATCH, churn_spare=0,
     )  # fmt: skip
     log(f"serving overhead: {describe(points)} ({overhead_s:.0f} s)")
-    return Measured(bare, points, engine_start_s, profile_s, overhead_s, at)
+    join_s = join_cost(
+        [s for s, _ in loads],
+        [lg for _, lg in loads],
+        joined_prompt(bare, plan_request(architecture, workload, None)),
+    )
+    log(f"a request joining a step adds {1e3 * join_s:.2f} ms to it")
+    return Measured(bare, points, engine_start_s, profile_s, overhead_s, at, join_s, tuple(loads))
+
+
+def joined_prompt(profile: Profile, request: PlanRequest) -> float:
+    """What ``profile`` prices a prompt of ``vllm_overhead.PROMPT_TOKENS`` tokens at when
+    it joins a step that runs anyway (``CostModel.joined_prefill``): the part of the
+    join loads' steps that is the prompt's encoding, not its admission."""
+    costs = Simulator(request, profile).costs
+    group = Group(1, 1)
+    return costs.joined_prefill(group, costs.encode_stage(group, 1.0, float(PROMPT_TOKENS)))
 
 
 def bench(
@@ -941,7 +961,8 @@ def bench(
         )  # fmt: skip
         request = plan_request(architecture, workload, None)
         stock = stock_config(mode.overhead_batches)
-        profile = served_by_probe(with_overhead(bare, points), points, request, stock)
+        served = served_by_probe(with_overhead(bare, points), points, request, stock)
+        profile = with_join(served, measured.join_s)
         pcts = static_latency_percentiles(request, profile, [BOUNDS[b] for b in mode.bounds])
         bounds = dict(zip(mode.bounds, bench_bounds(pcts, margin), strict=True))
         entries: list[tuple[str, Entry]] = []
@@ -963,8 +984,9 @@ def bench(
             notes += [f"{name} bound: {n}" for n in why]
             entries += [(name, e) for e in chosen]
         entries, shapes = measure_shapes(
-            entries, bare, model_dir, workload, mode, root, environment, rng, log
-        )
+            entries, with_join(bare, measured.join_s), model_dir, workload, mode, root,
+            environment, rng, log,
+        )  # fmt: skip
         notes += [
             f"the {role} row is priced with the one-server engine curve: its shape's servers "
             f"failed ({got['failed']})"
@@ -1014,6 +1036,7 @@ def bench(
             "notes": bare.provenance.notes,
             "serving_overhead": describe(points),
             "serving_overhead_seconds": overhead_s,
+            "serving_join": describe_handover(measured.join_s, measured.joins),
             "serving_overhead_by_shape": shapes,
             "measured_at": measured.measured_at,
             "reused": measured.measured_at < started_at,

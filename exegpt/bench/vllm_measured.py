@@ -1,6 +1,7 @@
 """What ``exegpt bench vllm`` measures before it plans (the XProfiler's profile of vLLM's
-steps and the server's overhead per step), kept between runs so that ``--quick`` can
-reuse the last measurement on this machine, as the operator reuses a cached profile.
+steps, the server's overhead per step, and what a request joining a step adds to it),
+kept between runs so that ``--quick`` can reuse the last measurement on this machine,
+as the operator reuses a cached profile.
 
 A measurement is kept in one JSON file per key: the vLLM and torch versions, the
 profiler's version and how the server's steps are measured (:data:`MEASUREMENT`), the
@@ -21,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exegpt.bench.vllm_overhead import Point, describe
+from exegpt.bench.vllm_overhead import (
+    Churn,
+    Point,
+    churn_from_json,
+    describe,
+    describe_handover,
+)
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
 
@@ -29,8 +36,9 @@ from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
 # measurements stale. 2: the median of the repeated runs at each batch (the least before);
 # 3: batches 1, 2, 4, 8, 16, 32 and 96 (--quick 1, 4, 8, 32), joined point to point;
 # 4: each batch's requests' end-to-end latency kept (what the server adds to a request);
-# 5: the batches measured in turn, seven times over (three runs of one batch in a row).
-MEASUREMENT = 5
+# 5: the batches measured in turn, seven times over (three runs of one batch in a row);
+# 6: what a join costs the server's steps (loads of short and of long outputs).
+MEASUREMENT = 6
 
 
 @dataclass(frozen=True)
@@ -44,11 +52,16 @@ class Measured:
     profile_s: float
     overhead_s: float
     measured_at: str
+    # what a request joining a step adds to it (``vllm_overhead.join_cost``), and the
+    # loads it was read from
+    join_s: float = 0.0
+    joins: tuple[tuple[Churn, Churn], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bare": self.bare.model_dump(mode="json"),
             "points": describe(self.points),
+            "join": describe_handover(self.join_s, self.joins),
             "engine_start_s": self.engine_start_s,
             "profile_s": self.profile_s,
             "overhead_s": self.overhead_s,
@@ -63,9 +76,15 @@ class Measured:
                   float(p.get("request_e2e_s", math.nan)))
             for p in doc["points"]
         ]  # fmt: skip
+        join = doc["join"]
+        joins = tuple(
+            (churn_from_json(pair["short"]), churn_from_json(pair["long"]))
+            for pair in join["loads"]
+        )
         return cls(
             Profile.model_validate(doc["bare"]), points, float(doc["engine_start_s"]),
             float(doc["profile_s"]), float(doc["overhead_s"]), str(doc["measured_at"]),
+            float(join["seconds"]), joins,
         )  # fmt: skip
 
 

@@ -67,6 +67,11 @@ from exegpt.runner.vllm_profiler import step_prediction
 PROMPT_TOKENS = 32
 OUTPUT_TOKENS = 96
 
+# requests in flight beyond a WorkloadAware decode batch in its hand-over probe's loads
+HANDOVER_SPARE = 2
+# the decode batch of the loads that read what a join costs a stock server
+JOIN_BATCH = 8
+
 
 @dataclass(frozen=True)
 class Point:
@@ -128,7 +133,13 @@ def with_overhead(profile: Profile, points: Sequence[Point]) -> Profile:
     # measurements (at batch 4: 0.28 to 1.54 ms over the runs of 5 December, each a
     # fraction of a second long), which priced the configurations near it short or long
     seconds = non_decreasing([max(p.overhead_s, 0.0) for p in ordered])
-    engine = EngineOverhead(step=Curve(x=[float(b) for b in batches], seconds=seconds))
+    curve = Curve(x=[float(b) for b in batches], seconds=seconds)
+    # what the engine adds to a request, a hand-over or a join stays as it was
+    engine = (
+        profile.engine.model_copy(update={"step": curve})
+        if profile.engine is not None
+        else EngineOverhead(step=curve)
+    )
     note = (
         f"engine curve measured through vLLM's OpenAI server: {1e3 * seconds[0]:.2f} ms per "
         f"step at batch {batches[0]}, {1e3 * seconds[-1]:.2f} ms at {batches[-1]}"
@@ -151,15 +162,17 @@ def measure_overhead(
     rng: np.random.Generator,
     vocab: int,
     in_flight: int = 1,
-    handover_batch: int | None = None,
+    churn_batch: int | None = None,
+    churn_spare: int = HANDOVER_SPARE,
 ) -> tuple[list[Point], float, list[tuple[Churn, Churn]]]:
     """The step of ``probe``'s servers at each of ``batches`` sequences per step (with
     ``in_flight`` batches in flight, as many times the requests), beside ``price`` (the
     model's step of such batches at a context through every stage of ``probe``'s
     pipeline, without the engine curve), and the seconds the measurement took (the
-    servers' start included). With ``handover_batch``, also ``repeats`` pairs of loads
-    that join and leave a decode batch of that size (short outputs, long outputs:
-    ``churn``; ``handover_cost`` reads what a hand-over costs from them)."""
+    servers' start included). With ``churn_batch``, also ``repeats`` pairs of loads
+    that join and leave a decode batch of that size, ``churn_spare`` more in flight
+    (short outputs, long outputs: ``churn``; ``handover_cost`` and ``join_cost`` read
+    what a hand-over or a join costs from them)."""
     start = time.monotonic()
     context = PROMPT_TOKENS + OUTPUT_TOKENS // 2
     stages = probe.config.pipeline_stages
@@ -177,11 +190,14 @@ def measure_overhead(
             steps = read_counters(s.engines)["steps"] - before
             e2e = statistics.median(t.finished - t.arrival for t in timed)
             runs[b].append((decode_step(timed), steps, e2e))
-        if handover_batch is not None:
-            b = handover_batch
+        if churn_batch is not None:
+            b, spare = churn_batch, churn_spare
             for _ in range(repeats):
-                short = churn(client, b, churn_requests(24 * b, SHORT_OUTPUTS, rng, vocab), price)
-                long = churn(client, b, churn_requests(6 * b, LONG_OUTPUTS, rng, vocab), price)
+                reqs = churn_requests(24 * b, SHORT_OUTPUTS, rng, vocab)
+                short = churn(client, b, reqs, price, spare)
+                long = churn(
+                    client, b, churn_requests(6 * b, LONG_OUTPUTS, rng, vocab), price, spare
+                )
                 loads.append((short, long))
     for b in batches:
         if runs[b]:
@@ -230,11 +246,16 @@ def churn_requests(
 
 
 def churn(
-    client: Client, batch: int, reqs: Sequence[Request], price: Callable[[float, float], float]
+    client: Client,
+    batch: int,
+    reqs: Sequence[Request],
+    price: Callable[[float, float], float],
+    spare: int = HANDOVER_SPARE,
 ) -> Churn:
-    """``reqs`` served as a closed loop of ``batch + 2`` in flight over a decode batch of
-    ``batch`` (the two extra keep it full while a request is handed over)."""
-    timed = client.closed_loop(reqs, batch + 2)
+    """``reqs`` served as a closed loop of ``batch + spare`` in flight over a decode batch
+    of ``batch`` (for a WorkloadAware pair, two extra keep it full while a request is
+    handed over; a stock server decodes every request in flight, so none)."""
+    timed = client.closed_loop(reqs, batch + spare)
     mean_output = statistics.fmean(r.max_tokens for r in reqs)
     # a request decodes in `max_tokens` steps of the decode server, the first computing
     # its last prompt token
@@ -242,12 +263,12 @@ def churn(
     return Churn(decode_step(timed), batch / mean_output, price(batch, context))
 
 
-def handover_cost(short: Sequence[Churn], long: Sequence[Churn]) -> float:
-    """Seconds a hand-over adds to the decode step it joins: the difference between the
-    short and the long loads' residual steps (the median of each; the model's step at
-    their contexts taken out) over their difference in joins per step; never below 0."""
+def per_join(short: Sequence[Churn], long: Sequence[Churn]) -> float:
+    """Seconds each join adds to the step it joins: the difference between the short
+    and the long loads' residual steps (the median of each; the model's decode step at
+    their contexts taken out) over their difference in joins per step."""
     if not short or not long:
-        raise ValueError("a hand-over's cost needs short and long loads")
+        raise ValueError("a join's cost needs short and long loads")
     dj = statistics.median(c.joins_per_step for c in short) - statistics.median(
         c.joins_per_step for c in long
     )
@@ -256,7 +277,21 @@ def handover_cost(short: Sequence[Churn], long: Sequence[Churn]) -> float:
     dr = statistics.median(c.residual_s for c in short) - statistics.median(
         c.residual_s for c in long
     )
-    return max(dr / dj, 0.0)
+    return dr / dj
+
+
+def handover_cost(short: Sequence[Churn], long: Sequence[Churn]) -> float:
+    """Seconds a hand-over adds to the WorkloadAware decode step it joins (``per_join``;
+    the decode server computes no prompt); never below 0."""
+    return max(per_join(short, long), 0.0)
+
+
+def join_cost(short: Sequence[Churn], long: Sequence[Churn], prefill_s: float) -> float:
+    """Seconds a request joining a stock server's step adds to it beyond its prompt's
+    encoding as the profile prices it (``prefill_s``: the prompt of ``PROMPT_TOKENS``
+    tokens packed into a step that runs anyway): ``per_join`` less that; never below
+    0."""
+    return max(per_join(short, long) - prefill_s, 0.0)
 
 
 def with_engine(profile: Profile, **seconds: float) -> Profile:
@@ -272,17 +307,25 @@ def with_handover(profile: Profile, seconds: float) -> Profile:
     return with_engine(profile, handover_s=seconds)
 
 
-def describe_handover(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:
-    def one(c: Churn) -> dict[str, float]:
-        return {
-            "step_s": c.step_s,
-            "joins_per_step": c.joins_per_step,
-            "model_step_s": c.model_step_s,
-        }
+def with_join(profile: Profile, seconds: float) -> Profile:
+    """``profile`` whose servers' steps grow by ``seconds`` for each request they take
+    in (``engine.join_s``)."""
+    return with_engine(profile, join_s=seconds)
 
+
+def describe_churn(c: Churn) -> dict[str, float]:
+    return {"step_s": c.step_s, "joins_per_step": c.joins_per_step, "model_step_s": c.model_step_s}
+
+
+def churn_from_json(doc: Mapping[str, Any]) -> Churn:
+    return Churn(float(doc["step_s"]), float(doc["joins_per_step"]), float(doc["model_step_s"]))
+
+
+def describe_handover(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:
+    """What a hand-over (or a join) costs and the loads it was read from."""
     return {
         "seconds": seconds,
-        "loads": [{"short": one(s), "long": one(lg)} for s, lg in loads],
+        "loads": [{"short": describe_churn(s), "long": describe_churn(lg)} for s, lg in loads],
     }
 
 

@@ -521,11 +521,11 @@ def test_only_the_workload_aware_pair_is_measured_handing_over(
 ) -> None:
     asked: dict[str, int | None] = {}
 
-    def measured(probe: Plan, *args: Any, handover_batch: int | None = None, **kw: Any) -> Any:
-        asked[probe.config.strategy] = handover_batch
+    def measured(probe: Plan, *args: Any, churn_batch: int | None = None, **kw: Any) -> Any:
+        asked[probe.config.strategy] = churn_batch
         points = [Point(b, 96, 6e-3 + 1e-4 * b, 4e-3 + 1e-4 * b) for b in (1, 8)]
         loads = []
-        if handover_batch is not None:
+        if churn_batch is not None:
             loads = [(_decode_server(8 / 24, 44, 0.01), _decode_server(8 / 96, 80, 0.01))] * 3
         return points, 1.0, loads
 
