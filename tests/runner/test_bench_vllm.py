@@ -40,9 +40,11 @@ from exegpt.bench.vllm_overhead import (
     churn_requests,
     decode_step,
     handover_cost,
+    join_cost,
     model_step,
     probe_order,
     with_handover,
+    with_join,
     with_overhead,
 )
 from exegpt.bench.vllm_servers import counters_between, parse_counters, render
@@ -477,6 +479,26 @@ def test_a_hand_over_costs_what_the_short_loads_add_per_join() -> None:
         handover_cost([], long)
 
 
+def _stock_server(joins: float, context: float, prefill: float, join: float) -> Churn:
+    """A load on a stock server: the model's decode step (2 ms plus 10 us a token of
+    context), 1 ms of serving, and each join's prompt (``prefill``) and admission
+    (``join``)."""
+    model = 2e-3 + 1e-5 * context
+    return Churn(model + 1e-3 + joins * (prefill + join), joins, model)
+
+
+def test_a_join_costs_what_the_short_loads_add_per_join_beyond_the_prompt() -> None:
+    short = [_stock_server(8 / 24, 44, 0.003, 0.004) for _ in range(3)]
+    long = [_stock_server(8 / 96, 80, 0.003, 0.004) for _ in range(3)]
+    # the prompt's encoding, which the profile prices, is taken out
+    assert join_cost(short, long, 0.003) == pytest.approx(0.004)
+    assert handover_cost(short, long) == pytest.approx(0.007)  # the decode side has no prompt
+    # a server whose admissions are free reads 0, never less, even where the prompts ran
+    # faster than priced
+    free = [_stock_server(8 / 24, 44, 0.002, 0.0)], [_stock_server(8 / 96, 80, 0.002, 0.0)]
+    assert join_cost(*free, 0.003) == 0.0
+
+
 def test_the_hand_over_loads_keep_a_full_batch_joining_and_leaving(streaming: str) -> None:
     rng = np.random.default_rng(0)
     short = churn_requests(48, SHORT_OUTPUTS, rng, 2048)
@@ -500,6 +522,9 @@ def test_the_hand_over_loads_keep_a_full_batch_joining_and_leaving(streaming: st
     assert priced == [(2, PROMPT_TOKENS + mean / 2)]
     assert load.model_step_s == 1e-3
     assert 0.002 <= load.step_s < 0.02
+    # a stock server's loads keep no spare request in flight: the batch is what is sent
+    stock = churn(Client(streaming, "bench"), 2, short[8:16], price, spare=0)
+    assert stock.joins_per_step == pytest.approx(2 / (sum(r.max_tokens for r in short[8:16]) / 8))
 
 
 def test_a_profile_carries_the_hand_over_through_every_rewrite(profile: Profile) -> None:
@@ -514,6 +539,14 @@ def test_a_profile_carries_the_hand_over_through_every_rewrite(profile: Profile)
     slow = at_speed(both, 1.5).engine
     assert slow is not None and slow.handover_s == pytest.approx(0.018)
     assert with_handover(profile.model_copy(update={"engine": None}), 0.01).engine is not None
+    # and so does a join, and the engine curve measured again keeps both
+    joined = with_join(both, 0.004)
+    remeasured = with_overhead(joined, [Point(1, 96, 6e-3, 4e-3)]).engine
+    assert remeasured is not None
+    assert (remeasured.join_s, remeasured.handover_s, remeasured.request_s) == (0.004, 0.012, 0.02)
+    assert remeasured.step.at(1) == pytest.approx(2e-3)
+    slower = at_speed(joined, 1.5).engine
+    assert slower is not None and slower.join_s == pytest.approx(0.006)
 
 
 def test_only_the_workload_aware_pair_is_measured_handing_over(
