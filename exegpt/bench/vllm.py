@@ -45,7 +45,8 @@ from the profile measured at the start of the run, as the operator predicts from
 profile; the prediction at the speeds read before its loads stands beside it, with its
 errors, as the share of the error the machine's drift explains. The profile carries
 what a server adds to a request outside its steps, measured with the server's steps
-(``served_by_probe``).
+(``served_by_probe``), and what its steps grow by for each request they take in
+(``vllm_overhead.join_cost``).
 ``--quick``: the tight bound, the plan, stock vLLM and Static, one round, fewer
 requests, no speed reading, and the profile and serving overhead of the last run on
 this machine reused where there is one (``exegpt.bench.vllm_measured``; ``--fresh``

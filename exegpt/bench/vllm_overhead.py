@@ -43,6 +43,14 @@ also runs requests that join and leave (``handover_cost``): closed loops of
 and with short ones, in turn; the short ones join four times as often, and the
 difference of their decode steps (each less the model's step at its batch and context)
 per join is what a hand-over costs (the profile's ``engine.handover_s``).
+
+The stock server's probe runs the same two loads at a decode batch of ``JOIN_BATCH``
+(nothing spare in flight: a stock server decodes every request it has). There the
+difference per join is the joining prompt's encoding, which the profile prices, and
+the server's admission of the request (its input processing, the scheduler taking it
+in, its output's set-up, on the cores the model's steps run on), which it did not:
+less the first, it is what a join costs (``join_cost``; the profile's
+``engine.join_s``).
 """
 
 from __future__ import annotations
