@@ -196,9 +196,11 @@ def _ready(stack: ExitStack, started: _Started, workdir: Path, env: dict[str, st
     if router is None:
         raise ServerFailed("vllm-router is not installed beside vLLM (docs/vllm.md)")
     port = free_port()
+    # its metrics on a port of its own too: on its default (29000) any other router on
+    # the machine stops it from starting ("Address already in use")
     args = [
-        "--host", "127.0.0.1", "--port", str(port), "--vllm-pd-disaggregation",
-        "--prefill", prefill.url, "--decode", decode.url,
+        "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+        "--vllm-pd-disaggregation", "--prefill", prefill.url, "--decode", decode.url,
     ]  # fmt: skip
     r = stack.enter_context(
         _process("router", [router, *args], workdir / "router.log", f"http://127.0.0.1:{port}", env)

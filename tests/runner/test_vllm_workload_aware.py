@@ -119,6 +119,8 @@ def disaggregated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                         "127.0.0.1",
                         "--port",
                         str(port),
+                        "--prometheus-port",
+                        str(_free_port()),
                         "--vllm-pd-disaggregation",
                         "--prefill",
                         urls["prefill"],
