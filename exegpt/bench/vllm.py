@@ -117,7 +117,13 @@ from exegpt.bench.vllm_overhead import (
 )
 from exegpt.bench.vllm_profile import CPU_MODEL
 from exegpt.bench.vllm_report import format_table, summary
-from exegpt.bench.vllm_servers import Served, counters_between, read_counters, serve
+from exegpt.bench.vllm_servers import (
+    Served,
+    counters_between,
+    read_counters,
+    serve,
+    stop_on_sigterm,
+)
 from exegpt.bench.vllm_speed import (
     CONTEXT,
     Reading,
@@ -1104,6 +1110,7 @@ def run(argv: list[str]) -> int:
         parser.error("--latency-margin: give a fraction from 0 to 0.5, e.g. 0.1")
     if not 0.0 <= args.min_gain <= 1.0:
         parser.error("--min-gain: give a fraction from 0 to 1, e.g. 0.1")
+    stop_on_sigterm()
     report = bench(
         QUICK if args.quick else FULL, seed=args.seed, fresh=args.fresh, log=log,
         margin=args.latency_margin, min_gain=args.min_gain,

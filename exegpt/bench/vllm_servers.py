@@ -14,6 +14,7 @@ cache rather than its ahead-of-time one (``VLLM_USE_AOT_COMPILE=0``).
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +107,17 @@ def _process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stop_on_sigterm() -> None:
+    """End this process on SIGTERM (``kill``, a job's timeout) as on an exception, so
+    that the servers and routers it started, which a signal to this process alone
+    leaves running, are stopped on the way out (``_process``)."""
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass(frozen=True)

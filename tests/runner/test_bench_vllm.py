@@ -12,8 +12,11 @@ import asyncio
 import itertools
 import json
 import math
+import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,13 @@ from exegpt.bench.vllm_overhead import (
     with_join,
     with_overhead,
 )
-from exegpt.bench.vllm_servers import counters_between, parse_counters, render
+from exegpt.bench.vllm_servers import (
+    _process,
+    counters_between,
+    parse_counters,
+    render,
+    stop_on_sigterm,
+)
 from exegpt.bench.vllm_speed import (
     CONTEXT,
     Reading,
@@ -856,3 +865,19 @@ def test_the_bench_plans_with_the_margin_its_baselines_share() -> None:
     wl = bench_workload()
     request = bench.plan_request(bench.CPU_MODEL, wl, 1.0, margin=0.1)
     assert request.planning_bound_s == pytest.approx(0.9)
+
+
+def test_a_terminated_bench_stops_what_it_started(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with (
+            pytest.raises(SystemExit) as ended,
+            _process("server", ["sleep", "60"], tmp_path / "log", "http://x", {}) as p,
+        ):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert ended.value.code == 128 + signal.SIGTERM
+        assert p.proc.poll() is not None  # the child was stopped on the way out
+    finally:
+        signal.signal(signal.SIGTERM, before)
