@@ -896,7 +896,8 @@ def measure(
     at = measured_now()
     bare, engine_start_s, profile_s = measure_profile(architecture, mode.profile_seconds, log)
     log(f"profiled in {profile_s:.0f} s (the engine started in {engine_start_s:.0f} s)")
-    template = schedule(plan_request(architecture, workload, None), bare)
+    request = plan_request(architecture, workload, None)
+    template = schedule(request, bare)
     if not isinstance(template, Plan):
         raise RuntimeError(f"nothing can be planned: {template.message}")
     points, overhead_s, loads = measure_overhead(
@@ -910,7 +911,7 @@ def measure(
     join_s = join_cost(
         [s for s, _ in loads],
         [lg for _, lg in loads],
-        joined_prompt(bare, plan_request(architecture, workload, None)),
+        joined_prompt(bare, request),
     )
     log(f"a request joining a step adds {1e3 * join_s:.2f} ms to it")
     return Measured(bare, points, engine_start_s, profile_s, overhead_s, at, join_s, tuple(loads))

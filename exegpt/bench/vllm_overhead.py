@@ -201,12 +201,11 @@ def measure_overhead(
         if churn_batch is not None:
             b, spare = churn_batch, churn_spare
             for _ in range(repeats):
-                reqs = churn_requests(24 * b, SHORT_OUTPUTS, rng, vocab)
-                short = churn(client, b, reqs, price, spare)
-                long = churn(
-                    client, b, churn_requests(6 * b, LONG_OUTPUTS, rng, vocab), price, spare
+                short = churn_requests(24 * b, SHORT_OUTPUTS, rng, vocab)
+                long = churn_requests(6 * b, LONG_OUTPUTS, rng, vocab)
+                loads.append(
+                    (churn(client, b, short, price, spare), churn(client, b, long, price, spare))
                 )
-                loads.append((short, long))
     for b in batches:
         if runs[b]:
             # the run of the median step (the lower middle one of an even count): the
