@@ -114,10 +114,8 @@ class CostModel:
         query of the busiest copy, spread over the stages: paid once per query)."""
         if batch <= 0:
             return 0.0
-        t = self._encode_model_stage(group, batch, length)
-        if self._join > 0.0:
-            t += self._join * _per_copy(batch, group.dp) / group.stages
-        return t
+        admission = self._join * _per_copy(batch, group.dp) / group.stages
+        return self._encode_model_stage(group, batch, length) + admission
 
     def _encode_model_stage(self, group: Group, batch: float, length: float) -> float:
         """``encode_stage`` without the queries' admission."""

@@ -104,7 +104,7 @@ from exegpt.bench.vllm_overhead import (
     PROMPT_TOKENS,
     Point,
     describe,
-    describe_handover,
+    describe_cost,
     handover_cost,
     join_cost,
     measure_overhead,
@@ -869,7 +869,7 @@ def measure_shapes(
         shaped = with_overhead(bare, points)
         if loads:
             handover = handover_cost([s for s, _ in loads], [lg for _, lg in loads])
-            shapes[e.role]["handover"] = describe_handover(handover, loads)
+            shapes[e.role]["handover"] = describe_cost(handover, loads)
             log(f"a hand-over costs the decode server's step {1e3 * handover:.2f} ms")
             shaped = with_handover(shaped, handover)
         if probe.config.micro_batches == 1:
@@ -1044,7 +1044,7 @@ def bench(
             "notes": bare.provenance.notes,
             "serving_overhead": describe(points),
             "serving_overhead_seconds": overhead_s,
-            "serving_join": describe_handover(measured.join_s, measured.joins),
+            "serving_join": describe_cost(measured.join_s, measured.joins),
             "serving_overhead_by_shape": shapes,
             "measured_at": measured.measured_at,
             "reused": measured.measured_at < started_at,

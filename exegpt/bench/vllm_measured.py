@@ -27,7 +27,7 @@ from exegpt.bench.vllm_overhead import (
     Point,
     churn_from_json,
     describe,
-    describe_handover,
+    describe_cost,
 )
 from exegpt.planner.architecture import Architecture
 from exegpt.planner.profile import VLLM_PROFILER_VERSION, Profile
@@ -54,14 +54,14 @@ class Measured:
     measured_at: str
     # what a request joining a step adds to it (``vllm_overhead.join_cost``), and the
     # loads it was read from
-    join_s: float = 0.0
-    joins: tuple[tuple[Churn, Churn], ...] = ()
+    join_s: float
+    joins: tuple[tuple[Churn, Churn], ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bare": self.bare.model_dump(mode="json"),
             "points": describe(self.points),
-            "join": describe_handover(self.join_s, self.joins),
+            "join": describe_cost(self.join_s, self.joins),
             "engine_start_s": self.engine_start_s,
             "profile_s": self.profile_s,
             "overhead_s": self.overhead_s,

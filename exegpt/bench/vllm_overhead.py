@@ -328,8 +328,8 @@ def churn_from_json(doc: Mapping[str, Any]) -> Churn:
     return Churn(float(doc["step_s"]), float(doc["joins_per_step"]), float(doc["model_step_s"]))
 
 
-def describe_handover(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:
-    """What a hand-over (or a join) costs and the loads it was read from."""
+def describe_cost(seconds: float, loads: Sequence[tuple[Churn, Churn]]) -> dict[str, Any]:
+    """What a hand-over or a join costs and the loads it was read from."""
     return {
         "seconds": seconds,
         "loads": [{"short": describe_churn(s), "long": describe_churn(lg)} for s, lg in loads],
